@@ -1,0 +1,77 @@
+import pg from "pg";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { loadMigrations, migrate } from "../../src/db/migrate.ts";
+import { createTestDatabase, type TestDatabase } from "../support/db.ts";
+import { ALL_STATES } from "../../src/state-machine/table.ts";
+
+let db: TestDatabase;
+beforeAll(async () => {
+  db = await createTestDatabase();
+});
+afterAll(() => db.drop());
+
+async function columns(pool: pg.Pool, table: string): Promise<string[]> {
+  const { rows } = await pool.query<{ column_name: string }>(
+    "SELECT column_name FROM information_schema.columns WHERE table_schema = 'upload_pipeline' AND table_name = $1 ORDER BY ordinal_position",
+    [table],
+  );
+  return rows.map((r) => r.column_name);
+}
+
+describe("migrations", () => {
+  it("are already applied to the template and a second run applies nothing", async () => {
+    const applied = await migrate(db.url, { log: () => {} });
+    expect(applied).toEqual([]);
+    const { rows } = await db.pool.query("SELECT id, name FROM upload_pipeline.migrations ORDER BY id");
+    expect(rows.map((r) => r.name)).toEqual((await loadMigrations()).map((m) => m.name));
+  });
+
+  it("create SPEC §3's tables and columns", async () => {
+    expect(await columns(db.pool, "documents")).toEqual(expect.arrayContaining([
+      "document_id", "user_id", "filename", "mime", "bytes", "file_sha256", "raw_path", "parsed_path", "parsed_sha256", "created_at",
+    ]));
+    expect(await columns(db.pool, "upload_jobs")).toEqual(expect.arrayContaining([
+      "job_id", "document_id", "status", "progress", "attempts", "max_attempts", "next_attempt_at", "locked_by",
+      "lease_expires_at", "lease_token", "last_error", "webhook_secret", "parse_job_id", "correlation_id", "created_at", "updated_at",
+    ]));
+    expect(await columns(db.pool, "document_chunk_buffer")).toEqual(expect.arrayContaining([
+      "chunk_id", "document_id", "chunker_name", "chunker_version", "chunk_ord", "text", "chunk_sha", "token_count", "meta",
+    ]));
+    expect(await columns(db.pool, "document_vector_buffer")).toEqual(expect.arrayContaining([
+      "chunk_id", "embed_model", "embed_version", "embedding", "vector_sha", "batch_id", "created_at",
+    ]));
+    expect(await columns(db.pool, "job_events")).toEqual(expect.arrayContaining([
+      "id", "job_id", "from_status", "to_status", "worker_id", "lease_token", "attempt", "correlation_id", "at", "detail",
+    ]));
+    expect(await columns(db.pool, "webhook_log")).toContain("delivery_key");
+  });
+
+  it("enforce both buffer uniqueness rules", async () => {
+    const { rows } = await db.pool.query<{ def: string }>(
+      `SELECT pg_get_constraintdef(c.oid) AS def FROM pg_constraint c
+         JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace
+        WHERE n.nspname = 'upload_pipeline' AND c.contype = 'u'`,
+    );
+    const defs = rows.map((r) => r.def);
+    expect(defs).toContain("UNIQUE (document_id, chunker_name, chunker_version, chunk_ord)");
+    expect(defs).toContain("UNIQUE (chunk_id, embed_model, embed_version)");
+  });
+
+  it("check the status against exactly the 13 states of the state machine", async () => {
+    const { rows } = await db.pool.query<{ def: string }>(
+      `SELECT pg_get_constraintdef(c.oid) AS def FROM pg_constraint c
+        WHERE c.conrelid = 'upload_pipeline.upload_jobs'::regclass AND c.contype = 'c' AND pg_get_constraintdef(c.oid) LIKE '%status%'`,
+    );
+    const listed = [...rows[0]!.def.matchAll(/'(\w+)'::text/g)].map((m) => m[1]).sort();
+    expect(listed).toEqual([...ALL_STATES].sort());
+    expect(listed).toHaveLength(13);
+  });
+
+  it("create the polling index on actionable status and next_attempt_at", async () => {
+    const { rows } = await db.pool.query<{ indexdef: string }>(
+      "SELECT indexdef FROM pg_indexes WHERE schemaname = 'upload_pipeline' AND indexname = 'upload_jobs_actionable_idx'",
+    );
+    expect(rows[0]?.indexdef).toMatch(/next_attempt_at/);
+    expect(rows[0]?.indexdef).toMatch(/WHERE/);
+  });
+});
