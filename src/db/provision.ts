@@ -59,7 +59,7 @@ async function startEmbedded(onLog: (line: string) => void): Promise<Provisioned
     // (DATABASE_URL), which never goes through this path.
     postgresFlags: ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off", "-c", "max_connections=300"],
     onLog,
-    onError: onLog,
+    onError: (e: unknown) => onLog(String(e)),
   });
   await server.initialise();
   await server.start();

@@ -30,9 +30,10 @@ export type JobStatus = (typeof ALL_STATES)[number];
  * - `worker`: a `BaseWorker` slot holding the job's lease (every write fenced by its token);
  * - `webhook`: the API's LlamaParse webhook handler (no lease; fenced by expected state);
  * - `reconciler`: the worker's poll of LlamaParse for jobs whose webhook never came (leased);
- * - `operator`: `POST /jobs/{id}/retry` (no lease; from a failed state only).
+ * - `operator`: `POST /jobs/{id}/retry` (no lease; from a failed state only);
+ * - `api`: the upload API, which creates the job once the file is stored.
  */
-export type Actor = "worker" | "webhook" | "reconciler" | "operator";
+export type Actor = "api" | "worker" | "webhook" | "reconciler" | "operator";
 
 export interface Edge {
   from: JobStatus | null;
@@ -67,7 +68,7 @@ const FORWARD: ReadonlyArray<[PipelineState, PipelineState, readonly Actor[]]> =
 ];
 
 export const EDGES: readonly Edge[] = [
-  { from: null, to: "uploaded", actors: ["operator"], kind: "create" },
+  { from: null, to: "uploaded", actors: ["api"], kind: "create" },
   ...FORWARD.map(([from, to, actors]): Edge => ({ from, to, actors, kind: "forward" })),
   // Dead letter: a permanent error or exhausted attempts. LlamaParse reporting FAILED is seen
   // by the webhook handler or the reconciler, so they may fail a parse_queued job too.

@@ -47,6 +47,17 @@ CREATE TABLE upload_pipeline.upload_jobs (
 -- The claim query's index: actionable (non-terminal) jobs in due order.
 CREATE INDEX upload_jobs_actionable_idx ON upload_pipeline.upload_jobs (next_attempt_at, created_at)
   WHERE status NOT IN ('complete', 'failed_parse', 'failed_chunking', 'failed_embedding');
+-- Wake idle workers at once (LISTEN upload_pipeline_jobs) whenever a job becomes claimable:
+-- created, released, retried. Polling with backoff stays as the fallback.
+CREATE FUNCTION upload_pipeline.notify_job_ready() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_notify('upload_pipeline_jobs', NEW.job_id::text);
+  RETURN NULL;
+END
+$$;
+CREATE TRIGGER upload_jobs_ready AFTER INSERT OR UPDATE OF status, locked_by, next_attempt_at ON upload_pipeline.upload_jobs
+  FOR EACH ROW WHEN (NEW.locked_by IS NULL AND NEW.status NOT IN ('complete', 'failed_parse', 'failed_chunking', 'failed_embedding'))
+  EXECUTE FUNCTION upload_pipeline.notify_job_ready();
 CREATE INDEX upload_jobs_parse_job_idx ON upload_pipeline.upload_jobs (parse_job_id) WHERE parse_job_id IS NOT NULL;
 
 CREATE TABLE upload_pipeline.document_chunk_buffer (

@@ -1,0 +1,117 @@
+/**
+ * Every environment variable the product reads, in one zod schema. `loadConfig()` either returns
+ * a typed config or throws a `ConfigError` naming every offending variable and what it expects,
+ * never its value (several are secrets). The README's configuration table mirrors this file.
+ */
+import { z } from "zod";
+import { ConfigError } from "./errors.ts";
+
+const int = (min: number, max: number) =>
+  z.coerce.number().int().min(min).max(max).describe(`a whole number from ${min} to ${max}`);
+const url = () => z.url({ protocol: /^https?$/ }).describe("an http(s) URL");
+const secret = () => z.string().min(1).describe("a non-empty secret");
+const oneOf = <const T extends readonly [string, ...string[]]>(values: T) =>
+  z.enum(values).describe(`one of ${values.join(", ")}`);
+
+export const configSchema = z.object({
+  /** PostgreSQL to use; unset → an embedded PostgreSQL in a temporary directory. */
+  DATABASE_URL: z.url({ protocol: /^postgres(ql)?$/ }).optional(),
+  /** `container`: the tests use testcontainers (needs a Docker engine). */
+  TEST_DB: oneOf(["embedded", "container"]).optional(),
+
+  OPENAI_API_KEY: secret(),
+  OPENAI_BASE_URL: url().default("https://api.openai.com/v1"),
+  LLAMA_CLOUD_API_KEY: secret(),
+  LLAMA_CLOUD_BASE_URL: url().default("https://api.cloud.llamaindex.ai"),
+  SUPABASE_URL: url(),
+  SUPABASE_SERVICE_ROLE_KEY: secret(),
+  /** Verifies users' bearer JWTs in the API (HS256). */
+  SUPABASE_JWT_SECRET: z.string().min(32).optional(),
+  STORAGE_BUCKET: z.string().regex(/^[a-z0-9][a-z0-9._-]{1,62}$/).default("documents"),
+  /** Public base URL of the API; LlamaParse posts to `${WEBHOOK_BASE_URL}/webhooks/llamaparse`. */
+  WEBHOOK_BASE_URL: url(),
+
+  EMBED_MODEL: oneOf(["text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002"]).default("text-embedding-3-small"),
+  EMBED_DIMENSIONS: int(1, 3072).optional(),
+  /** Inputs per embeddings request (the API allows 2048; the pipeline caps at 256). */
+  EMBED_BATCH_SIZE: int(1, 256).default(256),
+  /** OpenAI budget this deployment may use (the account's tier limits). */
+  OPENAI_RPM: int(1, 1_000_000).default(3_000),
+  OPENAI_TPM: int(1, 100_000_000).default(1_000_000),
+
+  CHUNK_MAX_TOKENS: int(32, 8192).default(512),
+  CHUNK_OVERLAP_TOKENS: int(0, 4096).default(64),
+
+  WORKER_ID: z.string().min(1).max(200).optional(),
+  WORKER_CONCURRENCY: int(1, 256).default(4),
+  LEASE_SECONDS: int(5, 3600).default(60),
+  MAX_ATTEMPTS: int(1, 100).default(5),
+  /** Backoff: full jitter over min(cap, base · 2^attempt). */
+  RETRY_BASE_MS: int(1, 3_600_000).default(1_000),
+  RETRY_MAX_MS: int(1, 86_400_000).default(300_000),
+  /** Idle polling interval when no NOTIFY arrives. */
+  POLL_INTERVAL_MS: int(10, 600_000).default(2_000),
+  /** How long a parse_queued job waits for its webhook before the reconciler polls LlamaParse. */
+  WEBHOOK_DEADLINE_SECONDS: int(1, 86_400).default(120),
+  SHUTDOWN_TIMEOUT_MS: int(100, 600_000).default(30_000),
+
+  PORT: int(1, 65_535).default(8080),
+  UPLOAD_MAX_BYTES: int(1, 5 * 1024 ** 3).default(50 * 1024 * 1024),
+  UPLOAD_ALLOWED_MIME: z
+    .string()
+    .default("application/pdf,text/plain,text/markdown,application/vnd.openxmlformats-officedocument.wordprocessingml.document,text/html")
+    .transform((s) => s.split(",").map((m) => m.trim()).filter(Boolean)),
+
+  LOG_LEVEL: oneOf(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
+});
+
+export type Config = z.infer<typeof configSchema>;
+
+/** What each variable expects, for error messages (never the value: some are secrets). */
+const EXPECTS: Partial<Record<keyof Config, string>> = {
+  DATABASE_URL: "a postgres:// or postgresql:// connection URL, or unset for the embedded PostgreSQL",
+  OPENAI_API_KEY: "your OpenAI API key (required)",
+  LLAMA_CLOUD_API_KEY: "your LlamaCloud API key (required)",
+  SUPABASE_URL: "your Supabase project URL, e.g. https://xyz.supabase.co (required)",
+  SUPABASE_SERVICE_ROLE_KEY: "the project's service-role key (required)",
+  SUPABASE_JWT_SECRET: "the project's JWT secret, at least 32 characters",
+  WEBHOOK_BASE_URL: "the public http(s) base URL of this API, which LlamaParse calls back (required)",
+  STORAGE_BUCKET: "a bucket name: lower-case letters, digits, '.', '_' or '-'",
+};
+
+/** Parse `env` (default `process.env`); throws `ConfigError` listing every problem at once. */
+export function loadConfig(env: Record<string, string | undefined> = process.env): Config {
+  // Empty strings count as unset, as in most dotenv setups.
+  const cleaned = Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined && v !== ""));
+  const result = configSchema.safeParse(cleaned);
+  if (result.success) return result.data;
+  const problems = result.error.issues.map((issue) => {
+    const key = String(issue.path[0]) as keyof Config;
+    const missing = cleaned[key] === undefined;
+    const expects = EXPECTS[key] ?? describe(key) ?? issue.message;
+    return `${key}: ${missing ? "is not set" : "is invalid"}; expected ${expects}`;
+  });
+  throw new ConfigError([...new Set(problems)]);
+}
+
+function describe(key: keyof Config): string | undefined {
+  let schema: z.ZodType | undefined = configSchema.shape[key];
+  // Walk through .default()/.optional() wrappers to the described inner schema.
+  while (schema && !schema.description && "unwrap" in schema) schema = (schema as { unwrap(): z.ZodType }).unwrap();
+  return schema?.description;
+}
+
+/** Config for the worker/API against the local mocks (the scenario runner and tests use it). */
+export function configForLocalMocks(mockBaseUrl: string, overrides: Record<string, string | undefined> = {}): Config {
+  return loadConfig({
+    OPENAI_API_KEY: "sk-local-mock",
+    OPENAI_BASE_URL: `${mockBaseUrl}/v1`,
+    LLAMA_CLOUD_API_KEY: "llx-local-mock",
+    LLAMA_CLOUD_BASE_URL: mockBaseUrl,
+    SUPABASE_URL: mockBaseUrl,
+    SUPABASE_SERVICE_ROLE_KEY: "local-mock-service-role",
+    WEBHOOK_BASE_URL: "http://127.0.0.1:8080",
+    LOG_LEVEL: "silent",
+    ...overrides,
+  });
+}

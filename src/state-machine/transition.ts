@@ -1,0 +1,141 @@
+/**
+ * The one function that moves a job. Each transition is a single SQL statement: a fenced UPDATE
+ * (expected `from` state, and the lease token or the absence of a live lease) and, in the same
+ * statement, its `job_events` row. Zero rows updated means the fence failed: the job moved on or
+ * the lease is someone else's; nothing was written.
+ */
+import type pg from "pg";
+import { IllegalTransitionError, LeaseLostError, PipelineError } from "../errors.ts";
+import { findEdge, type Actor, type JobStatus } from "./table.ts";
+
+/** How a write proves it may touch the job. */
+export type Fence =
+  /** A worker holding the lease: the row's `lease_token` must still be this one. */
+  | { kind: "lease"; token: string; workerId: string }
+  /** The webhook handler or the operator: no live lease may exist. */
+  | { kind: "unleased"; by?: string };
+
+export interface TransitionRequest {
+  jobId: string;
+  from: JobStatus;
+  to: JobStatus;
+  actor: Actor;
+  fence: Fence;
+  /** Merged into `progress` (jsonb `||`). */
+  progress?: Record<string, unknown>;
+  parseJobId?: string;
+  webhookSecret?: string;
+  /** Written to `last_error` (failure edges); `null` clears it (retry edges). */
+  lastError?: Record<string, unknown> | null;
+  /** Reset `attempts` to 0: forward progress was made, or an operator retried. */
+  resetAttempts?: boolean;
+  nextAttemptAt?: Date;
+  /** Drop the lease with the move (failure, terminal, or handing the job back to the queue). */
+  releaseLease?: boolean;
+  /** The attempt to record in the event (defaults to the row's `attempts`). */
+  attempt?: number;
+  detail?: Record<string, unknown>;
+  /** Simulated clock; `undefined` uses the database's `now()`. */
+  now?: Date;
+}
+
+export interface TransitionResult {
+  eventId: string;
+}
+
+export type Queryable = Pick<pg.Pool | pg.PoolClient, "query">;
+
+const TRANSITION_SQL = `
+WITH moved AS (
+  UPDATE upload_pipeline.upload_jobs AS j SET
+    status           = $3,
+    progress         = j.progress || coalesce($6::jsonb, '{}'::jsonb),
+    parse_job_id     = coalesce($7, j.parse_job_id),
+    webhook_secret   = coalesce($8, j.webhook_secret),
+    last_error       = CASE WHEN $9::boolean THEN $10::jsonb ELSE j.last_error END,
+    attempts         = CASE WHEN $11::boolean THEN 0 ELSE j.attempts END,
+    next_attempt_at  = coalesce($12::timestamptz, j.next_attempt_at),
+    locked_by        = CASE WHEN $13::boolean THEN NULL ELSE j.locked_by END,
+    lease_token      = CASE WHEN $13::boolean THEN NULL ELSE j.lease_token END,
+    lease_expires_at = CASE WHEN $13::boolean THEN NULL ELSE j.lease_expires_at END,
+    updated_at       = coalesce($14::timestamptz, now())
+  WHERE j.job_id = $1
+    AND j.status = $2
+    AND CASE WHEN $4::uuid IS NOT NULL
+             THEN j.lease_token = $4::uuid
+             ELSE j.lease_token IS NULL OR j.lease_expires_at <= coalesce($14::timestamptz, now())
+        END
+  RETURNING j.job_id, j.attempts, j.correlation_id
+)
+INSERT INTO upload_pipeline.job_events (job_id, from_status, to_status, worker_id, lease_token, attempt, correlation_id, detail)
+SELECT job_id, $2, $3, $5, $4::uuid, coalesce($15::int, attempts), correlation_id, coalesce($16::jsonb, '{}'::jsonb)
+  FROM moved
+RETURNING id`;
+
+/**
+ * Move a job from `from` to `to`, or throw:
+ * - `IllegalTransitionError` when the table has no such edge for this actor (nothing is written);
+ * - `LeaseLostError` when a lease fence no longer holds (another worker owns the job);
+ * - `PipelineError("transition_conflict")` when an unleased writer finds the job elsewhere or leased.
+ */
+export async function transition(db: Queryable, req: TransitionRequest): Promise<TransitionResult> {
+  const edge = findEdge(req.from, req.to);
+  if (!edge || !edge.actors.includes(req.actor)) throw new IllegalTransitionError(req.from, req.to);
+  if (req.actor === "worker" || req.actor === "reconciler") {
+    if (req.fence.kind !== "lease") throw new IllegalTransitionError(req.from, req.to);
+  }
+  const token = req.fence.kind === "lease" ? req.fence.token : null;
+  const by = req.fence.kind === "lease" ? req.fence.workerId : (req.fence.by ?? req.actor);
+  const { rows } = await db.query<{ id: string }>(TRANSITION_SQL, [
+    req.jobId,
+    req.from,
+    req.to,
+    token,
+    by,
+    req.progress ? JSON.stringify(req.progress) : null,
+    req.parseJobId ?? null,
+    req.webhookSecret ?? null,
+    req.lastError !== undefined,
+    req.lastError ? JSON.stringify(req.lastError) : null,
+    req.resetAttempts ?? false,
+    req.nextAttemptAt ?? null,
+    req.releaseLease ?? false,
+    req.now ?? null,
+    req.attempt ?? null,
+    req.detail ? JSON.stringify({ actor: req.actor, ...req.detail }) : JSON.stringify({ actor: req.actor }),
+  ]);
+  if (rows[0]) return { eventId: rows[0].id };
+  if (token) throw new LeaseLostError(req.jobId);
+  throw new PipelineError(
+    "transition_conflict",
+    "transient",
+    `job ${req.jobId} is not in ${req.from} without a live lease; nothing was written`,
+  );
+}
+
+export interface NewJob {
+  jobId: string;
+  documentId: string;
+  correlationId: string;
+  maxAttempts: number;
+}
+
+/**
+ * Create a job in `uploaded` with its first event (∅ → uploaded), in one statement. Idempotent:
+ * a job that already exists for the document is left untouched and `created` is false.
+ */
+export async function createJob(db: Queryable, job: NewJob): Promise<{ created: boolean }> {
+  const { rows } = await db.query(
+    `WITH inserted AS (
+       INSERT INTO upload_pipeline.upload_jobs (job_id, document_id, status, max_attempts, correlation_id)
+       VALUES ($1, $2, 'uploaded', $3, $4)
+       ON CONFLICT (job_id) DO NOTHING
+       RETURNING job_id, correlation_id
+     )
+     INSERT INTO upload_pipeline.job_events (job_id, from_status, to_status, worker_id, attempt, correlation_id, detail)
+     SELECT job_id, NULL, 'uploaded', 'api', 0, correlation_id, '{"actor":"api"}'::jsonb FROM inserted
+     RETURNING id`,
+    [job.jobId, job.documentId, job.maxAttempts, job.correlationId],
+  );
+  return { created: rows.length > 0 };
+}

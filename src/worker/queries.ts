@@ -1,0 +1,113 @@
+/**
+ * The worker's own queries, named after what they do. Every one that writes is fenced by the
+ * lease token; `$now` is `coalesce($n, now())` so tests can drive a simulated clock (River's
+ * `now` parameter, graphile-worker's `useNodeTime`).
+ */
+import type { Queryable } from "../state-machine/transition.ts";
+import { ACTIONABLE_STATES, type JobStatus } from "../state-machine/table.ts";
+
+export interface ClaimedJob {
+  job_id: string;
+  document_id: string;
+  status: JobStatus;
+  progress: Record<string, number>;
+  attempts: number;
+  max_attempts: number;
+  lease_token: string;
+  lease_expires_at: Date;
+  locked_by: string;
+  last_error: Record<string, unknown> | null;
+  webhook_secret: string | null;
+  parse_job_id: string | null;
+  correlation_id: string;
+  user_id: string;
+  filename: string;
+  mime: string;
+  bytes: string;
+  file_sha256: string;
+  raw_path: string;
+  parsed_path: string | null;
+  parsed_sha256: string | null;
+}
+
+/**
+ * Take the oldest due, unleased job and lease it, in one statement. `SKIP LOCKED` lets many
+ * workers claim concurrently without blocking on each other's candidate rows; a lease whose
+ * holder stopped heartbeating (expired) counts as free. Counts the claim as an attempt: a job
+ * whose worker keeps dying mid-stage runs out of attempts and is dead-lettered instead of
+ * crash-looping forever.
+ */
+export async function claimNextJob(
+  db: Queryable,
+  args: { workerId: string; leaseSeconds: number; now?: Date | undefined },
+): Promise<ClaimedJob | undefined> {
+  const { rows } = await db.query<ClaimedJob>(
+    `WITH candidate AS (
+       SELECT job_id FROM upload_pipeline.upload_jobs
+        WHERE status = ANY($1::text[])
+          AND next_attempt_at <= coalesce($4::timestamptz, now())
+          AND (lease_expires_at IS NULL OR lease_expires_at <= coalesce($4::timestamptz, now()))
+        ORDER BY next_attempt_at, created_at
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED
+     ), claimed AS (
+       UPDATE upload_pipeline.upload_jobs AS j SET
+         locked_by = $2,
+         lease_token = gen_random_uuid(),
+         lease_expires_at = coalesce($4::timestamptz, now()) + make_interval(secs => $3),
+         attempts = j.attempts + 1,
+         updated_at = coalesce($4::timestamptz, now())
+       FROM candidate WHERE j.job_id = candidate.job_id
+       RETURNING j.*
+     )
+     SELECT c.job_id, c.document_id, c.status, c.progress, c.attempts, c.max_attempts, c.lease_token,
+            c.lease_expires_at, c.locked_by, c.last_error, c.webhook_secret, c.parse_job_id, c.correlation_id,
+            d.user_id, d.filename, d.mime, d.bytes, d.file_sha256, d.raw_path, d.parsed_path, d.parsed_sha256
+       FROM claimed c JOIN upload_pipeline.documents d USING (document_id)`,
+    [ACTIONABLE_STATES, args.workerId, args.leaseSeconds, args.now ?? null],
+  );
+  return rows[0];
+}
+
+/** Extend our lease; false means it is no longer ours (expired and taken over). */
+export async function heartbeat(
+  db: Queryable,
+  args: { jobId: string; leaseToken: string; leaseSeconds: number; now?: Date | undefined },
+): Promise<boolean> {
+  const { rowCount } = await db.query(
+    `UPDATE upload_pipeline.upload_jobs
+        SET lease_expires_at = coalesce($3::timestamptz, now()) + make_interval(secs => $4)
+      WHERE job_id = $1 AND lease_token = $2`,
+    [args.jobId, args.leaseToken, args.now ?? null, args.leaseSeconds],
+  );
+  return rowCount === 1;
+}
+
+/**
+ * Give the job back to the queue without moving it: due at `nextAttemptAt` (now when omitted).
+ * Used after a stage returns, for a transient failure's backoff (with `lastError`), and for a
+ * snooze (`refundAttempt`: waiting on LlamaParse is not a failed attempt).
+ */
+export async function releaseJob(
+  db: Queryable,
+  args: {
+    jobId: string;
+    leaseToken: string;
+    nextAttemptAt?: Date | undefined;
+    lastError?: Record<string, unknown> | undefined;
+    refundAttempt?: boolean;
+    now?: Date | undefined;
+  },
+): Promise<boolean> {
+  const { rowCount } = await db.query(
+    `UPDATE upload_pipeline.upload_jobs SET
+        locked_by = NULL, lease_token = NULL, lease_expires_at = NULL,
+        next_attempt_at = coalesce($3::timestamptz, $6::timestamptz, now()),
+        last_error = coalesce($4::jsonb, last_error),
+        attempts = CASE WHEN $5::boolean THEN greatest(attempts - 1, 0) ELSE attempts END,
+        updated_at = coalesce($6::timestamptz, now())
+      WHERE job_id = $1 AND lease_token = $2`,
+    [args.jobId, args.leaseToken, args.nextAttemptAt ?? null, args.lastError ? JSON.stringify(args.lastError) : null, args.refundAttempt ?? false, args.now ?? null],
+  );
+  return rowCount === 1;
+}

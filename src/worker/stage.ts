@@ -1,0 +1,52 @@
+/**
+ * The one interface every stage implements. A stage handles one or more states, does its work
+ * with what the context gives it, and moves the job with `ctx.transition` (each move fenced by
+ * the lease). It may be interrupted anywhere (crash, lease loss, shutdown) and must resume from
+ * what the database already holds when the job is claimed again.
+ */
+import type pg from "pg";
+import type { Logger } from "../logger.ts";
+import type { JobStatus, PipelineState } from "../state-machine/table.ts";
+import type { TransitionRequest } from "../state-machine/transition.ts";
+import type { FaultPoints } from "./faultPoints.ts";
+import type { ClaimedJob } from "./queries.ts";
+
+export type TransitionOptions = Omit<TransitionRequest, "jobId" | "from" | "to" | "actor" | "fence" | "now">;
+
+export interface StageContext<Services> {
+  /** The claimed job; `status` follows every transition this context makes. */
+  readonly job: ClaimedJob;
+  readonly workerId: string;
+  readonly pool: pg.Pool;
+  readonly services: Services;
+  /** Carries correlation_id, job_id, stage and worker_id. */
+  readonly log: Logger;
+  /** Aborted when the lease is lost or shutdown runs out of patience: stop and throw. */
+  readonly signal: AbortSignal;
+  readonly faults: FaultPoints;
+  /** The worker's clock (simulated in tests); `undefined` means the database's `now()`. */
+  now(): Date | undefined;
+  /** Move this job (fenced by our lease, with its event, in one statement). */
+  transition(to: JobStatus, options?: TransitionOptions & { actor?: "worker" | "reconciler" }): Promise<void>;
+  /**
+   * Run `fn` in a transaction that first locks the job row and checks our lease token: the
+   * fenced way to write several rows at once (a batch of vectors and its progress counters).
+   * Throws `LeaseLostError` (and rolls back) when the lease is no longer ours.
+   */
+  fenced<T>(fn: (client: pg.PoolClient) => Promise<T>): Promise<T>;
+}
+
+/** What a stage asks of the worker when it returns. */
+export type StageOutcome =
+  /** Carry on with whatever stage the job's new state routes to (the default). */
+  | { next: "continue" }
+  /** Nothing to do yet (waiting on LlamaParse): release the lease, come back after `delayMs`, no attempt spent. */
+  | { next: "snooze"; delayMs: number; reason: string };
+
+export interface Stage<Services> {
+  /** Used in logs, fault point names and metrics: `stage.<name>.before`. */
+  readonly name: string;
+  /** The states this stage acts on; each actionable state is routed to exactly one stage. */
+  readonly handles: readonly PipelineState[];
+  run(ctx: StageContext<Services>): Promise<StageOutcome | void>;
+}
