@@ -92,6 +92,7 @@ CREATE TABLE upload_pipeline.webhook_log (
   parse_job_id text NOT NULL,
   event_type   text NOT NULL,
   event_ts     double precision NOT NULL,        -- the body's Unix timestamp (seconds)
+  body_sha256  text NOT NULL,                    -- same event_id + same bytes = a duplicate; other bytes = a replay
   outcome      text NOT NULL,
   received_at  timestamptz NOT NULL DEFAULT clock_timestamp()
 );
