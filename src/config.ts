@@ -115,3 +115,17 @@ export function configForLocalMocks(mockBaseUrl: string, overrides: Record<strin
     ...overrides,
   });
 }
+
+/**
+ * For entry points (`npm run worker`, `npm run api`): on bad configuration print one clear
+ * message naming every offending variable, and exit 2. No stack trace: it is a user mistake.
+ */
+export function loadConfigOrExit(program: string, env: Record<string, string | undefined> = process.env): Config {
+  try {
+    return loadConfig(env);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    process.stderr.write(`${program}: ${err.message}\nSee the configuration table in README.md.\n`);
+    process.exit(2);
+  }
+}

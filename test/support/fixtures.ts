@@ -1,0 +1,62 @@
+/**
+ * Test fixtures: documents and jobs created the way the API creates them (`createJob`), and a
+ * way to place a job in any state for a test's starting point (a direct write, fixtures only).
+ */
+import { randomUUID } from "node:crypto";
+import type pg from "pg";
+import { documentId, jobId, sha256 } from "../../src/ids.ts";
+import type { JobStatus } from "../../src/state-machine/table.ts";
+import { createJob } from "../../src/state-machine/transition.ts";
+
+export interface SeededJob {
+  documentId: string;
+  jobId: string;
+  userId: string;
+}
+
+export async function seedJob(
+  pool: pg.Pool,
+  opts: { status?: JobStatus; content?: string; userId?: string; maxAttempts?: number; filename?: string } = {},
+): Promise<SeededJob> {
+  const userId = opts.userId ?? randomUUID();
+  const content = opts.content ?? `document ${randomUUID()}`;
+  const fileSha = sha256(content);
+  const docId = documentId(userId, fileSha);
+  const filename = opts.filename ?? "doc.md";
+  await pool.query(
+    `INSERT INTO upload_pipeline.documents (document_id, user_id, filename, mime, bytes, file_sha256, raw_path)
+     VALUES ($1, $2, $3, 'text/markdown', $4, $5, $6) ON CONFLICT DO NOTHING`,
+    [docId, userId, filename, Buffer.byteLength(content), fileSha, `${userId}/raw/${docId}/${filename}`],
+  );
+  const id = jobId(docId);
+  await createJob(pool, { jobId: id, documentId: docId, correlationId: randomUUID(), maxAttempts: opts.maxAttempts ?? 5 });
+  if (opts.status && opts.status !== "uploaded") {
+    await pool.query("UPDATE upload_pipeline.upload_jobs SET status = $2 WHERE job_id = $1", [id, opts.status]);
+  }
+  return { documentId: docId, jobId: id, userId };
+}
+
+export async function jobRow(pool: pg.Pool, id: string) {
+  const { rows } = await pool.query("SELECT * FROM upload_pipeline.upload_jobs WHERE job_id = $1", [id]);
+  return rows[0];
+}
+
+export async function events(pool: pg.Pool, id: string) {
+  const { rows } = await pool.query(
+    "SELECT from_status, to_status, worker_id, lease_token, attempt, detail FROM upload_pipeline.job_events WHERE job_id = $1 ORDER BY id",
+    [id],
+  );
+  return rows as Array<{ from_status: string | null; to_status: string; worker_id: string | null; lease_token: string | null; attempt: number; detail: Record<string, unknown> }>;
+}
+
+/** A clock the test moves by hand: lease expiry and backoff without sleeping. */
+export class ManualClock {
+  private t: number;
+  constructor(start = Date.parse("2030-01-01T00:00:00Z")) {
+    this.t = start;
+  }
+  now = (): Date => new Date(this.t);
+  advance(ms: number): void {
+    this.t += ms;
+  }
+}

@@ -1,0 +1,110 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { FaultInjector } from "../../src/worker/faultPoints.ts";
+import { createTestDatabase, type TestDatabase } from "../support/db.ts";
+import { events, jobRow, ManualClock, seedJob } from "../support/fixtures.ts";
+import { noopStages } from "../support/noopStages.ts";
+import { testWorker } from "../support/worker.ts";
+
+let db: TestDatabase;
+beforeAll(async () => {
+  db = await createTestDatabase();
+});
+afterAll(() => db.drop());
+
+async function waitFor(predicate: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await predicate())) {
+    if (Date.now() > deadline) throw new Error("timed out waiting");
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+describe("claiming", () => {
+  it("two workers with four slots each never hold one job at once, and every job completes", async () => {
+    const jobs = await Promise.all(Array.from({ length: 24 }, () => seedJob(db.pool)));
+    const holders = new Map<string, string>();
+    const overlaps: string[] = [];
+    const stages = noopStages({
+      async during(ctx) {
+        const key = ctx.job.job_id;
+        if (holders.has(key)) overlaps.push(`${key} held by ${holders.get(key)} and ${ctx.workerId}`);
+        holders.set(key, ctx.workerId);
+        await new Promise((r) => setTimeout(r, 2));
+        holders.delete(key);
+      },
+    });
+    const workers = [1, 2].map((n) => testWorker(db.pool, stages, { workerId: `w${n}`, concurrency: 4, databaseUrl: db.url }));
+    await Promise.all(workers.map((w) => w.start()));
+    const ids = jobs.map((j) => j.jobId);
+    await waitFor(async () => {
+      const { rows } = await db.pool.query("SELECT count(*)::int AS n FROM upload_pipeline.upload_jobs WHERE job_id = ANY($1) AND status = 'complete'", [ids]);
+      return rows[0].n === ids.length;
+    });
+    await Promise.all(workers.map((w) => w.stop()));
+    expect(overlaps).toEqual([]);
+    // Both workers did work, and each event was written under the lease of the worker that held it.
+    const { rows } = await db.pool.query("SELECT DISTINCT worker_id FROM upload_pipeline.job_events WHERE job_id = ANY($1) AND worker_id LIKE 'w%'", [ids]);
+    expect(rows.map((r) => r.worker_id).sort()).toEqual(["w1", "w2"]);
+    for (const id of ids) {
+      expect((await events(db.pool, id)).map((e) => e.to_status)).toEqual([
+        "uploaded", "parse_queued", "parsed", "parse_validated", "chunking", "chunks_stored",
+        "embedding_queued", "embedding_in_progress", "embeddings_stored", "complete",
+      ]);
+      expect(await jobRow(db.pool, id)).toMatchObject({ locked_by: null, lease_token: null, attempts: 0 });
+    }
+  });
+
+  it("a job whose worker stops heartbeating is taken over once its lease expires, not before", async () => {
+    const clock = new ManualClock();
+    const job = await seedJob(db.pool);
+    await db.pool.query("UPDATE upload_pipeline.upload_jobs SET next_attempt_at = $2 WHERE job_id = $1", [job.jobId, clock.now()]);
+    const crashing = testWorker(db.pool, noopStages(), {
+      workerId: "dies",
+      clock: clock.now,
+      leaseSeconds: 30,
+      faults: new FaultInjector([{ point: "stage.parsed.before", action: "crash" }]),
+    });
+    const survivor = testWorker(db.pool, noopStages(), { workerId: "survivor", clock: clock.now, leaseSeconds: 30 });
+
+    await crashing.runOnce(); // uploaded → parse_queued → parsed, then dies holding the lease
+    const held = await jobRow(db.pool, job.jobId);
+    expect(held).toMatchObject({ status: "parsed", locked_by: "dies" });
+
+    clock.advance(29_000);
+    expect(await survivor.runOnce()).toBeUndefined(); // lease still live
+    clock.advance(2_000);
+    const taken = await survivor.runOnce();
+    expect(taken?.job_id).toBe(job.jobId);
+    expect(await jobRow(db.pool, job.jobId)).toMatchObject({ status: "complete", locked_by: null });
+    const evs = await events(db.pool, job.jobId);
+    expect(evs.find((e) => e.from_status === "parsed")?.worker_id).toBe("survivor");
+  });
+
+  it("a worker that lost its lease cannot write: its transition changes nothing", async () => {
+    const clock = new ManualClock(Date.parse("2031-01-01T00:00:00Z"));
+    const job = await seedJob(db.pool);
+    await db.pool.query("UPDATE upload_pipeline.upload_jobs SET next_attempt_at = $2 WHERE job_id = $1", [job.jobId, clock.now()]);
+    let resumePaused!: () => void;
+    let paused!: () => void;
+    const isPaused = new Promise<void>((r) => (paused = r));
+    const slow = testWorker(db.pool, noopStages(), {
+      workerId: "paused",
+      clock: clock.now,
+      leaseSeconds: 30,
+      faults: new FaultInjector([
+        { point: "stage.uploaded.before", action: () => new Promise<void>((r) => { resumePaused = r; paused(); }) },
+      ]),
+    });
+    const other = testWorker(db.pool, noopStages(), { workerId: "other", clock: clock.now, leaseSeconds: 30 });
+    const pausedRun = slow.runOnce();
+    await isPaused;
+    clock.advance(31_000); // the paused worker's lease has expired
+    await other.runOnce(); // takes over and finishes the job
+    resumePaused();
+    await pausedRun; // its write is fenced out
+    const evs = await events(db.pool, job.jobId);
+    expect(evs.filter((e) => e.worker_id === "paused")).toEqual([]);
+    expect(evs.at(-1)!.to_status).toBe("complete");
+    expect(evs.filter((e) => e.to_status === "parse_queued")).toHaveLength(1);
+  });
+});
