@@ -12,7 +12,7 @@ import pg from "pg";
 import { coerceError, LeaseLostError, type PipelineError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
 import { ACTIONABLE_STATES, FAILURE_OF, isTerminal, type JobStatus, type PipelineState } from "../state-machine/table.ts";
-import { transition } from "../state-machine/transition.ts";
+import { transition, type Queryable } from "../state-machine/transition.ts";
 import { backoffDelayMs } from "./backoff.ts";
 import { NO_FAULTS, SimulatedCrash, type FaultPoints } from "./faultPoints.ts";
 import { claimNextJob, heartbeat, releaseJob, type ClaimedJob } from "./queries.ts";
@@ -38,6 +38,11 @@ export interface WorkerOptions<Services> {
   random?: () => number;
   /** Called after each job run, for tests and the scenario runner's spies. */
   onJobDone?: (event: { jobId: string; status: JobStatus; outcome: "released" | "retry" | "failed" | "terminal" | "snoozed" | "lost" | "crashed" }) => void;
+}
+
+/** Whether a stage's transition already handed the job back to the queue. */
+interface LeaseState {
+  released: boolean;
 }
 
 export class BaseWorker<Services> {
@@ -121,6 +126,7 @@ export class BaseWorker<Services> {
    */
   private async work(job: ClaimedJob): Promise<void> {
     const controller = new AbortController();
+    const lease: LeaseState = { released: false };
     this.active.set(job.job_id, controller);
     const log = this.opts.log.child({
       correlation_id: job.correlation_id,
@@ -142,7 +148,7 @@ export class BaseWorker<Services> {
         await this.fail(job, log, coerceError(new Error(`attempts exhausted: ${job.max_attempts} attempts ended without finishing stage ${job.status}`)), "attempts_exhausted");
         return done("failed");
       }
-      const outcome = await this.runStages(job, controller.signal, log);
+      const outcome = await this.runStages(job, lease, controller.signal, log);
       if (outcome?.next === "snooze") {
         await releaseJob(this.opts.pool, {
           jobId: job.job_id,
@@ -154,6 +160,7 @@ export class BaseWorker<Services> {
         return done("snoozed");
       }
       if (isTerminal(job.status)) return done("terminal");
+      if (lease.released) return done("released");
       await releaseJob(this.opts.pool, { jobId: job.job_id, leaseToken: job.lease_token, now: this.opts.clock?.() });
       return done("released");
     } catch (thrown) {
@@ -199,26 +206,48 @@ export class BaseWorker<Services> {
   }
 
   /** Run stages while the job stays ours and actionable; stop early when shutting down. */
-  private async runStages(job: ClaimedJob, signal: AbortSignal, parentLog: Logger): Promise<StageOutcome | void> {
+  private async runStages(job: ClaimedJob, lease: LeaseState, signal: AbortSignal, parentLog: Logger): Promise<StageOutcome | void> {
     while (!isTerminal(job.status) && (ACTIONABLE_STATES as readonly string[]).includes(job.status)) {
       const stage = this.routes.get(job.status as PipelineState);
       if (!stage) throw new Error(`no stage handles state ${job.status}`);
       const before = job.status;
-      const ctx = this.context(job, signal, parentLog.child({ stage: stage.name }));
+      const ctx = this.context(job, lease, signal, parentLog.child({ stage: stage.name }));
       await this.faults.hit(`stage.${stage.name}.before`, { jobId: job.job_id, status: before });
       const outcome = await stage.run(ctx);
       await this.faults.hit(`stage.${stage.name}.after`, { jobId: job.job_id, status: job.status });
       if (outcome?.next === "snooze") return outcome;
       if (job.status === before) throw new Error(`stage ${stage.name} returned without moving job from ${before}`);
+      if (lease.released) return; // the stage handed the job back with its last transition
       if (this.stopping) return;
       signal.throwIfAborted();
     }
   }
 
-  private context(job: ClaimedJob, signal: AbortSignal, log: Logger): StageContext<Services> {
+  private context(job: ClaimedJob, lease: LeaseState, signal: AbortSignal, log: Logger): StageContext<Services> {
     const fence = { kind: "lease" as const, token: job.lease_token, workerId: this.workerId };
     const pool = this.opts.pool;
     const clock = this.opts.clock;
+    /** A fenced move of this job on `db` (the pool, or the open transaction of `fenced`). */
+    const move = async (db: Queryable, to: JobStatus, options: Parameters<StageContext<Services>["transition"]>[1] = {}) => {
+      const { actor = "worker", ...rest } = options;
+      const releaseLease = rest.releaseLease ?? isTerminal(to);
+      await transition(db, {
+        jobId: job.job_id,
+        from: job.status,
+        to,
+        actor,
+        fence,
+        resetAttempts: true,
+        attempt: job.attempts,
+        now: clock?.(),
+        ...rest,
+        releaseLease,
+      });
+      job.status = to;
+      if (releaseLease) lease.released = true;
+      if (rest.parseJobId) job.parse_job_id = rest.parseJobId;
+      if (rest.webhookSecret) job.webhook_secret = rest.webhookSecret;
+    };
     return {
       job,
       workerId: this.workerId,
@@ -228,24 +257,7 @@ export class BaseWorker<Services> {
       signal,
       faults: this.faults,
       now: () => clock?.(),
-      async transition(to, options = {}) {
-        const { actor = "worker", ...rest } = options;
-        await transition(pool, {
-          jobId: job.job_id,
-          from: job.status,
-          to,
-          actor,
-          fence,
-          resetAttempts: true,
-          attempt: job.attempts,
-          releaseLease: isTerminal(to),
-          now: clock?.(),
-          ...rest,
-        });
-        job.status = to;
-        if (rest.parseJobId) job.parse_job_id = rest.parseJobId;
-        if (rest.webhookSecret) job.webhook_secret = rest.webhookSecret;
-      },
+      transition: (to, options) => move(pool, to, options),
       async fenced(fn) {
         const client = await pool.connect();
         try {
@@ -255,7 +267,7 @@ export class BaseWorker<Services> {
             [job.job_id, job.lease_token],
           );
           if (rowCount !== 1) throw new LeaseLostError(job.job_id);
-          const result = await fn(client);
+          const result = await fn({ client, transition: (to, options) => move(client, to, options) });
           await client.query("COMMIT");
           return result;
         } catch (err) {

@@ -33,7 +33,14 @@ export interface StageContext<Services> {
    * fenced way to write several rows at once (a batch of vectors and its progress counters).
    * Throws `LeaseLostError` (and rolls back) when the lease is no longer ours.
    */
-  fenced<T>(fn: (client: pg.PoolClient) => Promise<T>): Promise<T>;
+  fenced<T>(fn: (tx: FencedTransaction) => Promise<T>): Promise<T>;
+}
+
+/** An open transaction holding the job row locked under our lease. */
+export interface FencedTransaction {
+  client: pg.PoolClient;
+  /** The same fenced move as `ctx.transition`, inside this transaction. */
+  transition(to: JobStatus, options?: TransitionOptions & { actor?: "worker" | "reconciler" }): Promise<void>;
 }
 
 /** What a stage asks of the worker when it returns. */

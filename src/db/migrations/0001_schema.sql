@@ -13,11 +13,13 @@ CREATE TABLE upload_pipeline.documents (
   raw_path      text NOT NULL,
   parsed_path   text,
   parsed_sha256 text CHECK (parsed_sha256 ~ '^[0-9a-f]{64}$'),
+  -- SHA-256 of the normalized markdown: documents with equal content share one parsed_path.
+  normalized_sha256 text CHECK (normalized_sha256 ~ '^[0-9a-f]{64}$'),
   created_at    timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX documents_user_idx ON upload_pipeline.documents (user_id);
 -- Deduplication of parsed content looks documents up by their normalized hash.
-CREATE INDEX documents_parsed_sha_idx ON upload_pipeline.documents (parsed_sha256) WHERE parsed_sha256 IS NOT NULL;
+CREATE INDEX documents_normalized_sha_idx ON upload_pipeline.documents (normalized_sha256) WHERE normalized_sha256 IS NOT NULL;
 
 CREATE TABLE upload_pipeline.upload_jobs (
   job_id           uuid PRIMARY KEY,

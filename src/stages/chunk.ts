@@ -1,0 +1,105 @@
+/**
+ * `parse_validated → chunking → chunks_stored`: stream the normalized markdown through the
+ * deterministic chunker and write the chunks in batches with `ON CONFLICT DO NOTHING`, so a
+ * resumed run rewrites nothing and memory holds one batch at a time. Then verify: the stored rows
+ * are exactly the chunks this run computed (count, and a digest over every `chunk_sha` in order).
+ */
+import { createHash } from "node:crypto";
+import { CHUNKER_NAME, CHUNKER_VERSION, chunkMarkdown, type Chunk } from "../chunking/markdownChunker.ts";
+import { PermanentError } from "../errors.ts";
+import { chunkId, sha256 } from "../ids.ts";
+import type { Stage, StageContext } from "../worker/stage.ts";
+import type { PipelineServices } from "./services.ts";
+
+export const chunkDocument: Stage<PipelineServices> = {
+  name: "chunk",
+  handles: ["parse_validated", "chunking"],
+  async run(ctx) {
+    if (ctx.job.status === "parse_validated") {
+      await ctx.transition("chunking", { detail: { chunker_name: CHUNKER_NAME, chunker_version: CHUNKER_VERSION } });
+    }
+    const job = ctx.job;
+    if (!job.parsed_path) throw new PermanentError("parsed_path_missing", "the job reached chunking without a parsed_path");
+    const { settings, storage } = ctx.services;
+
+    await ctx.faults.hit("call.storage.download.before", { jobId: job.job_id });
+    const body = await storage.download(job.parsed_path, ctx.signal);
+    // The chunker normalizes as it reads (the same rules validate hashed), so offsets point
+    // into the normalized document.
+    const chunks = chunkMarkdown(body, {
+      maxTokens: settings.chunkMaxTokens,
+      overlapTokens: settings.chunkOverlapTokens,
+    });
+
+    const digest = createHash("sha256");
+    let count = 0;
+    let batch: Chunk[] = [];
+    let batchNo = 0;
+    for await (const chunk of chunks) {
+      digest.update(sha256(chunk.text));
+      count += 1;
+      batch.push(chunk);
+      if (batch.length >= settings.chunkWriteBatch) {
+        await writeChunks(ctx, batch, ++batchNo);
+        batch = [];
+      }
+      ctx.signal.throwIfAborted();
+    }
+    if (batch.length > 0) await writeChunks(ctx, batch, ++batchNo);
+
+    const stored = await ctx.pool.query<{ n: number; digest: string | null }>(
+      `SELECT count(*)::int AS n, string_agg(chunk_sha, '' ORDER BY chunk_ord) AS digest
+         FROM upload_pipeline.document_chunk_buffer
+        WHERE document_id = $1 AND chunker_name = $2 AND chunker_version = $3`,
+      [job.document_id, CHUNKER_NAME, CHUNKER_VERSION],
+    );
+    const expected = digest.digest("hex");
+    const actual = createHash("sha256").update(stored.rows[0]?.digest ?? "").digest("hex");
+    if (stored.rows[0]?.n !== count || actual !== expected) {
+      // Rows from an earlier run disagree with this run's chunks: the chunker's output changed
+      // without a version bump. Retrying cannot fix that.
+      throw new PermanentError(
+        "chunks_mismatch",
+        `stored chunks differ from the chunker's output (${stored.rows[0]?.n} stored, ${count} computed): bump CHUNKER_VERSION when output changes`,
+      );
+    }
+    if (count === 0) throw new PermanentError("no_chunks", "the document produced no chunks");
+
+    await ctx.faults.hit("commit.chunks_stored.before", { jobId: job.job_id });
+    await ctx.transition("chunks_stored", {
+      progress: { chunks_total: count, chunks_done: count, vectors_total: count },
+      detail: { chunks: count, chunks_digest: expected },
+    });
+  },
+};
+
+async function writeChunks(ctx: StageContext<PipelineServices>, batch: Chunk[], batchNo: number): Promise<void> {
+  const job = ctx.job;
+  await ctx.faults.hit("commit.chunks.before", { jobId: job.job_id, batch: batchNo });
+  await ctx.fenced(async ({ client }) => {
+    await client.query(
+      `INSERT INTO upload_pipeline.document_chunk_buffer
+         (chunk_id, document_id, chunker_name, chunker_version, chunk_ord, text, chunk_sha, token_count, meta)
+       SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int[], $6::text[], $7::text[], $8::int[], $9::jsonb[])
+       ON CONFLICT DO NOTHING`,
+      [
+        batch.map((c) => chunkId(job.document_id, CHUNKER_NAME, CHUNKER_VERSION, c.ord)),
+        batch.map(() => job.document_id),
+        batch.map(() => CHUNKER_NAME),
+        batch.map(() => CHUNKER_VERSION),
+        batch.map((c) => c.ord),
+        batch.map((c) => c.text),
+        batch.map((c) => sha256(c.text)),
+        batch.map((c) => c.tokenCount),
+        batch.map((c) => JSON.stringify(c.meta)),
+      ],
+    );
+    await client.query(
+      `UPDATE upload_pipeline.upload_jobs SET progress = progress || jsonb_build_object('chunks_done',
+         (SELECT count(*) FROM upload_pipeline.document_chunk_buffer WHERE document_id = $2 AND chunker_name = $3 AND chunker_version = $4))
+       WHERE job_id = $1`,
+      [job.job_id, job.document_id, CHUNKER_NAME, CHUNKER_VERSION],
+    );
+  });
+  await ctx.faults.hit("commit.chunks.after", { jobId: job.job_id, batch: batchNo });
+}

@@ -1,0 +1,101 @@
+/**
+ * `chunks_stored → embedding_queued → embedding_in_progress → embeddings_stored`: page through
+ * the chunks that have no vector yet, embed them in micro-batches (≤ 256 inputs and within the
+ * per-request token cap), and commit each batch's vectors together with the progress counters in
+ * one fenced transaction. A resumed job therefore sends only chunks without a vector: a batch is
+ * either wholly stored or not at all.
+ */
+import { CHUNKER_NAME, CHUNKER_VERSION } from "../chunking/markdownChunker.ts";
+import { costUsd } from "../clients/tokens.ts";
+import { PermanentError } from "../errors.ts";
+import { deterministicId, vectorSha } from "../ids.ts";
+import type { Stage, StageContext } from "../worker/stage.ts";
+import type { PipelineServices } from "./services.ts";
+
+interface PendingChunk {
+  chunk_id: string;
+  chunk_ord: number;
+  text: string;
+  token_count: number;
+}
+
+export const embedChunks: Stage<PipelineServices> = {
+  name: "embed",
+  handles: ["chunks_stored", "embedding_queued", "embedding_in_progress"],
+  async run(ctx) {
+    if (ctx.job.status === "chunks_stored") await ctx.transition("embedding_queued");
+    if (ctx.job.status === "embedding_queued") await ctx.transition("embedding_in_progress");
+    const { embedder, settings } = ctx.services;
+    let batchNo = 0;
+    for (;;) {
+      ctx.signal.throwIfAborted();
+      const batch = await nextBatch(ctx);
+      if (batch.length === 0) break;
+      batchNo += 1;
+      const inputs = batch.map((c) => c.text);
+      if (inputs.some((t) => t.length === 0)) throw new PermanentError("empty_chunk", "a stored chunk is empty; the embeddings API refuses empty inputs");
+      await ctx.faults.hit("call.openai.embed.before", { jobId: ctx.job.job_id, batch: batchNo });
+      const result = await embedder.embed(inputs, ctx.signal);
+      await ctx.faults.hit("call.openai.embed.after", { jobId: ctx.job.job_id, batch: batchNo });
+      if (result.vectors.length !== batch.length) {
+        throw new PermanentError("embedding_count_mismatch", `asked for ${batch.length} embeddings, got ${result.vectors.length}`);
+      }
+      const tokens = result.usage.totalTokens;
+      const batchId = deterministicId(ctx.job.document_id, "batch", settings.embedModel, settings.embedVersion, batch[0]!.chunk_ord);
+      await ctx.faults.hit("commit.vectors.before", { jobId: ctx.job.job_id, batch: batchNo });
+      await ctx.fenced(async ({ client }) => {
+        await client.query(
+          `INSERT INTO upload_pipeline.document_vector_buffer (chunk_id, embed_model, embed_version, embedding, vector_sha, batch_id)
+           SELECT chunk_id, $2, $3, embedding::real[], vector_sha, $6
+             FROM unnest($1::uuid[], $4::text[], $5::text[]) AS b(chunk_id, embedding, vector_sha)
+           ON CONFLICT DO NOTHING`,
+          [
+            batch.map((c) => c.chunk_id),
+            settings.embedModel,
+            settings.embedVersion,
+            result.vectors.map((v) => `{${Array.from(v).join(",")}}`),
+            result.vectors.map((v) => vectorSha(v)),
+            batchId,
+          ],
+        );
+        await client.query(
+          `UPDATE upload_pipeline.upload_jobs SET progress = progress || jsonb_build_object(
+              'vectors_done', (SELECT count(*) FROM upload_pipeline.document_vector_buffer v
+                                 JOIN upload_pipeline.document_chunk_buffer c USING (chunk_id)
+                                WHERE c.document_id = $2 AND v.embed_model = $3 AND v.embed_version = $4),
+              'batches_done', coalesce((progress->>'batches_done')::int, 0) + 1,
+              'tokens', coalesce((progress->>'tokens')::bigint, 0) + $5,
+              'cost_usd', coalesce((progress->>'cost_usd')::numeric, 0) + $6::numeric)
+            WHERE job_id = $1`,
+          [ctx.job.job_id, ctx.job.document_id, settings.embedModel, settings.embedVersion, tokens, costUsd(settings.embedModel, tokens).toFixed(10)],
+        );
+      });
+      await ctx.faults.hit("commit.vectors.after", { jobId: ctx.job.job_id, batch: batchNo });
+      ctx.log.debug({ batch: batchNo, inputs: batch.length, tokens }, "batch embedded");
+    }
+    await ctx.transition("embeddings_stored", { detail: { batches_this_run: batchNo } });
+  },
+};
+
+/** The next chunks without a vector, in order: ≤ embedBatchSize inputs and ≤ the token cap. */
+async function nextBatch(ctx: StageContext<PipelineServices>): Promise<PendingChunk[]> {
+  const { settings } = ctx.services;
+  const { rows } = await ctx.pool.query<PendingChunk>(
+    `SELECT c.chunk_id, c.chunk_ord, c.text, c.token_count
+       FROM upload_pipeline.document_chunk_buffer c
+      WHERE c.document_id = $1 AND c.chunker_name = $2 AND c.chunker_version = $3
+        AND NOT EXISTS (SELECT 1 FROM upload_pipeline.document_vector_buffer v
+                         WHERE v.chunk_id = c.chunk_id AND v.embed_model = $4 AND v.embed_version = $5)
+      ORDER BY c.chunk_ord
+      LIMIT $6`,
+    [ctx.job.document_id, CHUNKER_NAME, CHUNKER_VERSION, settings.embedModel, settings.embedVersion, settings.embedBatchSize],
+  );
+  let budget = settings.embedMaxTokensPerRequest;
+  const batch: PendingChunk[] = [];
+  for (const row of rows) {
+    if (batch.length > 0 && row.token_count > budget) break;
+    budget -= row.token_count;
+    batch.push(row);
+  }
+  return batch;
+}

@@ -1,0 +1,76 @@
+/**
+ * `embeddings_stored → complete`: verify that every chunk has exactly one vector for the model
+ * and version and that each stored vector still hashes to its `vector_sha`, promote the vectors
+ * into `document_chunks` (pgvector) where that table exists, and record the final figures.
+ */
+import { CHUNKER_NAME, CHUNKER_VERSION } from "../chunking/markdownChunker.ts";
+import { PermanentError } from "../errors.ts";
+import { vectorSha } from "../ids.ts";
+import type { Stage } from "../worker/stage.ts";
+import type { PipelineServices } from "./services.ts";
+
+/** Vectors re-hashed per query while verifying (memory holds one page). */
+const VERIFY_PAGE = 500;
+
+export const finishDocument: Stage<PipelineServices> = {
+  name: "finish",
+  handles: ["embeddings_stored"],
+  async run(ctx) {
+    const { settings } = ctx.services;
+    const job = ctx.job;
+    const key = [job.document_id, CHUNKER_NAME, CHUNKER_VERSION, settings.embedModel, settings.embedVersion];
+    const counts = await ctx.pool.query<{ chunks: number; vectors: number; vector_rows: number }>(
+      `SELECT count(*)::int AS chunks,
+              count(*) FILTER (WHERE v.n = 1)::int AS vectors,
+              coalesce(sum(v.n), 0)::int AS vector_rows
+         FROM upload_pipeline.document_chunk_buffer c
+         LEFT JOIN LATERAL (SELECT count(*) AS n FROM upload_pipeline.document_vector_buffer v
+                             WHERE v.chunk_id = c.chunk_id AND v.embed_model = $4 AND v.embed_version = $5) v ON true
+        WHERE c.document_id = $1 AND c.chunker_name = $2 AND c.chunker_version = $3`,
+      key,
+    );
+    const { chunks, vectors, vector_rows } = counts.rows[0]!;
+    if (chunks === 0 || vectors !== chunks || vector_rows !== chunks) {
+      throw new PermanentError("vectors_incomplete", `${chunks} chunks but ${vectors} with exactly one vector (${vector_rows} vector rows)`);
+    }
+
+    for (let offset = 0; offset < chunks; offset += VERIFY_PAGE) {
+      const { rows } = await ctx.pool.query<{ chunk_ord: number; embedding: number[]; vector_sha: string }>(
+        `SELECT c.chunk_ord, v.embedding, v.vector_sha
+           FROM upload_pipeline.document_chunk_buffer c
+           JOIN upload_pipeline.document_vector_buffer v ON v.chunk_id = c.chunk_id AND v.embed_model = $4 AND v.embed_version = $5
+          WHERE c.document_id = $1 AND c.chunker_name = $2 AND c.chunker_version = $3
+          ORDER BY c.chunk_ord LIMIT $6 OFFSET $7`,
+        [...key, VERIFY_PAGE, offset],
+      );
+      for (const row of rows) {
+        if (vectorSha(row.embedding) !== row.vector_sha) {
+          throw new PermanentError("vector_sha_mismatch", `the stored vector of chunk ${row.chunk_ord} does not match its vector_sha`);
+        }
+      }
+    }
+
+    await ctx.faults.hit("commit.complete.before", { jobId: job.job_id });
+    await ctx.fenced(async (tx) => {
+      const promoted = await promote(tx.client, key);
+      await tx.transition("complete", { detail: { chunks, vectors, promoted, progress: job.progress } });
+    });
+    await ctx.faults.hit("commit.complete.after", { jobId: job.job_id });
+  },
+};
+
+/** Copy the vectors into `document_chunks` (pgvector) when that table exists; returns rows written. */
+async function promote(client: import("pg").PoolClient, key: unknown[]): Promise<number> {
+  const { rows } = await client.query<{ exists: boolean }>("SELECT to_regclass('upload_pipeline.document_chunks') IS NOT NULL AS exists");
+  if (!rows[0]?.exists) return 0;
+  const result = await client.query(
+    `INSERT INTO upload_pipeline.document_chunks (chunk_id, document_id, chunk_ord, text, meta, embed_model, embedding)
+     SELECT c.chunk_id, c.document_id, c.chunk_ord, c.text, c.meta, v.embed_model, v.embedding::vector
+       FROM upload_pipeline.document_chunk_buffer c
+       JOIN upload_pipeline.document_vector_buffer v ON v.chunk_id = c.chunk_id AND v.embed_model = $4 AND v.embed_version = $5
+      WHERE c.document_id = $1 AND c.chunker_name = $2 AND c.chunker_version = $3
+     ON CONFLICT (chunk_id) DO NOTHING`,
+    key,
+  );
+  return result.rowCount ?? 0;
+}

@@ -1,0 +1,44 @@
+/**
+ * What the stages need from the outside world, passed in (never imported as globals), so the
+ * same stages run against the real services, the mocks, or a test's stand-ins.
+ */
+import type { EmbedResult } from "../clients/openai.ts";
+import type { LlamaParseClient } from "../clients/llamaparse.ts";
+import type { ObjectStorage } from "../clients/storage.ts";
+
+export interface Embedder {
+  readonly model: string;
+  embed(inputs: string[], signal?: AbortSignal): Promise<EmbedResult>;
+}
+
+export interface PipelineSettings {
+  /** `${WEBHOOK_BASE_URL}/webhooks/llamaparse` */
+  webhookUrl: string;
+  /** How long a parse_queued job waits for its webhook before the reconciler polls. */
+  webhookDeadlineMs: number;
+  /** How often the reconciler polls again while LlamaParse is still working. */
+  reconcilePollMs: number;
+  embedModel: string;
+  /** Recorded as `embed_version`: changes whenever vectors for the same text could change. */
+  embedVersion: string;
+  /** Inputs per embeddings request (≤ 256). */
+  embedBatchSize: number;
+  /** Token cap per embeddings request (the API allows 300,000). */
+  embedMaxTokensPerRequest: number;
+  chunkMaxTokens: number;
+  chunkOverlapTokens: number;
+  /** Chunks written per INSERT while chunking (memory stays bounded by this). */
+  chunkWriteBatch: number;
+}
+
+export interface PipelineServices {
+  storage: ObjectStorage;
+  llamaparse: LlamaParseClient;
+  embedder: Embedder;
+  settings: PipelineSettings;
+}
+
+/** Where a document's parsed markdown lives in the bucket (SPEC §4). */
+export function parsedPath(userId: string, documentId: string): string {
+  return `${userId}/parsed/${documentId}.md`;
+}

@@ -1,0 +1,56 @@
+/**
+ * `npm run worker`: one worker process. Reads the environment (see the README's configuration
+ * table), connects to DATABASE_URL (or starts an embedded PostgreSQL when it is unset, for local
+ * trials), and runs WORKER_CONCURRENCY slots until SIGTERM/SIGINT.
+ */
+import pg from "pg";
+import { loadConfigOrExit } from "../config.ts";
+import { migrate } from "../db/migrate.ts";
+import { provisionDatabase } from "../db/provision.ts";
+import { createLogger } from "../logger.ts";
+import { createPipelineServices } from "../services.ts";
+import { PIPELINE_STAGES } from "../stages/index.ts";
+import { BaseWorker } from "./BaseWorker.ts";
+import { faultPointsFromEnv } from "./faultPoints.ts";
+import { stopOnSignals } from "./signals.ts";
+
+const config = loadConfigOrExit("worker");
+const log = createLogger({ level: config.LOG_LEVEL, name: "worker" });
+const db = await provisionDatabase({ databaseUrl: config.DATABASE_URL });
+if (db.kind === "embedded") {
+  log.warn("DATABASE_URL is not set: using a private embedded PostgreSQL (nothing else can see its jobs)");
+  await migrate(db.url, { log: (line) => log.info(line) });
+}
+const pool = new pg.Pool({ connectionString: db.url, max: config.WORKER_CONCURRENCY + 4 });
+// A dropped idle connection (Postgres restart) must not kill the process; the next query reconnects.
+pool.on("error", (err) => log.warn({ err: err.message }, "idle database connection lost"));
+
+const services = createPipelineServices(config);
+const worker = new BaseWorker({
+  pool,
+  databaseUrl: db.url,
+  stages: PIPELINE_STAGES,
+  services,
+  log,
+  workerId: config.WORKER_ID,
+  concurrency: config.WORKER_CONCURRENCY,
+  leaseSeconds: config.LEASE_SECONDS,
+  retryBaseMs: config.RETRY_BASE_MS,
+  retryMaxMs: config.RETRY_MAX_MS,
+  pollIntervalMs: config.POLL_INTERVAL_MS,
+  shutdownTimeoutMs: config.SHUTDOWN_TIMEOUT_MS,
+  faults: faultPointsFromEnv(process.env.UPLOAD_PIPELINE_CRASH_AT),
+});
+for (const breaker of Object.values(services.breakers)) {
+  breaker.onStateChange((state, service) => log.warn({ service, state }, "circuit breaker changed state"));
+}
+await worker.start();
+stopOnSignals(
+  async () => {
+    await worker.stop();
+    await pool.end();
+    await db.stop();
+  },
+  log,
+  config.SHUTDOWN_TIMEOUT_MS + 5_000,
+);
