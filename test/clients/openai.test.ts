@@ -61,7 +61,7 @@ function openaiError(status: number, error: { message: string; type: string; cod
 }
 
 const server = setupServer();
-beforeAll(() => server.listen({ onUnhandledRequest: "error" }));
+beforeAll(() => server.listen({ onUnhandledFrame: "error" }));
 afterEach(() => {
   server.resetHandlers();
   seen.length = 0;

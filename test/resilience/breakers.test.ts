@@ -1,0 +1,208 @@
+/**
+ * Per-service circuit breakers: open after repeated service failures, fail fast while open,
+ * probe once half-open, close on success or reopen on failure. Time is moved with a fake
+ * `Date` (cockatiel reads `Date.now()`), never slept.
+ */
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { PermanentError, PipelineError, TransientError } from "../../src/errors.ts";
+import {
+  BREAKER_STATE_VALUE,
+  ServiceBreaker,
+  breakerStates,
+  countsAsServiceFailure,
+  createBreakers,
+  withTimeout,
+  type BreakerState,
+} from "../../src/resilience/breakers.ts";
+
+const serverError = () => new TransientError("openai_unavailable", "503 upstream", { status: 503 });
+
+function advance(ms: number) {
+  vi.setSystemTime(Date.now() + ms);
+}
+
+async function rejection(p: Promise<unknown>): Promise<PipelineError> {
+  const err = await p.then(
+    () => {
+      throw new Error("expected a rejection");
+    },
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(PipelineError);
+  return err as PipelineError;
+}
+
+beforeEach(() => {
+  vi.useFakeTimers({ toFake: ["Date"] });
+  vi.setSystemTime(new Date("2025-01-01T00:00:00Z"));
+});
+afterEach(() => {
+  vi.useRealTimers();
+});
+
+describe("consecutive breaker", () => {
+  const breaker = () => new ServiceBreaker("openai", { policy: { kind: "consecutive", failures: 3 }, halfOpenAfterMs: 10_000 });
+
+  it("opens after N consecutive service failures and then fails fast without calling the service", async () => {
+    const b = breaker();
+    const states: BreakerState[] = [];
+    b.onStateChange((s) => states.push(s));
+    const fn = vi.fn(async () => {
+      throw serverError();
+    });
+    for (let i = 0; i < 3; i++) expect((await rejection(b.execute(fn))).code).toBe("openai_unavailable");
+    expect(b.state).toBe("open");
+    expect(states).toEqual(["open"]);
+
+    advance(4000);
+    const fast = await rejection(b.execute(fn));
+    expect(fast).toMatchObject({ code: "circuit_open", errorClass: "transient", retryAfterMs: 6000 });
+    expect(fn).toHaveBeenCalledTimes(3);
+    expect(b.lastFailure?.code).toBe("openai_unavailable");
+  });
+
+  it("a success in between resets the count", async () => {
+    const b = breaker();
+    const fail = async () => {
+      throw serverError();
+    };
+    await rejection(b.execute(fail));
+    await rejection(b.execute(fail));
+    await b.execute(async () => "ok");
+    await rejection(b.execute(fail));
+    await rejection(b.execute(fail));
+    expect(b.state).toBe("closed");
+  });
+
+  it("half-open: one probe after halfOpenAfterMs; success closes the circuit", async () => {
+    const b = breaker();
+    const states: BreakerState[] = [];
+    b.onStateChange((s) => states.push(s));
+    for (let i = 0; i < 3; i++) await rejection(b.execute(async () => Promise.reject(serverError())));
+    advance(10_000);
+    let release!: (v: string) => void;
+    const probe = b.execute(() => new Promise<string>((r) => (release = r)));
+    await Promise.resolve();
+    expect(b.state).toBe("half_open");
+    release("back");
+    await expect(probe).resolves.toBe("back");
+    expect(b.state).toBe("closed");
+    expect(states).toEqual(["open", "half_open", "closed"]);
+    await expect(b.execute(async () => 42)).resolves.toBe(42);
+  });
+
+  it("half-open: a failed probe reopens the circuit for another period", async () => {
+    const b = breaker();
+    for (let i = 0; i < 3; i++) await rejection(b.execute(async () => Promise.reject(serverError())));
+    advance(10_000);
+    expect((await rejection(b.execute(async () => Promise.reject(serverError())))).code).toBe("openai_unavailable");
+    expect(b.state).toBe("open");
+    advance(9_999);
+    expect((await rejection(b.execute(async () => "never"))).code).toBe("circuit_open");
+    advance(1);
+    await expect(b.execute(async () => "probe ok")).resolves.toBe("probe ok");
+    expect(b.state).toBe("closed");
+  });
+
+  it("permanent errors, 429s and the caller's abort do not count", async () => {
+    const b = breaker();
+    const errors = [
+      new PermanentError("openai_bad_request", "400", { status: 400 }),
+      new PermanentError("openai_insufficient_quota", "quota", { status: 429 }),
+      new TransientError("openai_rate_limited", "429", { status: 429, retryAfterMs: 100 }),
+      new TransientError("storage_rate_limited", "429", { status: 429 }),
+      new TransientError("aborted", "shutdown"),
+    ];
+    for (let round = 0; round < 2; round++) {
+      for (const e of errors) await rejection(b.execute(async () => Promise.reject(e)));
+    }
+    expect(b.state).toBe("closed");
+    expect(countsAsServiceFailure(new TransientError("timeout", "slow"))).toBe(true);
+    expect(countsAsServiceFailure(Object.assign(new Error("socket hang up"), { code: "ECONNRESET" }))).toBe(true);
+  });
+
+  it("isolate holds the circuit open by hand", async () => {
+    const b = breaker();
+    const handle = b.isolate();
+    expect(b.state).toBe("isolated");
+    expect((await rejection(b.execute(async () => 1))).code).toBe("circuit_open");
+    handle.dispose();
+    await expect(b.execute(async () => 1)).resolves.toBe(1);
+  });
+
+  it("passes the caller's abort through as `aborted`", async () => {
+    const b = breaker();
+    const ac = new AbortController();
+    ac.abort();
+    expect((await rejection(b.execute(async () => 1, ac.signal))).code).toBe("aborted");
+  });
+
+  it("hands fn a signal that follows the caller's", async () => {
+    const b = breaker();
+    const ac = new AbortController();
+    let seen: AbortSignal | undefined;
+    await b.execute(async (signal) => {
+      seen = signal;
+      ac.abort();
+    }, ac.signal);
+    expect(seen?.aborted).toBe(true);
+  });
+});
+
+describe("sampling breaker", () => {
+  it("opens when the failure rate over the window passes the threshold at enough traffic", async () => {
+    const b = new ServiceBreaker("storage", { policy: { kind: "sampling", threshold: 0.5, durationMs: 10_000, minimumRps: 1 }, halfOpenAfterMs: 1000 });
+    for (let i = 0; i < 10; i++) {
+      await b.execute(async () => "ok");
+      advance(100);
+    }
+    expect(b.state).toBe("closed");
+    for (let i = 0; i < 12 && b.state === "closed"; i++) {
+      await rejection(b.execute(async () => Promise.reject(new TransientError("storage_unavailable", "500", { status: 500 }))));
+      advance(100);
+    }
+    expect(b.state).toBe("open");
+  });
+});
+
+describe("createBreakers", () => {
+  it("makes one independent breaker per service, with overrides, and reports states for metrics", async () => {
+    const breakers = createBreakers({ llamaparse: { policy: { kind: "consecutive", failures: 1 } } });
+    await rejection(breakers.llamaparse.execute(async () => Promise.reject(new TransientError("llamaparse_unavailable", "502", { status: 502 }))));
+    expect(breakerStates(breakers)).toEqual({ openai: "closed", llamaparse: "open", storage: "closed" });
+    expect(BREAKER_STATE_VALUE[breakers.llamaparse.state]).toBe(1);
+    expect(breakers.openai.config.halfOpenAfterMs).toBe(10_000);
+  });
+});
+
+describe("withTimeout", () => {
+  beforeEach(() => vi.useRealTimers());
+
+  it("resolves with the result when fn is fast", async () => {
+    await expect(withTimeout(1000, async () => "fast")).resolves.toBe("fast");
+  });
+
+  it("rejects with a transient `timeout` and aborts fn's signal, even if fn ignores it", async () => {
+    let inner: AbortSignal | undefined;
+    const err = await rejection(
+      withTimeout(5, (signal) => {
+        inner = signal;
+        return new Promise(() => {});
+      }),
+    );
+    expect(err).toMatchObject({ code: "timeout", errorClass: "transient" });
+    expect(inner?.aborted).toBe(true);
+  });
+
+  it("rejects with `aborted`, not `timeout`, when the caller aborts", async () => {
+    const ac = new AbortController();
+    const p = withTimeout(10_000, () => new Promise(() => {}), ac.signal);
+    ac.abort();
+    expect((await rejection(p)).code).toBe("aborted");
+  });
+
+  it("passes fn's own errors through", async () => {
+    const e = new PermanentError("x", "boom");
+    await expect(withTimeout(1000, async () => Promise.reject(e))).rejects.toBe(e);
+  });
+});
