@@ -56,6 +56,12 @@ export const configSchema = z.object({
   SHUTDOWN_TIMEOUT_MS: int(100, 600_000).default(30_000),
 
   PORT: int(1, 65_535).default(8080),
+  /** Interface the API listens on (`0.0.0.0`: every interface, as in a container). */
+  HOST: z.string().min(1).describe("an interface address such as 0.0.0.0 or 127.0.0.1").default("0.0.0.0"),
+  /** Optional JWKS of the Supabase project (asymmetric signing keys); HS256 tokens still use SUPABASE_JWT_SECRET. */
+  SUPABASE_JWKS_URL: url().optional(),
+  /** Largest LlamaParse webhook body the API reads; a real one is a few hundred bytes. */
+  WEBHOOK_MAX_BYTES: int(256, 1024 * 1024).default(64 * 1024),
   UPLOAD_MAX_BYTES: int(1, 5 * 1024 ** 3).default(50 * 1024 * 1024),
   UPLOAD_ALLOWED_MIME: z
     .string()

@@ -1,0 +1,81 @@
+/**
+ * `npm run api`: configuration → database (DATABASE_URL, or an embedded PostgreSQL) → migrations
+ * → the real dependencies → listen on HOST:PORT. SIGTERM/SIGINT close the server gracefully:
+ * stop accepting, let in-flight requests and parse intakes finish, close the pool, stop an
+ * embedded database; a second signal exits at once.
+ */
+import pg from "pg";
+import { loadConfigOrExit } from "../config.ts";
+import { migrate } from "../db/migrate.ts";
+import { provisionDatabase } from "../db/provision.ts";
+import { createLogger } from "../logger.ts";
+import { createPipelineServices } from "../services.ts";
+import { ingestParseResult } from "../stages/parseIntake.ts";
+import { buildApp } from "./app.ts";
+
+async function main(): Promise<void> {
+  const config = loadConfigOrExit("api");
+  if (!config.SUPABASE_JWT_SECRET && !config.SUPABASE_JWKS_URL) {
+    process.stderr.write(
+      "api: Invalid configuration:\n  - SUPABASE_JWT_SECRET: is not set; expected the project's JWT secret (at least 32 characters), " +
+        "which the API needs to verify bearer tokens (or set SUPABASE_JWKS_URL)\n",
+    );
+    process.exit(2);
+  }
+  const log = createLogger({ level: config.LOG_LEVEL, name: "api" });
+
+  const db = await provisionDatabase({ databaseUrl: config.DATABASE_URL, testDb: config.TEST_DB });
+  log.info({ kind: db.kind }, "database ready");
+  await migrate(db.url, { log: (line) => log.info(line) });
+  const pool = new pg.Pool({ connectionString: db.url, max: 20 });
+  pool.on("error", (err) => log.error({ err: err.message }, "idle database connection failed"));
+
+  // The same clients the worker uses, behind the same circuit breakers.
+  const services = createPipelineServices(config);
+  const { storage, llamaparse } = services;
+  const intakeDeps = { pool, log: log.child({ component: "parse-intake" }), storage, llamaparse };
+
+  const app = await buildApp({
+    pool,
+    config,
+    store: storage,
+    log,
+    defaultMetrics: true,
+    onParseEvent: (event) => ingestParseResult(intakeDeps, { jobId: event.jobId, actor: "webhook", fence: { kind: "unleased" } }),
+  });
+
+  let closing = false;
+  const shutdown = async (signal: string) => {
+    if (closing) {
+      log.warn({ signal }, "second signal: exiting now");
+      process.exit(1);
+    }
+    closing = true;
+    log.info({ signal }, "shutting down");
+    const timer = setTimeout(() => {
+      log.error("shutdown timed out; exiting");
+      process.exit(1);
+    }, config.SHUTDOWN_TIMEOUT_MS);
+    timer.unref();
+    try {
+      await app.close();
+      await pool.end();
+      await db.stop();
+    } finally {
+      clearTimeout(timer);
+    }
+    process.exit(0);
+  };
+  process.on("SIGTERM", () => void shutdown("SIGTERM"));
+  process.on("SIGINT", () => void shutdown("SIGINT"));
+
+  const address = await app.listen({ port: config.PORT, host: config.HOST });
+  log.info({ address, database: db.kind }, "api listening");
+}
+
+main().catch((err: unknown) => {
+  const message = err instanceof Error ? err.message : String(err);
+  // A connection string may carry a password.
+  console.error(`api: ${message.replace(/\/\/[^@\s]*@/g, "//***@")}`);
+  process.exit(1);
+});

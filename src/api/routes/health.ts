@@ -1,0 +1,42 @@
+/**
+ * `GET /healthz`: 200 when the database answers and its schema is the one this code ships
+ * (latest migration applied); 503 otherwise, with which of the two failed. Each check has a
+ * short timeout so a hung database makes the probe fail rather than hang.
+ * `GET /metrics`: the Prometheus exposition (see ../metrics.ts).
+ */
+import type { FastifyInstance } from "fastify";
+import { migrationStatus } from "../../db/migrate.ts";
+
+const CHECK_TIMEOUT_MS = 2_000;
+
+function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms`)), ms);
+  });
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+}
+
+export async function healthRoutes(app: FastifyInstance): Promise<void> {
+  const { pool, metrics } = app.deps;
+
+  app.get("/healthz", async (request, reply) => {
+    let database: "up" | "down" = "down";
+    let migrations: { expected: number; applied: number; current: boolean } | null = null;
+    try {
+      await withTimeout(pool.query("SELECT 1"), CHECK_TIMEOUT_MS);
+      database = "up";
+      const status = await withTimeout(migrationStatus(pool), CHECK_TIMEOUT_MS);
+      migrations = { ...status, current: status.applied === status.expected };
+    } catch (err) {
+      request.log.warn({ err: (err as Error).message }, "health check failed");
+    }
+    const ok = database === "up" && migrations?.current === true;
+    return reply.code(ok ? 200 : 503).send({ status: ok ? "ok" : "unavailable", database, migrations });
+  });
+
+  app.get("/metrics", async (_request, reply) => {
+    const text = await metrics.render();
+    return reply.type(metrics.registry.contentType).send(text);
+  });
+}

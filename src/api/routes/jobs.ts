@@ -1,0 +1,211 @@
+/**
+ * `GET /jobs/{document_id}`: the job's state, live progress, errors, cost and timeline.
+ * `POST /jobs/{document_id}/retry`: the operator's way out of a dead letter.
+ *
+ * Both answer 404 for a document the caller may not see (someone else's), exactly as for one
+ * that does not exist, so ids cannot be probed.
+ */
+import type { FastifyInstance } from "fastify";
+import type pg from "pg";
+import { PipelineError } from "../../errors.ts";
+import { jobId as makeJobId } from "../../ids.ts";
+import { FAILURE_OF, findEdge, isFailed, isJobStatus, PIPELINE_STATES, type FailedState, type JobStatus, type PipelineState } from "../../state-machine/table.ts";
+import { transition } from "../../state-machine/transition.ts";
+import { principalOf, requireAuth, type Principal } from "../auth.ts";
+import { ApiError, notFound, parseOr400 } from "../errors.ts";
+import { DocumentParams } from "./upload.ts";
+
+/** The timeline is capped; a job's events number in the tens even with retries. */
+const TIMELINE_LIMIT = 1000;
+
+/** Which states belong to which user-visible stage (the failed state each one lands in). */
+const STAGES: ReadonlyArray<{ stage: "parse" | "chunking" | "embedding"; states: readonly PipelineState[]; failed: FailedState }> = [
+  { stage: "parse", states: ["uploaded", "parse_queued", "parsed"], failed: "failed_parse" },
+  { stage: "chunking", states: ["parse_validated", "chunking"], failed: "failed_chunking" },
+  { stage: "embedding", states: ["chunks_stored", "embedding_queued", "embedding_in_progress", "embeddings_stored"], failed: "failed_embedding" },
+];
+
+interface StatusRow {
+  document_id: string;
+  filename: string;
+  mime: string;
+  bytes: string;
+  uploaded_at: Date;
+  job_id: string | null;
+  status: JobStatus | null;
+  progress: Record<string, unknown> | null;
+  attempts: number | null;
+  max_attempts: number | null;
+  next_attempt_at: Date | null;
+  last_error: Record<string, unknown> | null;
+  correlation_id: string | null;
+  created_at: Date | null;
+  updated_at: Date | null;
+  leased: boolean | null;
+  chunks_stored: string;
+  vectors_stored: string;
+}
+
+export async function jobRoutes(app: FastifyInstance): Promise<void> {
+  const { pool, auth, now } = app.deps;
+
+  app.get("/jobs/:document_id", { onRequest: requireAuth(auth) }, async (request, reply) => {
+    const who = principalOf(request);
+    const { document_id: docId } = parseOr400(DocumentParams, request.params, "path");
+    const row = await loadStatus(pool, docId, who);
+    if (!row) throw notFound(`Document ${docId}`);
+    const events = row.job_id ? await loadTimeline(pool, row.job_id) : [];
+    return reply.send(statusBody(row, events));
+  });
+
+  app.post("/jobs/:document_id/retry", { onRequest: requireAuth(auth) }, async (request, reply) => {
+    const who = principalOf(request);
+    const { document_id: docId } = parseOr400(DocumentParams, request.params, "path");
+    const row = await loadStatus(pool, docId, who);
+    if (!row) throw notFound(`Document ${docId}`);
+    if (!row.job_id || !row.status) {
+      throw new ApiError(409, "no_job", "This document has no job yet: finish the upload (POST /upload/{document_id}/finalize) first.");
+    }
+    const from = row.status;
+    if (!isFailed(from)) {
+      throw new ApiError(409, "not_failed", `The job is in '${from}'; only a job in failed_parse, failed_chunking or failed_embedding can be retried.`);
+    }
+    const to = await retryTarget(pool, row.job_id, from, row.last_error);
+    try {
+      await transition(pool, {
+        jobId: row.job_id,
+        from,
+        to,
+        actor: "operator",
+        fence: { kind: "unleased", by: "operator" },
+        resetAttempts: true,
+        lastError: null,
+        releaseLease: true,
+        nextAttemptAt: new Date(now()),
+        detail: { retried_from: from, requested_by: who.isService ? "service_role" : "owner" },
+      });
+    } catch (err) {
+      if (err instanceof PipelineError && err.code === "transition_conflict") {
+        throw new ApiError(409, "conflict", "The job changed while retrying (another retry won); GET /jobs/{document_id} to see its state.");
+      }
+      throw err;
+    }
+    request.log.info({ job_id: row.job_id, from, to }, "operator retry");
+    return reply.send({ document_id: docId, job_id: row.job_id, status: to, retried_from: from, attempts: 0 });
+  });
+}
+
+/**
+ * The state a failed job goes back to: the `from_status` of the event that failed it (the
+ * last state it reached), which the state machine's retry edges allow by construction. Falls
+ * back to `last_error.stage`, then to the first state of the failed stage; every stage resumes
+ * from what the buffers hold, so an earlier state loses nothing but time.
+ */
+async function retryTarget(pool: pg.Pool, jobId: string, failed: FailedState, lastError: Record<string, unknown> | null): Promise<PipelineState> {
+  const { rows } = await pool.query<{ from_status: string | null }>(
+    "SELECT from_status FROM upload_pipeline.job_events WHERE job_id = $1 AND to_status = $2 ORDER BY id DESC LIMIT 1",
+    [jobId, failed],
+  );
+  const candidates = [rows[0]?.from_status, typeof lastError?.stage === "string" ? lastError.stage : undefined];
+  for (const c of candidates) {
+    if (c && isJobStatus(c) && findEdge(failed, c)?.kind === "retry") return c as PipelineState;
+  }
+  return (Object.keys(FAILURE_OF) as PipelineState[]).find((s) => FAILURE_OF[s as keyof typeof FAILURE_OF] === failed)!;
+}
+
+async function loadStatus(pool: pg.Pool, documentId: string, who: Principal): Promise<StatusRow | undefined> {
+  const { rows } = await pool.query<StatusRow>(
+    `SELECT d.document_id, d.filename, d.mime, d.bytes, d.created_at AS uploaded_at,
+            j.job_id, j.status, j.progress, j.attempts, j.max_attempts, j.next_attempt_at, j.last_error,
+            j.correlation_id, j.created_at, j.updated_at, (j.lease_expires_at > now()) AS leased,
+            (SELECT count(*) FROM upload_pipeline.document_chunk_buffer c WHERE c.document_id = d.document_id) AS chunks_stored,
+            (SELECT count(*) FROM upload_pipeline.document_vector_buffer v
+               JOIN upload_pipeline.document_chunk_buffer c ON c.chunk_id = v.chunk_id
+              WHERE c.document_id = d.document_id) AS vectors_stored
+       FROM upload_pipeline.documents d
+       LEFT JOIN upload_pipeline.upload_jobs j ON j.document_id = d.document_id
+      WHERE d.document_id = $1 AND ($2::boolean OR d.user_id = $3::uuid)`,
+    [documentId, who.isService, who.userId],
+  );
+  return rows[0];
+}
+
+interface EventRow {
+  id: string;
+  from_status: string | null;
+  to_status: string;
+  at: Date;
+  attempt: number;
+  worker_id: string | null;
+  detail: Record<string, unknown>;
+}
+
+async function loadTimeline(pool: pg.Pool, jobId: string): Promise<EventRow[]> {
+  const { rows } = await pool.query<EventRow>(
+    `SELECT id, from_status, to_status, at, attempt, worker_id, detail
+       FROM upload_pipeline.job_events WHERE job_id = $1 ORDER BY id LIMIT $2`,
+    [jobId, TIMELINE_LIMIT],
+  );
+  return rows;
+}
+
+const num = (v: unknown): number => (typeof v === "number" && Number.isFinite(v) ? v : typeof v === "string" && v.trim() !== "" && Number.isFinite(Number(v)) ? Number(v) : 0);
+const percent = (done: number, total: number, finished: boolean): number =>
+  total > 0 ? Math.min(100, Math.round((done / total) * 1000) / 10) : finished ? 100 : 0;
+
+/** The body of `GET /jobs/{document_id}`; see src/api/README.md for an example. */
+export function statusBody(row: StatusRow, events: EventRow[]) {
+  const status = row.status;
+  const p = row.progress ?? {};
+  const position = status && !isFailed(status) ? PIPELINE_STATES.indexOf(status) : -1;
+  const stages = STAGES.map(({ stage, states, failed }) => {
+    let state: "pending" | "in_progress" | "done" | "failed";
+    if (status === failed) state = "failed";
+    else if (status && isFailed(status)) {
+      // Another stage failed: this one is done if it comes before the failed one.
+      const failedIndex = STAGES.findIndex((s) => s.failed === status);
+      state = STAGES.findIndex((s) => s.stage === stage) < failedIndex ? "done" : "pending";
+    } else if (position < 0) state = "pending";
+    else if (position > PIPELINE_STATES.indexOf(states[states.length - 1]!)) state = "done";
+    else if (position >= PIPELINE_STATES.indexOf(states[0]!)) state = "in_progress";
+    else state = "pending";
+    return { stage, state };
+  });
+  const stageState = (name: string) => stages.find((s) => s.stage === name)!.state;
+  const chunksStored = Number(row.chunks_stored);
+  const vectorsStored = Number(row.vectors_stored);
+  const chunksTotal = num(p.chunks_total);
+  const vectorsTotal = num(p.vectors_total);
+  return {
+    document_id: row.document_id,
+    job_id: row.job_id ?? makeJobId(row.document_id),
+    /** null: the signed upload has not been finalized yet. */
+    status,
+    document: { filename: row.filename, mime: row.mime, bytes: Number(row.bytes), uploaded_at: row.uploaded_at },
+    attempts: row.attempts ?? 0,
+    max_attempts: row.max_attempts,
+    next_attempt_at: row.next_attempt_at,
+    leased: row.leased ?? false,
+    last_error: row.last_error,
+    progress: {
+      stages,
+      chunks: { stored: chunksStored, total: chunksTotal, percent: percent(chunksStored, chunksTotal, stageState("chunking") === "done") },
+      vectors: { stored: vectorsStored, total: vectorsTotal, percent: percent(vectorsStored, vectorsTotal, stageState("embedding") === "done") },
+      batches_done: num(p.batches_done),
+    },
+    cost: { tokens: num(p.tokens), cost_usd: num(p.cost_usd) },
+    correlation_id: row.correlation_id,
+    created_at: row.created_at,
+    updated_at: row.updated_at,
+    timeline: events.map((e) => ({
+      id: Number(e.id),
+      from: e.from_status,
+      to: e.to_status,
+      at: e.at,
+      attempt: e.attempt,
+      actor: typeof e.detail?.actor === "string" ? e.detail.actor : null,
+      worker_id: e.worker_id,
+      detail: e.detail,
+    })),
+  };
+}

@@ -1,0 +1,259 @@
+/**
+ * `POST /webhooks/llamaparse` (SPEC §6). Checks run cheapest and least revealing first, and
+ * nothing is written until a delivery has passed all of them:
+ *
+ * | check | refusal | metrics reason |
+ * |---|---|---|
+ * | body ≤ WEBHOOK_MAX_BYTES (read as raw bytes, never re-serialised) | 413 | `oversized` |
+ * | `Content-Type: application/json` | 415 | `wrong_content_type` |
+ * | JSON, and the zod schema `{event_id, event_type, timestamp, data: {job_id | id}}` | 400 | `malformed` |
+ * | a job whose `parse_job_id` is `data.job_id` (else `data.id`) | 404 | `unknown_job` |
+ * | `LC-Signature: sha256=<hex>` = HMAC-SHA256(job's webhook_secret, raw body), constant time | 401 | `forged` |
+ * | body `timestamp` within ±300 s of our clock | 401 (same body as forged) | `stale` |
+ * | `event_id` new in `webhook_log` | 200 same bytes / 409 other bytes | `duplicate` / `replay` |
+ *
+ * Stale answers 401 with the forged body: the caller learns only that the delivery was not
+ * accepted; the log line and the metric say which check failed. The timestamp is checked after
+ * the signature, so only the genuine sender (whose clock may drift) ever sees `stale` counted.
+ * Headers other than LC-Signature (`X-Webhook-Event-ID`, `X-Webhook-Event-Type`) are not
+ * signed and are ignored; the signed body is the only source of truth.
+ *
+ * An accepted delivery is recorded in `webhook_log` in the same transaction as its effect:
+ * - `parse.error` / `parse.cancelled`: `parse_queued → failed_parse` (actor `webhook`, no lease);
+ * - `parse.success` / `parse.partial_success`: recorded, then handed to parse intake
+ *   (`deps.onParseEvent`) after the commit, without holding up the answer. Parse intake is the
+ *   one place that fetches the markdown from LlamaParse and stores it; if it fails or the
+ *   process dies, the worker's reconciler finds the job still `parse_queued` past its webhook
+ *   deadline and polls LlamaParse itself;
+ * - `parse.pending` / `parse.running`: recorded only.
+ * A job that is no longer `parse_queued` (or is leased by the reconciler right now) is left as
+ * it is: the event is recorded with outcome `not_applicable` and answered 200, so LlamaParse
+ * stops retrying.
+ */
+import { createHmac, timingSafeEqual } from "node:crypto";
+import type { FastifyError, FastifyInstance, FastifyRequest } from "fastify";
+import type pg from "pg";
+import { z } from "zod";
+import { PipelineError } from "../../errors.ts";
+import { sha256 } from "../../ids.ts";
+import { transition } from "../../state-machine/transition.ts";
+import { ApiError, describeIssues, sendError } from "../errors.ts";
+import type { WebhookReason } from "../metrics.ts";
+
+export const WEBHOOK_TOLERANCE_SECONDS = 300;
+
+export const EVENT_TYPES = ["parse.success", "parse.error", "parse.partial_success", "parse.cancelled", "parse.pending", "parse.running"] as const;
+
+// eslint-disable-next-line no-control-regex
+const Id = z.string().min(1, "is empty").max(256, "is too long (at most 256 characters)").regex(/^[^\u0000-\u001f\u007f]+$/, "must not contain control characters");
+
+export const WebhookBody = z.object({
+  event_id: Id,
+  event_type: z.enum(EVENT_TYPES, { error: `must be one of ${EVENT_TYPES.join(", ")}` }),
+  timestamp: z.number({ error: "must be Unix seconds (a number)" }),
+  data: z
+    .object({ id: Id.optional(), job_id: Id.optional() })
+    .refine((d) => d.job_id !== undefined || d.id !== undefined, "must carry job_id (or id), LlamaParse's parse job id"),
+});
+export type WebhookBody = z.infer<typeof WebhookBody>;
+
+const SIGNATURE = /^sha256=([0-9a-fA-F]{64})$/;
+
+/** The refusal for a forged or stale delivery: one body for both, with nothing to learn from. */
+const notAccepted = () => new ApiError(401, "unauthorized", "Webhook signature verification failed.");
+
+interface JobRow {
+  job_id: string;
+  document_id: string;
+  status: string;
+  attempts: number;
+  webhook_secret: string | null;
+  correlation_id: string;
+}
+
+/** Expected `LC-Signature` value for `raw` under `secret`: `sha256=<hex>`. */
+export function signWebhook(secret: string, raw: string | Uint8Array): string {
+  return `sha256=${createHmac("sha256", secret).update(raw).digest("hex")}`;
+}
+
+function signatureValid(header: unknown, secret: string | null, raw: Buffer): boolean {
+  if (!secret || typeof header !== "string") return false;
+  const match = SIGNATURE.exec(header.trim());
+  if (!match) return false;
+  const given = Buffer.from(match[1]!, "hex");
+  const expected = createHmac("sha256", secret).update(raw).digest();
+  return given.length === expected.length && timingSafeEqual(given, expected);
+}
+
+export async function webhookRoutes(app: FastifyInstance): Promise<void> {
+  const { pool, config, metrics, onParseEvent, now } = app.deps;
+  const maxBytes = config.WEBHOOK_MAX_BYTES;
+
+  // The signature is over the exact bytes sent, so this scope keeps the body as a Buffer for
+  // every content type and checks the type itself (a 415 it can count).
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser("*", { parseAs: "buffer", bodyLimit: maxBytes }, (_request, body, done) => done(null, body));
+
+  app.setErrorHandler((err: FastifyError, request, reply) => {
+    if (err.code === "FST_ERR_CTP_BODY_TOO_LARGE") {
+      metrics.webhook("oversized");
+      return sendError(request, reply, new ApiError(413, "payload_too_large", `The webhook body is larger than ${maxBytes} bytes (WEBHOOK_MAX_BYTES).`));
+    }
+    if (!(err instanceof ApiError) && typeof err.statusCode === "number" && err.statusCode >= 400 && err.statusCode < 500) {
+      metrics.webhook("malformed");
+    }
+    return sendError(request, reply, err);
+  });
+
+  // Intake runs after the answer; close() waits for what is in flight so a graceful shutdown
+  // does not cut a fetch-and-store in half (the reconciler would recover it, but slower).
+  const inflight = new Set<Promise<void>>();
+  app.addHook("onClose", async () => {
+    await Promise.allSettled([...inflight]);
+  });
+
+  const reject = (request: FastifyRequest, reason: WebhookReason, err: ApiError, fields: Record<string, unknown> = {}): never => {
+    metrics.webhook(reason);
+    request.log.warn({ reason, ...fields }, "webhook refused");
+    throw err;
+  };
+
+  app.post("/webhooks/llamaparse", async (request, reply) => {
+    const raw = Buffer.isBuffer(request.body) ? request.body : undefined;
+    const type = String(request.headers["content-type"] ?? "").split(";")[0]!.trim().toLowerCase();
+    if (type !== "application/json") {
+      reject(request, "wrong_content_type", new ApiError(415, "unsupported_media_type", "Content-Type must be application/json."));
+    }
+    if (!raw || raw.length === 0) reject(request, "malformed", new ApiError(400, "invalid_json", "The body is empty; expected the LlamaParse event JSON."));
+    let json: unknown;
+    try {
+      json = JSON.parse(raw!.toString("utf8"));
+    } catch {
+      reject(request, "malformed", new ApiError(400, "invalid_json", "The body is not valid JSON."));
+    }
+    const parsed = WebhookBody.safeParse(json);
+    if (!parsed.success) {
+      reject(request, "malformed", new ApiError(400, "invalid_event", `Invalid webhook event: ${describeIssues(parsed.error, "body")}.`));
+    }
+    const event = parsed.data!;
+    const parseJobId = event.data.job_id ?? event.data.id!;
+
+    const job = await findJobByParseId(pool, parseJobId);
+    if (!job) reject(request, "unknown_job", new ApiError(404, "unknown_job", "No job is waiting for this parse job; nothing was changed."));
+    const log = request.log.child({ job_id: job!.job_id, correlation_id: job!.correlation_id, event_type: event.event_type });
+
+    if (!signatureValid(request.headers["lc-signature"], job!.webhook_secret, raw!)) {
+      reject(request, "forged", notAccepted(), { job_id: job!.job_id });
+    }
+    const skew = now() / 1000 - event.timestamp;
+    if (!(Math.abs(skew) <= WEBHOOK_TOLERANCE_SECONDS)) {
+      reject(request, "stale", notAccepted(), { job_id: job!.job_id, skew_seconds: Math.round(skew) });
+    }
+
+    const result = await record(pool, job!, event, parseJobId, sha256(raw!));
+    if (result === "duplicate") {
+      metrics.webhook("duplicate");
+      log.info("duplicate webhook delivery; nothing changed");
+      return reply.code(200).send({ received: true, duplicate: true });
+    }
+    if (result === "replay") {
+      reject(request, "replay", new ApiError(409, "replayed_event", "This event_id was already delivered with a different body; refused."), { job_id: job!.job_id });
+    }
+    metrics.webhook("accepted");
+    log.info({ outcome: result }, "webhook accepted");
+    if (result === "handed_off") {
+      const ev = { jobId: job!.job_id, documentId: job!.document_id, parseJobId, eventId: event.event_id, eventType: event.event_type as "parse.success" | "parse.partial_success", correlationId: job!.correlation_id };
+      const p: Promise<void> = new Promise<void>((resolve) => setImmediate(resolve))
+        .then(() => onParseEvent(ev))
+        .then(
+          (outcome) => log.info({ outcome }, "parse intake finished"),
+          (err: unknown) => log.error({ err: err instanceof Error ? err.message : String(err) }, "parse intake failed; the reconciler will recover the job"),
+        )
+        .finally(() => inflight.delete(p));
+      inflight.add(p);
+    }
+    return reply.code(200).send({ received: true, outcome: result });
+  });
+}
+
+async function findJobByParseId(pool: pg.Pool, parseJobId: string): Promise<JobRow | undefined> {
+  const { rows } = await pool.query<JobRow>(
+    `SELECT job_id, document_id, status, attempts, webhook_secret, correlation_id
+       FROM upload_pipeline.upload_jobs WHERE parse_job_id = $1 ORDER BY created_at DESC LIMIT 1`,
+    [parseJobId],
+  );
+  return rows[0];
+}
+
+type RecordResult = "duplicate" | "replay" | "handed_off" | "failed_parse" | "recorded" | "not_applicable";
+
+/**
+ * Record the delivery and apply its effect in one transaction. The unique `delivery_key` is the
+ * gate: of two concurrent copies of one event exactly one inserts, the other sees the row.
+ */
+async function record(pool: pg.Pool, job: JobRow, event: WebhookBody, parseJobId: string, bodySha: string): Promise<RecordResult> {
+  const client = await pool.connect();
+  try {
+    await client.query("BEGIN");
+    const inserted = await client.query<{ id: string }>(
+      `INSERT INTO upload_pipeline.webhook_log (delivery_key, job_id, parse_job_id, event_type, event_ts, body_sha256, outcome)
+       VALUES ($1, $2, $3, $4, $5, $6, 'received')
+       ON CONFLICT (delivery_key) DO NOTHING RETURNING id`,
+      [event.event_id, job.job_id, parseJobId, event.event_type, event.timestamp, bodySha],
+    );
+    if (!inserted.rows[0]) {
+      await client.query("ROLLBACK");
+      const { rows } = await pool.query<{ body_sha256: string }>("SELECT body_sha256 FROM upload_pipeline.webhook_log WHERE delivery_key = $1", [event.event_id]);
+      return rows[0]?.body_sha256 === bodySha ? "duplicate" : "replay";
+    }
+    let outcome: RecordResult;
+    switch (event.event_type) {
+      case "parse.success":
+      case "parse.partial_success":
+        outcome = job.status === "parse_queued" ? "handed_off" : "not_applicable";
+        break;
+      case "parse.error":
+      case "parse.cancelled":
+        outcome = job.status === "parse_queued" ? await failParse(client, job, event) : "not_applicable";
+        break;
+      default:
+        outcome = "recorded";
+    }
+    await client.query("UPDATE upload_pipeline.webhook_log SET outcome = $2 WHERE id = $1", [inserted.rows[0].id, outcome]);
+    await client.query("COMMIT");
+    return outcome;
+  } catch (err) {
+    await client.query("ROLLBACK").catch(() => {});
+    throw err;
+  } finally {
+    client.release();
+  }
+}
+
+async function failParse(client: pg.PoolClient, job: JobRow, event: WebhookBody): Promise<RecordResult> {
+  const what = event.event_type === "parse.error" ? "failed" : "was cancelled";
+  try {
+    await transition(client, {
+      jobId: job.job_id,
+      from: "parse_queued",
+      to: "failed_parse",
+      actor: "webhook",
+      fence: { kind: "unleased", by: "webhook" },
+      releaseLease: true,
+      lastError: {
+        class: "permanent",
+        code: event.event_type === "parse.error" ? "llamaparse_failed" : "llamaparse_cancelled",
+        message: `LlamaParse reports the parse job ${what} (${event.event_type}); retry with POST /jobs/{document_id}/retry.`,
+        stage: "parse_queued",
+        attempt: job.attempts,
+        correlation_id: job.correlation_id,
+      },
+      detail: { event_id: event.event_id, event_type: event.event_type },
+    });
+    return "failed_parse";
+  } catch (err) {
+    // The job moved on or a live lease holds it (the reconciler): leave it to them.
+    if (err instanceof PipelineError && err.code === "transition_conflict") return "not_applicable";
+    throw err;
+  }
+}

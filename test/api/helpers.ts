@@ -1,0 +1,222 @@
+/**
+ * Shared setup for the API tests: a real migrated database per file (test/support/db.ts), an
+ * in-memory object store (storage is the only stand-in), bearer tokens signed like Supabase's,
+ * and a way to drive a job to any state through the real `transition()`.
+ */
+import { randomUUID } from "node:crypto";
+import type { FastifyInstance } from "fastify";
+import { SignJWT } from "jose";
+import type pg from "pg";
+import { buildApp, type ApiDeps, type ObjectStore, type ParseEvent } from "../../src/api/app.ts";
+import { signWebhook } from "../../src/api/routes/webhook.ts";
+import { configForLocalMocks, type Config } from "../../src/config.ts";
+import { documentId as makeDocumentId, jobId as makeJobId, sha256 } from "../../src/ids.ts";
+import { createLogger } from "../../src/logger.ts";
+import { FAILURE_OF, PIPELINE_STATES, type JobStatus, type PipelineState } from "../../src/state-machine/table.ts";
+import { createJob, transition } from "../../src/state-machine/transition.ts";
+
+export const JWT_SECRET = "super-secret-jwt-token-with-at-least-32-characters-long";
+
+export function testConfig(overrides: Record<string, string> = {}): Config {
+  return configForLocalMocks("http://127.0.0.1:9", {
+    SUPABASE_JWT_SECRET: JWT_SECRET,
+    UPLOAD_MAX_BYTES: "4096",
+    UPLOAD_ALLOWED_MIME: "application/pdf,text/plain,text/markdown",
+    WEBHOOK_MAX_BYTES: "4096",
+    ...overrides,
+  });
+}
+
+/** Storage stand-in: a Map of path → bytes, with the signed-upload flow's PUT as `put()`. */
+export class MemoryStore implements ObjectStore {
+  readonly objects = new Map<string, { bytes: Uint8Array; contentType: string }>();
+  readonly signed: string[] = [];
+  uploads = 0;
+  async upload(path: string, body: Uint8Array | ReadableStream<Uint8Array>, contentType: string) {
+    const bytes = body instanceof Uint8Array ? body : new Uint8Array(await new Response(body).arrayBuffer());
+    this.uploads++;
+    this.objects.set(path, { bytes, contentType });
+    return { path };
+  }
+  async createSignedUploadUrl(path: string) {
+    const token = `tok-${randomUUID()}`;
+    this.signed.push(path);
+    return { signedUrl: `http://storage.test/storage/v1/object/upload/sign/documents/${path}?token=${token}`, token, path };
+  }
+  async exists(path: string) {
+    return this.objects.has(path);
+  }
+  /** What a client's PUT to the signed URL does. */
+  put(path: string, bytes: Uint8Array | string, contentType = "application/pdf") {
+    this.objects.set(path, { bytes: typeof bytes === "string" ? new TextEncoder().encode(bytes) : bytes, contentType });
+  }
+}
+
+export interface TestApp {
+  app: FastifyInstance;
+  store: MemoryStore;
+  intake: ParseEvent[];
+  clock: { now: number };
+}
+
+export async function makeApp(pool: pg.Pool, overrides: Partial<ApiDeps> & { configOverrides?: Record<string, string> } = {}): Promise<TestApp> {
+  const store = new MemoryStore();
+  const intake: ParseEvent[] = [];
+  const clock = { now: Date.now() };
+  const { configOverrides, ...rest } = overrides;
+  const app = await buildApp({
+    pool,
+    config: testConfig(configOverrides),
+    store,
+    log: createLogger({ level: process.env.TEST_LOG_LEVEL ?? "silent" }),
+    now: () => clock.now,
+    onParseEvent: async (event) => {
+      intake.push(event);
+      return { outcome: "pending" };
+    },
+    ...rest,
+  });
+  await app.ready();
+  return { app, store, intake, clock };
+}
+
+/** A bearer token as Supabase signs them (HS256, `sub`, `role`, `aud`, `exp`). */
+export async function token(
+  claims: { sub?: string; role?: string; [k: string]: unknown } = {},
+  options: { secret?: string; expiresIn?: string | number; alg?: string } = {},
+): Promise<string> {
+  const { sub, ...rest } = claims;
+  let jwt = new SignJWT({ role: "authenticated", aud: "authenticated", ...rest })
+    .setProtectedHeader({ alg: options.alg ?? "HS256", typ: "JWT" })
+    .setIssuedAt()
+    .setExpirationTime(options.expiresIn ?? "1h");
+  if (sub) jwt = jwt.setSubject(sub);
+  return jwt.sign(new TextEncoder().encode(options.secret ?? JWT_SECRET));
+}
+
+export const bearer = async (userId: string) => ({ authorization: `Bearer ${await token({ sub: userId })}` });
+export const serviceBearer = async () => ({ authorization: `Bearer ${await token({ role: "service_role" })}` });
+
+/** A multipart body with one `file` part and optional fields. */
+export function multipartBody(
+  file: { name: string; type: string; content: string | Uint8Array } | null,
+  fields: Record<string, string> = {},
+  fieldName = "file",
+): { payload: Buffer; headers: Record<string, string> } {
+  const boundary = `----test${randomUUID().replace(/-/g, "")}`;
+  const chunks: Buffer[] = [];
+  for (const [k, v] of Object.entries(fields)) {
+    chunks.push(Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="${k}"\r\n\r\n${v}\r\n`));
+  }
+  if (file) {
+    chunks.push(Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="${fieldName}"; filename="${file.name}"\r\nContent-Type: ${file.type}\r\n\r\n`));
+    chunks.push(Buffer.from(file.content));
+    chunks.push(Buffer.from("\r\n"));
+  }
+  chunks.push(Buffer.from(`--${boundary}--\r\n`));
+  return { payload: Buffer.concat(chunks), headers: { "content-type": `multipart/form-data; boundary=${boundary}` } };
+}
+
+/** Everything the API could change, for before/after comparison. */
+export async function snapshot(pool: pg.Pool) {
+  const q = async (sql: string) => (await pool.query(sql)).rows;
+  return {
+    documents: await q("SELECT * FROM upload_pipeline.documents ORDER BY document_id"),
+    jobs: await q("SELECT * FROM upload_pipeline.upload_jobs ORDER BY job_id"),
+    events: await q("SELECT * FROM upload_pipeline.job_events ORDER BY id"),
+    webhooks: await q("SELECT * FROM upload_pipeline.webhook_log ORDER BY id"),
+  };
+}
+
+export interface SeededJob {
+  userId: string;
+  documentId: string;
+  jobId: string;
+  parseJobId: string;
+  secret: string;
+  rawPath: string;
+}
+
+/**
+ * A document and its job, driven through the real state machine to `status` (a failed state is
+ * reached from `failedFrom`, default the first state of its stage).
+ */
+export async function seedJob(
+  pool: pg.Pool,
+  options: { userId?: string; status?: JobStatus; failedFrom?: PipelineState; content?: string; progress?: Record<string, unknown> } = {},
+): Promise<SeededJob> {
+  const userId = options.userId ?? randomUUID();
+  const fileSha = sha256(options.content ?? randomUUID());
+  const documentId = makeDocumentId(userId, fileSha);
+  const jobId = makeJobId(documentId);
+  const rawPath = `${userId}/raw/${documentId}/doc.pdf`;
+  await pool.query(
+    `INSERT INTO upload_pipeline.documents (document_id, user_id, filename, mime, bytes, file_sha256, raw_path)
+     VALUES ($1, $2, 'doc.pdf', 'application/pdf', 10, $3, $4)`,
+    [documentId, userId, fileSha, rawPath],
+  );
+  await createJob(pool, { jobId, documentId, correlationId: randomUUID(), maxAttempts: 5 });
+  const parseJobId = `pjob-${randomUUID()}`;
+  const secret = `whsec-${randomUUID()}`;
+  const target = options.status ?? "parse_queued";
+  const failed = target.startsWith("failed_");
+  const stop: PipelineState = failed
+    ? (options.failedFrom ?? (Object.keys(FAILURE_OF) as PipelineState[]).find((s) => FAILURE_OF[s as keyof typeof FAILURE_OF] === target)!)
+    : (target as PipelineState);
+  let from: PipelineState = "uploaded";
+  for (const to of PIPELINE_STATES.slice(1, PIPELINE_STATES.indexOf(stop) + 1)) {
+    await leased(pool, jobId, (fence) =>
+      transition(pool, {
+        jobId, from, to, actor: to === "parsed" ? "reconciler" : "worker", fence, releaseLease: true,
+        ...(to === "parse_queued" ? { parseJobId, webhookSecret: secret } : {}),
+        ...(to === "embeddings_stored" && options.progress ? { progress: options.progress } : {}),
+      }),
+    );
+    from = to;
+  }
+  if (failed) {
+    await leased(pool, jobId, (fence) =>
+      transition(pool, {
+        jobId, from, to: target, actor: "worker", fence, releaseLease: true,
+        lastError: { class: "permanent", code: "test_failure", message: "failed on purpose", stage: from, attempt: 1 },
+      }),
+    );
+  }
+  return { userId, documentId, jobId, parseJobId, secret, rawPath };
+}
+
+async function leased(pool: pg.Pool, jobId: string, fn: (fence: { kind: "lease"; token: string; workerId: string }) => Promise<unknown>) {
+  const token = randomUUID();
+  await pool.query(
+    "UPDATE upload_pipeline.upload_jobs SET locked_by = 'test-worker', lease_token = $2, lease_expires_at = now() + interval '1 minute', attempts = attempts + 1 WHERE job_id = $1",
+    [jobId, token],
+  );
+  await fn({ kind: "lease", token, workerId: "test-worker" });
+}
+
+/** A webhook delivery as LlamaParse sends it, signed with `secret` unless told otherwise. */
+export function webhookRequest(
+  body: Record<string, unknown> | string,
+  secret: string,
+  options: { signature?: string | null; contentType?: string; headers?: Record<string, string> } = {},
+) {
+  const raw = typeof body === "string" ? body : JSON.stringify(body);
+  const headers: Record<string, string> = {
+    "content-type": options.contentType ?? "application/json",
+    "user-agent": "llamaindex-webhook-service/1.0",
+    ...options.headers,
+  };
+  const signature = options.signature === undefined ? signWebhook(secret, raw) : options.signature;
+  if (signature !== null) headers["lc-signature"] = signature;
+  return { method: "POST" as const, url: "/webhooks/llamaparse", payload: raw, headers };
+}
+
+export function parseEvent(parseJobId: string, overrides: Record<string, unknown> = {}, nowMs = Date.now()) {
+  return {
+    event_id: `evt-${randomUUID()}`,
+    event_type: "parse.success",
+    timestamp: nowMs / 1000,
+    data: { id: parseJobId, job_id: parseJobId },
+    ...overrides,
+  };
+}
