@@ -101,6 +101,12 @@ export interface ChunkerStats {
 export interface ChunkMarkdownOptions extends z.input<typeof ChunkerOptions> {
   /** Called whenever the chunker's text buffer changes size; for memory tests and metrics. */
   onStats?: (stats: ChunkerStats) => void;
+  /**
+   * How many units of source text are moved into the window at a time (default
+   * {@link READ_SLICE_UNITS}). Output is identical for any value; tests set it tiny so every
+   * "decide only once enough text is known" path runs.
+   */
+  readSliceUnits?: number;
 }
 
 export interface ChunkMeta {
@@ -142,7 +148,7 @@ export async function* chunkMarkdown(
     maxTokens: options.maxTokens,
     overlapTokens: options.overlapTokens,
   });
-  const doc = new PieceReader(normalizeStream(source), options.onStats);
+  const doc = new PieceReader(normalizeStream(source), options.onStats, options.readSliceUnits);
   const q = doc.pieces;
   let path: readonly Heading[] = [];
   let ord = 0;
@@ -325,6 +331,7 @@ class PieceReader {
   constructor(
     input: AsyncIterable<string>,
     private readonly onStats?: (stats: ChunkerStats) => void,
+    private readonly readSlice = READ_SLICE_UNITS,
   ) {
     this.input = input[Symbol.asyncIterator]();
   }
@@ -343,7 +350,7 @@ class PieceReader {
         else this.pendingIn = r.value;
       }
       if (this.pendingIn !== "") {
-        const take = this.pendingIn.slice(0, READ_SLICE_UNITS);
+        const take = this.pendingIn.slice(0, Math.max(1, this.readSlice));
         this.pendingIn = this.pendingIn.slice(take.length);
         this.buf += take;
         this.report();
