@@ -86,6 +86,12 @@ export function createEmbeddingsClient(options: EmbeddingsClientOptions): Embedd
     dimensions,
     async embed(inputs, signal) {
       if (inputs.length === 0) return { vectors: [], usage: { promptTokens: 0, totalTokens: 0 }, rateLimit: undefined, model };
+      // The API fails the whole request on an empty string (whitespace is fine); say which one
+      // here instead of spending a request and a rate-limit slot to learn it.
+      const empty = inputs.findIndex((text) => text.length === 0);
+      if (empty !== -1) {
+        throw new PermanentError("openai_bad_request", `Invalid 'input[${empty}]': the embeddings API rejects empty strings; drop or fill empty chunks before embedding`);
+      }
       let data: OpenAI.Embeddings.CreateEmbeddingResponse;
       let response: Response;
       try {

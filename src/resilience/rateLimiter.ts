@@ -151,6 +151,12 @@ class Budget {
     if (this.#server) this.#server.unseen += n;
   }
 
+  /** Undo a `take` for a request that was never sent. */
+  refund(n: number): void {
+    this.bucket.give(n);
+    if (this.#server) this.#server.unseen = Math.max(0, this.#server.unseen - n);
+  }
+
   observe(remaining: number | undefined, limit: number | undefined, resetMs: number | undefined, unseen: number): void {
     if (limit !== undefined && limit > 0) this.bucket.setCapacity(Math.min(this.configuredLimit, limit));
     if (remaining === undefined) return;
@@ -290,11 +296,17 @@ export class OpenAIRateLimiter {
   }
 
   /**
-   * The request failed. Nothing is refunded: we cannot tell whether the server counted it, and
-   * erring towards "counted" costs a little throughput where the other way costs 429s.
+   * The request failed. By default nothing is refunded: we cannot tell whether the server
+   * counted it, and erring towards "counted" costs a little throughput where the other way
+   * costs 429s. Pass `notSent: true` when it certainly never left (open circuit, aborted
+   * before sending) to give the budget back.
    */
-  release(reservation: Reservation): void {
-    this.#inFlight.delete(reservation.seq);
+  release(reservation: Reservation, { notSent = false }: { notSent?: boolean } = {}): void {
+    if (!this.#inFlight.delete(reservation.seq)) return;
+    if (notSent) {
+      this.#requests.refund(1);
+      this.#tokens.refund(reservation.tokens);
+    }
   }
 
   /** Stop every caller for `ms` (a 429's `retryAfterMs`, or the default when it named none). */
@@ -391,8 +403,10 @@ export class RateLimitedEmbedder implements EmbeddingsClient {
         this.#limiter.settle(reservation, result.usage.totalTokens);
         return result;
       } catch (err) {
-        this.#limiter.release(reservation);
         const e = coerceError(err);
+        // An open circuit rejected the call before anything was sent: give the budget back, or
+        // every fast failure during an outage would drain it for when the service returns.
+        this.#limiter.release(reservation, { notSent: e.code === "circuit_open" });
         if (e.status === 429 && e.transient) {
           this.#limiter.pause(e.retryAfterMs);
           if (attempt < this.#rateLimitRetries) continue;

@@ -157,6 +157,14 @@ describe("embed", () => {
     expect(seen).toHaveLength(0);
   });
 
+  it("refuses an empty input locally, naming its index, without calling the API", async () => {
+    server.use(embeddingsOk());
+    const err = await failure(client().embed(["a", " ", ""]));
+    expect(err).toMatchObject({ code: "openai_bad_request", errorClass: "permanent" });
+    expect(err.message).toContain("input[2]");
+    expect(seen).toHaveLength(0);
+  });
+
   it("rejects an answer with the wrong number of embeddings as a transient bad response", async () => {
     server.use(
       http.post(`${BASE}/embeddings`, () =>

@@ -321,4 +321,15 @@ describe("RateLimitedEmbedder", () => {
     await expect(embedder.embed(["a"])).rejects.toMatchObject({ code: "circuit_open", errorClass: "transient" });
     expect(client.calls).toBe(7);
   });
+
+  it("gives the budget back when an open circuit rejected the call before it was sent", async () => {
+    const clock = new ManualClock();
+    const limiter = new OpenAIRateLimiter({ requestsPerMinute: 10, tokensPerMinute: 1000, clock });
+    const breakers = createBreakers();
+    const held = breakers.openai.isolate();
+    const embedder = new RateLimitedEmbedder({ client: fakeClient([]), limiter, breaker: breakers.openai, countTokens: () => 400 });
+    for (let i = 0; i < 5; i++) await expect(embedder.embed(["a"])).rejects.toMatchObject({ code: "circuit_open" });
+    expect(limiter.snapshot()).toMatchObject({ requestsAvailable: 10, tokensAvailable: 1000, inFlight: 0 });
+    held.dispose();
+  });
 });
