@@ -72,6 +72,7 @@ export const DocumentParams = z.object({
 export function storageName(filename: string): string {
   const base = filename
     .normalize("NFKD")
+    .replace(/[\u0300-\u036f]/g, "") // é → e: drop the combining marks NFKD split off
     .split(/[\\/]/)
     .pop()!
     .replace(/[^A-Za-z0-9._-]+/g, "_")

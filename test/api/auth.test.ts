@@ -1,0 +1,88 @@
+/**
+ * Who may do what: a user sees and retries only their own documents (404 for anyone else's,
+ * exactly as for a missing one); the service role sees all; a bad token is 401 with one
+ * generic body whatever was wrong with it.
+ */
+import { randomUUID } from "node:crypto";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createTestDatabase, type TestDatabase } from "../support/db.ts";
+import { bearer, JWT_SECRET, makeApp, multipartBody, seedJob, serviceBearer, snapshot, token, type SeededJob, type TestApp } from "./helpers.ts";
+
+let db: TestDatabase;
+let t: TestApp;
+let mine: SeededJob;
+beforeAll(async () => {
+  db = await createTestDatabase();
+  t = await makeApp(db.pool);
+  mine = await seedJob(db.pool, { status: "failed_parse" });
+});
+afterAll(async () => {
+  await t.app.close();
+  await db.drop();
+});
+
+describe("authorization", () => {
+  it("the owner can read and retry; another user gets 404 and changes nothing", async () => {
+    const stranger = await bearer(randomUUID());
+    const before = await snapshot(db.pool);
+    const read = await t.app.inject({ method: "GET", url: `/jobs/${mine.documentId}`, headers: stranger });
+    expect(read.statusCode).toBe(404);
+    const missing = await t.app.inject({ method: "GET", url: `/jobs/${randomUUID()}`, headers: stranger });
+    expect(read.json().error.code).toBe(missing.json().error.code);
+    expect((await t.app.inject({ method: "POST", url: `/jobs/${mine.documentId}/retry`, headers: stranger })).statusCode).toBe(404);
+    expect((await t.app.inject({ method: "POST", url: `/upload/${mine.documentId}/finalize`, headers: stranger })).statusCode).toBe(404);
+    expect(await snapshot(db.pool)).toEqual(before);
+    expect((await t.app.inject({ method: "GET", url: `/jobs/${mine.documentId}`, headers: await bearer(mine.userId) })).statusCode).toBe(200);
+  });
+
+  it("the service role sees and retries every document", async () => {
+    const job = await seedJob(db.pool, { status: "failed_embedding" });
+    const headers = await serviceBearer();
+    expect((await t.app.inject({ method: "GET", url: `/jobs/${job.documentId}`, headers })).statusCode).toBe(200);
+    const res = await t.app.inject({ method: "POST", url: `/jobs/${job.documentId}/retry`, headers });
+    expect(res.statusCode).toBe(200);
+    const { rows } = await db.pool.query("SELECT detail FROM upload_pipeline.job_events WHERE job_id = $1 ORDER BY id DESC LIMIT 1", [job.jobId]);
+    expect(rows[0].detail).toMatchObject({ actor: "operator", requested_by: "service_role" });
+  });
+
+  const badTokens: Array<[string, () => Promise<Record<string, string>>]> = [
+    ["no header", async () => ({})],
+    ["not Bearer", async () => ({ authorization: `Basic ${Buffer.from("a:b").toString("base64")}` })],
+    ["garbage", async () => ({ authorization: "Bearer not.a.jwt" })],
+    ["wrong secret", async () => ({ authorization: `Bearer ${await token({ sub: mine.userId }, { secret: "another-secret-another-secret-another-secret" })}` })],
+    ["expired", async () => ({ authorization: `Bearer ${await token({ sub: mine.userId }, { expiresIn: Math.floor(Date.now() / 1000) - 3600 })}` })],
+    ["alg none", async () => {
+      const enc = (o: object) => Buffer.from(JSON.stringify(o)).toString("base64url");
+      return { authorization: `Bearer ${enc({ alg: "none", typ: "JWT" })}.${enc({ sub: mine.userId, role: "service_role", exp: Math.floor(Date.now() / 1000) + 3600 })}.` };
+    }],
+    ["HS512", async () => ({ authorization: `Bearer ${await token({ sub: mine.userId }, { alg: "HS512" })}` })],
+    ["anon key", async () => ({ authorization: `Bearer ${await token({ role: "anon" })}` })],
+    ["sub not a uuid", async () => ({ authorization: `Bearer ${await token({ sub: "admin" })}` })],
+    ["tampered payload", async () => {
+      const [h, , s] = (await token({ sub: randomUUID() })).split(".");
+      const p = Buffer.from(JSON.stringify({ sub: mine.userId, role: "service_role", exp: Math.floor(Date.now() / 1000) + 3600 })).toString("base64url");
+      return { authorization: `Bearer ${h}.${p}.${s}` };
+    }],
+  ];
+
+  it.each(badTokens)("a bad token (%s) is 401 with the same generic body on every route", async (_name, headersOf) => {
+    const headers = await headersOf();
+    const before = await snapshot(db.pool);
+    const { payload, headers: mp } = multipartBody({ name: "a.pdf", type: "application/pdf", content: "x" });
+    const answers = await Promise.all([
+      t.app.inject({ method: "GET", url: `/jobs/${mine.documentId}`, headers }),
+      t.app.inject({ method: "POST", url: `/jobs/${mine.documentId}/retry`, headers }),
+      t.app.inject({ method: "POST", url: "/upload", headers: { ...mp, ...headers }, payload }),
+      t.app.inject({ method: "POST", url: "/upload", headers: { ...headers, "content-type": "application/json" }, payload: "{}" }),
+      t.app.inject({ method: "POST", url: `/upload/${mine.documentId}/finalize`, headers }),
+    ]);
+    for (const res of answers) {
+      expect(res.statusCode).toBe(401);
+      expect(res.json()).toEqual({ error: { code: "unauthorized", message: expect.any(String) } });
+      expect(res.headers["www-authenticate"]).toMatch(/^Bearer/);
+    }
+    expect(new Set(answers.map((a) => a.body)).size).toBe(1);
+    expect(await snapshot(db.pool)).toEqual(before);
+    expect(answers[0]!.body).not.toContain(JWT_SECRET);
+  });
+});
