@@ -1,0 +1,81 @@
+/**
+ * The scenario corpus: deterministic markdown documents generated from the seed, so the same
+ * scenario always uploads the same bytes (and a reference run can be compared row for row).
+ */
+import { mulberry32, type Rng } from "../mocks/shared/rng.ts";
+import type { Scenario } from "./scenario.ts";
+import { deterministicId } from "../src/ids.ts";
+
+export type CorpusKind = "document" | "large" | "poison" | "empty" | "reupload";
+
+export interface CorpusFile {
+  kind: CorpusKind;
+  userId: string;
+  filename: string;
+  mime: string;
+  bytes: Uint8Array;
+}
+
+const WORDS = (
+  "ingest parse chunk embed vector lease fence retry backoff jitter breaker webhook signature " +
+  "postgres queue worker stage batch token budget window replay duplicate crash resume state " +
+  "document section heading paragraph sentence markdown storage bucket object upload signed " +
+  "model dimension cosine index latency throughput invariant coverage scenario seed fault plan"
+).split(" ");
+
+function sentence(rng: Rng): string {
+  const n = 6 + Math.floor(rng() * 14);
+  const words = Array.from({ length: n }, () => WORDS[Math.floor(rng() * WORDS.length)]!);
+  return `${words[0]![0]!.toUpperCase()}${words.join(" ").slice(1)}.`;
+}
+
+/** A markdown document of about `bytes` bytes: headings, paragraphs, lists and a code fence. */
+export function markdownDocument(rng: Rng, title: string, bytes: number): string {
+  const parts: string[] = [`# ${title}`];
+  let size = parts[0]!.length;
+  let section = 0;
+  while (size < bytes) {
+    section += 1;
+    const block: string[] = [`## Section ${section}`];
+    const paragraphs = 1 + Math.floor(rng() * 4);
+    for (let p = 0; p < paragraphs; p++) {
+      if (rng() < 0.2) block.push(`### Detail ${section}.${p + 1}`);
+      block.push(Array.from({ length: 2 + Math.floor(rng() * 6) }, () => sentence(rng)).join(" "));
+    }
+    if (rng() < 0.3) block.push(Array.from({ length: 3 }, () => `- ${sentence(rng)}`).join("\n"));
+    if (rng() < 0.15) block.push("```ts\nconst lease = await claimNextJob(pool);\nawait heartbeat(lease);\n```");
+    const text = block.join("\n\n");
+    parts.push(text);
+    size += text.length + 2;
+  }
+  return `${parts.join("\n\n")}\n`;
+}
+
+/** The files a scenario uploads, in upload order. */
+export function buildCorpus(scenario: Scenario): CorpusFile[] {
+  const rng = mulberry32(scenario.seed);
+  const c = scenario.corpus;
+  const users = Array.from({ length: 3 }, (_, i) => deterministicId("scenario-user", scenario.seed, i));
+  const user = () => users[Math.floor(rng() * users.length)]!;
+  const encode = (text: string) => new TextEncoder().encode(text);
+  const files: CorpusFile[] = [];
+  for (let i = 0; i < c.documents; i++) {
+    const kib = c.minKiB + rng() * (c.maxKiB - c.minKiB);
+    files.push({ kind: "document", userId: user(), filename: `doc-${i}.md`, mime: "text/markdown", bytes: encode(markdownDocument(rng, `Document ${i}`, kib * 1024)) });
+  }
+  for (let i = 0; i < c.large.count; i++) {
+    files.push({ kind: "large", userId: user(), filename: `large-${i}.md`, mime: "text/markdown", bytes: encode(markdownDocument(rng, `Large document ${i}`, c.large.kib * 1024)) });
+  }
+  for (let i = 0; i < c.poison; i++) {
+    files.push({ kind: "poison", userId: user(), filename: `poison-${i}.md`, mime: "text/markdown", bytes: encode(`# Poison ${i}\n\n%%POISON%% ${sentence(rng)}\n`) });
+  }
+  for (let i = 0; i < c.empty; i++) {
+    files.push({ kind: "empty", userId: user(), filename: `empty-${i}.txt`, mime: "text/plain", bytes: encode(`   \n\n\t\n${" ".repeat(i)}\n`) });
+  }
+  const originals = files.filter((f) => f.kind === "document");
+  for (let i = 0; i < c.reuploads && originals.length > 0; i++) {
+    const original = originals[i % originals.length]!;
+    files.push({ ...original, kind: "reupload" });
+  }
+  return files;
+}

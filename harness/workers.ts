@@ -1,0 +1,114 @@
+/**
+ * Real worker processes for a scenario: `npm run worker`'s entry point as child processes, so a
+ * crash is a real SIGKILL with no cleanup. A process that dies is restarted (a new "life" with
+ * a new WORKER_ID, so events and leases name the life that wrote them).
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { createWriteStream, mkdirSync } from "node:fs";
+import { join } from "node:path";
+
+const WORKER_ENTRY = new URL("../src/worker/main.ts", import.meta.url).pathname;
+
+export interface FleetOptions {
+  count: number;
+  env: Record<string, string>;
+  logDir: string;
+  /** Fault points worker 0 kills itself at, one per life. */
+  crashPoints?: readonly string[];
+  onEvent?: (event: FleetEvent) => void;
+}
+
+export type FleetEvent =
+  | { kind: "started"; worker: number; workerId: string }
+  | { kind: "killed"; worker: number; workerId: string; reason: string }
+  | { kind: "exited"; worker: number; workerId: string; code: number | null; signal: string | null };
+
+interface Slot {
+  index: number;
+  life: number;
+  child?: ChildProcess | undefined;
+  workerId: string;
+  exited?: Promise<void>;
+}
+
+export class WorkerFleet {
+  private readonly slots: Slot[] = [];
+  private stopping = false;
+  private crashPointsUsed = 0;
+  /** Every SIGKILL the fleet saw (ours or self-inflicted at a fault point). */
+  kills = 0;
+  /** Exits that were neither our SIGKILL nor our SIGTERM. */
+  unexpectedExits = 0;
+
+  constructor(private readonly opts: FleetOptions) {
+    mkdirSync(opts.logDir, { recursive: true });
+  }
+
+  start(): void {
+    for (let i = 0; i < this.opts.count; i++) {
+      const slot: Slot = { index: i, life: 0, workerId: "" };
+      this.slots.push(slot);
+      this.spawn(slot);
+    }
+  }
+
+  /** The process index that holds `workerId` (as written in `locked_by`), if it is alive. */
+  indexOf(workerId: string): number | undefined {
+    return this.slots.find((s) => s.workerId === workerId && s.child)?.index;
+  }
+
+  get size(): number {
+    return this.slots.length;
+  }
+
+  /** SIGKILL worker `index`; it is restarted as a new life. */
+  kill(index: number, reason: string): void {
+    const slot = this.slots[index];
+    if (!slot?.child) return;
+    this.opts.onEvent?.({ kind: "killed", worker: index, workerId: slot.workerId, reason });
+    slot.child.kill("SIGKILL");
+  }
+
+  /** SIGTERM every worker and wait for them to exit (SIGKILL after `timeoutMs`). */
+  async stop(timeoutMs = 15_000): Promise<void> {
+    this.stopping = true;
+    const live = this.slots.filter((s) => s.child);
+    for (const s of live) s.child!.kill("SIGTERM");
+    const timer = setTimeout(() => live.forEach((s) => s.child?.kill("SIGKILL")), timeoutMs);
+    await Promise.all(live.map((s) => s.exited));
+    clearTimeout(timer);
+  }
+
+  private spawn(slot: Slot): void {
+    slot.life += 1;
+    slot.workerId = `w${slot.index}.${slot.life}`;
+    const crashAt = slot.index === 0 ? this.opts.crashPoints?.[this.crashPointsUsed] : undefined;
+    if (crashAt) this.crashPointsUsed += 1;
+    const child = spawn(process.execPath, ["--import", "tsx", WORKER_ENTRY], {
+      env: {
+        ...process.env,
+        ...this.opts.env,
+        WORKER_ID: slot.workerId,
+        ...(crashAt ? { UPLOAD_PIPELINE_CRASH_AT: crashAt } : { UPLOAD_PIPELINE_CRASH_AT: "" }),
+      },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    const log = createWriteStream(join(this.opts.logDir, `${slot.workerId}.log`));
+    child.stdout!.pipe(log);
+    child.stderr!.pipe(log);
+    slot.child = child;
+    slot.exited = new Promise((resolve) => {
+      child.on("exit", (code, signal) => {
+        slot.child = undefined;
+        this.opts.onEvent?.({ kind: "exited", worker: slot.index, workerId: slot.workerId, code, signal });
+        if (signal === "SIGKILL") this.kills += 1;
+        // A process that exits on its own (bad config, a bug) is restarted a few times, then
+        // left down: the run's deadline then fails the scenario and names the log to read.
+        else if (!this.stopping) this.unexpectedExits += 1;
+        if (!this.stopping && this.unexpectedExits <= 3) setTimeout(() => this.stopping || this.spawn(slot), 100);
+        resolve();
+      });
+    });
+    this.opts.onEvent?.({ kind: "started", worker: slot.index, workerId: slot.workerId });
+  }
+}

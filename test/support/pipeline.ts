@@ -1,0 +1,153 @@
+/**
+ * The whole pipeline in one test process: a real PostgreSQL (a database per file), the mocks'
+ * msw handlers in-process (the real SDKs' requests are intercepted), the real API listening on
+ * loopback for LlamaParse's webhooks, and real BaseWorkers running the real stages.
+ */
+import { randomUUID } from "node:crypto";
+import { setupServer, type SetupServerApi } from "msw/node";
+import type { FastifyInstance } from "fastify";
+import { buildApp } from "../../src/api/app.ts";
+import { configForLocalMocks, type Config } from "../../src/config.ts";
+import { documentId, jobId, sha256 } from "../../src/ids.ts";
+import { createLogger } from "../../src/logger.ts";
+import { createPipelineServices, type WiredServices } from "../../src/services.ts";
+import { ingestParseResult } from "../../src/stages/parseIntake.ts";
+import { PIPELINE_STAGES } from "../../src/stages/index.ts";
+import { createJob } from "../../src/state-machine/transition.ts";
+import { BaseWorker, type WorkerOptions } from "../../src/worker/BaseWorker.ts";
+import { createMocks, signServiceRoleKey, type FaultPlanInput, type Mocks } from "../../mocks/index.ts";
+import { createTestDatabase, type TestDatabase } from "./db.ts";
+
+export const MOCK_ORIGIN = "http://mocks.test";
+
+export interface PipelineEnv {
+  db: TestDatabase;
+  mocks: Mocks;
+  msw: SetupServerApi;
+  api: FastifyInstance;
+  config: Config;
+  services: WiredServices;
+  /** A worker running the real stages (not started). */
+  worker(overrides?: Partial<WorkerOptions<WiredServices>>): BaseWorker<WiredServices>;
+  /** Store the file in the mock storage and create its document and job, as the API's upload does. */
+  upload(file: { content: string | Uint8Array; filename?: string; mime?: string; userId?: string }): Promise<{ documentId: string; jobId: string }>;
+  close(): Promise<void>;
+}
+
+export async function startPipelineEnv(options: { seed?: number; faults?: FaultPlanInput; env?: Record<string, string> } = {}): Promise<PipelineEnv> {
+  const db = await createTestDatabase();
+  const mocks = createMocks({ seed: options.seed ?? 1, faults: options.faults ?? {}, webhook: { retryDelaysMs: [50, 100], timeoutMs: 5_000 } });
+  const msw = setupServer(...mocks.handlers);
+  msw.listen({ onUnhandledFrame: "bypass" });
+  const log = createLogger({ level: "silent" });
+
+  const base = {
+    OPENAI_API_KEY: mocks.keys.openai,
+    LLAMA_CLOUD_API_KEY: mocks.keys.llamaCloud,
+    SUPABASE_SERVICE_ROLE_KEY: await signServiceRoleKey(mocks.keys.jwtSecret),
+    SUPABASE_JWT_SECRET: mocks.keys.jwtSecret,
+    DATABASE_URL: db.url,
+  };
+  const apiConfig = configForLocalMocks(MOCK_ORIGIN, base);
+  const apiServices = createPipelineServices(apiConfig);
+  const api = await buildApp({
+    pool: db.pool,
+    config: apiConfig,
+    store: apiServices.storage,
+    log,
+    onParseEvent: (event) =>
+      ingestParseResult(
+        { pool: db.pool, log, storage: apiServices.storage, llamaparse: apiServices.llamaparse },
+        { jobId: event.jobId, actor: "webhook", fence: { kind: "unleased" } },
+      ),
+  });
+  const address = await api.listen({ port: 0, host: "127.0.0.1" });
+  const config = configForLocalMocks(MOCK_ORIGIN, {
+    ...base,
+    WEBHOOK_BASE_URL: address,
+    WEBHOOK_DEADLINE_SECONDS: "2",
+    CHUNK_MAX_TOKENS: "128",
+    CHUNK_OVERLAP_TOKENS: "16",
+    EMBED_BATCH_SIZE: "16",
+    ...options.env,
+  });
+  const services = createPipelineServices(config);
+  const workers: BaseWorker<WiredServices>[] = [];
+
+  return {
+    db,
+    mocks,
+    msw,
+    api,
+    config,
+    services,
+    worker(overrides = {}) {
+      const w = new BaseWorker<WiredServices>({
+        pool: db.pool,
+        databaseUrl: db.url,
+        stages: PIPELINE_STAGES,
+        services,
+        log,
+        concurrency: 2,
+        leaseSeconds: 30,
+        retryBaseMs: 20,
+        retryMaxMs: 200,
+        pollIntervalMs: 100,
+        ...overrides,
+      });
+      workers.push(w);
+      return w;
+    },
+    async upload({ content, filename = "doc.md", mime = "text/markdown", userId = randomUUID() }) {
+      const bytes = typeof content === "string" ? new TextEncoder().encode(content) : content;
+      const fileSha = sha256(bytes);
+      const docId = documentId(userId, fileSha);
+      const rawPath = `${userId}/raw/${docId}/${filename}`;
+      await services.storage.upload(rawPath, bytes, mime, { upsert: true });
+      await db.pool.query(
+        `INSERT INTO upload_pipeline.documents (document_id, user_id, filename, mime, bytes, file_sha256, raw_path)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING`,
+        [docId, userId, filename, mime, bytes.byteLength, fileSha, rawPath],
+      );
+      const id = jobId(docId);
+      await createJob(db.pool, { jobId: id, documentId: docId, correlationId: randomUUID(), maxAttempts: config.MAX_ATTEMPTS });
+      return { documentId: docId, jobId: id };
+    },
+    async close() {
+      await Promise.all(workers.map((w) => w.stop()));
+      await api.close();
+      await mocks.close();
+      msw.close();
+      await db.drop();
+    },
+  };
+}
+
+/** Wait until every listed job is terminal (or throw, listing the stuck ones). */
+export async function waitForTerminal(env: PipelineEnv, jobIds: string[], timeoutMs = 30_000): Promise<Map<string, string>> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const { rows } = await env.db.pool.query<{ job_id: string; status: string }>(
+      "SELECT job_id, status FROM upload_pipeline.upload_jobs WHERE job_id = ANY($1)",
+      [jobIds],
+    );
+    const states = new Map(rows.map((r) => [r.job_id, r.status]));
+    const stuck = rows.filter((r) => !["complete", "failed_parse", "failed_chunking", "failed_embedding"].includes(r.status));
+    if (stuck.length === 0 && rows.length === jobIds.length) return states;
+    if (Date.now() > deadline) throw new Error(`jobs not terminal: ${stuck.map((r) => `${r.job_id}=${r.status}`).join(", ")}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** chunk ids, chunk_sha and vector_sha of a document, in chunk order. */
+export async function fingerprint(env: PipelineEnv, docId: string) {
+  const { rows } = await env.db.pool.query<{ chunk_id: string; chunk_sha: string; vector_sha: string | null; n: number }>(
+    `SELECT c.chunk_id, c.chunk_sha, v.vector_sha,
+            (SELECT count(*)::int FROM upload_pipeline.document_vector_buffer x WHERE x.chunk_id = c.chunk_id) AS n
+       FROM upload_pipeline.document_chunk_buffer c
+       LEFT JOIN upload_pipeline.document_vector_buffer v USING (chunk_id)
+      WHERE c.document_id = $1 ORDER BY c.chunk_ord`,
+    [docId],
+  );
+  return rows;
+}
