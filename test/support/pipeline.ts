@@ -4,7 +4,7 @@
  * loopback for LlamaParse's webhooks, and real BaseWorkers running the real stages.
  */
 import { randomUUID } from "node:crypto";
-import { setupServer, type SetupServerApi } from "msw/node";
+import { setupServer, type SetupServer } from "msw/node";
 import type { FastifyInstance } from "fastify";
 import { buildApp } from "../../src/api/app.ts";
 import { configForLocalMocks, type Config } from "../../src/config.ts";
@@ -23,7 +23,7 @@ export const MOCK_ORIGIN = "http://mocks.test";
 export interface PipelineEnv {
   db: TestDatabase;
   mocks: Mocks;
-  msw: SetupServerApi;
+  msw: SetupServer;
   api: FastifyInstance;
   config: Config;
   services: WiredServices;
