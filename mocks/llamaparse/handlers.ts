@@ -17,6 +17,7 @@ export const LLAMAPARSE_ROUTES = {
   get: "llamaparse.get",
   cancel: "llamaparse.cancel",
   versions: "llamaparse.versions",
+  list: "llamaparse.list",
   fileCreate: "llamaparse.files.create",
 } as const;
 
@@ -203,6 +204,29 @@ export function createLlamaParseHandlers(ctx: MockContext, state: LlamaParseStat
         return unprocessable([{ type: "url_parsing", loc: ["body", "source_url"], msg: "Input should be a valid URL" }]);
       }
       return json(jobJson(state.create({ ...read, input: { sourceUrl: sourceUrl as string } })));
+    })),
+    http.get("*/api/v2/parse", route(R.list, async ({ request }) => {
+      const q = new URL(request.url).searchParams;
+      const after = q.get("created_at_on_or_after");
+      const before = q.get("created_at_on_or_before");
+      const status = q.get("status");
+      const ids = new Set(q.getAll("job_ids").flatMap((v) => v.split(",")).filter(Boolean));
+      const size = Math.min(100, Math.max(1, Number(q.get("page_size") ?? 50) || 50));
+      const offset = Number(Buffer.from(q.get("page_token") ?? "", "base64url").toString() || "0") || 0;
+      const at = (v: string | null) => (v === null ? undefined : Date.parse(v));
+      const from = at(after);
+      const to = at(before);
+      if ((after !== null && Number.isNaN(from)) || (before !== null && Number.isNaN(to))) {
+        return unprocessable([{ type: "datetime_from_date_parsing", loc: ["query", after !== null && Number.isNaN(from) ? "created_at_on_or_after" : "created_at_on_or_before"], msg: "Input should be a valid datetime" }]);
+      }
+      // Newest first, as the service lists them.
+      const all = [...state.jobs.values()]
+        .filter((j) => (from === undefined || Date.parse(j.createdAt) >= from) && (to === undefined || Date.parse(j.createdAt) <= to))
+        .filter((j) => (status === null || j.status === status) && (ids.size === 0 || ids.has(j.id)))
+        .reverse();
+      const page = all.slice(offset, offset + size);
+      const next = offset + size < all.length ? Buffer.from(String(offset + size)).toString("base64url") : null;
+      return json({ items: page.map((j) => jobJson(j)), next_page_token: next, total_size: all.length });
     })),
     http.get("*/api/v2/parse/versions", route(R.versions, async () =>
       json({ tiers: { fast: { latest: "2026-06-15", versions: ["2026-06-15"] }, cost_effective: { latest: "2026-08-19", versions: ["2026-08-19"] }, agentic: { latest: "2026-09-07", versions: ["2026-09-07"] }, agentic_plus: { latest: "2026-08-19", versions: ["2026-08-19"] } } }),
