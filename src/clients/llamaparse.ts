@@ -232,7 +232,13 @@ export function createLlamaParseClient(options: LlamaParseClientOptions): LlamaP
           }
         }
       } catch (err) {
-        throw fail(err, "list parse jobs");
+        const e = fail(err, "list parse jobs");
+        // A 404 here is not "no such job": the list endpoint itself is missing (an older
+        // deployment or a mock without it). Say so, so the caller can choose to submit anyway.
+        if (e.code === "llamaparse_not_found") {
+          throw new PermanentError("llamaparse_lookup_unavailable", `LlamaParse cannot list parse jobs here (GET /api/v2/parse answered 404): ${e.message}`, { cause: e, status: 404 });
+        }
+        throw e;
       }
       return found;
     },

@@ -198,6 +198,14 @@ describe("findParseJobs", () => {
   });
 });
 
+describe("findParseJobs without a list endpoint", () => {
+  it("answers a distinct permanent llamaparse_lookup_unavailable, not 'job not found'", async () => {
+    server.use(http.get(`${BASE}/api/v2/parse`, () => HttpResponse.json({ detail: "Not Found" }, { status: 404 })));
+    const err = await failure(client().findParseJobs({ createdAfter: new Date(0), tags: { pipeline_job_id: "x" } }));
+    expect(err).toMatchObject({ code: "llamaparse_lookup_unavailable", errorClass: "permanent", status: 404 });
+  });
+});
+
 describe("error mapping", () => {
   const failWith = (status: number, body: Record<string, unknown>) =>
     server.use(http.get(`${BASE}/api/v2/parse/:id`, () => HttpResponse.json(body, { status })));
