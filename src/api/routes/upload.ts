@@ -181,7 +181,11 @@ export async function uploadRoutes(app: FastifyInstance): Promise<void> {
         }
       } catch (err) {
         if ((err as { code?: string }).code === "FST_REQ_FILE_TOO_LARGE") throw tooLarge();
-        throw err;
+        if (err instanceof ApiError || typeof (err as { statusCode?: unknown }).statusCode === "number") throw err;
+        // A local file-system failure (ENOSPC, EACCES) is ours: a 500.
+        if (typeof (err as { syscall?: unknown }).syscall === "string") throw err;
+        // Anything else busboy throws ("Unexpected end of form", "Malformed part header") is the body's fault.
+        throw new ApiError(400, "invalid_multipart", "The multipart/form-data body is malformed or truncated; send it again.");
       }
       if (!file) throw new ApiError(400, "missing_file", "No file part: send the file as a multipart/form-data part named 'file'.");
       const extra = parseOr400(MultipartFields, fields, "form");
