@@ -136,7 +136,7 @@ export function pageMarker(n: number): string {
  *
  * @throws ZodError when the options are invalid.
  * @example
- * for await (const chunk of chunkMarkdown(normalizedPieces, { maxTokens: 512, overlapTokens: 64 })) {
+ * for await (const chunk of chunkMarkdown(storageStream, { maxTokens: 512, overlapTokens: 64 })) {
  *   await insertChunk(documentId, CHUNKER_NAME, CHUNKER_VERSION, chunk);
  * }
  */
