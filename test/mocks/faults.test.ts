@@ -1,0 +1,216 @@
+/**
+ * Fault plans and the admin API: validation that names the field, outages over time windows,
+ * bursts, seeded error rates that replay identically, latency, hangs, malformed bodies,
+ * stats and reset; the same handlers served in-process with msw's setupServer.
+ */
+import fc from "fast-check";
+import { setupServer } from "msw/node";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { createMocks, goDuration, parseFaultPlan, FaultPlanError, type FaultPlanInput } from "../../mocks/index.ts";
+import { FaultEngine } from "../../mocks/shared/faults.ts";
+import { startMockServer, type MockServer } from "../../mocks/server.ts";
+
+let server: MockServer;
+beforeAll(async () => {
+  server = await startMockServer({ port: 0, seed: 9 });
+});
+afterAll(() => server.close());
+afterEach(() => {
+  server.mocks.setFaults({});
+  server.mocks.reset();
+});
+
+const embed = (input = "x", signal?: AbortSignal) =>
+  fetch(`${server.urls.openai}/embeddings`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${server.env.OPENAI_API_KEY}`, "content-type": "application/json" },
+    body: JSON.stringify({ model: "text-embedding-3-small", input, encoding_format: "float", dimensions: 4 }),
+    signal,
+  });
+
+const admin = (path: string, body?: unknown) =>
+  fetch(`${server.urls.admin}/${path}`, body === undefined ? {} : { method: "POST", headers: { "content-type": "application/json" }, body: typeof body === "string" ? body : JSON.stringify(body) });
+
+describe("the admin API", () => {
+  it("sets a valid plan and returns it with defaults filled in", async () => {
+    const res = await admin("faults", { openai: { errors: [{ fault: 503, rate: 0.25 }] } });
+    expect(res.status).toBe(200);
+    expect(await res.json()).toMatchObject({ openai: { errors: [{ fault: 503, rate: 0.25 }], bursts: [], outages: [], hangMs: 60_000 } });
+    expect(await (await admin("faults")).json()).toMatchObject({ openai: { errors: [{ fault: 503, rate: 0.25 }] } });
+  });
+
+  it("refuses a bad plan with 400 naming each bad field, and keeps the old plan", async () => {
+    await admin("faults", { storage: { errors: [{ fault: 500, rate: 0.1 }] } });
+    const res = await admin("faults", { openai: { errors: [{ fault: 503, rate: 1.5 }], outages: [{ startMs: 10, endMs: 5 }] }, webhooks: { dorp: {} } });
+    expect(res.status).toBe(400);
+    const body = (await res.json()) as { error: string; issues: Array<{ path: string; message: string }> };
+    expect(body.issues.map((i) => i.path)).toEqual(["openai.errors[0].rate", "openai.outages[0].endMs", "webhooks"]);
+    expect(body.error).toContain("openai.errors[0].rate");
+    expect(body.issues[2]!.message).toContain("dorp");
+    expect((await admin("faults", "{not json")).status).toBe(400);
+    expect(await (await admin("faults")).json()).toMatchObject({ storage: { errors: [{ fault: 500, rate: 0.1 }] } });
+  });
+
+  it("counts requests by route and status, faults and 429s; reset zeroes them", async () => {
+    server.mocks.setFaults({ openai: { bursts: [{ fault: 429, start: 2, count: 1 }] } });
+    await embed();
+    await embed();
+    await embed();
+    const stats = (await (await admin("stats")).json()) as ReturnType<typeof server.mocks.stats>;
+    expect(stats.requests["openai.embeddings"]).toEqual({ "200": 2, "429": 1 });
+    expect(stats.faults["openai.embeddings"]).toEqual({ "429": 1 });
+    expect(stats.rateLimited).toEqual({ total: 1, byRoute: { "openai.embeddings": 1 } });
+    expect(stats.openai.usage["text-embedding-3-small"]).toEqual({ requests: 2, inputs: 2, prompt_tokens: 2 });
+    expect((await admin("reset", {})).status).toBe(200);
+    const after = (await (await admin("stats")).json()) as ReturnType<typeof server.mocks.stats>;
+    expect(after.requests).toEqual({});
+    expect(after.storage).toEqual({ buckets: 1, objects: 0, bytes: 0 });
+  });
+
+  it("is never faulted", async () => {
+    server.mocks.setFaults({ openai: { errors: [{ fault: 500, rate: 1 }] }, storage: { errors: [{ fault: 500, rate: 1 }] } });
+    expect((await admin("health")).status).toBe(200);
+  });
+});
+
+describe("fault kinds", () => {
+  it("an outage fails every request inside its window only", async () => {
+    const clock = { now: 1_000_000 };
+    const mocks = createMocks({ now: () => clock.now, faults: { openai: { outages: [{ startMs: 100, endMs: 200, fault: 503 }] } } });
+    const msw = setupServer(...mocks.handlers);
+    msw.listen({ onUnhandledRequest: "error" });
+    try {
+      const call = () =>
+        fetch("http://openai.test/v1/embeddings", {
+          method: "POST",
+          headers: { authorization: `Bearer ${mocks.keys.openai}`, "content-type": "application/json" },
+          body: JSON.stringify({ model: "text-embedding-3-small", input: "x", dimensions: 2 }),
+        }).then((r) => r.status);
+      expect(await call()).toBe(200);
+      clock.now += 150;
+      expect(await call()).toBe(503);
+      clock.now += 100;
+      expect(await call()).toBe(200);
+    } finally {
+      msw.close();
+      await mocks.close();
+    }
+  });
+
+  it("a burst fails requests start … start+count-1 of the matching routes", async () => {
+    server.mocks.setFaults({ storage: { bursts: [{ fault: 503, start: 2, count: 2, routes: ["storage.bucket.*"] }] } });
+    const key = server.env.SUPABASE_SERVICE_ROLE_KEY!;
+    const statuses = [];
+    for (let i = 0; i < 5; i++) statuses.push((await fetch(`${server.urls.storage}/bucket`, { headers: { authorization: `Bearer ${key}` } })).status);
+    expect(statuses).toEqual([200, 503, 503, 200, 200]);
+  });
+
+  it("latency delays the answer by the drawn amount", async () => {
+    server.mocks.setFaults({ openai: { latency: { dist: "uniform", minMs: 80, maxMs: 100 } } });
+    const t0 = performance.now();
+    expect((await embed()).status).toBe(200);
+    expect(performance.now() - t0).toBeGreaterThanOrEqual(75);
+  });
+
+  it("a hang holds the request until the client gives up", async () => {
+    server.mocks.setFaults({ openai: { bursts: [{ fault: "hang", start: 1, count: 1 }] } });
+    const t0 = performance.now();
+    const error = await embed("x", AbortSignal.timeout(150)).catch((e: unknown) => e);
+    expect((error as Error).name).toBe("TimeoutError");
+    expect(performance.now() - t0).toBeGreaterThanOrEqual(140);
+    expect((await embed()).status).toBe(200);
+  });
+
+  it("a hang ends in a reset after hangMs", async () => {
+    server.mocks.setFaults({ storage: { hangMs: 50, bursts: [{ fault: "hang", start: 1, count: 1 }] } });
+    const error = await fetch(`${server.urls.storage}/bucket`, { headers: { authorization: `Bearer ${server.env.SUPABASE_SERVICE_ROLE_KEY}` } }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(TypeError);
+    expect(server.mocks.stats().requests["storage.bucket.list"]).toEqual({ hang: 1 });
+  });
+
+  it("a malformed answer keeps the 200 but cuts the JSON short", async () => {
+    server.mocks.setFaults({ openai: { bursts: [{ fault: "malformed", start: 1, count: 1 }] } });
+    const res = await embed();
+    expect(res.status).toBe(200);
+    const text = await res.text();
+    expect(text.startsWith('{"object":"list"')).toBe(true);
+    expect(() => JSON.parse(text)).toThrow();
+  });
+
+  it("a reset drops the connection in-process too", async () => {
+    const mocks = createMocks({ faults: { llamaparse: { bursts: [{ fault: "reset", start: 1, count: 1 }] } } });
+    const msw = setupServer(...mocks.handlers);
+    msw.listen({ onUnhandledRequest: "error" });
+    try {
+      const error = await fetch("http://llama.test/api/v2/parse/abc", { headers: { authorization: `Bearer ${mocks.keys.llamaCloud}` } }).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(TypeError);
+      const next = await fetch("http://llama.test/api/v2/parse/abc", { headers: { authorization: `Bearer ${mocks.keys.llamaCloud}` } });
+      expect(next.status).toBe(404);
+    } finally {
+      msw.close();
+      await mocks.close();
+    }
+  });
+});
+
+describe("seeded replay", () => {
+  const plan = (rate: number): FaultPlanInput => ({
+    openai: {
+      errors: [
+        { fault: 500, rate },
+        { fault: 429, rate },
+      ],
+      latency: { dist: "exponential", meanMs: 50 },
+    },
+  });
+
+  // For any seed and error rates, two engines fed the same requests make the same decisions (fault and latency).
+  it("a fault plan with a seed replays identically", () => {
+    fc.assert(
+      fc.property(fc.integer(), fc.double({ min: 0, max: 1, noNaN: true }), fc.array(fc.constantFrom("openai.embeddings", "openai.other"), { maxLength: 40 }), (seed, rate, routes) => {
+        const a = new FaultEngine(seed, parseFaultPlan(plan(rate)));
+        const b = new FaultEngine(seed, parseFaultPlan(plan(rate)));
+        const decide = (e: FaultEngine) => routes.map((r) => e.decide("openai", r)).map((d) => [d.fault, d.latencyMs]);
+        expect(decide(b)).toEqual(decide(a));
+      }),
+    );
+  });
+
+  // Over HTTP, the same seed and the same request sequence give the same statuses.
+  it("the same seed and requests give the same answers over HTTP", async () => {
+    const run = async () => {
+      server.mocks.setFaults({ seed: 77, openai: { errors: [{ fault: 503, rate: 0.4 }] } });
+      server.mocks.reset();
+      const statuses = [];
+      for (let i = 0; i < 20; i++) statuses.push((await embed(`input ${i}`)).status);
+      return statuses;
+    };
+    const first = await run();
+    expect(await run()).toEqual(first);
+    expect(first).toContain(503);
+    expect(first).toContain(200);
+  });
+
+  it("a different seed gives a different sequence", () => {
+    const seq = (seed: number) => {
+      const e = new FaultEngine(seed, parseFaultPlan({ openai: { errors: [{ fault: 503, rate: 0.5 }] } }));
+      return Array.from({ length: 64 }, () => e.decide("openai", "openai.embeddings").fault);
+    };
+    expect(seq(1)).toEqual(seq(1));
+    expect(seq(1)).not.toEqual(seq(2));
+  });
+});
+
+describe("plan validation", () => {
+  it("throws FaultPlanError naming the field", () => {
+    expect(() => parseFaultPlan({ llamaparse: { bursts: [{ fault: 418, start: 1, count: 1 }] } })).toThrow(FaultPlanError);
+    expect(() => parseFaultPlan({ storage: { latency: { dist: "uniform", minMs: 5, maxMs: 1 } } })).toThrow(/storage\.latency\.maxMs/);
+    expect(() => createMocks({ faults: { openai: { hangMs: -1 } } })).toThrow(/openai\.hangMs/);
+  });
+});
+
+describe("goDuration", () => {
+  it("formats like Go's time.Duration", () => {
+    expect([360_000, 1_000, 12, 1_200, 2_812, 0, 3_600_000, 90_500, 0.5].map(goDuration)).toEqual(["6m0s", "1s", "12ms", "1.2s", "2.812s", "0s", "1h0m0s", "1m30.5s", "500µs"]);
+  });
+});
