@@ -19,7 +19,7 @@ import { parsedPath, type PipelineServices } from "./services.ts";
 
 export type ParseIntakeResult =
   /** Markdown stored, job moved to `parsed`. */
-  | { outcome: "parsed" }
+  | { outcome: "parsed"; parsedPath: string; parsedSha256: string }
   /** LlamaParse reported FAILED/CANCELLED: job moved to `failed_parse`. */
   | { outcome: "failed"; message: string }
   /** LlamaParse is still working: nothing changed. */
@@ -85,6 +85,7 @@ export async function ingestParseResult(
   // COMPLETED: pages in order, each opened by its page marker so chunks know their page.
   const markdown = parse.pages.map((p) => `${pageMarker(p.pageNumber)}\n\n${p.markdown}`).join("\n\n");
   const path = parsedPath(job.user_id, job.document_id);
+  const markdownSha = sha256(markdown);
   await faults.hit("call.storage.upload.before", { jobId: args.jobId });
   await deps.storage.upload(path, markdown, "text/markdown; charset=utf-8", { upsert: true });
   await faults.hit("call.storage.upload.after", { jobId: args.jobId });
@@ -95,7 +96,7 @@ export async function ingestParseResult(
     await client.query("BEGIN");
     await client.query(
       "UPDATE upload_pipeline.documents SET parsed_path = $2, parsed_sha256 = $3 WHERE document_id = $1",
-      [job.document_id, path, sha256(markdown)],
+      [job.document_id, path, markdownSha],
     );
     await faults.hit("commit.parsed.before", { jobId: args.jobId });
     await transition(client, {
@@ -118,7 +119,7 @@ export async function ingestParseResult(
   }
   await faults.hit("commit.parsed.after", { jobId: args.jobId });
   deps.log.info({ job_id: args.jobId, actor: args.actor, pages: parse.pages.length }, "parse result stored");
-  return { outcome: "parsed" };
+  return { outcome: "parsed", parsedPath: path, parsedSha256: markdownSha };
 }
 
 /** Another writer (webhook vs reconciler) moved the job first: not an error for an unleased writer. */
@@ -141,8 +142,13 @@ export const reconcileParse: Stage<PipelineServices> = {
     );
     if (result.outcome === "pending") return { next: "snooze", delayMs: ctx.services.settings.reconcilePollMs, reason: "LlamaParse still parsing" };
     if (result.outcome === "not_applicable") throw new PipelineError("intake_not_applicable", "transient", `job is ${result.status}`);
-    // Moved by a statement outside ctx.transition: keep the context's view in step. A failed
-    // job is terminal (and released), which ends the worker's run of this job.
+    // Moved by a statement outside ctx.transition: keep the context's view in step (validate,
+    // next in this same run, reads `parsed_path` from it). A failed job is terminal (and
+    // released), which ends the worker's run of this job.
+    if (result.outcome === "parsed") {
+      ctx.job.parsed_path = result.parsedPath;
+      ctx.job.parsed_sha256 = result.parsedSha256;
+    }
     (ctx.job as { status: string }).status = result.outcome === "parsed" ? "parsed" : "failed_parse";
   },
 };
