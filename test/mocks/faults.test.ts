@@ -78,7 +78,7 @@ describe("fault kinds", () => {
     const clock = { now: 1_000_000 };
     const mocks = createMocks({ now: () => clock.now, faults: { openai: { outages: [{ startMs: 100, endMs: 200, fault: 503 }] } } });
     const msw = setupServer(...mocks.handlers);
-    msw.listen({ onUnhandledRequest: "error" });
+    msw.listen({ onUnhandledFrame: "error" });
     try {
       const call = () =>
         fetch("http://openai.test/v1/embeddings", {
@@ -140,7 +140,7 @@ describe("fault kinds", () => {
   it("a reset drops the connection in-process too", async () => {
     const mocks = createMocks({ faults: { llamaparse: { bursts: [{ fault: "reset", start: 1, count: 1 }] } } });
     const msw = setupServer(...mocks.handlers);
-    msw.listen({ onUnhandledRequest: "error" });
+    msw.listen({ onUnhandledFrame: "error" });
     try {
       const error = await fetch("http://llama.test/api/v2/parse/abc", { headers: { authorization: `Bearer ${mocks.keys.llamaCloud}` } }).catch((e: unknown) => e);
       expect(error).toBeInstanceOf(TypeError);
