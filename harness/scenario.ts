@@ -61,8 +61,8 @@ export const ScenarioSchema = z.strictObject({
   faults: FaultPlanSchema.default({}),
   crashes: z.array(CrashSchema).default([]),
   /**
-   * Fault points at which worker 0 kills itself, one per life: the first life dies at the first
-   * point, the restarted process at the second, and so on (`point` or `point#n`).
+   * Fault points at which workers kill themselves: each new worker process (the first ones and
+   * every restart) takes the next point from the list (`point` or `point#n`, the nth hit).
    */
   crashPoints: z.array(z.string().regex(/^[a-z_.]+(#\d+)?$/, "a fault point name such as commit.vectors.after#2")).default([]),
   /** Restart the PostgreSQL server this many ms after the uploads finished. */

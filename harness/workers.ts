@@ -13,7 +13,7 @@ export interface FleetOptions {
   count: number;
   env: Record<string, string>;
   logDir: string;
-  /** Fault points worker 0 kills itself at, one per life. */
+  /** Fault points at which a worker kills itself: each new process (any worker) takes the next one. */
   crashPoints?: readonly string[];
   onEvent?: (event: FleetEvent) => void;
 }
@@ -82,7 +82,7 @@ export class WorkerFleet {
   private spawn(slot: Slot): void {
     slot.life += 1;
     slot.workerId = `w${slot.index}.${slot.life}`;
-    const crashAt = slot.index === 0 ? this.opts.crashPoints?.[this.crashPointsUsed] : undefined;
+    const crashAt = this.opts.crashPoints?.[this.crashPointsUsed];
     if (crashAt) this.crashPointsUsed += 1;
     const child = spawn(process.execPath, ["--import", "tsx", WORKER_ENTRY], {
       env: {

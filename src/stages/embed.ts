@@ -23,7 +23,10 @@ export const embedChunks: Stage<PipelineServices> = {
   name: "embed",
   handles: ["chunks_stored", "embedding_queued", "embedding_in_progress"],
   async run(ctx) {
-    if (ctx.job.status === "chunks_stored") await ctx.transition("embedding_queued");
+    if (ctx.job.status === "chunks_stored") {
+      await ctx.transition("embedding_queued");
+      await ctx.faults.hit("commit.embedding_queued.after", { jobId: ctx.job.job_id });
+    }
     if (ctx.job.status === "embedding_queued") await ctx.transition("embedding_in_progress");
     const { embedder, settings } = ctx.services;
     let batchNo = 0;

@@ -12,6 +12,50 @@ import type { PipelineServices } from "./services.ts";
 /** More than this share of U+FFFD (undecodable bytes) means the parse produced garbage. */
 const MAX_REPLACEMENT_SHARE = 0.2;
 
+/** Page markers are ours (parse intake), not content: `<!-- page: 12 -->`. */
+const PAGE_MARKER = /^<!--\s*page:?\s*\d{1,9}\s*-->$/i;
+const LONGEST_MARKER = 40;
+
+/**
+ * Counts lines with visible text that are not page markers, streaming: it keeps at most the
+ * first few characters of the current line (a longer line cannot be a marker).
+ */
+class ContentLines {
+  private head = "";
+  private long = false;
+  private count = 0;
+
+  push(text: string): void {
+    let start = 0;
+    for (let nl = text.indexOf("\n"); nl !== -1; nl = text.indexOf("\n", start)) {
+      this.take(text.slice(start, nl));
+      this.endLine();
+      start = nl + 1;
+    }
+    this.take(text.slice(start));
+  }
+
+  /** Lines with content, the current one included. */
+  end(): number {
+    this.endLine();
+    return this.count;
+  }
+
+  private take(part: string): void {
+    if (this.long) return;
+    this.head += part;
+    if (this.head.length > LONGEST_MARKER) this.long = /\S/.test(this.head);
+    if (this.head.length > LONGEST_MARKER && !this.long) this.head = this.head.trim();
+  }
+
+  private endLine(): void {
+    const line = this.head.trim();
+    if (this.long || (line !== "" && !PAGE_MARKER.test(line))) this.count += 1;
+    this.head = "";
+    this.long = false;
+  }
+}
+
 export const validateParse: Stage<PipelineServices> = {
   name: "validate",
   handles: ["parsed"],
@@ -21,16 +65,16 @@ export const validateParse: Stage<PipelineServices> = {
     await ctx.faults.hit("call.storage.download.before", { jobId: job.job_id });
     const body = await ctx.services.storage.download(job.parsed_path, ctx.signal);
     const hash = createHash("sha256");
+    const content = new ContentLines();
     let chars = 0;
-    let visible = 0;
     let replacements = 0;
     for await (const piece of normalizeStream(body)) {
       hash.update(piece);
+      content.push(piece);
       chars += piece.length;
-      visible += piece.replace(/\s+/g, "").length;
       replacements += piece.split("\uFFFD").length - 1;
     }
-    if (visible === 0) {
+    if (content.end() === 0) {
       throw new PermanentError("parse_empty", "the parsed document has no text (empty file, or LlamaParse found nothing to extract)");
     }
     if (replacements / chars > MAX_REPLACEMENT_SHARE) {

@@ -29,6 +29,7 @@ export interface TransitionRequest {
   lastError?: Record<string, unknown> | null;
   /** Reset `attempts` to 0: forward progress was made, or an operator retried. */
   resetAttempts?: boolean;
+  /** When the job is next due; default now (a moved job is ready for its next stage at once). */
   nextAttemptAt?: Date;
   /** Drop the lease with the move (failure, terminal, or handing the job back to the queue). */
   releaseLease?: boolean;
@@ -54,7 +55,7 @@ WITH moved AS (
     webhook_secret   = coalesce($8, j.webhook_secret),
     last_error       = CASE WHEN $9::boolean THEN $10::jsonb ELSE j.last_error END,
     attempts         = CASE WHEN $11::boolean THEN 0 ELSE j.attempts END,
-    next_attempt_at  = coalesce($12::timestamptz, j.next_attempt_at),
+    next_attempt_at  = coalesce($12::timestamptz, $14::timestamptz, now()),
     locked_by        = CASE WHEN $13::boolean THEN NULL ELSE j.locked_by END,
     lease_token      = CASE WHEN $13::boolean THEN NULL ELSE j.lease_token END,
     lease_expires_at = CASE WHEN $13::boolean THEN NULL ELSE j.lease_expires_at END,

@@ -1,0 +1,305 @@
+/**
+ * Runs one scenario: a fresh database on the shared PostgreSQL, the mocks over real HTTP with the
+ * scenario's fault plan and seed, the API, N real worker processes; uploads the corpus through
+ * the API, applies the crash schedule, waits for quiescence, then checks the invariants.
+ */
+import { randomBytes } from "node:crypto";
+import { join } from "node:path";
+import pg from "pg";
+import { buildApp } from "../src/api/app.ts";
+import { configForLocalMocks } from "../src/config.ts";
+import { migrate } from "../src/db/migrate.ts";
+import { withDatabase } from "../src/db/provision.ts";
+import { createLogger } from "../src/logger.ts";
+import { createPipelineServices, embedVersion } from "../src/services.ts";
+import { ingestParseResult } from "../src/stages/parseIntake.ts";
+import { isTerminal, type JobStatus } from "../src/state-machine/table.ts";
+import { expectedEmbedding } from "../mocks/index.ts";
+import { startMockServer, type MockServer } from "../mocks/server.ts";
+import { mulberry32 } from "../mocks/shared/rng.ts";
+import { ApiClient } from "./api.ts";
+import { buildCorpus, type CorpusFile, type CorpusKind } from "./corpus.ts";
+import { checkInvariants, fingerprint, type ExpectedOutcome, type Fingerprint, type InvariantReport } from "./invariants/index.ts";
+import type { Scenario } from "./scenario.ts";
+import { WorkerFleet, type FleetEvent } from "./workers.ts";
+
+/** What the runner needs from its surroundings. */
+export interface RunEnvironment {
+  /** Admin URL of the PostgreSQL server (each run creates its own database on it). */
+  serverUrl: string;
+  /** Restart the server in place (embedded only); absent with DATABASE_URL. */
+  restartPostgres?: (() => Promise<void>) | undefined;
+  /** Where worker logs go. */
+  logDir: string;
+  onProgress?: (p: Progress) => void;
+  onEvent?: (line: string) => void;
+}
+
+export interface Progress {
+  scenario: string;
+  elapsedMs: number;
+  total: number;
+  byState: Partial<Record<JobStatus, number>>;
+  kills: number;
+}
+
+export interface RunOutcome {
+  scenario: string;
+  databaseUrl: string;
+  documentIds: string[];
+  expected: Map<string, ExpectedOutcome>;
+  durationMs: number;
+  /** Completed documents per second, from the first upload to the last completion. */
+  throughput: number;
+  kills: number;
+  postgresRestarts: number;
+  retried: number;
+  timedOut: boolean;
+  stuck: string[];
+  mockStats: ReturnType<MockServer["mocks"]["stats"]>;
+  events: string[];
+  /** Dropped on close. */
+  pool: pg.Pool;
+  dropDatabase(): Promise<void>;
+}
+
+/** Worker settings that make a scenario finish in seconds rather than minutes. */
+const FAST_WORKER_ENV: Record<string, string> = {
+  LEASE_SECONDS: "5",
+  WEBHOOK_DEADLINE_SECONDS: "3",
+  RETRY_BASE_MS: "200",
+  RETRY_MAX_MS: "2000",
+  POLL_INTERVAL_MS: "500",
+  SHUTDOWN_TIMEOUT_MS: "5000",
+  CHUNK_MAX_TOKENS: "256",
+  CHUNK_OVERLAP_TOKENS: "32",
+  EMBED_BATCH_SIZE: "32",
+  LOG_LEVEL: "info",
+};
+
+const EXPECT_KEY: Record<CorpusKind, "documents" | "poison" | "empty"> = {
+  document: "documents",
+  large: "documents",
+  reupload: "documents",
+  poison: "poison",
+  empty: "empty",
+};
+
+export async function runScenario(scenario: Scenario, env: RunEnvironment, options: { workers?: number; quiet?: boolean } = {}): Promise<RunOutcome> {
+  const events: string[] = [];
+  const note = (line: string) => {
+    events.push(line);
+    env.onEvent?.(`[${scenario.name}] ${line}`);
+  };
+  const dbName = `scn_${scenario.name.replace(/-/g, "_")}_${randomBytes(3).toString("hex")}`;
+  const admin = new pg.Client(env.serverUrl);
+  await admin.connect();
+  await admin.query(`CREATE DATABASE ${dbName}`);
+  await admin.end();
+  const databaseUrl = withDatabase(env.serverUrl, dbName);
+  await migrate(databaseUrl, { log: () => {} });
+  const pool = new pg.Pool({ connectionString: databaseUrl, max: 10 });
+  pool.on("error", () => {}); // a Postgres restart drops idle connections; queries reconnect
+
+  const mocks = await startMockServer({ seed: scenario.seed, faults: scenario.faults });
+  const silent = createLogger({ level: "silent" });
+  const apiConfig = configForLocalMocks(mocks.baseUrl, { ...mocks.env, SUPABASE_JWT_SECRET: mocks.mocks.keys.jwtSecret, DATABASE_URL: databaseUrl });
+  const apiServices = createPipelineServices(apiConfig);
+  const app = await buildApp({
+    pool,
+    config: apiConfig,
+    store: apiServices.storage,
+    log: silent,
+    onParseEvent: (event) =>
+      ingestParseResult(
+        { pool, log: silent, storage: apiServices.storage, llamaparse: apiServices.llamaparse },
+        { jobId: event.jobId, actor: "webhook", fence: { kind: "unleased" } },
+      ),
+  });
+  const apiUrl = await app.listen({ port: 0, host: "127.0.0.1" });
+  const api = new ApiClient(apiUrl, mocks.mocks.keys.jwtSecret);
+
+  const workerEnv = { ...FAST_WORKER_ENV, ...mocks.env, DATABASE_URL: databaseUrl, WEBHOOK_BASE_URL: apiUrl, WORKER_CONCURRENCY: String(scenario.workers.slots), ...scenario.workerEnv };
+  const workerConfig = configForLocalMocks(mocks.baseUrl, { ...mocks.env, ...workerEnv });
+  const fleet = new WorkerFleet({
+    count: options.workers ?? scenario.workers.processes,
+    env: workerEnv,
+    logDir: join(env.logDir, scenario.name),
+    crashPoints: scenario.crashPoints,
+    onEvent: (e: FleetEvent) => {
+      if (e.kind === "killed") note(`killed ${e.workerId} (${e.reason})`);
+      if (e.kind === "exited" && e.signal === "SIGKILL" && !events.at(-1)?.includes(e.workerId)) note(`${e.workerId} died at its fault point`);
+      if (e.kind === "exited" && e.signal === null && e.code !== 0) note(`${e.workerId} exited with code ${e.code} (see its log)`);
+    },
+  });
+
+  const started = Date.now();
+  fleet.start();
+  const corpus = buildCorpus(scenario);
+  const uploaded = await uploadAll(api, corpus);
+  const expected = new Map<string, ExpectedOutcome>();
+  for (const { file, documentId } of uploaded) expected.set(documentId, scenario.expect[EXPECT_KEY[file.kind]] as ExpectedOutcome);
+  const documentIds = [...expected.keys()];
+  note(`uploaded ${corpus.length} files (${documentIds.length} distinct documents)`);
+
+  // The crash schedule and the Postgres restart.
+  const rng = mulberry32(scenario.seed ^ 0x5eed);
+  const timers: NodeJS.Timeout[] = [];
+  let postgresRestarts = 0;
+  for (const crash of scenario.crashes) {
+    if ("atMs" in crash) {
+      timers.push(setTimeout(() => fleet.kill(crash.worker ?? Math.floor(rng() * fleet.size), `scheduled at ${crash.atMs} ms`), crash.atMs));
+    }
+  }
+  const eventCrashes = scenario.crashes.filter((c) => "when" in c).map((c) => ({ ...(c as { when: { status: JobStatus; batchesDone?: number } }).when, done: false }));
+  if (scenario.postgresRestartAtMs !== undefined && env.restartPostgres) {
+    const restart = env.restartPostgres;
+    timers.push(
+      setTimeout(() => {
+        note("restarting PostgreSQL");
+        restart().then(
+          () => {
+            postgresRestarts += 1;
+            note("PostgreSQL is back");
+          },
+          (err: Error) => note(`PostgreSQL restart failed: ${err.message}`),
+        );
+      }, scenario.postgresRestartAtMs),
+    );
+  }
+
+  const deadline = started + scenario.deadlineMs;
+  let retried = 0;
+  let quiet = await waitForQuiet();
+  if (quiet.ok && scenario.retryFailed) {
+    const failed = quiet.rows.filter((r) => r.status.startsWith("failed_"));
+    for (const row of failed) {
+      const status = await api.retry(row.document_id);
+      if (status === 200) retried += 1;
+      else note(`retry of ${row.document_id} answered ${status}`);
+    }
+    note(`retried ${retried} dead-lettered jobs through the API`);
+    if (retried > 0) quiet = await waitForQuiet();
+  }
+  const finished = Date.now();
+  timers.forEach(clearTimeout);
+  await fleet.stop();
+  await mocks.mocks.webhooksIdle();
+  await app.close();
+  const mockStats = mocks.mocks.stats();
+  await mocks.close();
+  const completeAt = await lastCompletion(pool, started);
+
+  return {
+    scenario: scenario.name,
+    databaseUrl,
+    documentIds,
+    expected,
+    durationMs: finished - started,
+    throughput: quiet.rows.filter((r) => r.status === "complete").length / (Math.max(1, completeAt - started) / 1000),
+    kills: fleet.kills,
+    postgresRestarts,
+    retried,
+    timedOut: !quiet.ok,
+    stuck: quiet.ok ? [] : await describeStuck(pool, quiet.rows),
+    mockStats,
+    events,
+    pool,
+    async dropDatabase() {
+      await pool.end();
+      const c = new pg.Client(env.serverUrl);
+      await c.connect();
+      await c.query(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
+      await c.end();
+    },
+  };
+
+  async function waitForQuiet(): Promise<{ ok: boolean; rows: Array<{ document_id: string; status: JobStatus }> }> {
+    let rows: Array<{ document_id: string; status: JobStatus; locked_by: string | null; batches: number }> = [];
+    while (Date.now() < deadline) {
+      try {
+        ({ rows } = await pool.query(
+          `SELECT document_id, status, locked_by, coalesce((progress->>'batches_done')::int, 0) AS batches
+             FROM upload_pipeline.upload_jobs WHERE document_id = ANY($1)`,
+          [documentIds],
+        ));
+      } catch {
+        await sleep(200); // the database is restarting
+        continue;
+      }
+      for (const crash of eventCrashes) {
+        if (crash.done) continue;
+        const hit = rows.find((r) => r.status === crash.status && r.locked_by && r.batches >= (crash.batchesDone ?? 0));
+        const index = hit?.locked_by ? fleet.indexOf(hit.locked_by) : undefined;
+        if (hit && index !== undefined) {
+          crash.done = true;
+          fleet.kill(index, `job entered ${crash.status}${crash.batchesDone ? ` with ${hit.batches} batches stored` : ""}`);
+        }
+      }
+      const byState: Partial<Record<JobStatus, number>> = {};
+      for (const r of rows) byState[r.status] = (byState[r.status] ?? 0) + 1;
+      env.onProgress?.({ scenario: scenario.name, elapsedMs: Date.now() - started, total: documentIds.length, byState, kills: fleet.kills });
+      if (rows.length === documentIds.length && rows.every((r) => isTerminal(r.status))) return { ok: true, rows };
+      // Poll fast while an event-triggered crash is still waiting for its moment.
+      await sleep(eventCrashes.some((c) => !c.done) ? 40 : 150);
+    }
+    note(`deadline of ${scenario.deadlineMs} ms passed before the run was quiet`);
+    return { ok: false, rows };
+  }
+}
+
+async function uploadAll(api: ApiClient, corpus: CorpusFile[]): Promise<Array<{ file: CorpusFile; documentId: string }>> {
+  const out: Array<{ file: CorpusFile; documentId: string }> = [];
+  const queue = [...corpus];
+  await Promise.all(
+    Array.from({ length: 4 }, async () => {
+      for (let file = queue.shift(); file; file = queue.shift()) {
+        const { documentId } = await api.upload(file);
+        out.push({ file, documentId });
+      }
+    }),
+  );
+  return out;
+}
+
+async function lastCompletion(pool: pg.Pool, since: number): Promise<number> {
+  const { rows } = await pool.query<{ at: Date | null }>("SELECT max(at) AS at FROM upload_pipeline.job_events WHERE to_status = 'complete'");
+  return rows[0]?.at?.getTime() ?? since;
+}
+
+async function describeStuck(pool: pg.Pool, rows: Array<{ document_id: string; status: JobStatus }>): Promise<string[]> {
+  const stuck = rows.filter((r) => !isTerminal(r.status));
+  const out: string[] = [];
+  for (const row of stuck.slice(0, 20)) {
+    const { rows: evs } = await pool.query<{ from_status: string | null; to_status: string; worker_id: string | null; at: Date }>(
+      `SELECT e.from_status, e.to_status, e.worker_id, e.at FROM upload_pipeline.job_events e
+         JOIN upload_pipeline.upload_jobs j USING (job_id) WHERE j.document_id = $1 ORDER BY e.id DESC LIMIT 3`,
+      [row.document_id],
+    );
+    const { rows: job } = await pool.query("SELECT attempts, locked_by, next_attempt_at, last_error FROM upload_pipeline.upload_jobs WHERE document_id = $1", [row.document_id]);
+    out.push(
+      `${row.document_id} stuck in ${row.status} (attempts ${job[0]?.attempts}, locked_by ${job[0]?.locked_by ?? "-"}, last_error ${JSON.stringify(job[0]?.last_error?.code ?? null)}); last events: ` +
+        evs.map((e) => `${e.from_status ?? "∅"}→${e.to_status} by ${e.worker_id ?? "-"}`).join(", "),
+    );
+  }
+  return out;
+}
+
+/** Check a finished run's invariants (SPEC §8), against a reference run's fingerprints when given. */
+export async function checkRun(run: RunOutcome, scenario: Scenario, reference?: Map<string, Fingerprint>): Promise<InvariantReport> {
+  const config = configForLocalMocks("http://unused", scenario.workerEnv);
+  const dims = Number(embedVersion(config).slice(1));
+  return checkInvariants(run.pool, {
+    documentIds: run.documentIds,
+    expected: run.expected,
+    reference,
+    expectedEmbedding: (model, input, dimensions) => expectedEmbedding(model, input, dimensions),
+    embed: { model: config.EMBED_MODEL, version: embedVersion(config), dimensions: dims },
+    mockUsage: { promptTokensByModel: Object.fromEntries(Object.entries(run.mockStats.openai.usage).map(([m, u]) => [m, u.prompt_tokens])) },
+    crashesHappened: run.kills > 0 || run.postgresRestarts > 0,
+  });
+}
+
+export { fingerprint };
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
