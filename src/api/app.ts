@@ -10,7 +10,7 @@
 import Fastify, { type FastifyInstance } from "fastify";
 import type pg from "pg";
 import type { Config } from "../config.ts";
-import { createLogger, type Logger } from "../logger.ts";
+import { createLogger, REDACT_PATHS, type Logger } from "../logger.ts";
 import { createAuthenticator, type Authenticator } from "./auth.ts";
 import { ApiError, sendError } from "./errors.ts";
 import { createMetrics, type ApiMetrics } from "./metrics.ts";
@@ -70,13 +70,16 @@ declare module "fastify" {
   }
 }
 
-/** Headers whose values never reach a log line. */
-const REDACT = ["req.headers.authorization", "req.headers['lc-signature']", "req.headers.cookie", "headers.authorization"];
+/**
+ * Values that never reach a log line. A pino child's `redact` replaces its parent's, so the
+ * project-wide paths are repeated here.
+ */
+const REDACT = [...REDACT_PATHS, "req.headers.authorization", "req.headers['lc-signature']", "req.headers.cookie", "headers['lc-signature']"];
 
 export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
   const log = deps.log ?? createLogger({ level: deps.config.LOG_LEVEL, name: "api" });
   const app = Fastify({
-    loggerInstance: log.child({}, { redact: REDACT }),
+    loggerInstance: log.child({}, { redact: { paths: REDACT, censor: "[redacted]" } }),
     requestIdHeader: false,
     bodyLimit: 1024 * 1024,
     // Proto-poisoned JSON (`__proto__`, `constructor.prototype`) is refused with a 400.

@@ -28,7 +28,9 @@ async function main(): Promise<void> {
   log.info({ kind: db.kind }, "database ready");
   await migrate(db.url, { log: (line) => log.info(line) });
   const pool = new pg.Pool({ connectionString: db.url, max: 20 });
-  pool.on("error", (err) => log.error({ err: err.message }, "idle database connection failed"));
+  // A dropped idle connection (Postgres restart, or the embedded server stopping first on a
+  // signal) must not kill the process; the next query reconnects.
+  pool.on("error", (err) => log.warn({ err: err.message }, "idle database connection lost"));
 
   // The same clients the worker uses, behind the same circuit breakers.
   const services = createPipelineServices(config);

@@ -5,8 +5,8 @@
  */
 import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createTestDatabase, type TestDatabase } from "../support/db.ts";
-import { bearer, JWT_SECRET, makeApp, multipartBody, seedJob, serviceBearer, snapshot, token, type SeededJob, type TestApp } from "./helpers.ts";
+import { createLogger } from "../../src/logger.ts";
+import { createTestDatabase, bearer, JWT_SECRET, makeApp, multipartBody, parseEvent, seedJob, webhookRequest, serviceBearer, snapshot, token, type SeededJob, type TestApp, type TestDatabase } from "./helpers.ts";
 
 let db: TestDatabase;
 let t: TestApp;
@@ -84,5 +84,25 @@ describe("authorization", () => {
     expect(new Set(answers.map((a) => a.body)).size).toBe(1);
     expect(await snapshot(db.pool)).toEqual(before);
     expect(answers[0]!.body).not.toContain(JWT_SECRET);
+  });
+
+  it("tokens, signatures and secrets never reach the logs, even at trace level", async () => {
+    const lines: string[] = [];
+    const traced = await makeApp(db.pool, {
+      log: createLogger({ level: "trace", destination: { write: (l: string) => lines.push(l) } as unknown as NodeJS.WritableStream }),
+    });
+    const job = await seedJob(db.pool);
+    const good = await token({ sub: job.userId });
+    const forged = await token({ sub: job.userId }, { secret: "x".repeat(40) });
+    await traced.app.inject({ method: "GET", url: `/jobs/${job.documentId}`, headers: { authorization: `Bearer ${good}` } });
+    await traced.app.inject({ method: "GET", url: `/jobs/${job.documentId}`, headers: { authorization: `Bearer ${forged}` } });
+    const delivery = webhookRequest(parseEvent(job.parseJobId), job.secret);
+    await traced.app.inject(delivery);
+    await traced.app.inject(webhookRequest(parseEvent(job.parseJobId), "not-the-secret"));
+    traced.app.log.info({ req: { headers: { authorization: `Bearer ${good}` } }, authorization: `Bearer ${good}` }, "explicit");
+    await traced.app.close();
+    const all = lines.join("\n");
+    expect(lines.length).toBeGreaterThan(4);
+    for (const secret of [good, forged, job.secret, delivery.headers["lc-signature"]!, JWT_SECRET]) expect(all).not.toContain(secret);
   });
 });

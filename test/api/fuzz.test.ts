@@ -5,10 +5,10 @@
  * replay with `fc.assert(..., { seed, path })`.
  */
 import { randomUUID } from "node:crypto";
+import type { InjectOptions } from "fastify";
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createTestDatabase, type TestDatabase } from "../support/db.ts";
-import { bearer, makeApp, multipartBody, parseEvent, seedJob, snapshot, webhookRequest, type SeededJob, type TestApp } from "./helpers.ts";
+import { createTestDatabase, bearer, makeApp, multipartBody, parseEvent, seedJob, snapshot, webhookRequest, type SeededJob, type TestApp, type TestDatabase } from "./helpers.ts";
 
 const RUNS = Number(process.env.PROP_RUNS ?? 60);
 
@@ -25,7 +25,7 @@ afterAll(async () => {
   await db.drop();
 });
 
-type Inject = Parameters<TestApp["app"]["inject"]>[0];
+type Inject = InjectOptions;
 
 async function check(request: Inject): Promise<void> {
   const before = await snapshot(db.pool);

@@ -4,8 +4,7 @@
  */
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createTestDatabase, type TestDatabase } from "../support/db.ts";
-import { bearer, makeApp, parseEvent, seedJob, webhookRequest, type TestApp } from "./helpers.ts";
+import { createTestDatabase, bearer, makeApp, parseEvent, seedJob, webhookRequest, type TestApp, type TestDatabase } from "./helpers.ts";
 
 let db: TestDatabase;
 let t: TestApp;

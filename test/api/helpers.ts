@@ -14,6 +14,20 @@ import { documentId as makeDocumentId, jobId as makeJobId, sha256 } from "../../
 import { createLogger } from "../../src/logger.ts";
 import { FAILURE_OF, PIPELINE_STATES, type JobStatus, type PipelineState } from "../../src/state-machine/table.ts";
 import { createJob, transition } from "../../src/state-machine/transition.ts";
+import { createTestDatabase as createDb, type TestDatabase } from "../support/db.ts";
+
+/**
+ * `createTestDatabase()` plus an error listener on its pool. `drop()` ends the pool and then
+ * `DROP DATABASE … WITH (FORCE)`; pg-pool resolves `end()` before its idle sockets have closed,
+ * so the FORCE can terminate one (57P01) and, with no listener, the pool's 'error' event would
+ * surface as an unhandled error in whichever test file happens to lose the race.
+ */
+export async function createTestDatabase(): Promise<TestDatabase> {
+  const db = await createDb();
+  db.pool.on("error", () => {});
+  return db;
+}
+export type { TestDatabase };
 
 export const JWT_SECRET = "super-secret-jwt-token-with-at-least-32-characters-long";
 

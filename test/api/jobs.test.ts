@@ -6,8 +6,7 @@
 import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { chunkId, sha256 } from "../../src/ids.ts";
-import { createTestDatabase, type TestDatabase } from "../support/db.ts";
-import { bearer, makeApp, seedJob, snapshot, type TestApp } from "./helpers.ts";
+import { createTestDatabase, bearer, makeApp, seedJob, snapshot, type TestApp, type TestDatabase } from "./helpers.ts";
 
 let db: TestDatabase;
 let t: TestApp;

@@ -5,8 +5,7 @@
 import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { documentId, jobId, sha256 } from "../../src/ids.ts";
-import { createTestDatabase, type TestDatabase } from "../support/db.ts";
-import { bearer, makeApp, multipartBody, serviceBearer, snapshot, type TestApp } from "./helpers.ts";
+import { createTestDatabase, bearer, makeApp, multipartBody, serviceBearer, snapshot, type TestApp, type TestDatabase } from "./helpers.ts";
 
 let db: TestDatabase;
 let t: TestApp;

@@ -5,8 +5,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createLogger } from "../../src/logger.ts";
-import { createTestDatabase, type TestDatabase } from "../support/db.ts";
-import { makeApp, parseEvent, seedJob, webhookRequest, type TestApp } from "./helpers.ts";
+import { createTestDatabase, makeApp, parseEvent, seedJob, webhookRequest, type TestApp, type TestDatabase } from "./helpers.ts";
 
 let db: TestDatabase;
 let t: TestApp;

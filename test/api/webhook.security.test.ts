@@ -4,8 +4,7 @@
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { signWebhook } from "../../src/api/routes/webhook.ts";
-import { createTestDatabase, type TestDatabase } from "../support/db.ts";
-import { makeApp, parseEvent, seedJob, snapshot, webhookRequest, type SeededJob, type TestApp } from "./helpers.ts";
+import { createTestDatabase, makeApp, parseEvent, seedJob, snapshot, webhookRequest, type SeededJob, type TestApp, type TestDatabase } from "./helpers.ts";
 
 let db: TestDatabase;
 let t: TestApp;
