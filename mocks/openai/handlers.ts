@@ -123,6 +123,11 @@ export function createOpenAIHandlers(ctx: MockContext, state: OpenAIState, optio
     headers.set("openai-version", "2020-10-01");
     headers.set("openai-organization", MOCK_ORGANIZATION);
     headers.set("x-request-id", `req_${Math.floor(decision.rng() * 2 ** 32).toString(16).padStart(8, "0")}${decision.n.toString(16).padStart(8, "0")}`);
+    // Answers from the limiter already carry the window headers; only errors raised before it
+    // (validation, injected faults) need the body read again to know the model.
+    if (headers.has("x-ratelimit-limit-requests")) {
+      return new Response(response.body, { status: response.status, statusText: response.statusText, headers });
+    }
     try {
       const body = (await request.json()) as { model?: unknown };
       if (typeof body.model === "string" && EMBEDDING_MODELS[body.model]) {
@@ -239,7 +244,7 @@ export function createOpenAIHandlers(ctx: MockContext, state: OpenAIState, optio
             code: "rate_limit_exceeded",
           },
           429,
-          decision.headers,
+          { ...decision.headers, "openai-model": model },
         );
       }
       return errorBody(
@@ -250,7 +255,7 @@ export function createOpenAIHandlers(ctx: MockContext, state: OpenAIState, optio
           code: "rate_limit_exceeded",
         },
         429,
-        { ...decision.headers, ...retryHeaders(decision.retryAfterMs) },
+        { ...decision.headers, "openai-model": model, ...retryHeaders(decision.retryAfterMs) },
       );
     }
 
@@ -262,7 +267,7 @@ export function createOpenAIHandlers(ctx: MockContext, state: OpenAIState, optio
     return json(
       { object: "list", data, model, usage: { prompt_tokens: total, total_tokens: total } },
       200,
-      { ...decision.headers, "openai-processing-ms": String(Math.max(1, Math.round(ctx.now() - started))) },
+      { ...decision.headers, "openai-model": model, "openai-processing-ms": String(Math.max(1, Math.round(ctx.now() - started))) },
     );
   });
 
