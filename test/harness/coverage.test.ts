@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { collectCoverage, computeCoverage, coveragePercent, meetsCoverage, mergeCoverage, type CoverageEvent } from "../../harness/coverage.ts";
 import { EDGES, PIPELINE_STATES } from "../../src/state-machine/table.ts";
 import { createTestDatabase, type TestDatabase } from "../support/db.ts";
-import { buildFinishedDatabase } from "./finishedDatabase.ts";
+import { buildFinishedDatabase, dropQuietly } from "./finishedDatabase.ts";
 
 /** The happy path of one job, by the actors that take it. */
 const happy: CoverageEvent[] = [
@@ -71,7 +71,7 @@ describe("collectCoverage", () => {
     db = await createTestDatabase();
     await buildFinishedDatabase(db.pool);
   });
-  afterAll(() => db.drop());
+  afterAll(() => dropQuietly(db));
 
   it("reads the edges from job_events", async () => {
     const report = await collectCoverage(db.pool);

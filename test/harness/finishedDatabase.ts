@@ -156,3 +156,13 @@ export async function buildFinishedDatabase(db: pg.Pool): Promise<Finished> {
     },
   };
 }
+
+/**
+ * `db.drop()` without a stray unhandled error: `pool.end()` resolves before its sockets have
+ * closed, so `DROP DATABASE … WITH (FORCE)` can terminate them (57P01) and the pool re-emits
+ * that on an idle client with no listener. Those errors are expected here; ignore them.
+ */
+export function dropQuietly(db: { pool: pg.Pool; drop(): Promise<void> }): Promise<void> {
+  db.pool.on("error", () => {});
+  return db.drop();
+}

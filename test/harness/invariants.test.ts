@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { checkInvariants, CHECK_NAMES, fingerprint, type InvariantInput, type InvariantReport } from "../../harness/invariants/index.ts";
 import { sha256, vectorSha } from "../../src/ids.ts";
 import { createTestDatabase, type TestDatabase } from "../support/db.ts";
-import { buildFinishedDatabase, EMBED, type Finished } from "./finishedDatabase.ts";
+import { buildFinishedDatabase, dropQuietly, EMBED, type Finished } from "./finishedDatabase.ts";
 
 let db: TestDatabase;
 let run: Finished;
@@ -17,7 +17,7 @@ beforeAll(async () => {
   db = await createTestDatabase();
   run = await buildFinishedDatabase(db.pool);
 });
-afterAll(() => db.drop());
+afterAll(() => dropQuietly(db));
 
 /** Plant a fault in a transaction, check, roll back. */
 async function planted(fault: (c: pg.PoolClient) => Promise<unknown>, input: InvariantInput = run.input): Promise<InvariantReport> {

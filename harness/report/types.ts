@@ -1,0 +1,94 @@
+/**
+ * The scenario runner's results as plain data (JSON-safe: no Maps, Dates or classes), the input
+ * of every report writer and the content of `summary.json`.
+ */
+import type { CoverageReport } from "../coverage.ts";
+import type { InvariantReport } from "../invariants/types.ts";
+
+/** Completed jobs in one time bucket. */
+export interface ThroughputPoint {
+  /** Seconds from the run's first event to the end of the bucket. */
+  t: number;
+  /** Jobs that entered `complete` in the bucket. */
+  completed: number;
+  /** completed / bucketSeconds. */
+  perSecond: number;
+}
+
+export interface ThroughputSeries {
+  bucketSeconds: number;
+  /** ISO time of the first event (t = 0), or null when there were none. */
+  startedAt: string | null;
+  points: ThroughputPoint[];
+}
+
+/** One measured point of the multi-worker scaling run. */
+export interface ScalingMeasurement {
+  workers: number;
+  docsPerSecond: number;
+}
+
+export interface ScalingPoint extends ScalingMeasurement {
+  /** workers × the single-worker throughput. */
+  idealDocsPerSecond: number;
+  /** docsPerSecond / idealDocsPerSecond × 100. */
+  efficiencyPercent: number;
+}
+
+export interface ScalingCurve {
+  points: ScalingPoint[];
+  /** SPEC §9's bar: efficiency ≥ this percent (90). */
+  targetEfficiencyPercent: number;
+  /** Fewest workers whose efficiency falls below the target, or null when none does. */
+  saturatesAt: number | null;
+}
+
+export interface ScenarioFigures {
+  documents: number;
+  workers: number;
+  /** Job slots per worker process. */
+  slots?: number;
+  durationMs: number;
+  /** Terminal documents per second over the scenario's run time. */
+  throughputDocsPerSec: number;
+  completed?: number;
+  failed?: number;
+  /** 429 answers from the mocks. */
+  rateLimited429: number;
+  /** Workers SIGKILLed. */
+  kills: number;
+  /** Injected faults by kind. */
+  faults?: Record<string, number>;
+  tokens?: number;
+  costUsd?: number;
+}
+
+export interface ScenarioResult {
+  name: string;
+  description?: string;
+  passed: boolean;
+  /** Why it failed apart from invariants: the quiescence deadline, stuck jobs, a crash of the runner. */
+  errors: string[];
+  figures: ScenarioFigures;
+  invariants: InvariantReport | null;
+  coverage: CoverageReport | null;
+  throughput: ThroughputSeries | null;
+  /** Only for the scaling scenario. */
+  scaling?: ScalingCurve;
+}
+
+export interface RunSummary {
+  startedAt: string;
+  finishedAt: string;
+  durationMs: number;
+  seed: number | string;
+  passed: boolean;
+  /** `--require-coverage`, or null when not given. */
+  requiredCoverage: number | null;
+  /** Coverage of the whole suite (`mergeCoverage` of the scenarios). */
+  coverage: CoverageReport | null;
+  scenarios: ScenarioResult[];
+  /** The scaling curve, when the suite measured one. */
+  scaling: ScalingCurve | null;
+  environment?: { node: string; platform: string; cpus: number };
+}

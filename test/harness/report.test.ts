@@ -1,0 +1,151 @@
+/**
+ * The report writers: summary.json round-trips, report.md lists failures and coverage, and
+ * report.html is one self-contained page whose state diagram marks the exercised edges.
+ */
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { collectCoverage, computeCoverage } from "../../harness/coverage.ts";
+import { checkInvariants } from "../../harness/invariants/index.ts";
+import {
+  formatResultsTable,
+  renderStateDiagram,
+  scalingCurve,
+  seriesFromTimestamps,
+  throughputSeries,
+  writeReport,
+  type RunSummary,
+  type ScenarioResult,
+} from "../../harness/report/index.ts";
+import { createTestDatabase, type TestDatabase } from "../support/db.ts";
+import { buildFinishedDatabase, dropQuietly } from "./finishedDatabase.ts";
+
+let db: TestDatabase;
+let summary: RunSummary;
+let dir: string;
+
+beforeAll(async () => {
+  db = await createTestDatabase();
+  const run = await buildFinishedDatabase(db.pool);
+  const coverage = await collectCoverage(db.pool);
+  const happy: ScenarioResult = {
+    name: "happy-path",
+    description: "three documents, one poison",
+    passed: true,
+    errors: [],
+    figures: { documents: 3, workers: 2, durationMs: 4200, throughputDocsPerSec: 0.71, rateLimited429: 0, kills: 1, faults: { "openai.429": 3 } },
+    invariants: await checkInvariants(db.pool, run.input),
+    coverage,
+    throughput: await throughputSeries(db.pool),
+  };
+  const broken: ScenarioResult = {
+    name: "crash-<every>-stage",
+    passed: false,
+    errors: ["quiescence deadline passed with 1 job stuck"],
+    figures: { documents: 3, workers: 4, durationMs: 61_000, throughputDocsPerSec: 12.5, rateLimited429: 17, kills: 9 },
+    invariants: await checkInvariants(db.pool, { ...run.input, mockUsage: { promptTokensByModel: { [run.input.embed.model]: 1 } } }),
+    coverage: computeCoverage([{ from_status: "chunking", to_status: "failed_chunking", actor: "worker" }]),
+    throughput: seriesFromTimestamps(0, [100, 900, 1500, 4200], 1),
+  };
+  summary = {
+    startedAt: "2030-01-01T00:00:00.000Z",
+    finishedAt: "2030-01-01T00:01:05.200Z",
+    durationMs: 65_200,
+    seed: 42,
+    passed: false,
+    requiredCoverage: 100,
+    coverage: computeCoverage([...coverage.edges.flatMap((e) => Object.entries(e.byActor).map(([actor, count]) => ({ from_status: e.from, to_status: e.to, actor, count })))]),
+    scenarios: [happy, broken],
+    scaling: scalingCurve([
+      { workers: 1, docsPerSecond: 2 },
+      { workers: 2, docsPerSecond: 3.9 },
+      { workers: 4, docsPerSecond: 7.6 },
+      { workers: 8, docsPerSecond: 12 },
+    ]),
+    environment: { node: "v24.0.0", platform: "linux", cpus: 2 },
+  };
+  dir = await mkdtemp(path.join(tmpdir(), "report-"));
+});
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+  await dropQuietly(db);
+});
+
+describe("writeReport", () => {
+  it("writes summary.json, report.md and report.html", async () => {
+    const files = await writeReport(dir, summary);
+    expect(JSON.parse(await readFile(files.summaryJson, "utf8"))).toEqual(summary);
+    const md = await readFile(files.reportMd, "utf8");
+    expect(md).toMatch(/^# Scenario run: FAIL/);
+    expect(md).toContain("| happy-path | PASS | 3 | 2 |");
+    expect(md).toContain("**tokens_and_cost_match_usage** (§8.4)");
+    expect(md).toContain("quiescence deadline passed");
+    expect(md).toContain("| 8 | 12.00 | 16.00 | 75% |");
+    expect(md).toContain("Efficiency falls below 90% at 8 workers.");
+    expect(md).toContain("`parsed → failed_parse`");
+  });
+
+  it("makes report.html self-contained, with the diagram marking exercised edges", async () => {
+    const html = await readFile(path.join(dir, "report.html"), "utf8");
+    expect(html).toMatch(/^<!doctype html>/);
+    expect(html).not.toMatch(/(src|href)\s*=\s*["']?\s*(https?:)?\/\//i);
+    expect(html).not.toMatch(/<(script|link|img|iframe)\b/i);
+    expect(html).not.toContain("http");
+    expect(html).toContain('<svg class="state-diagram"');
+    expect(html).toMatch(/class="edge exercised forward" data-edge="uploaded → parse_queued" data-count="3"/);
+    expect(html).toMatch(/class="edge exercised failure" data-edge="parse_queued → failed_parse" data-count="1"/);
+    expect(html).toMatch(/class="edge unexercised retry" data-edge="failed_parse → parse_queued" data-count="0"/);
+    expect(html).toContain("crash-&lt;every&gt;-stage");
+    expect(html).toContain('data-series="linear ideal"');
+    expect(html).toContain("Throughput over time");
+  });
+});
+
+describe("the state diagram", () => {
+  it("draws 13 states and every edge of the table", () => {
+    const svg = renderStateDiagram(computeCoverage([]));
+    expect(svg.match(/<g class="state/g)).toHaveLength(13);
+    expect(svg.match(/class="edge /g)).toHaveLength(28);
+    expect(svg).not.toContain("edge exercised");
+  });
+});
+
+describe("throughput and scaling", () => {
+  it("buckets completions per second from the first event, keeping empty buckets", () => {
+    const s = seriesFromTimestamps(1000, [1100, 1200, 3500], 1);
+    expect(s.points).toEqual([
+      { t: 1, completed: 2, perSecond: 2 },
+      { t: 2, completed: 0, perSecond: 0 },
+      { t: 3, completed: 1, perSecond: 1 },
+    ]);
+    expect(seriesFromTimestamps(0, [], 1).points).toEqual([]);
+  });
+
+  it("reads the series from job_events (two completes)", async () => {
+    const s = await throughputSeries(db.pool);
+    expect(s.points.reduce((n, p) => n + p.completed, 0)).toBe(2);
+  });
+
+  it("compares each size with the linear ideal", () => {
+    const curve = scalingCurve([{ workers: 2, docsPerSecond: 3.8 }, { workers: 1, docsPerSecond: 2 }]);
+    expect(curve.points.map((p) => [p.workers, p.idealDocsPerSecond, Math.round(p.efficiencyPercent)])).toEqual([
+      [1, 2, 100],
+      [2, 4, 95],
+    ]);
+    expect(curve.saturatesAt).toBeNull();
+  });
+});
+
+describe("formatResultsTable", () => {
+  it("prints one aligned row per scenario and a total", () => {
+    const table = formatResultsTable(summary);
+    const lines = table.split("\n");
+    expect(lines[0]).toMatch(/^scenario\s+result\s+docs\s+time\s+throughput\s+coverage$/);
+    expect(lines[2]).toMatch(/^happy-path\s+PASS\s+3\s+4\.2 s\s+0\.71 docs\/s\s+37\.0%$/);
+    expect(lines[3]).toMatch(/^crash-<every>-stage\s+FAIL\s+3\s+1m 01s\s+12\.5 docs\/s\s+3\.7%$/);
+    expect(lines.at(-1)).toMatch(/^total\s+FAIL\s+6\s+1m 05s\s+37\.0% \(≥ 100%\)$/);
+    expect(new Set(lines.filter((l) => !l.startsWith("─")).map((l) => l.length)).size).toBe(1);
+    expect(formatResultsTable(summary.scenarios, { color: true })).toContain("\u001b[32mPASS\u001b[0m");
+  });
+});
