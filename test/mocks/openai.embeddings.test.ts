@@ -147,6 +147,7 @@ describe("the wire format", () => {
     const body = (await res.json()) as { error: Record<string, unknown> };
     expect(body.error).toMatchObject({ type: "invalid_request_error", param: null, code: null });
     expect(String(body.error.message)).toMatch(/^You didn't provide an API key/);
+    expect(res.headers.get("x-ratelimit-limit-requests")).toBeNull();
   });
 
   it("puts x-ratelimit-* (Go durations) on successes and errors alike", async () => {
