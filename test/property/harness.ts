@@ -1,0 +1,293 @@
+/**
+ * What the pipeline properties share: one pipeline environment per property (expensive: a
+ * database, the mocks, the API), runs isolated from each other by fresh user ids, a reference
+ * (crash-free) run per content, a stepping worker on a simulated clock, webhook deliveries built
+ * and signed by hand, a drain, and the invariant checks.
+ *
+ * Two deliberate departures from `startPipelineEnv`'s defaults, both for reproducible histories:
+ * - the LlamaParse mock never sends webhooks itself (`drop: 1`) and finishes jobs at once; the
+ *   histories deliver (or withhold) every webhook explicitly;
+ * - deliveries go to an API built here with the same `buildApp` and the same parse intake, except
+ *   that the intake the handler hands off is tracked and awaited, so a history does not race
+ *   with a background fetch-and-store it cannot see.
+ */
+import { randomUUID } from "node:crypto";
+import type { FastifyInstance } from "fastify";
+import { buildApp } from "../../src/api/app.ts";
+import { signWebhook } from "../../src/api/routes/webhook.ts";
+import { createLogger } from "../../src/logger.ts";
+import { createPipelineServices, type WiredServices } from "../../src/services.ts";
+import { ingestParseResult } from "../../src/stages/parseIntake.ts";
+import { EDGES, isTerminal, type JobStatus } from "../../src/state-machine/table.ts";
+import { FaultInjector, SimulatedCrash, type FaultPoints, type FaultRule } from "../../src/worker/faultPoints.ts";
+import type { ClaimedJob } from "../../src/worker/queries.ts";
+import { markdownDocument } from "../../harness/corpus.ts";
+import { POISON_MARKER, signServiceRoleKey, type FaultPlanInput } from "../../mocks/index.ts";
+import { mulberry32 } from "../../mocks/shared/rng.ts";
+import { ManualClock } from "../support/fixtures.ts";
+import { fingerprint, startPipelineEnv, type PipelineEnv } from "../support/pipeline.ts";
+
+/** No faults, except that webhooks are the history's to deliver and parses finish at once. */
+export const BASELINE_FAULTS: FaultPlanInput = {
+  llamaparse: { schedule: { pending: { dist: "fixed", ms: 0 }, running: { dist: "fixed", ms: 0 }, msPerPage: 0 } },
+  webhooks: { drop: { rate: 1 } },
+};
+
+export const LEASE_SECONDS = 30;
+/** Past every lease, webhook deadline, reconciler snooze, backoff and open-circuit hint. */
+export const PAST_LEASE_MS = (LEASE_SECONDS + 1) * 1000;
+/** A stage that calls OpenAI more often than this in one claim is looping. */
+const RUNAWAY_EMBED_CALLS = 12;
+
+/** A content the histories upload: a name, the bytes, and whether LlamaParse fails it. */
+export interface Content {
+  name: string;
+  text: string;
+  poison: boolean;
+}
+
+const rng = mulberry32(20240607);
+/** Small (one embedding batch), medium (several batches) and poison (LlamaParse FAILED). */
+export const CONTENTS: readonly Content[] = [
+  { name: "small", text: markdownDocument(rng, "Small document", 1_200), poison: false },
+  { name: "medium", text: markdownDocument(rng, "Medium document", 11_000), poison: false },
+  { name: "poison", text: `# Broken scan\n\n${POISON_MARKER}\n\nThis one never parses.\n`, poison: true },
+];
+
+/** A crash-free run's result for one content: the chunk and vector hashes in order, and the bill. */
+export interface Reference {
+  chunks: Array<{ chunk_sha: string; vector_sha: string | null }>;
+  tokens: number;
+  batches: number;
+}
+
+export interface PropertyEnv {
+  env: PipelineEnv;
+  /** The API deliveries go to (see the file comment). */
+  api: FastifyInstance;
+  /** Resolves when every parse intake the API handed off has finished. */
+  intakeIdle(): Promise<void>;
+  /** The services the API's intake uses; replaced by `restartServices`. */
+  apiServices: WiredServices;
+  references: Map<string, Reference>;
+  serviceRoleKey: string;
+  close(): Promise<void>;
+}
+
+export async function startPropertyEnv(seed: number): Promise<PropertyEnv> {
+  const env = await startPipelineEnv({ seed, faults: BASELINE_FAULTS, env: { MAX_ATTEMPTS: "100", LEASE_SECONDS: String(LEASE_SECONDS) } });
+  const log = createLogger({ level: "silent" });
+  const inflight = new Set<Promise<unknown>>();
+  const holder: { services: WiredServices } = { services: createPipelineServices(env.config) };
+  const api = await buildApp({
+    pool: env.db.pool,
+    config: env.config,
+    store: holder.services.storage,
+    log,
+    onParseEvent(event) {
+      const s = holder.services;
+      const p = ingestParseResult({ pool: env.db.pool, log, storage: s.storage, llamaparse: s.llamaparse }, { jobId: event.jobId, actor: "webhook", fence: { kind: "unleased" } });
+      const tracked = p.catch(() => {}).finally(() => inflight.delete(tracked));
+      inflight.add(tracked);
+      return p;
+    },
+  });
+  await api.ready();
+  const penv: PropertyEnv = {
+    env,
+    api,
+    get apiServices() {
+      return holder.services;
+    },
+    set apiServices(s: WiredServices) {
+      holder.services = s;
+    },
+    async intakeIdle() {
+      // The handler hands off on setImmediate after answering: let it get there first.
+      await new Promise((r) => setImmediate(r));
+      while (inflight.size > 0) await Promise.allSettled([...inflight]);
+    },
+    references: new Map(),
+    serviceRoleKey: await signServiceRoleKey(env.config.SUPABASE_JWT_SECRET!),
+    async close() {
+      await api.close();
+      await env.close();
+    },
+  };
+  penv.references = await referenceRun(penv);
+  return penv;
+}
+
+/** One crash-free run of every non-poison content: what every other history must end with. */
+async function referenceRun(p: PropertyEnv): Promise<Map<string, Reference>> {
+  const refs = new Map<string, Reference>();
+  const clock = new ManualClock();
+  const userId = randomUUID();
+  const jobs = new Map<string, { jobId: string; documentId: string }>();
+  for (const c of CONTENTS.filter((c) => !c.poison)) jobs.set(c.name, await p.env.upload({ content: c.text, userId }));
+  await drain(p, clock, [...jobs.values()].map((j) => j.jobId));
+  for (const [name, job] of jobs) {
+    const rows = await fingerprint(p.env, job.documentId);
+    const { rows: prog } = await p.env.db.pool.query("SELECT status, progress FROM upload_pipeline.upload_jobs WHERE job_id = $1", [job.jobId]);
+    if (prog[0].status !== "complete") throw new Error(`reference run of ${name} ended ${prog[0].status}`);
+    refs.set(name, {
+      chunks: rows.map((r) => ({ chunk_sha: r.chunk_sha, vector_sha: r.vector_sha })),
+      tokens: Number(prog[0].progress.tokens),
+      batches: Number(prog[0].progress.batches_done),
+    });
+  }
+  return refs;
+}
+
+/** Fault points that also catch a stage that keeps calling OpenAI (a resend loop). */
+export class GuardedFaults implements FaultPoints {
+  private embedCalls = 0;
+  readonly inner: FaultInjector;
+  /** The point a crash rule fired at, if it did. */
+  crashedAt: string | undefined;
+  constructor(
+    rules: FaultRule[],
+    private readonly flags: { runaway?: string },
+  ) {
+    this.inner = new FaultInjector(rules);
+  }
+  async hit(point: string, info?: { jobId?: string; [k: string]: unknown }): Promise<void> {
+    if (point === "call.openai.embed.before" && ++this.embedCalls > RUNAWAY_EMBED_CALLS) {
+      this.flags.runaway = `job ${info?.jobId} called OpenAI more than ${RUNAWAY_EMBED_CALLS} times in one claim`;
+      throw new SimulatedCrash(point);
+    }
+    try {
+      await this.inner.hit(point, info);
+    } catch (err) {
+      if (err instanceof SimulatedCrash) this.crashedAt = point;
+      throw err;
+    }
+  }
+}
+
+let workerSeq = 0;
+
+/** One claim-and-work on the caller's stack, optionally crashing at `crash` (the `nth` hit). */
+export async function step(
+  p: PropertyEnv,
+  clock: ManualClock,
+  opts: { services?: WiredServices; crash?: { point: string | RegExp; nth?: number }; flags?: { runaway?: string } } = {},
+): Promise<{ job: ClaimedJob | undefined; faults: GuardedFaults }> {
+  const flags = opts.flags ?? {};
+  const faults = new GuardedFaults(opts.crash ? [{ point: opts.crash.point, nth: opts.crash.nth ?? 1, action: "crash" }] : [], flags);
+  const worker = p.env.worker({
+    workerId: `prop-w${++workerSeq}`,
+    clock: clock.now,
+    faults,
+    concurrency: 1,
+    leaseSeconds: LEASE_SECONDS,
+    ...(opts.services ? { services: opts.services } : {}),
+    random: () => 0.5,
+  });
+  const job = await worker.runOnce();
+  return { job, faults };
+}
+
+/**
+ * Clear the faults and run fresh workers (a restart: closed circuit breakers) until none of
+ * `jobIds` is left actionable, moving the clock past leases and deadlines whenever nothing is
+ * due. Throws listing the jobs still not terminal after `maxSteps`.
+ */
+export async function drain(p: PropertyEnv, clock: ManualClock, jobIds: string[], flags: { runaway?: string } = {}, maxSteps = 200): Promise<void> {
+  p.env.mocks.setFaults(BASELINE_FAULTS);
+  const services = createPipelineServices(p.env.config);
+  p.apiServices = createPipelineServices(p.env.config);
+  await p.intakeIdle();
+  for (let i = 0; i < maxSteps; i++) {
+    const { job } = await step(p, clock, { services, flags });
+    if (job) continue;
+    const states = await statuses(p, jobIds);
+    if ([...states.values()].every((s) => isTerminal(s))) return;
+    clock.advance(PAST_LEASE_MS);
+  }
+  const states = await statuses(p, jobIds);
+  throw new Error(`drain: jobs still not terminal after ${maxSteps} steps: ${[...states].filter(([, s]) => !isTerminal(s)).map(([j, s]) => `${j}=${s}`).join(", ")}`);
+}
+
+export async function statuses(p: PropertyEnv, jobIds: string[]): Promise<Map<string, JobStatus>> {
+  const { rows } = await p.env.db.pool.query<{ job_id: string; status: JobStatus }>(
+    "SELECT job_id, status FROM upload_pipeline.upload_jobs WHERE job_id = ANY($1)",
+    [jobIds],
+  );
+  return new Map(rows.map((r) => [r.job_id, r.status]));
+}
+
+/**
+ * Problems with a job's `job_events` as a path through the state machine: it starts with
+ * (∅ → uploaded), each event starts where the previous ended, each edge is in `EDGES` and was
+ * taken by an actor the edge allows. Empty when the path is valid.
+ */
+export async function eventPathProblems(p: PropertyEnv, jobId: string): Promise<string[]> {
+  const { rows } = await p.env.db.pool.query<{ from_status: JobStatus | null; to_status: JobStatus; detail: { actor?: string } }>(
+    "SELECT from_status, to_status, detail FROM upload_pipeline.job_events WHERE job_id = $1 ORDER BY id",
+    [jobId],
+  );
+  const problems: string[] = [];
+  let at: JobStatus | null = null;
+  rows.forEach((e, i) => {
+    const edge = EDGES.find((x) => x.from === e.from_status && x.to === e.to_status);
+    if (i === 0 && e.from_status !== null) problems.push(`first event starts at ${e.from_status}, not ∅`);
+    if (i > 0 && e.from_status !== at) problems.push(`event ${i} starts at ${e.from_status} but the job was in ${at}`);
+    if (!edge) problems.push(`event ${i}: ${e.from_status} → ${e.to_status} is not an edge`);
+    else if (!edge.actors.includes(e.detail.actor as never)) problems.push(`event ${i}: ${e.from_status} → ${e.to_status} taken by ${e.detail.actor}`);
+    at = e.to_status;
+  });
+  if (rows.length === 0) problems.push("no events");
+  return problems;
+}
+
+/** Delete everything a run created (its users' documents cascade to jobs, buffers, events, webhook log). */
+export async function forgetUsers(p: PropertyEnv, userIds: string[]): Promise<void> {
+  await p.intakeIdle();
+  await p.env.db.pool.query("DELETE FROM upload_pipeline.documents WHERE user_id = ANY($1::uuid[])", [userIds]);
+}
+
+/** A LlamaParse webhook delivery as the sender builds it (SPEC §6), signed with `secret`. */
+export function webhookDelivery(secret: string, event: { eventId: string; eventType: string; parseJobId: string; timestamp: number }) {
+  const body = JSON.stringify({
+    event_id: event.eventId,
+    event_type: event.eventType,
+    timestamp: event.timestamp,
+    data: { id: event.parseJobId, job_id: event.parseJobId },
+  });
+  return { body, signature: signWebhook(secret, body) };
+}
+
+export async function postWebhook(p: PropertyEnv, body: string, signature: string | undefined, eventId: string, eventType: string) {
+  const res = await p.api.inject({
+    method: "POST",
+    url: "/webhooks/llamaparse",
+    headers: {
+      "content-type": "application/json",
+      "user-agent": "llamaindex-webhook-service/1.0",
+      "x-webhook-event-id": eventId,
+      "x-webhook-event-type": eventType,
+      ...(signature ? { "lc-signature": signature } : {}),
+    },
+    payload: body,
+  });
+  await p.intakeIdle();
+  return res;
+}
+
+/** Wait (briefly, real time) until the LlamaParse mock has finished a parse job. */
+export async function parseOutcome(p: PropertyEnv, parseJobId: string): Promise<string> {
+  for (let i = 0; i < 200; i++) {
+    const status = p.env.mocks.state.llamaparse.jobs.get(parseJobId)?.status;
+    if (status === "COMPLETED" || status === "FAILED" || status === "CANCELLED") return status;
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  throw new Error(`LlamaParse job ${parseJobId} did not finish`);
+}
+
+/** How many parse jobs LlamaParse holds for one pipeline job (each one is billed). */
+export function parseJobsFor(p: PropertyEnv, jobId: string): number {
+  return [...p.env.mocks.state.llamaparse.jobs.values()].filter((j) => j.userMetadata?.pipeline_job_id === jobId).length;
+}
+
+export { ManualClock };

@@ -1,0 +1,17 @@
+/**
+ * Counterexamples worth keeping: each replays (seed + path) every time its property runs, at no
+ * extra cost beyond one run. Add one whenever a property finds a bug: copy `seed` and `path` from
+ * the failure report, name the property exactly as its `it(...)` title, say what it caught.
+ *
+ * A path only means something for the arbitraries it was found with: when a property's
+ * generators change, re-find (or drop) its entries.
+ */
+export interface Regression {
+  /** The property's title, as in `checkProperty({ name })`. */
+  property: string;
+  seed: number;
+  path: string;
+  note: string;
+}
+
+export const REGRESSIONS: Regression[] = [];
