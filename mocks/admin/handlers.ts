@@ -24,6 +24,11 @@ export interface AdminControls {
   reset(): void;
 }
 
+/**
+ * Builds the `/__admin` handlers (unfaulted, unauthenticated: the mocks only listen on loopback
+ * by default).
+ * @example await fetch(`${baseUrl}/__admin/faults`, { method: "POST", body: JSON.stringify({ openai: { errors: [{ fault: 503, rate: 0.1 }] } }) });
+ */
 export function createAdminHandlers(admin: AdminControls) {
   return [
     http.get("*/__admin/health", () => json({ ok: true })),

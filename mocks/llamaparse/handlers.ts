@@ -21,6 +21,7 @@ export const LLAMAPARSE_ROUTES = {
   fileCreate: "llamaparse.files.create",
 } as const;
 
+/** Options of the LlamaParse mock. */
 export interface LlamaParseMockOptions {
   /** The only bearer key accepted. */
   apiKey: string;

@@ -10,6 +10,7 @@ import { rngFor, seededUuid, sha256Hex } from "../shared/rng.ts";
 import { containsPoison, parsedPages, POISON_MARKER } from "./markdown.ts";
 import type { WebhookConfiguration, WebhookEventType, WebhookSender } from "./webhook.ts";
 
+/** The statuses of a v2 parse job. */
 export type JobStatus = "PENDING" | "RUNNING" | "COMPLETED" | "FAILED" | "CANCELLED";
 
 /** Credits per page by tier (what `usage.credits` reports). */

@@ -28,6 +28,7 @@ export interface OpenAIState {
   rateLimiter: RateLimiter;
 }
 
+/** Options of the OpenAI mock. */
 export interface OpenAIMockOptions {
   /** The only bearer key accepted. */
   apiKey: string;

@@ -31,6 +31,7 @@ export const STORAGE_ROUTES = {
   copy: "storage.object.copy",
 } as const;
 
+/** Options of the Storage mock. */
 export interface StorageMockOptions {
   /** HS256 secret for API keys and signed URLs (`SUPABASE_JWT_SECRET`). */
   jwtSecret: string;
