@@ -81,9 +81,15 @@ function scalingSection(curve: ScalingCurve | null): string {
     xLabel: "worker processes",
     yLabel: "docs / s",
     series: [
-      { name: "measured", color: "#2563eb", points: curve.points.map((p) => [p.workers, p.docsPerSecond] as const) },
+      {
+        name: "measured (efficiency)",
+        color: "#2563eb",
+        points: curve.points.map((p) => [p.workers, p.docsPerSecond] as const),
+        labels: curve.points.map((p) => formatPercent(Math.round(p.efficiencyPercent))),
+      },
       { name: "linear ideal", color: "#94a3b8", dashed: true, points: curve.points.map((p) => [p.workers, p.idealDocsPerSecond] as const) },
     ],
+    xTicks: curve.points.map((p) => p.workers),
   });
   const rows = curve.points
     .map(

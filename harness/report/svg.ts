@@ -14,9 +14,9 @@ const fmt = (n: number): string => (Number.isInteger(n) ? String(n) : n.toFixed(
 
 // ── State diagram ────────────────────────────────────────────────────────────────────────────
 
-const BOX_W = 120;
+const BOX_W = 160;
 const BOX_H = 46;
-const GAP = 34;
+const GAP = 36;
 const X0 = 60;
 const Y_PIPE = 60;
 const Y_FAIL = 250;
@@ -65,7 +65,7 @@ export function renderStateDiagram(coverage: CoverageReport | null): string {
   const parts: string[] = [];
 
   const markers = (Object.entries(COLORS) as Array<[string, string]>)
-    .map(([k, c]) => `<marker id="arrow-${k}" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="${c}"/></marker>`)
+    .map(([k, c]) => `<marker id="arrow-${k}" viewBox="0 0 10 10" refX="9" refY="5" markerUnits="userSpaceOnUse" markerWidth="10" markerHeight="10" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="${c}"/></marker>`)
     .join("");
   parts.push(`<defs>${markers}</defs>`);
 
@@ -88,7 +88,7 @@ export function renderStateDiagram(coverage: CoverageReport | null): string {
   for (let i = 0; i + 1 < PIPELINE_STATES.length; i++) {
     const y = Y_PIPE + BOX_H / 2;
     const e = find(PIPELINE_STATES[i]!, PIPELINE_STATES[i + 1]!);
-    parts.push(edgeLine(e, boxX(i) + BOX_W, y, boxX(i + 1) - 2, y, { x: boxX(i) + BOX_W + GAP / 2, y: y - 7, anchor: "middle" }));
+    parts.push(edgeLine(e, boxX(i) + BOX_W, y, boxX(i + 1) - 2, y, { x: boxX(i) + BOX_W + GAP / 2, y: y - 8, anchor: "middle" }));
   }
 
   // Failure edges down (left of centre) and retry edges back up (right of centre).
@@ -126,7 +126,7 @@ export function renderStateDiagram(coverage: CoverageReport | null): string {
 
   return (
     `<svg class="state-diagram" viewBox="0 0 ${width} ${height}" width="100%" role="img" aria-label="State machine with exercised edges">` +
-    `<style>.state-label{font:600 12px system-ui,sans-serif;fill:#0f172a}.count{font:700 11px system-ui,sans-serif}.legend{font:12px system-ui,sans-serif;fill:#334155}</style>` +
+    `<style>.state-label{font:600 11px system-ui,sans-serif;fill:#0f172a}.count{font:700 11px system-ui,sans-serif}.legend{font:12px system-ui,sans-serif;fill:#334155}</style>` +
     parts.join("") +
     `</svg>`
   );
@@ -139,6 +139,8 @@ export interface ChartSeries {
   color: string;
   dashed?: boolean;
   points: ReadonlyArray<readonly [number, number]>;
+  /** Text drawn above each point (same order as `points`), e.g. an efficiency. */
+  labels?: readonly string[];
 }
 
 export interface LineChartOptions {
@@ -148,6 +150,8 @@ export interface LineChartOptions {
   series: readonly ChartSeries[];
   width?: number;
   height?: number;
+  /** Ticks on the x axis (e.g. the measured worker counts); default: evenly spaced. */
+  xTicks?: readonly number[];
 }
 
 /** A step of 1, 2 or 5 × 10^k giving about `ticks` intervals over `span`. */
@@ -188,7 +192,10 @@ export function renderLineChart(opts: LineChartOptions): string {
     parts.push(`<text x="${m.left - 6}" y="${sy(y) + 4}" text-anchor="end" class="tick">${fmt(y)}</text>`);
   }
   const xStep = niceStep(xMax - xMin, 6);
-  for (let x = Math.ceil(xMin / xStep) * xStep; x <= xMax + 1e-9; x += xStep) {
+  const xTicks: number[] = [];
+  if (opts.xTicks) xTicks.push(...opts.xTicks);
+  else for (let x = Math.ceil(xMin / xStep) * xStep; x <= xMax + 1e-9; x += xStep) xTicks.push(x);
+  for (const x of xTicks) {
     parts.push(`<text x="${sx(x)}" y="${m.top + ph + 16}" text-anchor="middle" class="tick">${fmt(x)}</text>`);
   }
   parts.push(`<line x1="${m.left}" y1="${m.top + ph}" x2="${m.left + pw}" y2="${m.top + ph}" stroke="#64748b"/>`);
@@ -200,6 +207,13 @@ export function renderLineChart(opts: LineChartOptions): string {
     const pts = s.points.map(([x, y]) => `${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(" ");
     parts.push(`<polyline class="series" data-series="${escapeXml(s.name)}" points="${pts}" fill="none" stroke="${s.color}" stroke-width="2"${s.dashed ? ' stroke-dasharray="6 4"' : ""}/>`);
     if (s.points.length <= 40) for (const [x, y] of s.points) parts.push(`<circle cx="${sx(x).toFixed(1)}" cy="${sy(y).toFixed(1)}" r="3" fill="${s.color}"/>`);
+    s.labels?.forEach((label, k) => {
+      const p = s.points[k];
+      // The first and last labels lean inwards so they stay off the axis and inside the frame.
+      const anchor = k === 0 ? "start" : k === s.points.length - 1 ? "end" : "middle";
+      const dx = k === 0 ? 6 : 0;
+      if (p) parts.push(`<text x="${(sx(p[0]) + dx).toFixed(1)}" y="${(sy(p[1]) + 16).toFixed(1)}" text-anchor="${anchor}" class="tick" fill="${s.color}">${escapeXml(label)}</text>`);
+    });
     const lx = m.left + pw - 150;
     const ly = m.top + 6 + i * 16;
     parts.push(`<line x1="${lx}" y1="${ly}" x2="${lx + 22}" y2="${ly}" stroke="${s.color}" stroke-width="2"${s.dashed ? ' stroke-dasharray="6 4"' : ""}/>`);
