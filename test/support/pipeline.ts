@@ -34,9 +34,22 @@ export interface PipelineEnv {
   close(): Promise<void>;
 }
 
-export async function startPipelineEnv(options: { seed?: number; faults?: FaultPlanInput; env?: Record<string, string> } = {}): Promise<PipelineEnv> {
+export interface PipelineEnvOptions {
+  seed?: number;
+  faults?: FaultPlanInput;
+  env?: Record<string, string>;
+  /** The mocks' clock (rate windows, outage windows, webhook timestamps); default `Date.now`. */
+  mocksNow?: () => number;
+}
+
+export async function startPipelineEnv(options: PipelineEnvOptions = {}): Promise<PipelineEnv> {
   const db = await createTestDatabase();
-  const mocks = createMocks({ seed: options.seed ?? 1, faults: options.faults ?? {}, webhook: { retryDelaysMs: [50, 100], timeoutMs: 5_000 } });
+  const mocks = createMocks({
+    seed: options.seed ?? 1,
+    faults: options.faults ?? {},
+    webhook: { retryDelaysMs: [50, 100], timeoutMs: 5_000 },
+    ...(options.mocksNow ? { now: options.mocksNow } : {}),
+  });
   const msw = setupServer(...mocks.handlers);
   msw.listen({ onUnhandledFrame: "bypass" });
   const log = createLogger({ level: "silent" });
