@@ -18,8 +18,24 @@ export class ApiClient {
     return jwt.setIssuedAt().setExpirationTime("1h").sign(new TextEncoder().encode(this.jwtSecret));
   }
 
-  /** Direct multipart upload; returns the document and job ids. */
-  async upload(file: CorpusFile): Promise<{ documentId: string; jobId: string; status: number }> {
+  /**
+   * Direct multipart upload; returns the document and job ids. Like any well-behaved client it
+   * retries a 429/5xx answer (the API says "retry shortly" while Storage is down) with backoff;
+   * uploads are idempotent, so a retry can never make a second document.
+   */
+  async upload(file: CorpusFile, attempts = 12): Promise<{ documentId: string; jobId: string; status: number }> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.uploadOnce(file);
+      } catch (err) {
+        const status = (err as { status?: number }).status ?? 0;
+        if (attempt >= attempts || (status !== 429 && status < 500)) throw err;
+        await new Promise((r) => setTimeout(r, Math.min(2000, 100 * 2 ** attempt)));
+      }
+    }
+  }
+
+  private async uploadOnce(file: CorpusFile): Promise<{ documentId: string; jobId: string; status: number }> {
     const form = new FormData();
     form.append("file", new Blob([file.bytes as BlobPart], { type: file.mime }), file.filename);
     const res = await fetch(`${this.baseUrl}/upload`, {
@@ -27,9 +43,9 @@ export class ApiClient {
       headers: { authorization: `Bearer ${await this.token(file.userId)}` },
       body: form,
     });
-    const body = (await res.json()) as { document_id?: string; job_id?: string; error?: { message: string } };
+    const body = (await res.json().catch(() => ({}))) as { document_id?: string; job_id?: string; error?: { message: string } };
     if (!res.ok || !body.document_id || !body.job_id) {
-      throw new Error(`upload of ${file.filename} failed: HTTP ${res.status} ${body.error?.message ?? ""}`);
+      throw Object.assign(new Error(`upload of ${file.filename} failed: HTTP ${res.status} ${body.error?.message ?? ""}`), { status: res.status });
     }
     return { documentId: body.document_id, jobId: body.job_id, status: res.status };
   }

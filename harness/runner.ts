@@ -103,7 +103,8 @@ export async function runScenario(scenario: Scenario, env: RunEnvironment, optio
 
   const mocks = await startMockServer({ seed: scenario.seed, faults: scenario.faults });
   const silent = createLogger({ level: "silent" });
-  const apiConfig = configForLocalMocks(mocks.baseUrl, { ...mocks.env, SUPABASE_JWT_SECRET: mocks.mocks.keys.jwtSecret, DATABASE_URL: databaseUrl });
+  // The API reads the scenario's settings too: MAX_ATTEMPTS, for one, is stamped on each job it creates.
+  const apiConfig = configForLocalMocks(mocks.baseUrl, { ...mocks.env, ...scenario.workerEnv, SUPABASE_JWT_SECRET: mocks.mocks.keys.jwtSecret, DATABASE_URL: databaseUrl });
   const apiServices = createPipelineServices(apiConfig);
   const app = await buildApp({
     pool,

@@ -107,7 +107,8 @@ export async function ingestParseResult(
       fence: args.fence,
       now: args.now,
       attempt: job.attempts,
-      resetAttempts: true,
+      // The reconciler goes on to validate in the same claim: that is its first attempt.
+      setAttempts: args.fence.kind === "lease" ? 1 : 0,
       detail: { parse_job_id: job.parse_job_id, pages: parse.pages.length },
     });
     await client.query("COMMIT");
@@ -150,5 +151,6 @@ export const reconcileParse: Stage<PipelineServices> = {
       ctx.job.parsed_sha256 = result.parsedSha256;
     }
     (ctx.job as { status: string }).status = result.outcome === "parsed" ? "parsed" : "failed_parse";
+    ctx.job.attempts = 1;
   },
 };

@@ -27,8 +27,12 @@ export interface TransitionRequest {
   webhookSecret?: string;
   /** Written to `last_error` (failure edges); `null` clears it (retry edges). */
   lastError?: Record<string, unknown> | null;
-  /** Reset `attempts` to 0: forward progress was made, or an operator retried. */
-  resetAttempts?: boolean;
+  /**
+   * Set `attempts` (forward progress starts the count again): 0 for an unleased writer or an
+   * operator's retry; 1 for a worker that goes on to the next stage in the same claim, since
+   * that claim is already the new stage's first attempt (a crash there must count).
+   */
+  setAttempts?: number;
   /** When the job is next due; default now (a moved job is ready for its next stage at once). */
   nextAttemptAt?: Date;
   /** Drop the lease with the move (failure, terminal, or handing the job back to the queue). */
@@ -54,7 +58,7 @@ WITH moved AS (
     parse_job_id     = coalesce($7, j.parse_job_id),
     webhook_secret   = coalesce($8, j.webhook_secret),
     last_error       = CASE WHEN $9::boolean THEN $10::jsonb ELSE j.last_error END,
-    attempts         = CASE WHEN $11::boolean THEN 0 ELSE j.attempts END,
+    attempts         = coalesce($11::int, j.attempts),
     next_attempt_at  = coalesce($12::timestamptz, $14::timestamptz, now()),
     locked_by        = CASE WHEN $13::boolean THEN NULL ELSE j.locked_by END,
     lease_token      = CASE WHEN $13::boolean THEN NULL ELSE j.lease_token END,
@@ -98,7 +102,7 @@ export async function transition(db: Queryable, req: TransitionRequest): Promise
     req.webhookSecret ?? null,
     req.lastError !== undefined,
     req.lastError ? JSON.stringify(req.lastError) : null,
-    req.resetAttempts ?? false,
+    req.setAttempts ?? null,
     req.nextAttemptAt ?? null,
     req.releaseLease ?? false,
     req.now ?? null,

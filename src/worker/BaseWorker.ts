@@ -161,7 +161,8 @@ export class BaseWorker<Services> {
       }
       if (isTerminal(job.status)) return done("terminal");
       if (lease.released) return done("released");
-      await releaseJob(this.opts.pool, { jobId: job.job_id, leaseToken: job.lease_token, now: this.opts.clock?.() });
+      // Stopped between stages (shutdown): the stage it finished was not a failed attempt.
+      await releaseJob(this.opts.pool, { jobId: job.job_id, leaseToken: job.lease_token, refundAttempt: true, now: this.opts.clock?.() });
       return done("released");
     } catch (thrown) {
       if (thrown instanceof SimulatedCrash) {
@@ -237,13 +238,16 @@ export class BaseWorker<Services> {
         to,
         actor,
         fence,
-        resetAttempts: true,
+        // Still ours after the move: this claim is the next stage's first attempt. Handed back:
+        // the next claim starts the count.
+        setAttempts: releaseLease ? 0 : 1,
         attempt: job.attempts,
         now: clock?.(),
         ...rest,
         releaseLease,
       });
       job.status = to;
+      job.attempts = releaseLease ? 0 : 1;
       if (releaseLease) lease.released = true;
       if (rest.parseJobId) job.parse_job_id = rest.parseJobId;
       if (rest.webhookSecret) job.webhook_secret = rest.webhookSecret;

@@ -78,7 +78,7 @@ export async function jobRoutes(app: FastifyInstance): Promise<void> {
         to,
         actor: "operator",
         fence: { kind: "unleased", by: "operator" },
-        resetAttempts: true,
+        setAttempts: 0,
         lastError: null,
         releaseLease: true,
         nextAttemptAt: new Date(now()),

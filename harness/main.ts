@@ -1,0 +1,278 @@
+/**
+ * `npm run scenario [-- <name>...] [--workers N] [--seed N] [--report DIR] [--require-coverage P] [--list]`
+ *
+ * Runs the scenario suite (every file in scenarios/ by default) against real worker processes,
+ * checks the invariants after each, reports state-machine coverage and multi-worker scaling, and
+ * exits non-zero on any violation or on coverage below --require-coverage.
+ */
+import { cpus } from "node:os";
+import { join, resolve } from "node:path";
+import { parseArgs } from "node:util";
+import { z } from "zod";
+import { provisionDatabase } from "../src/db/provision.ts";
+import { collectCoverage, coveragePercent, meetsCoverage, mergeCoverage, type CoverageReport } from "./coverage.ts";
+import { fingerprint, type Fingerprint } from "./invariants/index.ts";
+import { formatResultsTable, scalingCurve, throughputSeries, writeReport, type RunSummary, type ScenarioResult, type ScalingCurve } from "./report/index.ts";
+import { checkRun, runScenario, type RunOutcome } from "./runner.ts";
+import { loadBuiltInScenarios, loadScenarioFile, ScenarioFileError, type Scenario } from "./scenario.ts";
+import { createProgress } from "./progress.ts";
+
+const USAGE = `usage: npm run scenario -- [name|file.json ...] [options]
+
+  name ...                 scenarios to run (default: all in scenarios/); a path to a .json file also works
+  --list                   list the built-in scenarios and exit
+  --workers N              worker processes for every scenario (default: each scenario's own)
+  --seed N                 seed every scenario with N: the same seed replays the same corpus, faults and kills
+  --report DIR             where to write summary.json, report.md and report.html (default: reports/latest)
+  --require-coverage P     fail unless the suite exercised at least P% of the state machine's edges
+  --help                   this text`;
+
+const Flags = z.object({
+  workers: z.coerce.number().int().min(1).max(16).optional(),
+  seed: z.coerce.number().int().optional(),
+  report: z.string().min(1).default("reports/latest"),
+  "require-coverage": z.coerce.number().min(0).max(100).optional(),
+});
+
+function fail(message: string): never {
+  process.stderr.write(`scenario: ${message}\n\n${USAGE}\n`);
+  process.exit(2);
+}
+
+async function main(): Promise<number> {
+  let args;
+  try {
+    args = parseArgs({
+      allowPositionals: true,
+      options: {
+        list: { type: "boolean" },
+        help: { type: "boolean" },
+        workers: { type: "string" },
+        seed: { type: "string" },
+        report: { type: "string" },
+        "require-coverage": { type: "string" },
+      },
+    });
+  } catch (err) {
+    fail((err as Error).message);
+  }
+  if (args.values.help) {
+    process.stdout.write(`${USAGE}\n`);
+    return 0;
+  }
+  const flags = Flags.safeParse(args.values);
+  if (!flags.success) {
+    fail(flags.error.issues.map((i) => `--${String(i.path[0])}: ${i.message}`).join("; "));
+  }
+  const { workers, seed, report, "require-coverage": requiredCoverage } = flags.data;
+
+  const builtIns = await loadBuiltInScenarios();
+  if (args.values.list) {
+    for (const s of builtIns) process.stdout.write(`${s.name.padEnd(26)} ${s.description}\n`);
+    return 0;
+  }
+  const selected: Scenario[] = [];
+  for (const name of args.positionals) {
+    if (name.endsWith(".json")) selected.push(await loadScenarioFile(resolve(name)));
+    else {
+      const found = builtIns.find((s) => s.name === name);
+      if (!found) fail(`no scenario named "${name}"; built-in ones: ${builtIns.map((s) => s.name).join(", ")}`);
+      selected.push(found);
+    }
+  }
+  const scenarios = (selected.length > 0 ? selected : orderSuite(builtIns)).map((s) => (seed === undefined ? s : { ...s, seed }));
+
+  const reportDir = resolve(report);
+  const progress = createProgress(process.stdout);
+  const db = await provisionDatabase({ databaseUrl: process.env.DATABASE_URL });
+  progress.line(`PostgreSQL: ${db.kind === "embedded" ? "embedded (temporary)" : "DATABASE_URL"}; ${scenarios.length} scenario(s); report → ${reportDir}`);
+  const env = {
+    serverUrl: db.url,
+    restartPostgres: db.restart,
+    logDir: join(reportDir, "logs"),
+    onProgress: progress.update,
+    onEvent: progress.line,
+  };
+
+  const startedAt = new Date();
+  const results: ScenarioResult[] = [];
+  const coverages: CoverageReport[] = [];
+  let scaling: ScalingCurve | null = null;
+  const references = new Map<string, Map<string, Fingerprint>>();
+  try {
+    for (const scenario of scenarios) {
+      progress.start(scenario.name);
+      try {
+        if (scenario.scaling) {
+          const result = await runScaling(scenario, env, progress.line);
+          scaling = result.scaling ?? null;
+          results.push(result);
+        } else {
+          const reference = scenario.name === "happy-path" ? undefined : await referenceFor(scenario, env, references);
+          const run = await runScenario(scenario, env, { workers });
+          const result = await summarise(scenario, run, reference);
+          if (result.coverage) coverages.push(result.coverage);
+          results.push(result);
+          await run.dropDatabase();
+        }
+      } catch (err) {
+        results.push(crashedResult(scenario, err as Error));
+      }
+      progress.finish(results.at(-1)!);
+    }
+  } finally {
+    await db.stop();
+  }
+
+  const coverage = coverages.length > 0 ? mergeCoverage(coverages) : null;
+  const coverageOk = requiredCoverage === undefined || (coverage !== null && meetsCoverage(coverage, requiredCoverage));
+  const finishedAt = new Date();
+  const summary: RunSummary = {
+    startedAt: startedAt.toISOString(),
+    finishedAt: finishedAt.toISOString(),
+    durationMs: finishedAt.getTime() - startedAt.getTime(),
+    seed: seed ?? "per scenario",
+    passed: results.every((r) => r.passed) && coverageOk,
+    requiredCoverage: requiredCoverage ?? null,
+    coverage,
+    scenarios: results,
+    scaling,
+    environment: { node: process.version, platform: process.platform, cpus: cpus().length },
+  };
+  const files = await writeReport(reportDir, summary);
+  process.stdout.write(`\n${formatResultsTable(summary, { color: process.stdout.isTTY })}\n`);
+  if (coverage) {
+    process.stdout.write(`state-machine coverage: ${coveragePercent(coverage).toFixed(1)}% of ${coverage.totalEdges} edges`);
+    process.stdout.write(coverage.unexercised.length ? `; never exercised: ${coverage.unexercised.join(", ")}\n` : "\n");
+  }
+  if (!coverageOk) process.stdout.write(`FAIL: coverage below the required ${requiredCoverage}%\n`);
+  process.stdout.write(`report: ${Object.values(files).join(", ")}\n`);
+  return summary.passed ? 0 : 1;
+}
+
+/** The default suite: the happy path first, scaling last, the rest by name. */
+function orderSuite(all: Scenario[]): Scenario[] {
+  const rank = (s: Scenario) => (s.name === "happy-path" ? 0 : s.scaling ? 2 : 1);
+  return [...all].sort((a, b) => rank(a) - rank(b) || a.name.localeCompare(b.name));
+}
+
+/**
+ * Fingerprints of a crash-free reference run of the same corpus (no faults, no crashes), cached
+ * per corpus, so "chunk ids, chunk_sha and vector_sha equal an uninterrupted run" is checked
+ * against a real run rather than a second implementation of the pipeline.
+ */
+async function referenceFor(scenario: Scenario, env: Parameters<typeof runScenario>[1], cache: Map<string, Map<string, Fingerprint>>) {
+  const key = JSON.stringify([scenario.seed, scenario.corpus, pick(scenario.workerEnv, ["CHUNK_MAX_TOKENS", "CHUNK_OVERLAP_TOKENS", "EMBED_MODEL", "EMBED_DIMENSIONS"])]);
+  const cached = cache.get(key);
+  if (cached) return cached;
+  const reference: Scenario = {
+    ...scenario,
+    name: `${scenario.name}-reference`,
+    faults: {},
+    crashes: [],
+    crashPoints: [],
+    postgresRestartAtMs: undefined,
+    retryFailed: false,
+    workerEnv: pick(scenario.workerEnv, ["CHUNK_MAX_TOKENS", "CHUNK_OVERLAP_TOKENS", "EMBED_MODEL", "EMBED_DIMENSIONS", "EMBED_BATCH_SIZE"]),
+    workers: { processes: 1, slots: 4 },
+  };
+  const run = await runScenario(reference, { ...env, onProgress: undefined, onEvent: undefined });
+  try {
+    if (run.timedOut) throw new Error(`the reference run did not finish: ${run.stuck.join("; ")}`);
+    const prints = await fingerprint(run.pool, run.documentIds);
+    cache.set(key, prints);
+    return prints;
+  } finally {
+    await run.dropDatabase();
+  }
+}
+
+async function summarise(scenario: Scenario, run: RunOutcome, reference?: Map<string, Fingerprint>): Promise<ScenarioResult> {
+  const invariants = await checkRun(run, scenario, reference);
+  const coverage = await collectCoverage(run.pool);
+  const throughput = await throughputSeries(run.pool);
+  const { rows } = await run.pool.query<{ status: string; tokens: string; cost: string }>(
+    `SELECT status, coalesce((progress->>'tokens')::bigint, 0) AS tokens, coalesce((progress->>'cost_usd')::numeric, 0) AS cost
+       FROM upload_pipeline.upload_jobs`,
+  );
+  const errors = [...(run.timedOut ? [`not quiet within ${scenario.deadlineMs} ms`, ...run.stuck] : [])];
+  return {
+    name: scenario.name,
+    description: scenario.description,
+    passed: invariants.ok && errors.length === 0,
+    errors,
+    figures: {
+      documents: run.documentIds.length,
+      workers: scenario.workers.processes,
+      slots: scenario.workers.slots,
+      durationMs: run.durationMs,
+      throughputDocsPerSec: run.throughput,
+      completed: rows.filter((r) => r.status === "complete").length,
+      failed: rows.filter((r) => r.status.startsWith("failed_")).length,
+      rateLimited429: run.mockStats.rateLimited.total,
+      kills: run.kills,
+      faults: faultCounts(run),
+      tokens: rows.reduce((a, r) => a + Number(r.tokens), 0),
+      costUsd: rows.reduce((a, r) => a + Number(r.cost), 0),
+    },
+    invariants,
+    coverage,
+    throughput,
+  };
+}
+
+async function runScaling(scenario: Scenario, env: Parameters<typeof runScenario>[1], line: (s: string) => void): Promise<ScenarioResult> {
+  const measurements: Array<{ workers: number; docsPerSecond: number }> = [];
+  const errors: string[] = [];
+  let last: ScenarioResult | undefined;
+  for (const n of scenario.scaling!.workerCounts) {
+    const run = await runScenario({ ...scenario, workers: { processes: n, slots: scenario.workers.slots } }, env, { workers: n });
+    const result = await summarise(scenario, run, undefined);
+    await run.dropDatabase();
+    if (!result.passed) errors.push(`with ${n} workers: ${result.errors.join("; ") || "an invariant failed"}`);
+    measurements.push({ workers: n, docsPerSecond: run.throughput });
+    line(`  ${n} worker(s): ${run.throughput.toFixed(2)} docs/s`);
+    last = result;
+  }
+  const curve = scalingCurve(measurements);
+  return { ...last!, passed: errors.length === 0, errors, scaling: curve };
+}
+
+/** Injected faults by kind (summed over routes), webhook deliveries other than the genuine ones, restarts and retries. */
+function faultCounts(run: RunOutcome): Record<string, number> {
+  const out: Record<string, number> = {};
+  const add = (k: string, n: number) => n > 0 && (out[k] = (out[k] ?? 0) + n);
+  for (const byKind of Object.values(run.mockStats.faults)) for (const [kind, n] of Object.entries(byKind)) add(String(kind), n);
+  for (const [kind, outcomes] of Object.entries(run.mockStats.webhooks.deliveries)) {
+    if (kind !== "genuine") add(`webhook_${kind}`, Object.values(outcomes).reduce((a, b) => a + (b ?? 0), 0));
+  }
+  add("postgres_restarts", run.postgresRestarts);
+  add("operator_retries", run.retried);
+  return out;
+}
+
+function crashedResult(scenario: Scenario, err: Error): ScenarioResult {
+  return {
+    name: scenario.name,
+    description: scenario.description,
+    passed: false,
+    errors: [`the run itself failed: ${err.message}`],
+    figures: { documents: 0, workers: scenario.workers.processes, durationMs: 0, throughputDocsPerSec: 0, rateLimited429: 0, kills: 0 },
+    invariants: null,
+    coverage: null,
+    throughput: null,
+  };
+}
+
+function pick(record: Record<string, string>, keys: string[]): Record<string, string> {
+  return Object.fromEntries(Object.entries(record).filter(([k]) => keys.includes(k)));
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err: Error) => {
+    if (err instanceof ScenarioFileError) process.stderr.write(`scenario: ${err.message}\n`);
+    else process.stderr.write(`scenario: ${err.stack ?? err.message}\n`);
+    process.exit(2);
+  },
+);
