@@ -75,7 +75,7 @@ export const chunkDocument: Stage<PipelineServices> = {
 
 async function writeChunks(ctx: StageContext<PipelineServices>, batch: Chunk[], batchNo: number): Promise<void> {
   const job = ctx.job;
-  await ctx.faults.hit("commit.chunks.before", { jobId: job.job_id, batch: batchNo });
+  await ctx.faults.hit("commit.chunks.before", { jobId: job.job_id, batch: batchNo, size: batch.length });
   await ctx.fenced(async ({ client }) => {
     await client.query(
       `INSERT INTO upload_pipeline.document_chunk_buffer

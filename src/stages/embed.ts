@@ -37,7 +37,7 @@ export const embedChunks: Stage<PipelineServices> = {
       batchNo += 1;
       const inputs = batch.map((c) => c.text);
       if (inputs.some((t) => t.length === 0)) throw new PermanentError("empty_chunk", "a stored chunk is empty; the embeddings API refuses empty inputs");
-      await ctx.faults.hit("call.openai.embed.before", { jobId: ctx.job.job_id, batch: batchNo });
+      await ctx.faults.hit("call.openai.embed.before", { jobId: ctx.job.job_id, batch: batchNo, inputs: inputs.length });
       const result = await embedder.embed(inputs, ctx.signal);
       await ctx.faults.hit("call.openai.embed.after", { jobId: ctx.job.job_id, batch: batchNo });
       if (result.vectors.length !== batch.length) {
