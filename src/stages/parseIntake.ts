@@ -10,6 +10,7 @@ import { pageMarker } from "../chunking/markdownChunker.ts";
 import type { LlamaParseClient } from "../clients/llamaparse.ts";
 import type { ObjectStorage } from "../clients/storage.ts";
 import { PipelineError } from "../errors.ts";
+import { withTransaction } from "../db/transaction.ts";
 import { sha256 } from "../ids.ts";
 import type { Logger } from "../logger.ts";
 import { transition, type Fence } from "../state-machine/transition.ts";
@@ -91,32 +92,29 @@ export async function ingestParseResult(
   await faults.hit("call.storage.upload.after", { jobId: args.jobId });
 
   // The document's paths and the transition commit together, or not at all.
-  const client = await deps.pool.connect();
   try {
-    await client.query("BEGIN");
-    await client.query(
-      "UPDATE upload_pipeline.documents SET parsed_path = $2, parsed_sha256 = $3 WHERE document_id = $1",
-      [job.document_id, path, markdownSha],
-    );
-    await faults.hit("commit.parsed.before", { jobId: args.jobId });
-    await transition(client, {
-      jobId: args.jobId,
-      from: "parse_queued",
-      to: "parsed",
-      actor: args.actor,
-      fence: args.fence,
-      now: args.now,
-      attempt: job.attempts,
-      // The reconciler goes on to validate in the same claim: that is its first attempt.
-      setAttempts: args.fence.kind === "lease" ? 1 : 0,
-      detail: { parse_job_id: job.parse_job_id, pages: parse.pages.length },
+    await withTransaction(deps.pool, async (client) => {
+      await client.query("UPDATE upload_pipeline.documents SET parsed_path = $2, parsed_sha256 = $3 WHERE document_id = $1", [
+        job.document_id,
+        path,
+        sha256(markdown),
+      ]);
+      await faults.hit("commit.parsed.before", { jobId: args.jobId });
+      await transition(client, {
+        jobId: args.jobId,
+        from: "parse_queued",
+        to: "parsed",
+        actor: args.actor,
+        fence: args.fence,
+        now: args.now,
+        attempt: job.attempts,
+        // The reconciler goes on to validate in the same claim: that is its first attempt.
+        setAttempts: args.fence.kind === "lease" ? 1 : 0,
+        detail: { parse_job_id: job.parse_job_id, pages: parse.pages.length },
+      });
     });
-    await client.query("COMMIT");
   } catch (err) {
-    await client.query("ROLLBACK").catch(() => {});
     return raced(err, "parsed");
-  } finally {
-    client.release();
   }
   await faults.hit("commit.parsed.after", { jobId: args.jobId });
   deps.log.info({ job_id: args.jobId, actor: args.actor, pages: parse.pages.length }, "parse result stored");

@@ -12,6 +12,7 @@ import pg from "pg";
 import { coerceError, LeaseLostError, type PipelineError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
 import { ACTIONABLE_STATES, FAILURE_OF, isTerminal, type JobStatus, type PipelineState } from "../state-machine/table.ts";
+import { withTransaction } from "../db/transaction.ts";
 import { transition, type Queryable } from "../state-machine/transition.ts";
 import { backoffDelayMs } from "./backoff.ts";
 import { NO_FAULTS, SimulatedCrash, type FaultPoints } from "./faultPoints.ts";
@@ -262,25 +263,15 @@ export class BaseWorker<Services> {
       faults: this.faults,
       now: () => clock?.(),
       transition: (to, options) => move(pool, to, options),
-      async fenced(fn) {
-        const client = await pool.connect();
-        try {
-          await client.query("BEGIN");
+      fenced: (fn) =>
+        withTransaction(pool, async (client) => {
           const { rowCount } = await client.query(
             "SELECT 1 FROM upload_pipeline.upload_jobs WHERE job_id = $1 AND lease_token = $2 FOR UPDATE",
             [job.job_id, job.lease_token],
           );
           if (rowCount !== 1) throw new LeaseLostError(job.job_id);
-          const result = await fn({ client, transition: (to, options) => move(client, to, options) });
-          await client.query("COMMIT");
-          return result;
-        } catch (err) {
-          await client.query("ROLLBACK").catch(() => {});
-          throw err;
-        } finally {
-          client.release();
-        }
-      },
+          return fn({ client, transition: (to, options) => move(client, to, options) });
+        }),
     };
   }
 

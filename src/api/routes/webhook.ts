@@ -30,6 +30,7 @@
  * it is: the event is recorded with outcome `not_applicable` and answered 200, so LlamaParse
  * stops retrying.
  */
+import { withTransaction } from "../../db/transaction.ts";
 import { createHmac, timingSafeEqual } from "node:crypto";
 import type { FastifyError, FastifyInstance, FastifyRequest } from "fastify";
 import type pg from "pg";
@@ -192,42 +193,33 @@ type RecordResult = "duplicate" | "replay" | "handed_off" | "failed_parse" | "re
  * gate: of two concurrent copies of one event exactly one inserts, the other sees the row.
  */
 async function record(pool: pg.Pool, job: JobRow, event: WebhookBody, parseJobId: string, bodySha: string): Promise<RecordResult> {
-  const client = await pool.connect();
-  try {
-    await client.query("BEGIN");
+  const outcome = await withTransaction(pool, async (client): Promise<RecordResult | null> => {
     const inserted = await client.query<{ id: string }>(
       `INSERT INTO upload_pipeline.webhook_log (delivery_key, job_id, parse_job_id, event_type, event_ts, body_sha256, outcome)
        VALUES ($1, $2, $3, $4, $5, $6, 'received')
        ON CONFLICT (delivery_key) DO NOTHING RETURNING id`,
       [event.event_id, job.job_id, parseJobId, event.event_type, event.timestamp, bodySha],
     );
-    if (!inserted.rows[0]) {
-      await client.query("ROLLBACK");
-      const { rows } = await pool.query<{ body_sha256: string }>("SELECT body_sha256 FROM upload_pipeline.webhook_log WHERE delivery_key = $1", [event.event_id]);
-      return rows[0]?.body_sha256 === bodySha ? "duplicate" : "replay";
-    }
-    let outcome: RecordResult;
+    if (!inserted.rows[0]) return null; // seen before: nothing was written
+    let result: RecordResult;
     switch (event.event_type) {
       case "parse.success":
       case "parse.partial_success":
-        outcome = job.status === "parse_queued" ? "handed_off" : "not_applicable";
+        result = job.status === "parse_queued" ? "handed_off" : "not_applicable";
         break;
       case "parse.error":
       case "parse.cancelled":
-        outcome = job.status === "parse_queued" ? await failParse(client, job, event) : "not_applicable";
+        result = job.status === "parse_queued" ? await failParse(client, job, event) : "not_applicable";
         break;
       default:
-        outcome = "recorded";
+        result = "recorded";
     }
-    await client.query("UPDATE upload_pipeline.webhook_log SET outcome = $2 WHERE id = $1", [inserted.rows[0].id, outcome]);
-    await client.query("COMMIT");
-    return outcome;
-  } catch (err) {
-    await client.query("ROLLBACK").catch(() => {});
-    throw err;
-  } finally {
-    client.release();
-  }
+    await client.query("UPDATE upload_pipeline.webhook_log SET outcome = $2 WHERE id = $1", [inserted.rows[0].id, result]);
+    return result;
+  });
+  if (outcome !== null) return outcome;
+  const { rows } = await pool.query<{ body_sha256: string }>("SELECT body_sha256 FROM upload_pipeline.webhook_log WHERE delivery_key = $1", [event.event_id]);
+  return rows[0]?.body_sha256 === bodySha ? "duplicate" : "replay";
 }
 
 async function failParse(client: pg.PoolClient, job: JobRow, event: WebhookBody): Promise<RecordResult> {
