@@ -4,7 +4,8 @@
  * (crash-free) run per content, a stepping worker on a simulated clock, webhook deliveries built
  * and signed by hand, a drain, and the invariant checks.
  *
- * Two deliberate departures from `startPipelineEnv`'s defaults, both for reproducible histories:
+ * Three deliberate departures from `startPipelineEnv`, all for reproducible histories:
+ * - the mocks read the run's simulated clock (see `startPropertyEnv`);
  * - the LlamaParse mock never sends webhooks itself (`drop: 1`) and finishes jobs at once; the
  *   histories deliver (or withhold) every webhook explicitly;
  * - deliveries go to an API built here with the same `buildApp` and the same parse intake, except
@@ -13,19 +14,25 @@
  */
 import { randomUUID } from "node:crypto";
 import type { FastifyInstance } from "fastify";
+import { setupServer } from "msw/node";
 import { buildApp } from "../../src/api/app.ts";
 import { signWebhook } from "../../src/api/routes/webhook.ts";
+import { configForLocalMocks, type Config } from "../../src/config.ts";
+import { documentId, jobId, sha256 } from "../../src/ids.ts";
 import { createLogger } from "../../src/logger.ts";
 import { createPipelineServices, type WiredServices } from "../../src/services.ts";
+import { PIPELINE_STAGES } from "../../src/stages/index.ts";
 import { ingestParseResult } from "../../src/stages/parseIntake.ts";
 import { EDGES, isTerminal, type JobStatus } from "../../src/state-machine/table.ts";
+import { createJob } from "../../src/state-machine/transition.ts";
+import { BaseWorker, type WorkerOptions } from "../../src/worker/BaseWorker.ts";
 import { FaultInjector, SimulatedCrash, type FaultPoints, type FaultRule } from "../../src/worker/faultPoints.ts";
 import type { ClaimedJob } from "../../src/worker/queries.ts";
 import { markdownDocument } from "../../harness/corpus.ts";
-import { POISON_MARKER, signServiceRoleKey, type FaultPlanInput } from "../../mocks/index.ts";
+import { createMocks, POISON_MARKER, signServiceRoleKey, type FaultPlanInput, type Mocks } from "../../mocks/index.ts";
 import { mulberry32 } from "../../mocks/shared/rng.ts";
+import { createTestDatabase, type TestDatabase } from "../support/db.ts";
 import { ManualClock } from "../support/fixtures.ts";
-import { fingerprint, startPipelineEnv, type PipelineEnv } from "../support/pipeline.ts";
 
 /** No faults, except that webhooks are the history's to deliver and parses finish at once. */
 export const BASELINE_FAULTS: FaultPlanInput = {
@@ -61,32 +68,116 @@ export interface Reference {
   batches: number;
 }
 
+/** The pieces of the pipeline a property drives. */
+export interface PipelineParts {
+  db: TestDatabase;
+  mocks: Mocks;
+  config: Config;
+  /** The services of the worker "process" started with the env (the drain restarts its own). */
+  services: WiredServices;
+  worker(overrides?: Partial<WorkerOptions<WiredServices>>): BaseWorker<WiredServices>;
+  /** Store the file in the mock storage and create its document and job, as the API's upload does. */
+  upload(file: { content: string; userId?: string }): Promise<{ documentId: string; jobId: string }>;
+}
+
 export interface PropertyEnv {
-  env: PipelineEnv;
-  /** The API deliveries go to (see the file comment). */
+  env: PipelineParts;
+  /** The API deliveries and retries go to (see the file comment). */
   api: FastifyInstance;
   /** Resolves when every parse intake the API handed off has finished. */
   intakeIdle(): Promise<void>;
-  /** The services the API's intake uses; replaced by `restartServices`. */
+  /** The services the API's intake uses; the drain replaces them (a restart). */
   apiServices: WiredServices;
+  /**
+   * The simulated clock: workers and the mocks (LlamaParse's created_at, rate windows) read it.
+   * One clock for the whole env, only ever moved forward: the mocks' windows would misbehave if
+   * time ran backwards between runs.
+   */
+  readonly clock: ManualClock;
+  /** The clock for a new run: an hour after anything an earlier run did. */
+  nextRunClock(): ManualClock;
   references: Map<string, Reference>;
   serviceRoleKey: string;
   close(): Promise<void>;
 }
 
+const MOCK_ORIGIN = "http://mocks.test";
+
+/**
+ * Like `startPipelineEnv` (test/support/pipeline.ts), but the mocks read the run's simulated
+ * clock: the submit stage looks its earlier LlamaParse job up by creation time (with a 60 s
+ * margin for clock skew), so LlamaParse must live on the same clock as the workers, or every
+ * lookup after a clock jump misses and bills a second parse.
+ */
 export async function startPropertyEnv(seed: number): Promise<PropertyEnv> {
-  const env = await startPipelineEnv({ seed, faults: BASELINE_FAULTS, env: { MAX_ATTEMPTS: "100", LEASE_SECONDS: String(LEASE_SECONDS) } });
+  const db = await createTestDatabase();
+  const clock = new ManualClock();
+  const mocks = createMocks({ seed, faults: BASELINE_FAULTS, now: () => clock.now().getTime() });
+  const msw = setupServer(...mocks.handlers);
+  msw.listen({ onUnhandledFrame: "bypass" });
   const log = createLogger({ level: "silent" });
+  const config = configForLocalMocks(MOCK_ORIGIN, {
+    OPENAI_API_KEY: mocks.keys.openai,
+    LLAMA_CLOUD_API_KEY: mocks.keys.llamaCloud,
+    SUPABASE_SERVICE_ROLE_KEY: await signServiceRoleKey(mocks.keys.jwtSecret),
+    SUPABASE_JWT_SECRET: mocks.keys.jwtSecret,
+    DATABASE_URL: db.url,
+    // Webhooks are the history's to deliver (the mock drops its own), so this URL is never called.
+    WEBHOOK_BASE_URL: "http://127.0.0.1:9",
+    WEBHOOK_DEADLINE_SECONDS: "2",
+    CHUNK_MAX_TOKENS: "128",
+    CHUNK_OVERLAP_TOKENS: "16",
+    EMBED_BATCH_SIZE: "16",
+    MAX_ATTEMPTS: "100",
+    LEASE_SECONDS: String(LEASE_SECONDS),
+  });
+  const services = createPipelineServices(config);
+  const parts: PipelineParts = {
+    db,
+    mocks,
+    config,
+    services,
+    worker(overrides = {}) {
+      return new BaseWorker<WiredServices>({
+        pool: db.pool,
+        stages: PIPELINE_STAGES,
+        services,
+        log,
+        concurrency: 1,
+        leaseSeconds: LEASE_SECONDS,
+        retryBaseMs: 20,
+        retryMaxMs: 200,
+        pollIntervalMs: 100,
+        ...overrides,
+      });
+    },
+    async upload({ content, userId = randomUUID() }) {
+      const bytes = new TextEncoder().encode(content);
+      const fileSha = sha256(bytes);
+      const docId = documentId(userId, fileSha);
+      const rawPath = `${userId}/raw/${docId}/doc.md`;
+      await services.storage.upload(rawPath, bytes, "text/markdown", { upsert: true });
+      await db.pool.query(
+        `INSERT INTO upload_pipeline.documents (document_id, user_id, filename, mime, bytes, file_sha256, raw_path)
+         VALUES ($1, $2, 'doc.md', 'text/markdown', $3, $4, $5) ON CONFLICT DO NOTHING`,
+        [docId, userId, bytes.byteLength, fileSha, rawPath],
+      );
+      const id = jobId(docId);
+      await createJob(db.pool, { jobId: id, documentId: docId, correlationId: randomUUID(), maxAttempts: config.MAX_ATTEMPTS });
+      return { documentId: docId, jobId: id };
+    },
+  };
+
   const inflight = new Set<Promise<unknown>>();
-  const holder: { services: WiredServices } = { services: createPipelineServices(env.config) };
+  const holder: { services: WiredServices } = { services: createPipelineServices(config) };
   const api = await buildApp({
-    pool: env.db.pool,
-    config: env.config,
-    store: holder.services.storage,
+    pool: db.pool,
+    config,
+    store: services.storage,
     log,
     onParseEvent(event) {
       const s = holder.services;
-      const p = ingestParseResult({ pool: env.db.pool, log, storage: s.storage, llamaparse: s.llamaparse }, { jobId: event.jobId, actor: "webhook", fence: { kind: "unleased" } });
+      const p = ingestParseResult({ pool: db.pool, log, storage: s.storage, llamaparse: s.llamaparse }, { jobId: event.jobId, actor: "webhook", fence: { kind: "unleased" } });
       const tracked = p.catch(() => {}).finally(() => inflight.delete(tracked));
       inflight.add(tracked);
       return p;
@@ -94,7 +185,7 @@ export async function startPropertyEnv(seed: number): Promise<PropertyEnv> {
   });
   await api.ready();
   const penv: PropertyEnv = {
-    env,
+    env: parts,
     api,
     get apiServices() {
       return holder.services;
@@ -102,26 +193,46 @@ export async function startPropertyEnv(seed: number): Promise<PropertyEnv> {
     set apiServices(s: WiredServices) {
       holder.services = s;
     },
+    clock,
+    nextRunClock() {
+      clock.advance(3_600_000);
+      return clock;
+    },
     async intakeIdle() {
       // The handler hands off on setImmediate after answering: let it get there first.
       await new Promise((r) => setImmediate(r));
       while (inflight.size > 0) await Promise.allSettled([...inflight]);
     },
     references: new Map(),
-    serviceRoleKey: await signServiceRoleKey(env.config.SUPABASE_JWT_SECRET!),
+    serviceRoleKey: await signServiceRoleKey(mocks.keys.jwtSecret),
     async close() {
       await api.close();
-      await env.close();
+      await mocks.close();
+      msw.close();
+      await db.drop();
     },
   };
   penv.references = await referenceRun(penv);
   return penv;
 }
 
+/** chunk_sha and vector_sha of a document in chunk order, and how many vectors each chunk has. */
+export async function fingerprint(env: PipelineParts, docId: string) {
+  const { rows } = await env.db.pool.query<{ chunk_id: string; chunk_sha: string; vector_sha: string | null; n: number }>(
+    `SELECT c.chunk_id, c.chunk_sha, v.vector_sha,
+            (SELECT count(*)::int FROM upload_pipeline.document_vector_buffer x WHERE x.chunk_id = c.chunk_id) AS n
+       FROM upload_pipeline.document_chunk_buffer c
+       LEFT JOIN upload_pipeline.document_vector_buffer v USING (chunk_id)
+      WHERE c.document_id = $1 ORDER BY c.chunk_ord`,
+    [docId],
+  );
+  return rows;
+}
+
 /** One crash-free run of every non-poison content: what every other history must end with. */
 async function referenceRun(p: PropertyEnv): Promise<Map<string, Reference>> {
   const refs = new Map<string, Reference>();
-  const clock = new ManualClock();
+  const clock = p.nextRunClock();
   const userId = randomUUID();
   const jobs = new Map<string, { jobId: string; documentId: string }>();
   for (const c of CONTENTS.filter((c) => !c.poison)) jobs.set(c.name, await p.env.upload({ content: c.text, userId }));
