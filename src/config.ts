@@ -39,8 +39,9 @@ export const configSchema = z.object({
   OPENAI_RPM: int(1, 1_000_000).default(3_000),
   OPENAI_TPM: int(1, 100_000_000).default(1_000_000),
 
-  CHUNK_MAX_TOKENS: int(32, 8192).default(512),
-  CHUNK_OVERLAP_TOKENS: int(0, 4096).default(64),
+  /** The chunker's limits: 64 ≤ max ≤ 8191 (one embedding input), overlap ≤ max / 2. */
+  CHUNK_MAX_TOKENS: int(64, 8191).default(512),
+  CHUNK_OVERLAP_TOKENS: int(0, 4095).default(64),
 
   WORKER_ID: z.string().min(1).max(200).optional(),
   WORKER_CONCURRENCY: int(1, 256).default(4),
@@ -90,7 +91,13 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   // Empty strings count as unset, as in most dotenv setups.
   const cleaned = Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined && v !== ""));
   const result = configSchema.safeParse(cleaned);
-  if (result.success) return result.data;
+  if (result.success) {
+    const c = result.data;
+    if (c.CHUNK_OVERLAP_TOKENS * 2 > c.CHUNK_MAX_TOKENS) {
+      throw new ConfigError([`CHUNK_OVERLAP_TOKENS: is invalid; expected at most half of CHUNK_MAX_TOKENS (${c.CHUNK_MAX_TOKENS})`]);
+    }
+    return c;
+  }
   const problems = result.error.issues.map((issue) => {
     const key = String(issue.path[0]) as keyof Config;
     const missing = cleaned[key] === undefined;
