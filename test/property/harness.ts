@@ -282,10 +282,11 @@ let workerSeq = 0;
 export async function step(
   p: PropertyEnv,
   clock: ManualClock,
-  opts: { services?: WiredServices; crash?: { point: string | RegExp; nth?: number }; flags?: { runaway?: string } } = {},
+  opts: { services?: WiredServices; crash?: { point: string | RegExp; nth?: number }; rules?: FaultRule[]; flags?: { runaway?: string } } = {},
 ): Promise<{ job: ClaimedJob | undefined; faults: GuardedFaults }> {
   const flags = opts.flags ?? {};
-  const faults = new GuardedFaults(opts.crash ? [{ point: opts.crash.point, nth: opts.crash.nth ?? 1, action: "crash" }] : [], flags);
+  const rules: FaultRule[] = [...(opts.crash ? [{ point: opts.crash.point, nth: opts.crash.nth ?? 1, action: "crash" as const }] : []), ...(opts.rules ?? [])];
+  const faults = new GuardedFaults(rules, flags);
   const worker = p.env.worker({
     workerId: `prop-w${++workerSeq}`,
     clock: clock.now,
