@@ -1,5 +1,7 @@
+import { spawnSync } from "node:child_process";
 import pg from "pg";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { withDatabase } from "../../src/db/provision.ts";
 import { loadMigrations, migrate } from "../../src/db/migrate.ts";
 import { createTestDatabase, type TestDatabase } from "../support/db.ts";
 import { ALL_STATES } from "../../src/state-machine/table.ts";
@@ -73,5 +75,38 @@ describe("migrations", () => {
     );
     expect(rows[0]?.indexdef).toMatch(/next_attempt_at/);
     expect(rows[0]?.indexdef).toMatch(/WHERE/);
+  });
+});
+
+describe("npm run migrate", () => {
+  it("creates the schema in an empty database named by DATABASE_URL, and a second run changes nothing", async () => {
+    const name = `migrate_cli_${Date.now()}`;
+    const admin = new pg.Client(inject("pgServerUrl"));
+    await admin.connect();
+    await admin.query(`CREATE DATABASE ${name}`);
+    const url = withDatabase(inject("pgServerUrl"), name);
+    const run = () =>
+      spawnSync(process.execPath, ["--import", "tsx", "src/db/migrate.ts"], { env: { ...process.env, DATABASE_URL: url }, encoding: "utf8", timeout: 30_000 });
+    const first = run();
+    expect(first.status, first.stderr).toBe(0);
+    expect(first.stdout).toContain("applied 0001_schema.sql");
+    const second = run();
+    expect(second.status).toBe(0);
+    expect(second.stdout).toContain("nothing to apply");
+    const check = new pg.Client(url);
+    await check.connect();
+    const { rows } = await check.query("SELECT count(*)::int AS n FROM upload_pipeline.migrations");
+    expect(rows[0].n).toBe((await loadMigrations()).length);
+    await check.end();
+    await admin.query(`DROP DATABASE ${name} WITH (FORCE)`);
+    await admin.end();
+  });
+
+  it("without DATABASE_URL says how to set it and exits 2", async () => {
+    const env = { ...process.env };
+    delete env.DATABASE_URL;
+    const result = spawnSync(process.execPath, ["--import", "tsx", "src/db/migrate.ts"], { env, encoding: "utf8", timeout: 30_000 });
+    expect(result.status).toBe(2);
+    expect(result.stderr).toContain("DATABASE_URL is not set");
   });
 });
