@@ -14,6 +14,7 @@
  */
 import { randomUUID } from "node:crypto";
 import type { FastifyInstance } from "fastify";
+import type pg from "pg";
 import { setupServer } from "msw/node";
 import { buildApp } from "../../src/api/app.ts";
 import { signWebhook } from "../../src/api/routes/webhook.ts";
@@ -334,8 +335,8 @@ export async function statuses(p: PropertyEnv, jobIds: string[]): Promise<Map<st
  * (∅ → uploaded), each event starts where the previous ended, each edge is in `EDGES` and was
  * taken by an actor the edge allows. Empty when the path is valid.
  */
-export async function eventPathProblems(p: PropertyEnv, jobId: string): Promise<string[]> {
-  const { rows } = await p.env.db.pool.query<{ from_status: JobStatus | null; to_status: JobStatus; detail: { actor?: string } }>(
+export async function eventPathProblems(pool: Pick<pg.Pool, "query">, jobId: string): Promise<string[]> {
+  const { rows } = await pool.query<{ from_status: JobStatus | null; to_status: JobStatus; detail: { actor?: string } }>(
     "SELECT from_status, to_status, detail FROM upload_pipeline.job_events WHERE job_id = $1 ORDER BY id",
     [jobId],
   );

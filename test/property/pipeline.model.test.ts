@@ -395,7 +395,7 @@ async function finalChecks(m: Model, r: Real): Promise<void> {
     const status = states.get(j.jobId);
     // Terminal as predicted: LlamaParse fails the poison document, everything else completes.
     expect(status, `${j.content.name} job ${j.jobId}`).toBe(j.content.poison ? "failed_parse" : "complete");
-    expect(await eventPathProblems(p, j.jobId)).toEqual([]);
+    expect(await eventPathProblems(p.env.db.pool, j.jobId)).toEqual([]);
     const row = await jobRowFor(j.jobId);
     expect(row).toMatchObject({ lease_token: null, locked_by: null });
     // One LlamaParse job (one bill), whatever crashed between its submission and our record of it.
