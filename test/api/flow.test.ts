@@ -1,0 +1,99 @@
+/**
+ * The whole flow over real HTTP between real parts: a user uploads through the API, a worker
+ * submits to the LlamaParse mock (served over HTTP), the mock calls the API's webhook, and the
+ * job runs to `complete`, all visible through GET /jobs/{id}.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { buildApp } from "../../src/api/app.ts";
+import { configForLocalMocks } from "../../src/config.ts";
+import { createLogger } from "../../src/logger.ts";
+import { createPipelineServices } from "../../src/services.ts";
+import { ingestParseResult } from "../../src/stages/parseIntake.ts";
+import { PIPELINE_STAGES } from "../../src/stages/index.ts";
+import { BaseWorker } from "../../src/worker/BaseWorker.ts";
+import { startMockServer, type MockServer } from "../../mocks/server.ts";
+import { ApiClient } from "../../harness/api.ts";
+import { markdownDocument } from "../../harness/corpus.ts";
+import { mulberry32 } from "../../mocks/shared/rng.ts";
+import { createTestDatabase, type TestDatabase } from "../support/db.ts";
+
+let db: TestDatabase;
+let mocks: MockServer;
+let app: Awaited<ReturnType<typeof buildApp>>;
+let worker: BaseWorker<ReturnType<typeof createPipelineServices>>;
+let api: ApiClient;
+
+beforeAll(async () => {
+  db = await createTestDatabase();
+  mocks = await startMockServer({ seed: 3 });
+  const log = createLogger({ level: "silent" });
+  const base = { ...mocks.env, SUPABASE_JWT_SECRET: mocks.mocks.keys.jwtSecret, DATABASE_URL: db.url };
+  const apiServices = createPipelineServices(configForLocalMocks(mocks.baseUrl, base));
+  app = await buildApp({
+    pool: db.pool,
+    config: configForLocalMocks(mocks.baseUrl, base),
+    store: apiServices.storage,
+    log,
+    onParseEvent: (e) =>
+      ingestParseResult({ pool: db.pool, log, storage: apiServices.storage, llamaparse: apiServices.llamaparse }, { jobId: e.jobId, actor: "webhook", fence: { kind: "unleased" } }),
+  });
+  const apiUrl = await app.listen({ port: 0, host: "127.0.0.1" });
+  api = new ApiClient(apiUrl, mocks.mocks.keys.jwtSecret);
+  const config = configForLocalMocks(mocks.baseUrl, { ...base, WEBHOOK_BASE_URL: apiUrl, CHUNK_MAX_TOKENS: "128", CHUNK_OVERLAP_TOKENS: "16", EMBED_BATCH_SIZE: "8" });
+  worker = new BaseWorker({
+    pool: db.pool,
+    databaseUrl: db.url,
+    stages: PIPELINE_STAGES,
+    services: createPipelineServices(config),
+    log,
+    concurrency: 2,
+    leaseSeconds: 30,
+    retryBaseMs: 50,
+    retryMaxMs: 500,
+    pollIntervalMs: 100,
+  });
+  await worker.start();
+});
+
+afterAll(async () => {
+  await worker.stop();
+  await app.close();
+  await mocks.close();
+  await db.drop();
+});
+
+describe("upload → LlamaParse → webhook → chunks → embeddings → complete, over HTTP", () => {
+  it("shows the job's progress and timeline through GET /jobs/{id}", async () => {
+    const userId = "7d3f1c2a-9b8e-4c6d-a5f4-3e2d1c0b9a87";
+    const bytes = new TextEncoder().encode(markdownDocument(mulberry32(9), "Flow", 6_000));
+    const { documentId, status } = await api.upload({ kind: "document", userId, filename: "flow.md", mime: "text/markdown", bytes });
+    expect(status).toBe(201);
+
+    const headers = { authorization: `Bearer ${await api.token(userId)}` };
+    let body: { status: string; progress: { chunks: { stored: number }; vectors: { stored: number; percent: number } }; timeline: Array<{ from: string | null; to: string; actor: string }>; cost: { tokens: number } } | undefined;
+    const deadline = Date.now() + 20_000;
+    while (Date.now() < deadline) {
+      const res = await fetch(`${api.baseUrl}/jobs/${documentId}`, { headers });
+      expect(res.status).toBe(200);
+      body = (await res.json()) as typeof body;
+      if (body!.status === "complete") break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(body!.status).toBe("complete");
+    expect(body!.progress.chunks.stored).toBeGreaterThan(1);
+    expect(body!.progress.vectors).toMatchObject({ stored: body!.progress.chunks.stored, percent: 100 });
+    expect(body!.cost.tokens).toBeGreaterThan(0);
+    expect(body!.timeline.map((e) => e.to)).toEqual([
+      "uploaded", "parse_queued", "parsed", "parse_validated", "chunking", "chunks_stored",
+      "embedding_queued", "embedding_in_progress", "embeddings_stored", "complete",
+    ]);
+    // LlamaParse's webhook, through the API, took the job from parse_queued to parsed.
+    expect(body!.timeline.find((e) => e.to === "parsed")?.actor).toBe("webhook");
+
+    // Another user cannot see it; the same bytes uploaded again are the same document.
+    const stranger = await fetch(`${api.baseUrl}/jobs/${documentId}`, { headers: { authorization: `Bearer ${await api.token("0b1c2d3e-4f5a-4b6c-8d7e-9f0a1b2c3d4e")}` } });
+    expect(stranger.status).toBe(404);
+    const again = await api.upload({ kind: "document", userId, filename: "flow.md", mime: "text/markdown", bytes });
+    expect(again).toMatchObject({ documentId, status: 200 });
+  });
+});
