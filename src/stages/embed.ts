@@ -56,7 +56,7 @@ export const embedChunks: Stage<PipelineServices> = {
             batch.map((c) => c.chunk_id),
             settings.embedModel,
             settings.embedVersion,
-            result.vectors.map((v) => `{${Array.from(v).join(",")}}`),
+            result.vectors.map(realArrayLiteral),
             result.vectors.map((v) => vectorSha(v)),
             batchId,
           ],
@@ -79,6 +79,15 @@ export const embedChunks: Stage<PipelineServices> = {
     await ctx.transition("embeddings_stored", { detail: { batches_this_run: batchNo } });
   },
 };
+
+/**
+ * A vector as a Postgres `real[]` literal that stores exactly these float32 values. Not
+ * `Array.from(v).join(",")`: `String(-0)` is "0", so a -0 component would be stored as +0 and
+ * the row would no longer hash to its `vector_sha` (finish then fails the job as corrupt).
+ */
+export function realArrayLiteral(v: Float32Array): string {
+  return `{${Array.from(v, (x) => (Object.is(x, -0) ? "-0" : String(x))).join(",")}}`;
+}
 
 /** The next chunks without a vector, in order: ≤ embedBatchSize inputs and ≤ the token cap. */
 async function nextBatch(ctx: StageContext<PipelineServices>): Promise<PendingChunk[]> {
