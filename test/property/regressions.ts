@@ -14,4 +14,11 @@ export interface Regression {
   note: string;
 }
 
-export const REGRESSIONS: Regression[] = [];
+export const REGRESSIONS: Regression[] = [
+  {
+    property: "vector_sha survives the round trip through Postgres real arrays",
+    seed: -701500686,
+    path: "41:1:0:0:0:2",
+    note: "[-0, 0]: the embed stage wrote String(-0) = '0', storing +0, so the row no longer hashed to its vector_sha (fixed in src/stages/embed.ts realArrayLiteral)",
+  },
+];
