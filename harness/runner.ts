@@ -6,13 +6,12 @@
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import pg from "pg";
-import { buildApp } from "../src/api/app.ts";
+import { buildWiredApp } from "../src/api/wiring.ts";
 import { configForLocalMocks } from "../src/config.ts";
 import { migrate } from "../src/db/migrate.ts";
 import { withDatabase } from "../src/db/provision.ts";
 import { createLogger } from "../src/logger.ts";
-import { createPipelineServices, embedVersion } from "../src/services.ts";
-import { ingestParseResult } from "../src/stages/parseIntake.ts";
+import { embedVersion } from "../src/services.ts";
 import { isTerminal, type JobStatus } from "../src/state-machine/table.ts";
 import { expectedEmbedding } from "../mocks/index.ts";
 import { startMockServer, type MockServer } from "../mocks/server.ts";
@@ -102,21 +101,9 @@ export async function runScenario(scenario: Scenario, env: RunEnvironment, optio
   pool.on("error", () => {}); // a Postgres restart drops idle connections; queries reconnect
 
   const mocks = await startMockServer({ seed: scenario.seed, faults: scenario.faults });
-  const silent = createLogger({ level: "silent" });
   // The API reads the scenario's settings too: MAX_ATTEMPTS, for one, is stamped on each job it creates.
   const apiConfig = configForLocalMocks(mocks.baseUrl, { ...mocks.env, ...scenario.workerEnv, SUPABASE_JWT_SECRET: mocks.mocks.keys.jwtSecret, DATABASE_URL: databaseUrl });
-  const apiServices = createPipelineServices(apiConfig);
-  const app = await buildApp({
-    pool,
-    config: apiConfig,
-    store: apiServices.storage,
-    log: silent,
-    onParseEvent: (event) =>
-      ingestParseResult(
-        { pool, log: silent, storage: apiServices.storage, llamaparse: apiServices.llamaparse },
-        { jobId: event.jobId, actor: "webhook", fence: { kind: "unleased" } },
-      ),
-  });
+  const app = await buildWiredApp({ pool, config: apiConfig, log: createLogger({ level: "silent" }) });
   const apiUrl = await app.listen({ port: 0, host: "127.0.0.1" });
   const api = new ApiClient(apiUrl, mocks.mocks.keys.jwtSecret);
 

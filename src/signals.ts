@@ -1,10 +1,10 @@
 /**
- * Graceful shutdown for long-running processes: the first SIGTERM/SIGINT calls `stop()` (stop
+ * Graceful shutdown for long-running processes (the worker and the API): the first SIGTERM/SIGINT calls `stop()` (stop
  * claiming, let current jobs reach a consistent state, release leases, close pools); a second
  * signal, or `timeoutMs` without finishing, exits at once. Leases left behind by a hard exit
  * simply expire, and another worker resumes the jobs.
  */
-import type { Logger } from "../logger.ts";
+import type { Logger } from "./logger.ts";
 
 export function stopOnSignals(stop: () => Promise<void>, log: Logger, timeoutMs: number): void {
   let stopping = false;

@@ -9,9 +9,8 @@ import { loadConfigOrExit } from "../config.ts";
 import { migrate } from "../db/migrate.ts";
 import { provisionDatabase } from "../db/provision.ts";
 import { createLogger } from "../logger.ts";
-import { createPipelineServices } from "../services.ts";
-import { ingestParseResult } from "../stages/parseIntake.ts";
-import { buildApp } from "./app.ts";
+import { stopOnSignals } from "../signals.ts";
+import { buildWiredApp } from "./wiring.ts";
 
 async function main(): Promise<void> {
   const config = loadConfigOrExit("api");
@@ -32,44 +31,16 @@ async function main(): Promise<void> {
   // signal) must not kill the process; the next query reconnects.
   pool.on("error", (err) => log.warn({ err: err.message }, "idle database connection lost"));
 
-  // The same clients the worker uses, behind the same circuit breakers.
-  const services = createPipelineServices(config);
-  const { storage, llamaparse } = services;
-  const intakeDeps = { pool, log: log.child({ component: "parse-intake" }), storage, llamaparse };
-
-  const app = await buildApp({
-    pool,
-    config,
-    store: storage,
-    log,
-    defaultMetrics: true,
-    onParseEvent: (event) => ingestParseResult(intakeDeps, { jobId: event.jobId, actor: "webhook", fence: { kind: "unleased" } }),
-  });
-
-  let closing = false;
-  const shutdown = async (signal: string) => {
-    if (closing) {
-      log.warn({ signal }, "second signal: exiting now");
-      process.exit(1);
-    }
-    closing = true;
-    log.info({ signal }, "shutting down");
-    const timer = setTimeout(() => {
-      log.error("shutdown timed out; exiting");
-      process.exit(1);
-    }, config.SHUTDOWN_TIMEOUT_MS);
-    timer.unref();
-    try {
-      await app.close();
+  const app = await buildWiredApp({ pool, config, log, defaultMetrics: true });
+  stopOnSignals(
+    async () => {
+      await app.close(); // stops accepting; waits for in-flight requests and parse intakes
       await pool.end();
       await db.stop();
-    } finally {
-      clearTimeout(timer);
-    }
-    process.exit(0);
-  };
-  process.on("SIGTERM", () => void shutdown("SIGTERM"));
-  process.on("SIGINT", () => void shutdown("SIGINT"));
+    },
+    log,
+    config.SHUTDOWN_TIMEOUT_MS,
+  );
 
   const address = await app.listen({ port: config.PORT, host: config.HOST });
   log.info({ address, database: db.kind }, "api listening");

@@ -12,7 +12,7 @@ import { createPipelineServices } from "../services.ts";
 import { PIPELINE_STAGES } from "../stages/index.ts";
 import { BaseWorker } from "./BaseWorker.ts";
 import { faultPointsFromEnv } from "./faultPoints.ts";
-import { stopOnSignals } from "./signals.ts";
+import { stopOnSignals } from "../signals.ts";
 
 const config = loadConfigOrExit("worker");
 const log = createLogger({ level: config.LOG_LEVEL, name: "worker" });

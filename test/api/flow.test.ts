@@ -4,13 +4,13 @@
  * job runs to `complete`, all visible through GET /jobs/{id}.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { buildApp } from "../../src/api/app.ts";
+import { buildWiredApp } from "../../src/api/wiring.ts";
 import { configForLocalMocks } from "../../src/config.ts";
 import { createLogger } from "../../src/logger.ts";
 import { createPipelineServices } from "../../src/services.ts";
-import { ingestParseResult } from "../../src/stages/parseIntake.ts";
 import { PIPELINE_STAGES } from "../../src/stages/index.ts";
 import { BaseWorker } from "../../src/worker/BaseWorker.ts";
+import type { PipelineServices } from "../../src/stages/services.ts";
 import { startMockServer, type MockServer } from "../../mocks/server.ts";
 import { ApiClient } from "../../harness/api.ts";
 import { markdownDocument } from "../../harness/corpus.ts";
@@ -19,8 +19,8 @@ import { createTestDatabase, type TestDatabase } from "../support/db.ts";
 
 let db: TestDatabase;
 let mocks: MockServer;
-let app: Awaited<ReturnType<typeof buildApp>>;
-let worker: BaseWorker<ReturnType<typeof createPipelineServices>>;
+let app: Awaited<ReturnType<typeof buildWiredApp>>;
+let worker: BaseWorker<PipelineServices>;
 let api: ApiClient;
 
 beforeAll(async () => {
@@ -28,15 +28,7 @@ beforeAll(async () => {
   mocks = await startMockServer({ seed: 3 });
   const log = createLogger({ level: "silent" });
   const base = { ...mocks.env, SUPABASE_JWT_SECRET: mocks.mocks.keys.jwtSecret, DATABASE_URL: db.url };
-  const apiServices = createPipelineServices(configForLocalMocks(mocks.baseUrl, base));
-  app = await buildApp({
-    pool: db.pool,
-    config: configForLocalMocks(mocks.baseUrl, base),
-    store: apiServices.storage,
-    log,
-    onParseEvent: (e) =>
-      ingestParseResult({ pool: db.pool, log, storage: apiServices.storage, llamaparse: apiServices.llamaparse }, { jobId: e.jobId, actor: "webhook", fence: { kind: "unleased" } }),
-  });
+  app = await buildWiredApp({ pool: db.pool, config: configForLocalMocks(mocks.baseUrl, base), log });
   const apiUrl = await app.listen({ port: 0, host: "127.0.0.1" });
   api = new ApiClient(apiUrl, mocks.mocks.keys.jwtSecret);
   const config = configForLocalMocks(mocks.baseUrl, { ...base, WEBHOOK_BASE_URL: apiUrl, CHUNK_MAX_TOKENS: "128", CHUNK_OVERLAP_TOKENS: "16", EMBED_BATCH_SIZE: "8" });

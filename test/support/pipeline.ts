@@ -6,12 +6,11 @@
 import { randomUUID } from "node:crypto";
 import { setupServer, type SetupServer } from "msw/node";
 import type { FastifyInstance } from "fastify";
-import { buildApp } from "../../src/api/app.ts";
+import { buildWiredApp } from "../../src/api/wiring.ts";
 import { configForLocalMocks, type Config } from "../../src/config.ts";
 import { documentId, jobId, sha256 } from "../../src/ids.ts";
 import { createLogger } from "../../src/logger.ts";
 import { createPipelineServices, type WiredServices } from "../../src/services.ts";
-import { ingestParseResult } from "../../src/stages/parseIntake.ts";
 import { PIPELINE_STAGES } from "../../src/stages/index.ts";
 import { createJob } from "../../src/state-machine/transition.ts";
 import { BaseWorker, type WorkerOptions } from "../../src/worker/BaseWorker.ts";
@@ -62,18 +61,7 @@ export async function startPipelineEnv(options: PipelineEnvOptions = {}): Promis
     DATABASE_URL: db.url,
   };
   const apiConfig = configForLocalMocks(MOCK_ORIGIN, base);
-  const apiServices = createPipelineServices(apiConfig);
-  const api = await buildApp({
-    pool: db.pool,
-    config: apiConfig,
-    store: apiServices.storage,
-    log,
-    onParseEvent: (event) =>
-      ingestParseResult(
-        { pool: db.pool, log, storage: apiServices.storage, llamaparse: apiServices.llamaparse },
-        { jobId: event.jobId, actor: "webhook", fence: { kind: "unleased" } },
-      ),
-  });
+  const api = await buildWiredApp({ pool: db.pool, config: apiConfig, log });
   const address = await api.listen({ port: 0, host: "127.0.0.1" });
   const config = configForLocalMocks(MOCK_ORIGIN, {
     ...base,
