@@ -1,4 +1,221 @@
-import type { BenchContext, BenchResult } from "./support.ts";
-export async function runMemoryBench(_ctx: BenchContext): Promise<BenchResult> {
-  throw new Error("not written yet");
+/**
+ * Memory: the peak RSS of a worker process is flat in document size (SPEC §9: a 10× larger
+ * document adds < 20 %).
+ *
+ * For each size, a fresh environment: a database cloned from the template, the mocks over HTTP,
+ * the API (production wiring) on loopback for LlamaParse's webhook, and one real worker process
+ * (`src/worker/main.ts` under `node --import tsx`, one slot), started and left idle before the
+ * document is uploaded, so its start-up is behind it. The document then goes through every
+ * stage (submit, parse intake by webhook, validate, chunk, embed, finish) while this process
+ * samples the worker's `/proc/<pid>/status`. The figure is `VmHWM` (the kernel's peak RSS of the
+ * process) once the job is complete; the sampled `VmRSS` curve is kept in bench.json.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { randomUUID } from "node:crypto";
+import { readFileSync } from "node:fs";
+import pg from "pg";
+import { buildWiredApp } from "../src/api/wiring.ts";
+import { configForLocalMocks } from "../src/config.ts";
+import { documentId, jobId, sha256 } from "../src/ids.ts";
+import { createLogger } from "../src/logger.ts";
+import { createPipelineServices } from "../src/services.ts";
+import { createJob } from "../src/state-machine/transition.ts";
+import { markdownDocument } from "../harness/corpus.ts";
+import { mulberry32 } from "../mocks/shared/rng.ts";
+import { startMockServer } from "../mocks/server.ts";
+import { cpuWindow, createDatabase, figure, round, sleep, waitUntil, type BenchContext, type BenchResult, type CpuWindow } from "./support.ts";
+
+const WORKER_ENTRY = new URL("../src/worker/main.ts", import.meta.url).pathname;
+const KiB = 1024;
+const MiB = 1024 * 1024;
+/** Inputs per embeddings request: small enough that the smaller document also fills several batches. */
+const EMBED_BATCH_SIZE = 64;
+
+interface MemoryRun {
+  documentBytes: number;
+  chunks: number;
+  batches: number;
+  status: string;
+  seconds: number;
+  /** VmHWM once the worker had started and sat idle (before the upload), MiB. */
+  idlePeakMiB: number;
+  /** VmRSS when the document was uploaded, MiB. */
+  idleRssMiB: number;
+  /** VmHWM once the job was complete, MiB: the figure. */
+  peakMiB: number;
+  /** Highest sampled VmRSS while the job ran, MiB. */
+  sampledPeakMiB: number;
+  cpu: CpuWindow;
+  /** [ms since upload, VmRSS MiB], every 100 ms. */
+  rss: Array<[number, number]>;
+}
+
+export async function runMemoryBench(ctx: BenchContext): Promise<BenchResult> {
+  const started = Date.now();
+  const small = ctx.quick ? 100 * KiB : 300 * KiB;
+  const runs: MemoryRun[] = [];
+  for (const bytes of [small, small * 10]) {
+    ctx.log(`memory: worker process on a ${formatBytes(bytes)} document`);
+    const run = await runOnce(ctx, bytes);
+    ctx.log(`memory: ${formatBytes(bytes)}: peak RSS ${run.peakMiB.toFixed(1)} MiB (idle ${run.idleRssMiB.toFixed(1)} MiB), ${run.chunks} chunks, ${run.seconds.toFixed(1)} s, ${run.status}`);
+    runs.push(run);
+  }
+  const [s, l] = runs as [MemoryRun, MemoryRun];
+  const ratio = l.peakMiB / s.peakMiB;
+  const aboveIdle = (r: MemoryRun) => r.peakMiB - r.idleRssMiB;
+  return {
+    name: "memory",
+    title: "Memory: peak RSS of a worker process vs document size",
+    figures: [
+      figure("peak_rss_small_mib", `peak RSS, ${formatBytes(s.documentBytes)} document`, round(s.peakMiB, 1), "MiB"),
+      figure("peak_rss_large_mib", `peak RSS, ${formatBytes(l.documentBytes)} document`, round(l.peakMiB, 1), "MiB"),
+      figure("peak_rss_ratio", "peak RSS, 10× document ÷ 1× document", round(ratio, 3), "ratio", { op: "<", bound: 1.2 }),
+    ],
+    notes: [
+      `One worker process (1 slot, EMBED_BATCH_SIZE=${EMBED_BATCH_SIZE}, other settings at their defaults) per document, started and idle before the upload; every stage runs in it except parse intake, which the webhook hands to the API.`,
+      ...runs.map(
+        (r) =>
+          `${formatBytes(r.documentBytes)}: ${r.chunks} chunks in ${r.batches} embedding batches, ${r.status} in ${r.seconds.toFixed(1)} s; RSS idle ${r.idleRssMiB.toFixed(1)} MiB → peak ${r.peakMiB.toFixed(1)} MiB (+${aboveIdle(r).toFixed(1)} MiB for the document); worker ${Math.round(r.cpu.childCores! * 100)} % of a core.`,
+      ),
+      `The 10× document added ${(l.peakMiB - s.peakMiB).toFixed(1)} MiB to the peak (${round((ratio - 1) * 100, 1)} %). The submit stage holds the raw file in memory to send it to LlamaParse (Storage download → multipart upload), so that stage is not flat: it costs a few times the file's size while it runs.`,
+    ],
+    details: { embedBatchSize: EMBED_BATCH_SIZE, runs },
+    durationMs: Date.now() - started,
+  };
+}
+
+async function runOnce(ctx: BenchContext, bytes: number): Promise<MemoryRun> {
+  const db = await createDatabase(ctx, "memory", 6);
+  const mock = await startMockServer({ seed: 11 });
+  const silent = createLogger({ level: "silent" });
+  const apiConfig = configForLocalMocks(mock.baseUrl, { ...mock.env, SUPABASE_JWT_SECRET: mock.mocks.keys.jwtSecret, DATABASE_URL: db.url });
+  const app = await buildWiredApp({ pool: db.pool, config: apiConfig, log: silent });
+  let child: ChildProcess | undefined;
+  const output: string[] = [];
+  try {
+    const apiUrl = await app.listen({ port: 0, host: "127.0.0.1" });
+    child = spawn(process.execPath, ["--import", "tsx", WORKER_ENTRY], {
+      env: {
+        ...process.env,
+        ...mock.env,
+        DATABASE_URL: db.url,
+        WEBHOOK_BASE_URL: apiUrl,
+        WORKER_CONCURRENCY: "1",
+        EMBED_BATCH_SIZE: String(EMBED_BATCH_SIZE),
+        WEBHOOK_DEADLINE_SECONDS: "10",
+        POLL_INTERVAL_MS: "200",
+        LOG_LEVEL: "info",
+        UPLOAD_PIPELINE_CRASH_AT: "",
+      },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    const keep = (chunk: Buffer) => {
+      output.push(chunk.toString("utf8"));
+      if (output.length > 200) output.splice(0, output.length - 200);
+    };
+    child.stdout!.on("data", keep);
+    child.stderr!.on("data", keep);
+    const exited = new Promise<number | null>((resolve) => child!.once("exit", (code) => resolve(code)));
+    const pid = child.pid!;
+    const describe = () => `worker output (last lines):\n${output.join("").split("\n").slice(-15).join("\n")}`;
+
+    const startedUp = await Promise.race([
+      waitUntil(() => output.join("").includes("worker started"), 60_000, 50),
+      exited.then(() => false),
+    ]);
+    if (!startedUp) throw new Error(`the worker did not start. ${describe()}`);
+    await sleep(1_500); // let start-up garbage settle before the idle reading
+    const idle = procStatus(pid);
+
+    const upload = await uploadDocument(db.pool, apiConfig, markdownDocument(mulberry32(bytes), `Memory benchmark ${bytes}`, bytes));
+    const t0 = performance.now();
+    const cpu = await cpuWindow(undefined, [pid]);
+    const rss: Array<[number, number]> = [];
+    const sampler = setInterval(() => {
+      const s = procStatus(pid);
+      if (s) rss.push([Math.round(performance.now() - t0), round(s.rssMiB, 1)]);
+    }, 100);
+    let status = "";
+    const deadline = ctx.quick ? 120_000 : 180_000;
+    const done = await waitUntil(
+      async () => {
+        const { rows } = await db.pool.query<{ status: string }>("SELECT status FROM upload_pipeline.upload_jobs WHERE job_id = $1", [upload.jobId]);
+        status = rows[0]?.status ?? "missing";
+        return status === "complete" || status.startsWith("failed_");
+      },
+      deadline,
+      100,
+    );
+    clearInterval(sampler);
+    const window = cpu.stop();
+    const seconds = (performance.now() - t0) / 1000;
+    const end = procStatus(pid);
+    if (!done) throw new Error(`the job did not finish within ${deadline / 1000} s (status ${status}). ${describe()}`);
+    if (status !== "complete") throw new Error(`the job ended in ${status}. ${describe()}`);
+    if (!idle || !end) throw new Error("could not read /proc/<pid>/status of the worker (this benchmark needs Linux)");
+    const { rows } = await db.pool.query<{ chunks: number; batches: number }>(
+      "SELECT (SELECT count(*)::int FROM upload_pipeline.document_chunk_buffer WHERE document_id = $1) AS chunks, coalesce((progress->>'batches_done')::int, 0) AS batches FROM upload_pipeline.upload_jobs WHERE job_id = $2",
+      [upload.documentId, upload.jobId],
+    );
+    return {
+      documentBytes: bytes,
+      chunks: rows[0]?.chunks ?? 0,
+      batches: rows[0]?.batches ?? 0,
+      status,
+      seconds,
+      idlePeakMiB: round(idle.hwmMiB, 1),
+      idleRssMiB: round(idle.rssMiB, 1),
+      peakMiB: round(end.hwmMiB, 1),
+      sampledPeakMiB: Math.max(0, ...rss.map(([, v]) => v)),
+      cpu: window,
+      rss,
+    };
+  } finally {
+    if (child && child.exitCode === null && child.signalCode === null) {
+      const gone = new Promise<void>((resolve) => child!.once("exit", () => resolve()));
+      child.kill("SIGTERM");
+      const timer = setTimeout(() => child!.kill("SIGKILL"), 10_000);
+      await gone;
+      clearTimeout(timer);
+    }
+    await app.close();
+    await mock.close();
+    await db.drop();
+  }
+}
+
+/** Store the file and create its document and job, as the API's upload does once the object exists. */
+async function uploadDocument(pool: pg.Pool, config: ReturnType<typeof configForLocalMocks>, text: string): Promise<{ documentId: string; jobId: string }> {
+  const bytes = new TextEncoder().encode(text);
+  const userId = randomUUID();
+  const fileSha = sha256(bytes);
+  const docId = documentId(userId, fileSha);
+  const rawPath = `${userId}/raw/${docId}/document.md`;
+  const { storage } = createPipelineServices(config);
+  await storage.upload(rawPath, bytes, "text/markdown", { upsert: true });
+  await pool.query(
+    `INSERT INTO upload_pipeline.documents (document_id, user_id, filename, mime, bytes, file_sha256, raw_path)
+     VALUES ($1, $2, 'document.md', 'text/markdown', $3, $4, $5)`,
+    [docId, userId, bytes.byteLength, fileSha, rawPath],
+  );
+  const id = jobId(docId);
+  await createJob(pool, { jobId: id, documentId: docId, correlationId: randomUUID(), maxAttempts: config.MAX_ATTEMPTS });
+  return { documentId: docId, jobId: id };
+}
+
+/** VmRSS and VmHWM of a process, in MiB. */
+function procStatus(pid: number): { rssMiB: number; hwmMiB: number } | undefined {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, "utf8");
+    const kib = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(status)?.[1]);
+    const rss = kib("VmRSS");
+    const hwm = kib("VmHWM");
+    return Number.isFinite(rss) && Number.isFinite(hwm) ? { rssMiB: rss / 1024, hwmMiB: hwm / 1024 } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function formatBytes(n: number): string {
+  return n >= MiB ? `${round(n / MiB, 2)} MiB` : `${round(n / KiB, 0)} KiB`;
 }

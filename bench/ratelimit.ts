@@ -93,7 +93,7 @@ export async function runRateLimitBench(ctx: BenchContext): Promise<BenchResult>
     title: "Rate limits: sustained embedding throughput vs the mock's TPM limit",
     figures: [...figs(configured, "", ""), ...figs(tooHigh, "_budget_10x", " (budget 10× too high)")],
     notes: [
-      `OpenAI mock over HTTP with ${TPM.toLocaleString("en-US")} TPM and ${rpm} RPM; ${CALLERS} concurrent callers of the production RateLimitedEmbedder (createPipelineServices), batches of 8–24 chunk-sized inputs (${Math.round(meanTokens)} tokens on average).`,
+      `OpenAI mock over HTTP with ${TPM.toLocaleString("en-US")} TPM and ${rpm} RPM; ${CALLERS} concurrent callers of the production RateLimitedEmbedder (createPipelineServices), batches of 2–10 chunk-sized inputs (${Math.round(meanTokens)} tokens on average).`,
       ...[configured, tooHigh].map(
         (r) =>
           `${r.label}: ${Math.round(r.tokensPerMinute).toLocaleString("en-US")} tokens/min over ${r.windowSeconds.toFixed(1)} s after a ${r.warmupMs / 1000} s warm-up (${r.requestsInWindow} answers in the window, ${r.rateLimitedInWindow} of them 429); whole run ${r.total.requests} answers, ${r.total.rateLimited} 429s` +
@@ -217,11 +217,11 @@ const WORDS = (
   "model dimension cosine index latency throughput invariant coverage scenario seed fault plan"
 ).split(" ");
 
-/** `count` batches of 8–24 distinct chunk-like texts (40–90 words each). */
+/** `count` batches of 2–10 distinct chunk-like texts (40–90 words each). */
 function buildBatches(rng: Rng, count: number): string[][] {
   let serial = 0;
   return Array.from({ length: count }, () =>
-    Array.from({ length: 8 + Math.floor(rng() * 17) }, () => {
+    Array.from({ length: 2 + Math.floor(rng() * 9) }, () => {
       const words = Array.from({ length: 40 + Math.floor(rng() * 51) }, () => WORDS[Math.floor(rng() * WORDS.length)]!);
       return `Chunk ${serial++}: ${words.join(" ")}.`;
     }),
