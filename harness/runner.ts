@@ -108,6 +108,8 @@ export async function runScenario(scenario: Scenario, env: RunEnvironment, optio
   const api = new ApiClient(apiUrl, mocks.mocks.keys.jwtSecret);
 
   const workerEnv = { ...FAST_WORKER_ENV, ...mocks.env, DATABASE_URL: databaseUrl, WEBHOOK_BASE_URL: apiUrl, WORKER_CONCURRENCY: String(scenario.workers.slots), ...scenario.workerEnv };
+  // The fleet knows a worker is ready by its "worker started" line: keep info-level logs.
+  if (!["info", "debug", "trace"].includes(workerEnv.LOG_LEVEL ?? "")) workerEnv.LOG_LEVEL = "info";
   const workerConfig = configForLocalMocks(mocks.baseUrl, { ...mocks.env, ...workerEnv });
   const fleet = new WorkerFleet({
     count: options.workers ?? scenario.workers.processes,
@@ -121,8 +123,8 @@ export async function runScenario(scenario: Scenario, env: RunEnvironment, optio
     },
   });
 
+  await fleet.start();
   const started = Date.now();
-  fleet.start();
   const corpus = buildCorpus(scenario);
   const uploaded = await uploadAll(api, corpus);
   const expected = new Map<string, ExpectedOutcome>();

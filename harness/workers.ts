@@ -44,12 +44,20 @@ export class WorkerFleet {
     mkdirSync(opts.logDir, { recursive: true });
   }
 
-  start(): void {
+  /**
+   * Start every worker and resolve once each has said "worker started" (so timings measure the
+   * pipeline, not N processes booting on a small machine), or after `timeoutMs` regardless.
+   */
+  async start(timeoutMs = 30_000): Promise<void> {
+    const ready: Array<Promise<void>> = [];
     for (let i = 0; i < this.opts.count; i++) {
       const slot: Slot = { index: i, life: 0, workerId: "" };
       this.slots.push(slot);
-      this.spawn(slot);
+      ready.push(this.spawn(slot));
     }
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([Promise.all(ready), new Promise((r) => (timer = setTimeout(r, timeoutMs)))]);
+    clearTimeout(timer);
   }
 
   /** The process index that holds `workerId` (as written in `locked_by`), if it is alive. */
@@ -79,7 +87,8 @@ export class WorkerFleet {
     clearTimeout(timer);
   }
 
-  private spawn(slot: Slot): void {
+  /** Spawn a new life for `slot`; resolves when it reports ready (or exits first). */
+  private spawn(slot: Slot): Promise<void> {
     slot.life += 1;
     slot.workerId = `w${slot.index}.${slot.life}`;
     const crashAt = this.opts.crashPoints?.[this.crashPointsUsed];
@@ -96,6 +105,15 @@ export class WorkerFleet {
     const log = createWriteStream(join(this.opts.logDir, `${slot.workerId}.log`));
     child.stdout!.pipe(log);
     child.stderr!.pipe(log);
+    const ready = new Promise<void>((resolve) => {
+      const onData = (chunk: Buffer) => {
+        if (!chunk.toString().includes('"msg":"worker started"')) return;
+        child.stdout!.off("data", onData);
+        resolve();
+      };
+      child.stdout!.on("data", onData);
+      child.once("exit", () => resolve());
+    });
     slot.child = child;
     slot.exited = new Promise((resolve) => {
       child.on("exit", (code, signal) => {
@@ -105,10 +123,11 @@ export class WorkerFleet {
         // A process that exits on its own (bad config, a bug) is restarted a few times, then
         // left down: the run's deadline then fails the scenario and names the log to read.
         else if (!this.stopping) this.unexpectedExits += 1;
-        if (!this.stopping && this.unexpectedExits <= 3) setTimeout(() => this.stopping || this.spawn(slot), 100);
+        if (!this.stopping && this.unexpectedExits <= 3) setTimeout(() => void (this.stopping || this.spawn(slot)), 100);
         resolve();
       });
     });
     this.opts.onEvent?.({ kind: "started", worker: slot.index, workerId: slot.workerId });
+    return ready;
   }
 }
