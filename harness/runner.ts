@@ -107,7 +107,7 @@ export async function runScenario(scenario: Scenario, env: RunEnvironment, optio
   const apiUrl = await app.listen({ port: 0, host: "127.0.0.1" });
   const api = new ApiClient(apiUrl, mocks.mocks.keys.jwtSecret);
 
-  const workerEnv = { ...FAST_WORKER_ENV, ...mocks.env, DATABASE_URL: databaseUrl, WEBHOOK_BASE_URL: apiUrl, WORKER_CONCURRENCY: String(scenario.workers.slots), ...scenario.workerEnv };
+  const workerEnv: Record<string, string> = { ...FAST_WORKER_ENV, ...mocks.env, DATABASE_URL: databaseUrl, WEBHOOK_BASE_URL: apiUrl, WORKER_CONCURRENCY: String(scenario.workers.slots), ...scenario.workerEnv };
   // The fleet knows a worker is ready by its "worker started" line: keep info-level logs.
   if (!["info", "debug", "trace"].includes(workerEnv.LOG_LEVEL ?? "")) workerEnv.LOG_LEVEL = "info";
   const workerConfig = configForLocalMocks(mocks.baseUrl, { ...mocks.env, ...workerEnv });

@@ -57,6 +57,8 @@ export const configSchema = z.object({
   SHUTDOWN_TIMEOUT_MS: int(100, 600_000).default(30_000),
 
   PORT: int(1, 65_535).default(8080),
+  /** The worker serves its own `GET /metrics` (breaker states, job runs) here when set. */
+  METRICS_PORT: int(1, 65_535).optional(),
   /** Interface the API listens on (`0.0.0.0`: every interface, as in a container). */
   HOST: z.string().min(1).describe("an interface address such as 0.0.0.0 or 127.0.0.1").default("0.0.0.0"),
   /** Optional JWKS of the Supabase project (asymmetric signing keys); HS256 tokens still use SUPABASE_JWT_SECRET. */

@@ -12,6 +12,7 @@ import { createPipelineServices } from "../services.ts";
 import { PIPELINE_STAGES } from "../stages/index.ts";
 import { BaseWorker } from "./BaseWorker.ts";
 import { faultPointsFromEnv } from "./faultPoints.ts";
+import { createWorkerMetrics, serveMetrics } from "./metrics.ts";
 import { stopOnSignals } from "../signals.ts";
 
 const config = loadConfigOrExit("worker");
@@ -26,6 +27,8 @@ const pool = new pg.Pool({ connectionString: db.url, max: config.WORKER_CONCURRE
 pool.on("error", (err) => log.warn({ err: err.message }, "idle database connection lost"));
 
 const services = createPipelineServices(config);
+const metrics = createWorkerMetrics(services.breakers, { defaultMetrics: true });
+const metricsServer = config.METRICS_PORT ? await serveMetrics(metrics, config.METRICS_PORT) : undefined;
 const worker = new BaseWorker({
   pool,
   databaseUrl: db.url,
@@ -40,6 +43,7 @@ const worker = new BaseWorker({
   pollIntervalMs: config.POLL_INTERVAL_MS,
   shutdownTimeoutMs: config.SHUTDOWN_TIMEOUT_MS,
   faults: faultPointsFromEnv(process.env.UPLOAD_PIPELINE_CRASH_AT),
+  onJobDone: ({ outcome }) => metrics.jobRun(outcome),
 });
 for (const breaker of Object.values(services.breakers)) {
   breaker.onStateChange((state, service) => log.warn({ service, state }, "circuit breaker changed state"));
@@ -48,6 +52,7 @@ await worker.start();
 stopOnSignals(
   async () => {
     await worker.stop();
+    metricsServer?.close();
     await pool.end();
     await db.stop();
   },

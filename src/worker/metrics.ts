@@ -1,0 +1,58 @@
+/**
+ * A worker process's own Prometheus metrics, served on `METRICS_PORT` when it is set: what only
+ * this process knows. Database-wide figures (jobs by state, stage durations, tokens, cost) are
+ * the API's `/metrics`, so every replica reports the same numbers.
+ *
+ * - `upload_pipeline_breaker_state{service}`: 0 closed, 1 open, 2 half-open, 3 isolated;
+ * - `upload_pipeline_worker_job_runs_total{outcome}`: how each claimed run ended (released,
+ *   retry, failed, terminal, snoozed, lost, crashed).
+ */
+import { createServer, type Server } from "node:http";
+import { Counter, Gauge, Registry, collectDefaultMetrics } from "prom-client";
+import { BREAKER_STATE_VALUE, SERVICES, type Breakers } from "../resilience/breakers.ts";
+
+export interface WorkerMetrics {
+  registry: Registry;
+  jobRun(outcome: string): void;
+  render(): Promise<string>;
+}
+
+export function createWorkerMetrics(breakers: Breakers, options: { defaultMetrics?: boolean } = {}): WorkerMetrics {
+  const registry = new Registry();
+  if (options.defaultMetrics) collectDefaultMetrics({ register: registry, prefix: "upload_pipeline_worker_" });
+  new Gauge({
+    name: "upload_pipeline_breaker_state",
+    help: "Circuit breaker state per service: 0 closed, 1 open, 2 half-open, 3 isolated.",
+    labelNames: ["service"],
+    registers: [registry],
+    collect() {
+      for (const service of SERVICES) this.set({ service }, BREAKER_STATE_VALUE[breakers[service].state]);
+    },
+  });
+  const runs = new Counter({
+    name: "upload_pipeline_worker_job_runs_total",
+    help: "Claimed job runs by how they ended.",
+    labelNames: ["outcome"],
+    registers: [registry],
+  });
+  return {
+    registry,
+    jobRun: (outcome) => runs.inc({ outcome }),
+    render: () => registry.metrics(),
+  };
+}
+
+/** Serve `GET /metrics` on `port` (loopback and pod networks alike: bind as configured). */
+export function serveMetrics(metrics: WorkerMetrics, port: number, host = "0.0.0.0"): Promise<Server> {
+  const server = createServer((req, res) => {
+    if (req.method !== "GET" || req.url !== "/metrics") {
+      res.writeHead(404, { "content-type": "text/plain" }).end("GET /metrics\n");
+      return;
+    }
+    metrics.render().then(
+      (text) => res.writeHead(200, { "content-type": metrics.registry.contentType }).end(text),
+      () => res.writeHead(500).end(),
+    );
+  });
+  return new Promise((resolve) => server.listen(port, host, () => resolve(server)));
+}
