@@ -159,6 +159,8 @@ export async function runScenario(scenario: Scenario, env: RunEnvironment, optio
   }
 
   const deadline = started + scenario.deadlineMs;
+  let faultsSeen: Record<string, number> = {};
+  let faultsPrintedAt = 0;
   let retried = 0;
   let quiet = await waitForQuiet();
   if (quiet.ok && scenario.retryFailed) {
@@ -204,6 +206,23 @@ export async function runScenario(scenario: Scenario, env: RunEnvironment, optio
     },
   };
 
+  /** Print the mocks' injected faults as they happen (a line when the counts move, at most every 2 s). */
+  function reportNewFaults(): void {
+    if (Date.now() - faultsPrintedAt < 2_000) return;
+    faultsPrintedAt = Date.now();
+    const stats = mocks.mocks.stats();
+    const now: Record<string, number> = {};
+    for (const [route, byKind] of Object.entries(stats.faults)) {
+      for (const [kind, n] of Object.entries(byKind)) now[`${route.split(".")[0]} ${kind}`] = (now[`${route.split(".")[0]} ${kind}`] ?? 0) + n;
+    }
+    for (const [kind, outcomes] of Object.entries(stats.webhooks.deliveries)) {
+      if (kind !== "genuine") now[`webhook ${kind}`] = Object.values(outcomes).reduce((a, b) => a + (b ?? 0), 0);
+    }
+    const moved = Object.entries(now).filter(([k, n]) => n > (faultsSeen[k] ?? 0));
+    if (moved.length > 0) note(`faults: ${moved.map(([k, n]) => `${k} +${n - (faultsSeen[k] ?? 0)}`).join(", ")}`);
+    faultsSeen = now;
+  }
+
   async function waitForQuiet(): Promise<{ ok: boolean; rows: Array<{ document_id: string; status: JobStatus }> }> {
     let rows: Array<{ document_id: string; status: JobStatus; locked_by: string | null; batches: number }> = [];
     while (Date.now() < deadline) {
@@ -226,6 +245,7 @@ export async function runScenario(scenario: Scenario, env: RunEnvironment, optio
           fleet.kill(index, `job entered ${crash.status}${crash.batchesDone ? ` with ${hit.batches} batches stored` : ""}`);
         }
       }
+      reportNewFaults();
       const byState: Partial<Record<JobStatus, number>> = {};
       for (const r of rows) byState[r.status] = (byState[r.status] ?? 0) + 1;
       env.onProgress?.({ scenario: scenario.name, elapsedMs: Date.now() - started, total: documentIds.length, byState, kills: fleet.kills });
