@@ -46,6 +46,10 @@ interface MemoryRun {
   /** Highest sampled VmRSS while the job ran, MiB. */
   sampledPeakMiB: number;
   cpu: CpuWindow;
+  /** [state entered, ms since the upload began]. */
+  stages: Array<[string, number]>;
+  /** Highest sampled VmRSS while each stage ran, MiB. */
+  peakByStage: Record<string, number>;
   /** [ms since upload, VmRSS MiB], every 100 ms. */
   rss: Array<[number, number]>;
 }
@@ -75,9 +79,9 @@ export async function runMemoryBench(ctx: BenchContext): Promise<BenchResult> {
       `One worker process (1 slot, EMBED_BATCH_SIZE=${EMBED_BATCH_SIZE}, other settings at their defaults) per document, started and idle before the upload; every stage runs in it except parse intake, which the webhook hands to the API.`,
       ...runs.map(
         (r) =>
-          `${formatBytes(r.documentBytes)}: ${r.chunks} chunks in ${r.batches} embedding batches, ${r.status} in ${r.seconds.toFixed(1)} s; RSS idle ${r.idleRssMiB.toFixed(1)} MiB → peak ${r.peakMiB.toFixed(1)} MiB (+${aboveIdle(r).toFixed(1)} MiB for the document); worker ${Math.round(r.cpu.childCores! * 100)} % of a core.`,
+          `${formatBytes(r.documentBytes)}: ${r.chunks} chunks in ${r.batches} embedding batches, ${r.status} in ${r.seconds.toFixed(1)} s; RSS idle ${r.idleRssMiB.toFixed(1)} MiB → peak ${r.peakMiB.toFixed(1)} MiB (+${aboveIdle(r).toFixed(1)} MiB for the document); highest RSS sampled per stage: ${Object.entries(r.peakByStage).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(", ")} MiB.`,
       ),
-      `The 10× document added ${(l.peakMiB - s.peakMiB).toFixed(1)} MiB to the peak (${round((ratio - 1) * 100, 1)} %). The submit stage holds the raw file in memory to send it to LlamaParse (Storage download → multipart upload), so that stage is not flat: it costs a few times the file's size while it runs.`,
+      `The 10× document added ${(l.peakMiB - s.peakMiB).toFixed(1)} MiB to the peak (${round((ratio - 1) * 100, 1)} %). Peak RSS of a Node process includes garbage V8 has not collected yet, so it also reflects how long a stage allocates, not only what it holds.`,
     ],
     details: { embedBatchSize: EMBED_BATCH_SIZE, runs },
     durationMs: Date.now() - started,
@@ -91,6 +95,7 @@ async function runOnce(ctx: BenchContext, bytes: number): Promise<MemoryRun> {
   const apiConfig = configForLocalMocks(mock.baseUrl, { ...mock.env, SUPABASE_JWT_SECRET: mock.mocks.keys.jwtSecret, DATABASE_URL: db.url });
   const app = await buildWiredApp({ pool: db.pool, config: apiConfig, log: silent });
   let child: ChildProcess | undefined;
+  let sampler: NodeJS.Timeout | undefined;
   const output: string[] = [];
   try {
     const apiUrl = await app.listen({ port: 0, host: "127.0.0.1" });
@@ -127,18 +132,22 @@ async function runOnce(ctx: BenchContext, bytes: number): Promise<MemoryRun> {
     await sleep(1_500); // let start-up garbage settle before the idle reading
     const idle = procStatus(pid);
 
+    const uploadedAt = Date.now();
     const upload = await uploadDocument(db.pool, apiConfig, markdownDocument(mulberry32(bytes), `Memory benchmark ${bytes}`, bytes));
     const t0 = performance.now();
     const cpu = await cpuWindow(undefined, [pid]);
     const rss: Array<[number, number]> = [];
-    const sampler = setInterval(() => {
+    sampler = setInterval(() => {
       const s = procStatus(pid);
       if (s) rss.push([Math.round(performance.now() - t0), round(s.rssMiB, 1)]);
     }, 100);
     let status = "";
     const deadline = ctx.quick ? 120_000 : 180_000;
+    let workerExit: number | null | undefined;
+    void exited.then((code) => (workerExit = code));
     const done = await waitUntil(
       async () => {
+        if (workerExit !== undefined) throw new Error(`the worker exited (code ${workerExit}) before the job finished. ${describe()}`);
         const { rows } = await db.pool.query<{ status: string }>("SELECT status FROM upload_pipeline.upload_jobs WHERE job_id = $1", [upload.jobId]);
         status = rows[0]?.status ?? "missing";
         return status === "complete" || status.startsWith("failed_");
@@ -157,6 +166,10 @@ async function runOnce(ctx: BenchContext, bytes: number): Promise<MemoryRun> {
       "SELECT (SELECT count(*)::int FROM upload_pipeline.document_chunk_buffer WHERE document_id = $1) AS chunks, coalesce((progress->>'batches_done')::int, 0) AS batches FROM upload_pipeline.upload_jobs WHERE job_id = $2",
       [upload.documentId, upload.jobId],
     );
+    const events = await db.pool.query<{ to_status: string; ms: number }>(
+      "SELECT to_status, (extract(epoch FROM at) * 1000 - $2)::int AS ms FROM upload_pipeline.job_events WHERE job_id = $1 ORDER BY id",
+      [upload.jobId, uploadedAt],
+    );
     return {
       documentBytes: bytes,
       chunks: rows[0]?.chunks ?? 0,
@@ -168,9 +181,12 @@ async function runOnce(ctx: BenchContext, bytes: number): Promise<MemoryRun> {
       peakMiB: round(end.hwmMiB, 1),
       sampledPeakMiB: Math.max(0, ...rss.map(([, v]) => v)),
       cpu: window,
+      stages: events.rows.map((e) => [e.to_status, e.ms] as [string, number]),
+      peakByStage: peakByStage(events.rows, rss),
       rss,
     };
   } finally {
+    clearInterval(sampler);
     if (child && child.exitCode === null && child.signalCode === null) {
       const gone = new Promise<void>((resolve) => child!.once("exit", () => resolve()));
       child.kill("SIGTERM");
@@ -182,6 +198,34 @@ async function runOnce(ctx: BenchContext, bytes: number): Promise<MemoryRun> {
     await mock.close();
     await db.drop();
   }
+}
+
+/** The stage that works on a job in each state (parse_queued: waiting for LlamaParse's webhook). */
+const STAGE_OF: Record<string, string> = {
+  uploaded: "submit",
+  parse_queued: "awaiting parse",
+  parsed: "validate",
+  parse_validated: "chunk",
+  chunking: "chunk",
+  chunks_stored: "embed",
+  embedding_queued: "embed",
+  embedding_in_progress: "embed",
+  embeddings_stored: "finish",
+};
+
+/** Attribute each RSS sample to the stage running when it was taken (the sample after a stage's end counts too). */
+function peakByStage(events: Array<{ to_status: string; ms: number }>, rss: Array<[number, number]>): Record<string, number> {
+  const peaks: Record<string, number> = {};
+  events.forEach((e, i) => {
+    const stage = STAGE_OF[e.to_status];
+    if (!stage) return;
+    const end = events[i + 1]?.ms ?? Infinity;
+    const inside = rss.filter(([t]) => t >= e.ms && t <= end);
+    const after = rss.find(([t]) => t > end);
+    const values = [...inside, ...(after ? [after] : [])].map(([, v]) => v);
+    if (values.length) peaks[stage] = Math.max(peaks[stage] ?? 0, ...values);
+  });
+  return peaks;
 }
 
 /** Store the file and create its document and job, as the API's upload does once the object exists. */
