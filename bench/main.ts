@@ -126,7 +126,7 @@ async function main(): Promise<number> {
   const out = resolve(REPORT_PATH);
   mkdirSync(dirname(out), { recursive: true });
   writeFileSync(out, `${JSON.stringify(report, null, 2)}\n`);
-  process.stdout.write(`${formatTable(results)}\n`);
+  if (results.length) process.stdout.write(`${formatTable(results)}\n`);
   for (const f of failures) process.stdout.write(`\n${f.name}: the benchmark broke: ${f.error}\n`);
   process.stdout.write(`\nMulti-worker scaling: npm run scenario -- multi-worker-scaling\nWritten: ${REPORT_PATH} (${(report.durationMs / 1000).toFixed(0)} s)\n`);
   return failures.length ? 1 : 0;
