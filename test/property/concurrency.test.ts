@@ -221,6 +221,7 @@ async function interleave(s: fc.Scheduler, actors: Array<{ name: string; steps: 
     try {
       for (const [i, stepFn] of a.steps.entries()) {
         await s.schedule(Promise.resolve(), `${a.name}#${i + 1}`);
+        if (failures.length > 0) return; // another step failed: wind down
         await stepFn();
       }
     } catch (err) {
@@ -229,18 +230,14 @@ async function interleave(s: fc.Scheduler, actors: Array<{ name: string; steps: 
       alive -= 1;
     }
   });
-  while (alive > 0 && failures.length === 0) {
-    while (s.count() < alive && failures.length === 0) await new Promise((r) => setImmediate(r));
-    if (failures.length > 0 || alive === 0) break;
+  while (alive > 0) {
+    // Wait until every live actor is parked at its gate (or done), then release exactly one.
+    while (s.count() < alive) await new Promise((r) => setImmediate(r));
+    if (alive === 0) break; // the last step finished while we waited
     await s.waitNext(1);
   }
-  if (failures.length > 0) {
-    // Let the parked actors go so nothing is left pending, then report the first failure.
-    while (s.count() > 0) await s.waitNext(1).catch(() => {});
-    await Promise.allSettled(runs);
-    throw failures[0];
-  }
   await Promise.all(runs);
+  if (failures.length > 0) throw failures[0];
 }
 
 /** Once every lease has lapsed, a fresh worker can claim each unfinished job and take it to complete. */
