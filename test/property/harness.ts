@@ -14,6 +14,7 @@
  */
 import { randomUUID } from "node:crypto";
 import type { FastifyInstance } from "fastify";
+import fc from "fast-check";
 import type pg from "pg";
 import { setupServer } from "msw/node";
 import { buildApp } from "../../src/api/app.ts";
@@ -60,7 +61,12 @@ export const CONTENTS: readonly Content[] = [
   { name: "small", text: markdownDocument(rng, "Small document", 1_200), poison: false },
   { name: "medium", text: markdownDocument(rng, "Medium document", 11_000), poison: false },
   { name: "poison", text: `# Broken scan\n\n${POISON_MARKER}\n\nThis one never parses.\n`, poison: true },
-];
+].map((c) => named(c, c.name));
+
+/** `value`, shown in counterexamples as `label` (not its whole text). */
+export function named<T extends object>(value: T, label: string): T {
+  return Object.assign(value, { [fc.toStringMethod]: () => label });
+}
 
 /** A crash-free run's result for one content: the chunk and vector hashes in order, and the bill. */
 export interface Reference {

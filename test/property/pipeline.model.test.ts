@@ -364,9 +364,9 @@ describe("the pipeline under generated histories", () => {
     "any history ends where a crash-free run ends",
     async () => {
       await checkProperty(
-        fc.asyncProperty(
+        (replayPath) => fc.asyncProperty(
           fc.array(fc.constantFrom(...CONTENTS), { minLength: 1, maxLength: 2 }),
-          fc.commands(commands, { maxCommands: 40, size: "medium" }),
+          fc.commands(commands, { maxCommands: 40, size: "medium", ...(replayPath ? { replayPath } : {}) }),
           async (initial, cmds) => {
             const r: Real = { clock: p.nextRunClock(), services: createPipelineServices(p.env.config), users: [], flags: {} };
             const m: Model = { jobs: [], faults: "none" };

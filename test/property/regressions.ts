@@ -11,6 +11,8 @@ export interface Regression {
   property: string;
   seed: number;
   path: string;
+  /** Model-based properties only: the `replayPath` the counterexample printed. */
+  replayPath?: string;
   note: string;
 }
 
@@ -20,5 +22,32 @@ export const REGRESSIONS: Regression[] = [
     seed: -701500686,
     path: "41:1:0:0:0:2",
     note: "[-0, 0]: the embed stage wrote String(-0) = '0', storing +0, so the row no longer hashed to its vector_sha (fixed in src/stages/embed.ts realArrayLiteral)",
+  },
+  // Found with bugs planted on purpose (issue 7's evidence; never committed): kept because each
+  // is a short history that breaks again if the same mistake is made for real.
+  {
+    property: "a stage run twice or crashed and resumed writes what one run writes",
+    seed: 544321848,
+    path: "4",
+    note: "planted: chunk insert without ON CONFLICT DO NOTHING (chunk stage run twice never finishes)",
+  },
+  {
+    property: "a stage run twice or crashed and resumed writes what one run writes",
+    seed: -906497937,
+    path: "7:1",
+    note: "planted: embedder paging by offset instead of skipping stored vectors (re-embedding bills and counts batches again)",
+  },
+  {
+    property: "no two holders, stale writes change nothing, nothing stranded",
+    seed: -1737405702,
+    path: "3:0:2:2:2:2:3:9:3:8:4:1:1",
+    note: "planted: transition without the lease-token check (w3's move after its lease was taken over succeeded)",
+  },
+  {
+    property: "any history ends where a crash-free run ends",
+    seed: -1019939039,
+    path: "13:3:1:1:4:5:3:3",
+    replayPath: "gC6:F",
+    note: "planted: webhook accepting a replayed event_id with other bytes: [small], step, webhook(genuine), webhook(replay) answered 200, expected 409",
   },
 ];

@@ -3,8 +3,9 @@
  *
  *   npx vitest run test/property                          default counts (fast enough for `npm test`)
  *   PROP_RUNS=2000 npx vitest run test/property           deep run: every property runs 2000 times
- *   PROP_SEED=… PROP_PATH=… npx vitest run test/property/<file> -t '<property>'
- *                                                         replay one counterexample (the failure prints the line)
+ *   PROP_SEED=… PROP_PATH=… [PROP_REPLAY_PATH=…] npx vitest run test/property/<file> -t '<property>'
+ *                                                         replay one counterexample (the failure prints the line;
+ *                                                         model-based properties also need fc.commands' replayPath)
  *
  * A failure prints fast-check's report (counterexample, seed, path) followed by the exact command
  * that replays it. Counterexamples worth keeping go into `regressions.ts`, which always runs.
@@ -25,6 +26,8 @@ export const PROP_RUNS = intFromEnv("PROP_RUNS");
 /** `PROP_SEED` (with `PROP_PATH`) replays one run; without a path it reseeds every property. */
 export const PROP_SEED = intFromEnv("PROP_SEED");
 export const PROP_PATH = process.env.PROP_PATH?.trim() || undefined;
+/** `fc.commands`' own replay path, which a model-based counterexample prints as `replayPath`. */
+export const PROP_REPLAY_PATH = process.env.PROP_REPLAY_PATH?.trim() || undefined;
 
 /** The number of runs for a property whose default is `defaultRuns`. */
 export function runs(defaultRuns: number): number {
@@ -47,33 +50,43 @@ export interface CheckOptions {
   defaultRuns: number;
 }
 
+type AnyProperty<Ts> = fc.IAsyncProperty<Ts> | fc.IProperty<Ts>;
+
 /**
  * Run `property` like `fc.assert`, at `runs(defaultRuns)`, honouring `PROP_SEED`/`PROP_PATH`.
  * Then replay every regression recorded for this property name. On failure the error carries
  * fast-check's report and a ready-made replay command.
+ *
+ * A model-based property passes a function of `fc.commands`' `replayPath` instead: commands
+ * shrink in a way the seed and path alone cannot replay.
  */
-export async function checkProperty<Ts>(property: fc.IAsyncProperty<Ts> | fc.IProperty<Ts>, options: CheckOptions): Promise<void> {
+export async function checkProperty<Ts>(property: AnyProperty<Ts> | ((replayPath: string | undefined) => AnyProperty<Ts>), options: CheckOptions): Promise<void> {
+  const build = typeof property === "function" ? property : () => property;
   const params: fc.Parameters<Ts> = {
     numRuns: runs(options.defaultRuns),
     ...(PROP_SEED !== undefined ? { seed: PROP_SEED } : {}),
     ...(PROP_SEED !== undefined && PROP_PATH !== undefined ? { path: PROP_PATH, endOnFailure: true } : {}),
   };
-  await report(await fc.check(property as fc.IAsyncProperty<Ts>, params), options);
+  await report(await fc.check(build(PROP_REPLAY_PATH) as fc.IAsyncProperty<Ts>, params), options);
   if (PROP_PATH !== undefined) return; // replaying one counterexample: nothing else
   for (const r of REGRESSIONS.filter((x) => x.property === options.name)) {
-    await report(await fc.check(property as fc.IAsyncProperty<Ts>, { seed: r.seed, path: r.path, endOnFailure: true }), options, r.note);
+    const details = await fc.check(build(r.replayPath) as fc.IAsyncProperty<Ts>, { seed: r.seed, path: r.path, endOnFailure: true });
+    await report(details, options, r.note);
   }
 }
 
 async function report<Ts>(details: fc.RunDetails<Ts>, options: CheckOptions, regression?: string): Promise<void> {
   if (!details.failed) return;
-  const replay =
-    details.counterexamplePath !== null
-      ? `PROP_SEED=${details.seed} PROP_PATH=${details.counterexamplePath} npx vitest run ${options.file} -t '${options.name}'`
-      : `PROP_SEED=${details.seed} npx vitest run ${options.file} -t '${options.name}'`;
+  const replayPath = details.counterexample ? /replayPath="([^"]*)"/.exec(fc.stringify(details.counterexample))?.[1] : undefined;
+  const vars = [
+    `PROP_SEED=${details.seed}`,
+    ...(details.counterexamplePath !== null ? [`PROP_PATH=${details.counterexamplePath}`] : []),
+    ...(replayPath ? [`PROP_REPLAY_PATH='${replayPath}'`] : []),
+  ];
+  const replay = `${vars.join(" ")} npx vitest run ${options.file} -t '${options.name}'`;
   const message = [
     regression ? `regression failed again (${regression})` : `property failed: ${options.name}`,
-    `seed: ${details.seed}  path: ${details.counterexamplePath ?? "(none)"}`,
+    `seed: ${details.seed}  path: ${details.counterexamplePath ?? "(none)"}${replayPath ? `  replayPath: ${replayPath}` : ""}`,
     `replay: ${replay}`,
     "",
     fc.defaultReportMessage(details) ?? "",

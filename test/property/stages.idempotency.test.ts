@@ -11,7 +11,7 @@ import { chunkId } from "../../src/ids.ts";
 import { PIPELINE_STAGES } from "../../src/stages/index.ts";
 import { isTerminal, type JobStatus } from "../../src/state-machine/table.ts";
 import type { FaultRule } from "../../src/worker/faultPoints.ts";
-import { CONTENTS, forgetUsers, PAST_LEASE_MS, parseJobsFor, startPropertyEnv, step, type Content, type PropertyEnv } from "./harness.ts";
+import { CONTENTS, forgetUsers, named, PAST_LEASE_MS, parseJobsFor, startPropertyEnv, step, type Content, type PropertyEnv } from "./harness.ts";
 import { checkProperty, timeoutFor } from "./settings.ts";
 import { randomUUID } from "node:crypto";
 
@@ -32,7 +32,7 @@ interface StageInfo {
   handles: readonly JobStatus[];
 }
 
-const STAGES: StageInfo[] = PIPELINE_STAGES.map((s) => ({ name: s.name, entry: s.handles[0]!, handles: s.handles }));
+const STAGES: StageInfo[] = PIPELINE_STAGES.map((s) => named({ name: s.name, entry: s.handles[0]!, handles: s.handles }, s.name));
 const CLEAN = CONTENTS.filter((c) => !c.poison);
 
 interface Ids {
