@@ -61,7 +61,7 @@ export const submitParse: Stage<PipelineServices> = {
     await ctx.transition("parse_queued", {
       parseJobId,
       // Wait for the webhook; the reconciler looks after the deadline.
-      nextAttemptAt: new Date((ctx.now() ?? new Date()).getTime() + settings.webhookDeadlineMs),
+      dueInMs: settings.webhookDeadlineMs,
       releaseLease: true,
       detail: { parse_job_id: parseJobId },
     });

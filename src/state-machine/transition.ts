@@ -33,8 +33,11 @@ export interface TransitionRequest {
    * that claim is already the new stage's first attempt (a crash there must count).
    */
   setAttempts?: number;
-  /** When the job is next due; default now (a moved job is ready for its next stage at once). */
-  nextAttemptAt?: Date;
+  /**
+   * Due this many ms after the database's `now` (or the simulated `now`); default 0: a moved job
+   * is ready for its next stage at once. Computed in SQL, so worker clocks need not agree.
+   */
+  dueInMs?: number;
   /** Drop the lease with the move (failure, terminal, or handing the job back to the queue). */
   releaseLease?: boolean;
   /** The attempt to record in the event (defaults to the row's `attempts`). */
@@ -59,7 +62,7 @@ WITH moved AS (
     webhook_secret   = coalesce($8, j.webhook_secret),
     last_error       = CASE WHEN $9::boolean THEN $10::jsonb ELSE j.last_error END,
     attempts         = coalesce($11::int, j.attempts),
-    next_attempt_at  = coalesce($12::timestamptz, $14::timestamptz, now()),
+    next_attempt_at  = coalesce($14::timestamptz, now()) + make_interval(secs => $12::double precision / 1000),
     locked_by        = CASE WHEN $13::boolean THEN NULL ELSE j.locked_by END,
     lease_token      = CASE WHEN $13::boolean THEN NULL ELSE j.lease_token END,
     lease_expires_at = CASE WHEN $13::boolean THEN NULL ELSE j.lease_expires_at END,
@@ -103,7 +106,7 @@ export async function transition(db: Queryable, req: TransitionRequest): Promise
     req.lastError !== undefined,
     req.lastError ? JSON.stringify(req.lastError) : null,
     req.setAttempts ?? null,
-    req.nextAttemptAt ?? null,
+    req.dueInMs ?? 0,
     req.releaseLease ?? false,
     req.now ?? null,
     req.attempt ?? null,

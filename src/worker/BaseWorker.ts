@@ -154,7 +154,7 @@ export class BaseWorker<Services> {
         await releaseJob(this.opts.pool, {
           jobId: job.job_id,
           leaseToken: job.lease_token,
-          nextAttemptAt: new Date((this.opts.clock?.() ?? new Date()).getTime() + outcome.delayMs),
+          delayMs: outcome.delayMs,
           refundAttempt: true,
           now: this.opts.clock?.(),
         });
@@ -190,7 +190,7 @@ export class BaseWorker<Services> {
         await releaseJob(this.opts.pool, {
           jobId: job.job_id,
           leaseToken: job.lease_token,
-          nextAttemptAt: new Date((this.opts.clock?.() ?? new Date()).getTime() + delay),
+          delayMs: delay,
           lastError: this.errorRecord(job, err),
           now: this.opts.clock?.(),
         });

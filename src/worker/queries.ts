@@ -84,7 +84,7 @@ export async function heartbeat(
 }
 
 /**
- * Give the job back to the queue without moving it: due at `nextAttemptAt` (now when omitted).
+ * Give the job back to the queue without moving it: due `delayMs` after now (default at once).
  * Used after a stage returns, for a transient failure's backoff (with `lastError`), and for a
  * snooze (`refundAttempt`: waiting on LlamaParse is not a failed attempt).
  */
@@ -93,7 +93,7 @@ export async function releaseJob(
   args: {
     jobId: string;
     leaseToken: string;
-    nextAttemptAt?: Date | undefined;
+    delayMs?: number | undefined;
     lastError?: Record<string, unknown> | undefined;
     refundAttempt?: boolean;
     now?: Date | undefined;
@@ -102,12 +102,12 @@ export async function releaseJob(
   const { rowCount } = await db.query(
     `UPDATE upload_pipeline.upload_jobs SET
         locked_by = NULL, lease_token = NULL, lease_expires_at = NULL,
-        next_attempt_at = coalesce($3::timestamptz, $6::timestamptz, now()),
+        next_attempt_at = coalesce($6::timestamptz, now()) + make_interval(secs => $3::double precision / 1000),
         last_error = coalesce($4::jsonb, last_error),
         attempts = CASE WHEN $5::boolean THEN greatest(attempts - 1, 0) ELSE attempts END,
         updated_at = coalesce($6::timestamptz, now())
       WHERE job_id = $1 AND lease_token = $2`,
-    [args.jobId, args.leaseToken, args.nextAttemptAt ?? null, args.lastError ? JSON.stringify(args.lastError) : null, args.refundAttempt ?? false, args.now ?? null],
+    [args.jobId, args.leaseToken, args.delayMs ?? 0, args.lastError ? JSON.stringify(args.lastError) : null, args.refundAttempt ?? false, args.now ?? null],
   );
   return rowCount === 1;
 }

@@ -47,7 +47,7 @@ interface StatusRow {
 }
 
 export async function jobRoutes(app: FastifyInstance): Promise<void> {
-  const { pool, auth, now } = app.deps;
+  const { pool, auth } = app.deps;
 
   app.get("/jobs/:document_id", { onRequest: requireAuth(auth) }, async (request, reply) => {
     const who = principalOf(request);
@@ -81,7 +81,6 @@ export async function jobRoutes(app: FastifyInstance): Promise<void> {
         setAttempts: 0,
         lastError: null,
         releaseLease: true,
-        nextAttemptAt: new Date(now()),
         detail: { retried_from: from, requested_by: who.isService ? "service_role" : "owner" },
       });
     } catch (err) {
