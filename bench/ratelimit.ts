@@ -100,6 +100,7 @@ export async function runRateLimitBench(ctx: BenchContext): Promise<BenchResult>
           (Object.keys(r.callerErrors).length ? `; errors thrown to callers: ${JSON.stringify(r.callerErrors)}` : "; no error reached a caller") +
           ".",
       ),
+      "With the budget 10× too high the limiter lowers its buckets to the x-ratelimit-limit-* the first answers report and clamps them to x-ratelimit-remaining-* (less what is in flight), so it paces like the correctly configured one; 429s would pause every caller for the server's retry-after.",
       "The first seconds of each run spend the full buckets both sides start with (a minute's budget at once); the window starts after that burst, so the ratio is the sustained rate.",
     ],
     details: { meanTokensPerRequest: meanTokens, callers: CALLERS, runs: [configured, tooHigh] },
