@@ -195,7 +195,7 @@ async function summarise(scenario: Scenario, run: RunOutcome, reference?: Map<st
     `SELECT status, coalesce((progress->>'tokens')::bigint, 0) AS tokens, coalesce((progress->>'cost_usd')::numeric, 0) AS cost
        FROM upload_pipeline.upload_jobs`,
   );
-  const errors = [...(run.timedOut ? [`not quiet within ${scenario.deadlineMs} ms`, ...run.stuck] : [])];
+  const errors = [...(run.timedOut ? [`not quiet within ${scenario.deadlineMs} ms`, ...run.stuck] : []), ...run.missed];
   return {
     name: scenario.name,
     description: scenario.description,

@@ -55,6 +55,8 @@ export interface RunOutcome {
   retried: number;
   timedOut: boolean;
   stuck: string[];
+  /** Faults the scenario scheduled that never happened (a pass would prove nothing about them). */
+  missed: string[];
   mockStats: ReturnType<MockServer["mocks"]["stats"]>;
   events: string[];
   /** Dropped on close. */
@@ -136,9 +138,15 @@ export async function runScenario(scenario: Scenario, env: RunEnvironment, optio
   const rng = mulberry32(scenario.seed ^ 0x5eed);
   const timers: NodeJS.Timeout[] = [];
   let postgresRestarts = 0;
+  let timedCrashesDone = 0;
   for (const crash of scenario.crashes) {
     if ("atMs" in crash) {
-      timers.push(setTimeout(() => fleet.kill(crash.worker ?? Math.floor(rng() * fleet.size), `scheduled at ${crash.atMs} ms`), crash.atMs));
+      timers.push(
+        setTimeout(() => {
+          fleet.kill(crash.worker ?? Math.floor(rng() * fleet.size), `scheduled at ${crash.atMs} ms`);
+          timedCrashesDone += 1;
+        }, crash.atMs),
+      );
     }
   }
   const eventCrashes = scenario.crashes.filter((c) => "when" in c).map((c) => ({ ...(c as { when: { status: JobStatus; batchesDone?: number } }).when, done: false }));
@@ -175,6 +183,14 @@ export async function runScenario(scenario: Scenario, env: RunEnvironment, optio
   }
   const finished = Date.now();
   timers.forEach(clearTimeout);
+  // A fault the scenario asked for that never happened would make a pass vacuous: say so.
+  const missed: string[] = [];
+  const timed = scenario.crashes.filter((c) => "atMs" in c).length;
+  if (timedCrashesDone < timed) missed.push(`${timed - timedCrashesDone} scheduled kill(s) never happened: the run was quiet first`);
+  for (const c of eventCrashes) if (!c.done) missed.push(`the kill when a job entered ${c.status} never happened`);
+  const unreached = scenario.crashPoints.filter((p, i) => fleet.crashPointsReached.filter((q) => q === p).length < scenario.crashPoints.slice(0, i + 1).filter((q) => q === p).length);
+  if (unreached.length > 0) missed.push(`crash points never reached: ${unreached.join(", ")}`);
+  if (scenario.postgresRestartAtMs !== undefined && env.restartPostgres && postgresRestarts === 0) missed.push("the PostgreSQL restart never happened: the run was quiet first");
   await fleet.stop();
   await mocks.mocks.webhooksIdle();
   await app.close();
@@ -193,6 +209,7 @@ export async function runScenario(scenario: Scenario, env: RunEnvironment, optio
     postgresRestarts,
     retried,
     timedOut: !quiet.ok,
+    missed,
     stuck: quiet.ok ? [] : await describeStuck(pool, quiet.rows),
     mockStats,
     events,

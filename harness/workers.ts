@@ -26,6 +26,9 @@ export type FleetEvent =
 interface Slot {
   index: number;
   life: number;
+  /** The fault point this life kills itself at, if any. */
+  crashAt?: string | undefined;
+  killedByUs?: boolean;
   child?: ChildProcess | undefined;
   workerId: string;
   exited?: Promise<void>;
@@ -34,14 +37,18 @@ interface Slot {
 export class WorkerFleet {
   private readonly slots: Slot[] = [];
   private stopping = false;
-  private crashPointsUsed = 0;
+  /** Crash points not yet handed to a process (a life killed before its point gives it back). */
+  private readonly pendingCrashPoints: string[];
   /** Every SIGKILL the fleet saw (ours or self-inflicted at a fault point). */
   kills = 0;
+  /** Fault points at which a process really killed itself. */
+  readonly crashPointsReached: string[] = [];
   /** Exits that were neither our SIGKILL nor our SIGTERM. */
   unexpectedExits = 0;
 
   constructor(private readonly opts: FleetOptions) {
     mkdirSync(opts.logDir, { recursive: true });
+    this.pendingCrashPoints = [...(opts.crashPoints ?? [])];
   }
 
   /**
@@ -74,6 +81,7 @@ export class WorkerFleet {
     const slot = this.slots[index];
     if (!slot?.child) return;
     this.opts.onEvent?.({ kind: "killed", worker: index, workerId: slot.workerId, reason });
+    slot.killedByUs = true;
     slot.child.kill("SIGKILL");
   }
 
@@ -91,8 +99,8 @@ export class WorkerFleet {
   private spawn(slot: Slot): Promise<void> {
     slot.life += 1;
     slot.workerId = `w${slot.index}.${slot.life}`;
-    const crashAt = this.opts.crashPoints?.[this.crashPointsUsed];
-    if (crashAt) this.crashPointsUsed += 1;
+    const crashAt = this.pendingCrashPoints.shift();
+    slot.crashAt = crashAt;
     const child = spawn(process.execPath, ["--import", "tsx", WORKER_ENTRY], {
       env: {
         ...process.env,
@@ -119,10 +127,19 @@ export class WorkerFleet {
       child.on("exit", (code, signal) => {
         slot.child = undefined;
         this.opts.onEvent?.({ kind: "exited", worker: slot.index, workerId: slot.workerId, code, signal });
-        if (signal === "SIGKILL") this.kills += 1;
-        // A process that exits on its own (bad config, a bug) is restarted a few times, then
-        // left down: the run's deadline then fails the scenario and names the log to read.
-        else if (!this.stopping) this.unexpectedExits += 1;
+        const reachedPoint = signal === "SIGKILL" && !slot.killedByUs;
+        if (slot.crashAt) {
+          if (reachedPoint) this.crashPointsReached.push(slot.crashAt);
+          else this.pendingCrashPoints.unshift(slot.crashAt); // the next life takes it
+        }
+        if (signal === "SIGKILL") {
+          this.kills += 1;
+        } else if (!this.stopping) {
+          // A process that exits on its own (bad config, a bug) is restarted a few times, then
+          // left down: the run's deadline then fails the scenario and names the log to read.
+          this.unexpectedExits += 1;
+        }
+        slot.killedByUs = false;
         if (!this.stopping && this.unexpectedExits <= 3) setTimeout(() => void (this.stopping || this.spawn(slot)), 100);
         resolve();
       });

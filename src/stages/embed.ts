@@ -30,10 +30,12 @@ export const embedChunks: Stage<PipelineServices> = {
     if (ctx.job.status === "embedding_queued") await ctx.transition("embedding_in_progress");
     const { embedder, settings } = ctx.services;
     let batchNo = 0;
+    let after = -1; // every chunk up to here has its vector: the next page starts past it
     for (;;) {
       ctx.signal.throwIfAborted();
-      const batch = await nextBatch(ctx);
+      const batch = await nextBatch(ctx, after);
       if (batch.length === 0) break;
+      after = batch.at(-1)!.chunk_ord;
       batchNo += 1;
       const inputs = batch.map((c) => c.text);
       if (inputs.some((t) => t.length === 0)) throw new PermanentError("empty_chunk", "a stored chunk is empty; the embeddings API refuses empty inputs");
@@ -89,18 +91,18 @@ export function realArrayLiteral(v: Float32Array): string {
   return `{${Array.from(v, (x) => (Object.is(x, -0) ? "-0" : String(x))).join(",")}}`;
 }
 
-/** The next chunks without a vector, in order: ≤ embedBatchSize inputs and ≤ the token cap. */
-async function nextBatch(ctx: StageContext<PipelineServices>): Promise<PendingChunk[]> {
+/** The next chunks after `after` without a vector, in order: ≤ embedBatchSize inputs and ≤ the token cap. */
+async function nextBatch(ctx: StageContext<PipelineServices>, after: number): Promise<PendingChunk[]> {
   const { settings } = ctx.services;
   const { rows } = await ctx.pool.query<PendingChunk>(
     `SELECT c.chunk_id, c.chunk_ord, c.text, c.token_count
        FROM upload_pipeline.document_chunk_buffer c
-      WHERE c.document_id = $1 AND c.chunker_name = $2 AND c.chunker_version = $3
+      WHERE c.document_id = $1 AND c.chunker_name = $2 AND c.chunker_version = $3 AND c.chunk_ord > $7
         AND NOT EXISTS (SELECT 1 FROM upload_pipeline.document_vector_buffer v
                          WHERE v.chunk_id = c.chunk_id AND v.embed_model = $4 AND v.embed_version = $5)
       ORDER BY c.chunk_ord
       LIMIT $6`,
-    [ctx.job.document_id, CHUNKER_NAME, CHUNKER_VERSION, settings.embedModel, settings.embedVersion, settings.embedBatchSize],
+    [ctx.job.document_id, CHUNKER_NAME, CHUNKER_VERSION, settings.embedModel, settings.embedVersion, settings.embedBatchSize, after],
   );
   let budget = settings.embedMaxTokensPerRequest;
   const batch: PendingChunk[] = [];

@@ -9,8 +9,12 @@ import { vectorSha } from "../ids.ts";
 import type { Stage } from "../worker/stage.ts";
 import type { PipelineServices } from "./services.ts";
 
-/** Vectors re-hashed per query while verifying (memory holds one page). */
-const VERIFY_PAGE = 500;
+/**
+ * Vectors re-hashed per query while verifying: memory holds one page, read back as text (a
+ * 1536-dimension vector is ~20 KB of text and ~12 KB of numbers), so keep it near an embedding
+ * batch. 500 made the worker's peak RSS grow with the document (bench/memory.ts).
+ */
+const VERIFY_PAGE = 64;
 
 export const finishDocument: Stage<PipelineServices> = {
   name: "finish",
@@ -34,20 +38,23 @@ export const finishDocument: Stage<PipelineServices> = {
       throw new PermanentError("vectors_incomplete", `${chunks} chunks but ${vectors} with exactly one vector (${vector_rows} vector rows)`);
     }
 
-    for (let offset = 0; offset < chunks; offset += VERIFY_PAGE) {
+    // Keyset paging by chunk_ord: each page is one index range scan, however large the document.
+    for (let after = -1; ; ) {
       const { rows } = await ctx.pool.query<{ chunk_ord: number; embedding: number[]; vector_sha: string }>(
         `SELECT c.chunk_ord, v.embedding, v.vector_sha
            FROM upload_pipeline.document_chunk_buffer c
            JOIN upload_pipeline.document_vector_buffer v ON v.chunk_id = c.chunk_id AND v.embed_model = $4 AND v.embed_version = $5
-          WHERE c.document_id = $1 AND c.chunker_name = $2 AND c.chunker_version = $3
-          ORDER BY c.chunk_ord LIMIT $6 OFFSET $7`,
-        [...key, VERIFY_PAGE, offset],
+          WHERE c.document_id = $1 AND c.chunker_name = $2 AND c.chunker_version = $3 AND c.chunk_ord > $7
+          ORDER BY c.chunk_ord LIMIT $6`,
+        [...key, VERIFY_PAGE, after],
       );
       for (const row of rows) {
         if (vectorSha(row.embedding) !== row.vector_sha) {
           throw new PermanentError("vector_sha_mismatch", `the stored vector of chunk ${row.chunk_ord} does not match its vector_sha`);
         }
       }
+      if (rows.length < VERIFY_PAGE) break;
+      after = rows.at(-1)!.chunk_ord;
     }
 
     await ctx.faults.hit("commit.complete.before", { jobId: job.job_id });
