@@ -5,23 +5,12 @@
  *
  * The same idea as `test/support/noopStages.ts`, kept here so benchmarks never import tests.
  */
-import type { PipelineState } from "../src/state-machine/table.ts";
+import { NEXT_STATE, type PipelineState } from "../src/state-machine/table.ts";
 import type { Stage } from "../src/worker/stage.ts";
 
-const NEXT: Partial<Record<PipelineState, PipelineState>> = {
-  uploaded: "parse_queued",
-  parse_queued: "parsed",
-  parsed: "parse_validated",
-  parse_validated: "chunking",
-  chunking: "chunks_stored",
-  chunks_stored: "embedding_queued",
-  embedding_queued: "embedding_in_progress",
-  embedding_in_progress: "embeddings_stored",
-  embeddings_stored: "complete",
-};
 
 /** Transitions from `uploaded` to `complete`. */
-export const TRANSITIONS_PER_JOB = Object.keys(NEXT).length;
+export const TRANSITIONS_PER_JOB = Object.keys(NEXT_STATE).length;
 
 export interface NoopCounters {
   transitions: number;
@@ -29,11 +18,11 @@ export interface NoopCounters {
 }
 
 export function noopStages(counters: NoopCounters): Stage<undefined>[] {
-  return (Object.keys(NEXT) as PipelineState[]).map((state) => ({
+  return (Object.keys(NEXT_STATE) as PipelineState[]).map((state) => ({
     name: state,
     handles: [state],
     async run(ctx) {
-      const to = NEXT[state]!;
+      const to = NEXT_STATE[state]!;
       // parse_queued → parsed belongs to the webhook handler or the reconciler, never the worker actor.
       await ctx.transition(to, state === "parse_queued" ? { actor: "reconciler" } : {});
       counters.transitions += 1;

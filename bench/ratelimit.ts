@@ -21,6 +21,7 @@ import { createPipelineServices } from "../src/services.ts";
 import { mulberry32, type Rng } from "../mocks/shared/rng.ts";
 import { startMockServer } from "../mocks/server.ts";
 import { figure, round, sleep, type BenchContext, type BenchResult, type Figure } from "./support.ts";
+import { WORDS } from "../harness/corpus.ts";
 
 const MODEL = "text-embedding-3-small";
 const ROUTE = "openai.embeddings";
@@ -210,13 +211,6 @@ async function runOnce(
     await mock.close();
   }
 }
-
-const WORDS = (
-  "ingest parse chunk embed vector lease fence retry backoff jitter breaker webhook signature " +
-  "postgres queue worker stage batch token budget window replay duplicate crash resume state " +
-  "document section heading paragraph sentence markdown storage bucket object upload signed " +
-  "model dimension cosine index latency throughput invariant coverage scenario seed fault plan"
-).split(" ");
 
 /** `count` batches of 2–10 distinct chunk-like texts (40–90 words each). */
 function buildBatches(rng: Rng, count: number): string[][] {

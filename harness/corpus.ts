@@ -16,14 +16,16 @@ export interface CorpusFile {
   bytes: Uint8Array;
 }
 
-const WORDS = (
+/** The vocabulary of generated documents (benchmarks reuse it). */
+export const WORDS = (
   "ingest parse chunk embed vector lease fence retry backoff jitter breaker webhook signature " +
   "postgres queue worker stage batch token budget window replay duplicate crash resume state " +
   "document section heading paragraph sentence markdown storage bucket object upload signed " +
   "model dimension cosine index latency throughput invariant coverage scenario seed fault plan"
 ).split(" ");
 
-function sentence(rng: Rng): string {
+/** A seeded sentence of 6–19 words. */
+export function sentence(rng: Rng): string {
   const n = 6 + Math.floor(rng() * 14);
   const words = Array.from({ length: n }, () => WORDS[Math.floor(rng() * WORDS.length)]!);
   return `${words[0]![0]!.toUpperCase()}${words.join(" ").slice(1)}.`;

@@ -67,6 +67,9 @@ const FORWARD: ReadonlyArray<[PipelineState, PipelineState, readonly Actor[]]> =
   ["embeddings_stored", "complete", ["worker"]],
 ];
 
+/** Each pipeline state's forward successor (`uploaded → parse_queued`, …, `embeddings_stored → complete`). */
+export const NEXT_STATE: Readonly<Partial<Record<JobStatus, PipelineState>>> = Object.fromEntries(FORWARD.map(([from, to]) => [from, to]));
+
 export const EDGES: readonly Edge[] = [
   { from: null, to: "uploaded", actors: ["api"], kind: "create" },
   ...FORWARD.map(([from, to, actors]): Edge => ({ from, to, actors, kind: "forward" })),

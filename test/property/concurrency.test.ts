@@ -9,7 +9,7 @@
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { LeaseLostError, PipelineError } from "../../src/errors.ts";
-import { isTerminal, type JobStatus, type PipelineState } from "../../src/state-machine/table.ts";
+import { isTerminal, NEXT_STATE, type JobStatus, type PipelineState } from "../../src/state-machine/table.ts";
 import { transition } from "../../src/state-machine/transition.ts";
 import { claimNextJob, heartbeat, releaseJob } from "../../src/worker/queries.ts";
 import { createTestDatabase, type TestDatabase } from "../support/db.ts";
@@ -28,17 +28,6 @@ beforeAll(async () => {
 }, 60_000);
 afterAll(() => db?.drop());
 
-const NEXT: Partial<Record<JobStatus, PipelineState>> = {
-  uploaded: "parse_queued",
-  parse_queued: "parsed",
-  parsed: "parse_validated",
-  parse_validated: "chunking",
-  chunking: "chunks_stored",
-  chunks_stored: "embedding_queued",
-  embedding_queued: "embedding_in_progress",
-  embedding_in_progress: "embeddings_stored",
-  embeddings_stored: "complete",
-};
 
 type WorkerAction = "claim" | "beat" | "move" | "release" | "idle";
 
@@ -111,7 +100,7 @@ async function workerOp(name: string, action: WorkerAction, state: { lease?: Lea
     wrote = await releaseJob(db.pool, { jobId: lease.jobId, leaseToken: lease.token, now });
     if (wrote && ledger.get(lease.jobId)?.token === lease.token) ledger.delete(lease.jobId);
   } else if (action === "move") {
-    const to = NEXT[lease.status];
+    const to = NEXT_STATE[lease.status];
     if (!to) return;
     const releaseLease = isTerminal(to);
     const r = await attempt(() =>
@@ -248,7 +237,7 @@ async function noneStranded(jobIds: string[]): Promise<void> {
     if (!job) break;
     let status: JobStatus = job.status;
     while (!isTerminal(status)) {
-      const to = NEXT[status]!;
+      const to = NEXT_STATE[status]!;
       await transition(db.pool, {
         jobId: job.job_id,
         from: status,
