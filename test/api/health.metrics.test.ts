@@ -4,37 +4,28 @@
  */
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createTestDatabase, bearer, makeApp, parseEvent, seedJob, webhookRequest, type TestApp, type TestDatabase } from "./helpers.ts";
+import { useTestApp, bearer, makeApp, parseEvent, seedJob, webhookRequest } from "./helpers.ts";
 
-let db: TestDatabase;
-let t: TestApp;
-beforeAll(async () => {
-  db = await createTestDatabase();
-  t = await makeApp(db.pool);
-});
-afterAll(async () => {
-  await t.app.close();
-  await db.drop();
-});
+const ctx = useTestApp();
 
 describe("GET /healthz", () => {
   it("is 200 when the database answers and every migration is applied", async () => {
-    const res = await t.app.inject({ method: "GET", url: "/healthz" });
+    const res = await ctx.t.app.inject({ method: "GET", url: "/healthz" });
     expect(res.statusCode).toBe(200);
     expect(res.json()).toMatchObject({ status: "ok", database: "up", migrations: { current: true } });
   });
 
   it("is 503 when the schema is behind the code", async () => {
-    const { rows } = await db.pool.query("SELECT max(id) AS id FROM upload_pipeline.migrations");
+    const { rows } = await ctx.db.pool.query("SELECT max(id) AS id FROM upload_pipeline.migrations");
     const latest = rows[0].id;
-    const saved = (await db.pool.query("SELECT * FROM upload_pipeline.migrations WHERE id = $1", [latest])).rows[0];
-    await db.pool.query("DELETE FROM upload_pipeline.migrations WHERE id = $1", [latest]);
+    const saved = (await ctx.db.pool.query("SELECT * FROM upload_pipeline.migrations WHERE id = $1", [latest])).rows[0];
+    await ctx.db.pool.query("DELETE FROM upload_pipeline.migrations WHERE id = $1", [latest]);
     try {
-      const res = await t.app.inject({ method: "GET", url: "/healthz" });
+      const res = await ctx.t.app.inject({ method: "GET", url: "/healthz" });
       expect(res.statusCode).toBe(503);
       expect(res.json()).toMatchObject({ status: "unavailable", database: "up", migrations: { current: false } });
     } finally {
-      await db.pool.query("INSERT INTO upload_pipeline.migrations (id, name, applied_at) VALUES ($1, $2, $3)", [saved.id, saved.name, saved.applied_at]);
+      await ctx.db.pool.query("INSERT INTO upload_pipeline.migrations (id, name, applied_at) VALUES ($1, $2, $3)", [saved.id, saved.name, saved.applied_at]);
     }
   });
 
@@ -55,16 +46,16 @@ describe("GET /healthz", () => {
 
 describe("GET /metrics", () => {
   it("exposes the families, with jobs by state and webhook outcomes by reason", async () => {
-    const job = await seedJob(db.pool, { status: "parse_queued" });
-    await seedJob(db.pool, { status: "failed_embedding" });
-    await db.pool.query(`UPDATE upload_pipeline.upload_jobs SET progress = progress || '{"tokens": 500, "cost_usd": 0.01}'::jsonb WHERE job_id = $1`, [job.jobId]);
-    await t.app.inject(webhookRequest(parseEvent(job.parseJobId, { event_type: "parse.pending" }), job.secret));
-    await t.app.inject(webhookRequest(parseEvent(job.parseJobId), "wrong-secret"));
-    await t.app.inject(webhookRequest(parseEvent(job.parseJobId), job.secret, { contentType: "text/plain" }));
+    const job = await seedJob(ctx.db.pool, { status: "parse_queued" });
+    await seedJob(ctx.db.pool, { status: "failed_embedding" });
+    await ctx.db.pool.query(`UPDATE upload_pipeline.upload_jobs SET progress = progress || '{"tokens": 500, "cost_usd": 0.01}'::jsonb WHERE job_id = $1`, [job.jobId]);
+    await ctx.t.app.inject(webhookRequest(parseEvent(job.parseJobId, { event_type: "parse.pending" }), job.secret));
+    await ctx.t.app.inject(webhookRequest(parseEvent(job.parseJobId), "wrong-secret"));
+    await ctx.t.app.inject(webhookRequest(parseEvent(job.parseJobId), job.secret, { contentType: "text/plain" }));
     // Events younger than the settle window are read on a later scrape; age them.
-    await db.pool.query("UPDATE upload_pipeline.job_events SET at = at - interval '1 minute'");
+    await ctx.db.pool.query("UPDATE upload_pipeline.job_events SET at = at - interval '1 minute'");
 
-    const res = await t.app.inject({ method: "GET", url: "/metrics" });
+    const res = await ctx.t.app.inject({ method: "GET", url: "/metrics" });
     expect(res.statusCode).toBe(200);
     expect(res.headers["content-type"]).toMatch(/^text\/plain/);
     const text = res.body;
@@ -94,10 +85,10 @@ describe("GET /metrics", () => {
   });
 
   it("counts each event once across scrapes, and manual retries", async () => {
-    const failed = await seedJob(db.pool, { status: "failed_parse" });
-    await t.app.inject({ method: "POST", url: `/jobs/${failed.documentId}/retry`, headers: await bearer(failed.userId) });
-    await db.pool.query("UPDATE upload_pipeline.job_events SET at = at - interval '1 minute'");
-    const scrape = async () => (await t.app.inject({ method: "GET", url: "/metrics" })).body;
+    const failed = await seedJob(ctx.db.pool, { status: "failed_parse" });
+    await ctx.t.app.inject({ method: "POST", url: `/jobs/${failed.documentId}/retry`, headers: await bearer(failed.userId) });
+    await ctx.db.pool.query("UPDATE upload_pipeline.job_events SET at = at - interval '1 minute'");
+    const scrape = async () => (await ctx.t.app.inject({ method: "GET", url: "/metrics" })).body;
     const first = await scrape();
     const second = await scrape();
     const count = (text: string) => Number(/upload_pipeline_stage_duration_seconds_count\{stage="uploaded"\} (\d+)/.exec(text)?.[1]);

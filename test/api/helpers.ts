@@ -7,6 +7,7 @@ import { randomUUID } from "node:crypto";
 import type { FastifyInstance } from "fastify";
 import { SignJWT } from "jose";
 import type pg from "pg";
+import { afterAll, beforeAll } from "vitest";
 import { buildApp, type ApiDeps, type ObjectStore, type ParseEvent } from "../../src/api/app.ts";
 import { signWebhook } from "../../src/api/routes/webhook.ts";
 import { configForLocalMocks, type Config } from "../../src/config.ts";
@@ -233,4 +234,21 @@ export function parseEvent(parseJobId: string, overrides: Record<string, unknown
     data: { id: parseJobId, job_id: parseJobId },
     ...overrides,
   };
+}
+
+/**
+ * Per test file: a fresh database and an app over it, built before the tests and closed after.
+ * Read `ctx.db` and `ctx.t` inside tests and hooks (they are set once `beforeAll` has run).
+ */
+export function useTestApp(overrides: Parameters<typeof makeApp>[1] = {}): { db: TestDatabase; t: TestApp } {
+  const ctx = {} as { db: TestDatabase; t: TestApp };
+  beforeAll(async () => {
+    ctx.db = await createTestDatabase();
+    ctx.t = await makeApp(ctx.db.pool, overrides);
+  });
+  afterAll(async () => {
+    await ctx.t?.app.close();
+    await ctx.db?.drop();
+  });
+  return ctx;
 }

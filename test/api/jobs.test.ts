@@ -6,29 +6,20 @@
 import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { chunkId, sha256 } from "../../src/ids.ts";
-import { createTestDatabase, bearer, makeApp, seedJob, snapshot, type TestApp, type TestDatabase } from "./helpers.ts";
+import { useTestApp, bearer, seedJob, snapshot } from "./helpers.ts";
 
-let db: TestDatabase;
-let t: TestApp;
-beforeAll(async () => {
-  db = await createTestDatabase();
-  t = await makeApp(db.pool);
-});
-afterAll(async () => {
-  await t.app.close();
-  await db.drop();
-});
+const ctx = useTestApp();
 
 async function addChunks(documentId: string, n: number, vectors: number) {
   for (let ord = 0; ord < n; ord++) {
     const id = chunkId(documentId, "md", "1", ord);
-    await db.pool.query(
+    await ctx.db.pool.query(
       `INSERT INTO upload_pipeline.document_chunk_buffer (chunk_id, document_id, chunker_name, chunker_version, chunk_ord, text, chunk_sha, token_count)
        VALUES ($1, $2, 'md', '1', $3, $4, $5, 3)`,
       [id, documentId, ord, `chunk ${ord}`, sha256(`chunk ${ord}`)],
     );
     if (ord < vectors) {
-      await db.pool.query(
+      await ctx.db.pool.query(
         `INSERT INTO upload_pipeline.document_vector_buffer (chunk_id, embed_model, embed_version, embedding, vector_sha, batch_id)
          VALUES ($1, 'text-embedding-3-small', 'd3', '{0.1,0.2,0.3}', $2, $3)`,
         [id, sha256(`v ${ord}`), randomUUID()],
@@ -37,13 +28,13 @@ async function addChunks(documentId: string, n: number, vectors: number) {
   }
 }
 
-const get = async (documentId: string, userId: string) => t.app.inject({ method: "GET", url: `/jobs/${documentId}`, headers: await bearer(userId) });
-const retry = async (documentId: string, userId: string) => t.app.inject({ method: "POST", url: `/jobs/${documentId}/retry`, headers: await bearer(userId) });
+const get = async (documentId: string, userId: string) => ctx.t.app.inject({ method: "GET", url: `/jobs/${documentId}`, headers: await bearer(userId) });
+const retry = async (documentId: string, userId: string) => ctx.t.app.inject({ method: "POST", url: `/jobs/${documentId}/retry`, headers: await bearer(userId) });
 
 describe("GET /jobs/{document_id}", () => {
   it("reports state, per-stage progress from buffer counts, cost and the timeline", async () => {
-    const job = await seedJob(db.pool, { status: "embedding_in_progress" });
-    await db.pool.query(
+    const job = await seedJob(ctx.db.pool, { status: "embedding_in_progress" });
+    await ctx.db.pool.query(
       `UPDATE upload_pipeline.upload_jobs SET progress = progress || '{"chunks_total": 4, "chunks_done": 4, "vectors_total": 4, "vectors_done": 1, "batches_done": 1, "tokens": 120, "cost_usd": 0.0000024}'::jsonb WHERE job_id = $1`,
       [job.jobId],
     );
@@ -79,7 +70,7 @@ describe("GET /jobs/{document_id}", () => {
   });
 
   it("shows last_error and the failed stage", async () => {
-    const job = await seedJob(db.pool, { status: "failed_chunking", failedFrom: "chunking" });
+    const job = await seedJob(ctx.db.pool, { status: "failed_chunking", failedFrom: "chunking" });
     const body = (await get(job.documentId, job.userId)).json();
     expect(body.status).toBe("failed_chunking");
     expect(body.last_error).toMatchObject({ class: "permanent", code: "test_failure", stage: "chunking" });
@@ -92,7 +83,7 @@ describe("GET /jobs/{document_id}", () => {
 
   it("a document awaiting its signed upload has status null", async () => {
     const user = randomUUID();
-    const res = await t.app.inject({
+    const res = await ctx.t.app.inject({
       method: "POST", url: "/upload", headers: { "content-type": "application/json", ...(await bearer(user)) },
       payload: JSON.stringify({ filename: "a.pdf", mime: "application/pdf", bytes: 3, sha256: sha256(randomUUID()) }),
     });
@@ -114,35 +105,35 @@ describe("POST /jobs/{document_id}/retry", () => {
     ["failed_chunking", "chunking"],
     ["failed_embedding", "embedding_in_progress"],
   ] as const)("from %s goes back to %s, resets attempts, clears last_error, keeps the buffers", async (failed, from) => {
-    const job = await seedJob(db.pool, { status: failed, failedFrom: from });
+    const job = await seedJob(ctx.db.pool, { status: failed, failedFrom: from });
     await addChunks(job.documentId, 3, 2);
     const res = await retry(job.documentId, job.userId);
     expect(res.statusCode, res.body).toBe(200);
     expect(res.json()).toEqual({ document_id: job.documentId, job_id: job.jobId, status: from, retried_from: failed, attempts: 0 });
-    const { rows } = await db.pool.query("SELECT status, attempts, last_error, locked_by, next_attempt_at <= now() AS due FROM upload_pipeline.upload_jobs WHERE job_id = $1", [job.jobId]);
+    const { rows } = await ctx.db.pool.query("SELECT status, attempts, last_error, locked_by, next_attempt_at <= now() AS due FROM upload_pipeline.upload_jobs WHERE job_id = $1", [job.jobId]);
     expect(rows[0]).toEqual({ status: from, attempts: 0, last_error: null, locked_by: null, due: true });
-    const ev = await db.pool.query("SELECT from_status, to_status, lease_token, detail FROM upload_pipeline.job_events WHERE job_id = $1 ORDER BY id DESC LIMIT 1", [job.jobId]);
+    const ev = await ctx.db.pool.query("SELECT from_status, to_status, lease_token, detail FROM upload_pipeline.job_events WHERE job_id = $1 ORDER BY id DESC LIMIT 1", [job.jobId]);
     expect(ev.rows[0]).toMatchObject({ from_status: failed, to_status: from, lease_token: null, detail: { actor: "operator", retried_from: failed } });
-    const chunks = await db.pool.query("SELECT count(*) FROM upload_pipeline.document_chunk_buffer WHERE document_id = $1", [job.documentId]);
+    const chunks = await ctx.db.pool.query("SELECT count(*) FROM upload_pipeline.document_chunk_buffer WHERE document_id = $1", [job.documentId]);
     expect(chunks.rows[0].count).toBe("3");
   });
 
   it("is refused with 409 unless the job is in a failed_* state, and changes nothing", async () => {
     for (const status of ["uploaded", "parse_queued", "chunks_stored", "complete"] as const) {
-      const job = await seedJob(db.pool, { status });
-      const before = await snapshot(db.pool);
+      const job = await seedJob(ctx.db.pool, { status });
+      const before = await snapshot(ctx.db.pool);
       const res = await retry(job.documentId, job.userId);
       expect(res.statusCode).toBe(409);
       expect(res.json().error).toMatchObject({ code: "not_failed", message: expect.stringContaining(status) });
-      expect(await snapshot(db.pool)).toEqual(before);
+      expect(await snapshot(ctx.db.pool)).toEqual(before);
     }
   });
 
   it("a second retry of the same failure is 409 (the first already moved it)", async () => {
-    const job = await seedJob(db.pool, { status: "failed_parse", failedFrom: "parsed" });
+    const job = await seedJob(ctx.db.pool, { status: "failed_parse", failedFrom: "parsed" });
     const answers = await Promise.all([retry(job.documentId, job.userId), retry(job.documentId, job.userId)]);
     expect(answers.map((a) => a.statusCode).sort()).toEqual([200, 409]);
-    const { rows } = await db.pool.query("SELECT count(*) FROM upload_pipeline.job_events WHERE job_id = $1 AND detail->>'actor' = 'operator'", [job.jobId]);
+    const { rows } = await ctx.db.pool.query("SELECT count(*) FROM upload_pipeline.job_events WHERE job_id = $1 AND detail->>'actor' = 'operator'", [job.jobId]);
     expect(rows[0].count).toBe("1");
   });
 });

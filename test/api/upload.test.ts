@@ -5,32 +5,23 @@
 import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { documentId, jobId, sha256 } from "../../src/ids.ts";
-import { createTestDatabase, bearer, makeApp, multipartBody, serviceBearer, snapshot, type TestApp, type TestDatabase } from "./helpers.ts";
+import { useTestApp, bearer, multipartBody, serviceBearer, snapshot } from "./helpers.ts";
 
-let db: TestDatabase;
-let t: TestApp;
-beforeAll(async () => {
-  db = await createTestDatabase();
-  t = await makeApp(db.pool);
-});
-afterAll(async () => {
-  await t.app.close();
-  await db.drop();
-});
+const ctx = useTestApp();
 
 async function upload(userId: string, file: Parameters<typeof multipartBody>[0], fields: Record<string, string> = {}, fieldName?: string) {
   const { payload, headers } = multipartBody(file, fields, fieldName);
-  return t.app.inject({ method: "POST", url: "/upload", payload, headers: { ...headers, ...(await bearer(userId)) } });
+  return ctx.t.app.inject({ method: "POST", url: "/upload", payload, headers: { ...headers, ...(await bearer(userId)) } });
 }
 
 async function expectUnchanged(fn: () => Promise<{ statusCode: number; body: string }>, status: number, code: string) {
-  const before = await snapshot(db.pool);
-  const objects = t.store.objects.size;
+  const before = await snapshot(ctx.db.pool);
+  const objects = ctx.t.store.objects.size;
   const res = await fn();
   expect(res.statusCode, res.body).toBe(status);
   expect(JSON.parse(res.body).error.code).toBe(code);
-  expect(await snapshot(db.pool)).toEqual(before);
-  expect(t.store.objects.size).toBe(objects);
+  expect(await snapshot(ctx.db.pool)).toEqual(before);
+  expect(ctx.t.store.objects.size).toBe(objects);
   return JSON.parse(res.body).error.message as string;
 }
 
@@ -45,10 +36,10 @@ describe("POST /upload (multipart)", () => {
       document_id: doc, job_id: jobId(doc), status: "uploaded", filename: "report.pdf", mime: "application/pdf",
       bytes: Buffer.byteLength(content), sha256: sha256(content), raw_path: `${user}/raw/${doc}/report.pdf`,
     });
-    expect(new TextDecoder().decode(t.store.objects.get(`${user}/raw/${doc}/report.pdf`)!.bytes)).toBe(content);
-    const { rows: docs } = await db.pool.query("SELECT user_id, filename, mime, bytes, file_sha256, raw_path FROM upload_pipeline.documents WHERE document_id = $1", [doc]);
+    expect(new TextDecoder().decode(ctx.t.store.objects.get(`${user}/raw/${doc}/report.pdf`)!.bytes)).toBe(content);
+    const { rows: docs } = await ctx.db.pool.query("SELECT user_id, filename, mime, bytes, file_sha256, raw_path FROM upload_pipeline.documents WHERE document_id = $1", [doc]);
     expect(docs[0]).toEqual({ user_id: user, filename: "report.pdf", mime: "application/pdf", bytes: String(Buffer.byteLength(content)), file_sha256: sha256(content), raw_path: `${user}/raw/${doc}/report.pdf` });
-    const { rows: events } = await db.pool.query("SELECT from_status, to_status FROM upload_pipeline.job_events WHERE job_id = $1", [jobId(doc)]);
+    const { rows: events } = await ctx.db.pool.query("SELECT from_status, to_status FROM upload_pipeline.job_events WHERE job_id = $1", [jobId(doc)]);
     expect(events).toEqual([{ from_status: null, to_status: "uploaded" }]);
   });
 
@@ -57,14 +48,14 @@ describe("POST /upload (multipart)", () => {
     const content = `same bytes ${randomUUID()}`;
     const first = await upload(user, { name: "a.txt", type: "text/plain", content });
     expect(first.statusCode).toBe(201);
-    const uploads = t.store.uploads;
-    const before = await snapshot(db.pool);
+    const uploads = ctx.t.store.uploads;
+    const before = await snapshot(ctx.db.pool);
     const second = await upload(user, { name: "renamed.txt", type: "text/plain", content });
     expect(second.statusCode).toBe(200);
     expect(second.json().document_id).toBe(first.json().document_id);
     expect(second.json().job_id).toBe(first.json().job_id);
-    expect(t.store.uploads).toBe(uploads);
-    expect(await snapshot(db.pool)).toEqual(before);
+    expect(ctx.t.store.uploads).toBe(uploads);
+    expect(await snapshot(ctx.db.pool)).toEqual(before);
     // Another user with the same bytes gets their own document.
     const other = await upload(randomUUID(), { name: "a.txt", type: "text/plain", content });
     expect(other.statusCode).toBe(201);
@@ -77,7 +68,7 @@ describe("POST /upload (multipart)", () => {
     const answers = await Promise.all(Array.from({ length: 6 }, () => upload(user, { name: "r.md", type: "text/markdown", content })));
     expect(answers.map((a) => a.statusCode).sort()).toEqual([200, 200, 200, 200, 200, 201]);
     const doc = documentId(user, sha256(content));
-    expect((await db.pool.query("SELECT count(*) FROM upload_pipeline.job_events WHERE job_id = $1", [jobId(doc)])).rows[0].count).toBe("1");
+    expect((await ctx.db.pool.query("SELECT count(*) FROM upload_pipeline.job_events WHERE job_id = $1", [jobId(doc)])).rows[0].count).toBe("1");
   });
 
   it("checks an optional sha256 field against the bytes", async () => {
@@ -134,14 +125,14 @@ describe("POST /upload (multipart)", () => {
   });
 
   it("refuses other content types with 415", async () => {
-    const res = await t.app.inject({ method: "POST", url: "/upload", payload: "hello", headers: { "content-type": "text/plain", ...(await bearer(randomUUID())) } });
+    const res = await ctx.t.app.inject({ method: "POST", url: "/upload", payload: "hello", headers: { "content-type": "text/plain", ...(await bearer(randomUUID())) } });
     expect(res.statusCode).toBe(415);
     expect(res.json().error.message).toContain("multipart/form-data");
   });
 
   it("a service-role token without a sub cannot upload (403): uploads belong to a user", async () => {
     const { payload, headers } = multipartBody({ name: "s.pdf", type: "application/pdf", content: "x" });
-    const res = await t.app.inject({ method: "POST", url: "/upload", payload, headers: { ...headers, ...(await serviceBearer()) } });
+    const res = await ctx.t.app.inject({ method: "POST", url: "/upload", payload, headers: { ...headers, ...(await serviceBearer()) } });
     expect(res.statusCode).toBe(403);
     expect(res.json().error.code).toBe("user_required");
   });
@@ -149,7 +140,7 @@ describe("POST /upload (multipart)", () => {
 
 describe("POST /upload (signed URL) and finalize", () => {
   const request = async (user: string, body: unknown) =>
-    t.app.inject({ method: "POST", url: "/upload", payload: JSON.stringify(body), headers: { "content-type": "application/json", ...(await bearer(user)) } });
+    ctx.t.app.inject({ method: "POST", url: "/upload", payload: JSON.stringify(body), headers: { "content-type": "application/json", ...(await bearer(user)) } });
 
   it("creates the document, hands out a signed upload URL, and finalize creates the job once the object exists", async () => {
     const user = randomUUID();
@@ -164,15 +155,15 @@ describe("POST /upload (signed URL) and finalize", () => {
     const again = await request(user, body);
     expect(again.statusCode).toBe(200);
     expect(again.json().document_id).toBe(doc);
-    expect((await db.pool.query("SELECT count(*) FROM upload_pipeline.upload_jobs WHERE document_id = $1", [doc])).rows[0].count).toBe("0");
+    expect((await ctx.db.pool.query("SELECT count(*) FROM upload_pipeline.upload_jobs WHERE document_id = $1", [doc])).rows[0].count).toBe("0");
 
-    const finalize = async (u = user) => t.app.inject({ method: "POST", url: `/upload/${doc}/finalize`, headers: await bearer(u) });
+    const finalize = async (u = user) => ctx.t.app.inject({ method: "POST", url: `/upload/${doc}/finalize`, headers: await bearer(u) });
     const early = await finalize();
     expect(early.statusCode).toBe(409);
     expect(early.json().error.code).toBe("upload_missing");
     expect(early.json().error.message).toContain(path);
 
-    t.store.put(path, content);
+    ctx.t.store.put(path, content);
     expect((await finalize(randomUUID())).statusCode).toBe(404); // not theirs
     const done = await finalize();
     expect(done.statusCode).toBe(201);
@@ -194,13 +185,13 @@ describe("POST /upload (signed URL) and finalize", () => {
     expect(await expectUnchanged(() => request(user, { mime: "application/pdf" }), 400, "invalid_request")).toContain("filename");
     expect(await expectUnchanged(() => request(user, { ...good, bytes: 4097 }), 413, "file_too_large")).toContain("4096");
     expect(await expectUnchanged(() => request(user, { ...good, mime: "image/png" }), 415, "unsupported_mime")).toContain("image/png");
-    await expectUnchanged(async () => t.app.inject({ method: "POST", url: "/upload", payload: "{oops", headers: { "content-type": "application/json", ...(await bearer(user)) } }), 400, "invalid_json");
+    await expectUnchanged(async () => ctx.t.app.inject({ method: "POST", url: "/upload", payload: "{oops", headers: { "content-type": "application/json", ...(await bearer(user)) } }), 400, "invalid_json");
   });
 
   it("finalize of an unknown or malformed id: 404 / 400", async () => {
     const headers = await bearer(randomUUID());
-    expect((await t.app.inject({ method: "POST", url: `/upload/${randomUUID()}/finalize`, headers })).statusCode).toBe(404);
-    const bad = await t.app.inject({ method: "POST", url: "/upload/not-a-uuid/finalize", headers });
+    expect((await ctx.t.app.inject({ method: "POST", url: `/upload/${randomUUID()}/finalize`, headers })).statusCode).toBe(404);
+    const bad = await ctx.t.app.inject({ method: "POST", url: "/upload/not-a-uuid/finalize", headers });
     expect(bad.statusCode).toBe(400);
     expect(bad.json().error.message).toContain("document_id");
   });

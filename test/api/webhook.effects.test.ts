@@ -5,82 +5,73 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createLogger } from "../../src/logger.ts";
-import { createTestDatabase, makeApp, parseEvent, seedJob, webhookRequest, type TestApp, type TestDatabase } from "./helpers.ts";
+import { useTestApp, makeApp, parseEvent, seedJob, webhookRequest } from "./helpers.ts";
 
-let db: TestDatabase;
-let t: TestApp;
-beforeAll(async () => {
-  db = await createTestDatabase();
-  t = await makeApp(db.pool);
-});
-afterAll(async () => {
-  await t.app.close();
-  await db.drop();
-});
+const ctx = useTestApp();
 
 const status = async (jobId: string) =>
-  (await db.pool.query("SELECT status, last_error, lease_token FROM upload_pipeline.upload_jobs WHERE job_id = $1", [jobId])).rows[0];
+  (await ctx.db.pool.query("SELECT status, last_error, lease_token FROM upload_pipeline.upload_jobs WHERE job_id = $1", [jobId])).rows[0];
 const logRow = async (eventId: string) =>
-  (await db.pool.query("SELECT * FROM upload_pipeline.webhook_log WHERE delivery_key = $1", [eventId])).rows[0];
+  (await ctx.db.pool.query("SELECT * FROM upload_pipeline.webhook_log WHERE delivery_key = $1", [eventId])).rows[0];
 
 describe("webhook: accepted deliveries", () => {
   it("parse.success is recorded and handed to intake with the job's ids, after the answer", async () => {
-    const job = await seedJob(db.pool);
+    const job = await seedJob(ctx.db.pool);
     const event = parseEvent(job.parseJobId);
-    const res = await t.app.inject(webhookRequest(event, job.secret));
+    const res = await ctx.t.app.inject(webhookRequest(event, job.secret));
     expect(res.statusCode).toBe(200);
     expect(res.json()).toEqual({ received: true, outcome: "handed_off" });
     await new Promise((r) => setTimeout(r, 20));
-    expect(t.intake.at(-1)).toMatchObject({ jobId: job.jobId, documentId: job.documentId, parseJobId: job.parseJobId, eventId: event.event_id, eventType: "parse.success" });
+    expect(ctx.t.intake.at(-1)).toMatchObject({ jobId: job.jobId, documentId: job.documentId, parseJobId: job.parseJobId, eventId: event.event_id, eventType: "parse.success" });
     expect(await logRow(event.event_id)).toMatchObject({ job_id: job.jobId, parse_job_id: job.parseJobId, event_type: "parse.success", outcome: "handed_off" });
     // The webhook itself moves nothing on success: intake does.
     expect((await status(job.jobId)).status).toBe("parse_queued");
   });
 
   it("finds the job by data.id when data.job_id is absent", async () => {
-    const job = await seedJob(db.pool);
-    const res = await t.app.inject(webhookRequest(parseEvent(job.parseJobId, { data: { id: job.parseJobId } }), job.secret));
+    const job = await seedJob(ctx.db.pool);
+    const res = await ctx.t.app.inject(webhookRequest(parseEvent(job.parseJobId, { data: { id: job.parseJobId } }), job.secret));
     expect(res.statusCode).toBe(200);
   });
 
   it.each(["parse.error", "parse.cancelled"])("%s moves parse_queued → failed_parse (actor webhook, no lease)", async (eventType) => {
-    const job = await seedJob(db.pool);
+    const job = await seedJob(ctx.db.pool);
     const event = parseEvent(job.parseJobId, { event_type: eventType });
-    const res = await t.app.inject(webhookRequest(event, job.secret));
+    const res = await ctx.t.app.inject(webhookRequest(event, job.secret));
     expect(res.json()).toEqual({ received: true, outcome: "failed_parse" });
     const row = await status(job.jobId);
     expect(row.status).toBe("failed_parse");
     expect(row.last_error).toMatchObject({ class: "permanent", stage: "parse_queued" });
-    const { rows } = await db.pool.query("SELECT from_status, to_status, worker_id, lease_token, detail FROM upload_pipeline.job_events WHERE job_id = $1 ORDER BY id DESC LIMIT 1", [job.jobId]);
+    const { rows } = await ctx.db.pool.query("SELECT from_status, to_status, worker_id, lease_token, detail FROM upload_pipeline.job_events WHERE job_id = $1 ORDER BY id DESC LIMIT 1", [job.jobId]);
     expect(rows[0]).toMatchObject({ from_status: "parse_queued", to_status: "failed_parse", lease_token: null, detail: { actor: "webhook", event_id: event.event_id } });
   });
 
   it.each(["parse.pending", "parse.running"])("%s is recorded and changes nothing else", async (eventType) => {
-    const job = await seedJob(db.pool);
-    const before = (await db.pool.query("SELECT * FROM upload_pipeline.upload_jobs WHERE job_id = $1", [job.jobId])).rows;
+    const job = await seedJob(ctx.db.pool);
+    const before = (await ctx.db.pool.query("SELECT * FROM upload_pipeline.upload_jobs WHERE job_id = $1", [job.jobId])).rows;
     const event = parseEvent(job.parseJobId, { event_type: eventType });
-    const res = await t.app.inject(webhookRequest(event, job.secret));
+    const res = await ctx.t.app.inject(webhookRequest(event, job.secret));
     expect(res.json()).toEqual({ received: true, outcome: "recorded" });
-    expect((await db.pool.query("SELECT * FROM upload_pipeline.upload_jobs WHERE job_id = $1", [job.jobId])).rows).toEqual(before);
+    expect((await ctx.db.pool.query("SELECT * FROM upload_pipeline.upload_jobs WHERE job_id = $1", [job.jobId])).rows).toEqual(before);
     expect(await logRow(event.event_id)).toMatchObject({ outcome: "recorded" });
   });
 
   it("a job already past parse_queued is left alone (200, not_applicable, no intake)", async () => {
-    const job = await seedJob(db.pool, { status: "parsed" });
-    const n = t.intake.length;
+    const job = await seedJob(ctx.db.pool, { status: "parsed" });
+    const n = ctx.t.intake.length;
     for (const eventType of ["parse.success", "parse.error"]) {
-      const res = await t.app.inject(webhookRequest(parseEvent(job.parseJobId, { event_type: eventType }), job.secret));
+      const res = await ctx.t.app.inject(webhookRequest(parseEvent(job.parseJobId, { event_type: eventType }), job.secret));
       expect(res.json()).toEqual({ received: true, outcome: "not_applicable" });
     }
     await new Promise((r) => setTimeout(r, 20));
-    expect(t.intake.length).toBe(n);
+    expect(ctx.t.intake.length).toBe(n);
     expect((await status(job.jobId)).status).toBe("parsed");
   });
 
   it("a job leased right now (the reconciler) is not failed under it", async () => {
-    const job = await seedJob(db.pool);
-    await db.pool.query("UPDATE upload_pipeline.upload_jobs SET locked_by = 'reconciler', lease_token = gen_random_uuid(), lease_expires_at = now() + interval '1 minute' WHERE job_id = $1", [job.jobId]);
-    const res = await t.app.inject(webhookRequest(parseEvent(job.parseJobId, { event_type: "parse.error" }), job.secret));
+    const job = await seedJob(ctx.db.pool);
+    await ctx.db.pool.query("UPDATE upload_pipeline.upload_jobs SET locked_by = 'reconciler', lease_token = gen_random_uuid(), lease_expires_at = now() + interval '1 minute' WHERE job_id = $1", [job.jobId]);
+    const res = await ctx.t.app.inject(webhookRequest(parseEvent(job.parseJobId, { event_type: "parse.error" }), job.secret));
     expect(res.json()).toEqual({ received: true, outcome: "not_applicable" });
     expect((await status(job.jobId)).status).toBe("parse_queued");
   });
@@ -88,11 +79,11 @@ describe("webhook: accepted deliveries", () => {
   it("answers before intake finishes, and a failing intake is logged, not surfaced", async () => {
     const lines: string[] = [];
     let release!: () => void;
-    const slow = await makeApp(db.pool, {
+    const slow = await makeApp(ctx.db.pool, {
       log: createLogger({ level: "info", destination: { write: (l: string) => lines.push(l) } as unknown as NodeJS.WritableStream }),
       onParseEvent: () => new Promise((_, reject) => (release = () => reject(new Error("llamaparse down")))),
     });
-    const job = await seedJob(db.pool);
+    const job = await seedJob(ctx.db.pool);
     const res = await slow.app.inject(webhookRequest(parseEvent(job.parseJobId), job.secret));
     expect(res.statusCode).toBe(200);
     await new Promise((r) => setTimeout(r, 20));

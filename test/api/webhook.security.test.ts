@@ -4,39 +4,29 @@
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { signWebhook } from "../../src/api/routes/webhook.ts";
-import { createTestDatabase, makeApp, parseEvent, seedJob, snapshot, webhookRequest, type SeededJob, type TestApp, type TestDatabase } from "./helpers.ts";
+import { useTestApp, parseEvent, seedJob, snapshot, webhookRequest, type SeededJob } from "./helpers.ts";
 
-let db: TestDatabase;
-let t: TestApp;
+const ctx = useTestApp();
 let job: SeededJob;
 let other: SeededJob;
-
-beforeAll(async () => {
-  db = await createTestDatabase();
-  t = await makeApp(db.pool);
-});
-afterAll(async () => {
-  await t.app.close();
-  await db.drop();
-});
 beforeEach(async () => {
-  job = await seedJob(db.pool, { status: "parse_queued" });
-  other = await seedJob(db.pool, { status: "parse_queued" });
-  t.intake.length = 0;
-  t.clock.now = Date.now();
+  job = await seedJob(ctx.db.pool, { status: "parse_queued" });
+  other = await seedJob(ctx.db.pool, { status: "parse_queued" });
+  ctx.t.intake.length = 0;
+  ctx.t.clock.now = Date.now();
 });
 
 async function expectRefused(request: ReturnType<typeof webhookRequest>, status: number, code?: string) {
-  const before = await snapshot(db.pool);
-  const res = await t.app.inject(request);
+  const before = await snapshot(ctx.db.pool);
+  const res = await ctx.t.app.inject(request);
   expect(res.statusCode, res.body).toBe(status);
   const body = res.json();
   expect(body).toEqual({ error: { code: expect.any(String), message: expect.any(String) } });
   if (code) expect(body.error.code).toBe(code);
   expect(res.body).not.toContain(job.secret);
   expect(res.body).not.toMatch(/at .*\.ts:\d+/); // no stack
-  expect(await snapshot(db.pool)).toEqual(before);
-  expect(t.intake).toEqual([]);
+  expect(await snapshot(ctx.db.pool)).toEqual(before);
+  expect(ctx.t.intake).toEqual([]);
   return body;
 }
 
@@ -75,7 +65,7 @@ describe("webhook: refused deliveries change nothing", () => {
   });
 
   it("a timestamp just inside the window is accepted", async () => {
-    const res = await t.app.inject(webhookRequest(parseEvent(job.parseJobId, { timestamp: Date.now() / 1000 - 290 }), job.secret));
+    const res = await ctx.t.app.inject(webhookRequest(parseEvent(job.parseJobId, { timestamp: Date.now() / 1000 - 290 }), job.secret));
     expect(res.statusCode).toBe(200);
   });
 
@@ -116,55 +106,55 @@ describe("webhook: refused deliveries change nothing", () => {
     const hostile = ["'; DROP TABLE upload_pipeline.upload_jobs; --", "\u0000", "<script>alert(1)</script>", "../../etc/passwd", "𝕏".repeat(300), "%00%0d%0a", "\r\nSet-Cookie: x=1", "{{7*7}}", "$(rm -rf /)"];
     for (const s of hostile) {
       for (const overrides of [{ event_id: s }, { event_type: s }, { data: { id: s, job_id: s } }, { timestamp: s }]) {
-        const before = await snapshot(db.pool);
-        const res = await t.app.inject(webhookRequest(parseEvent(job.parseJobId, overrides), job.secret));
+        const before = await snapshot(ctx.db.pool);
+        const res = await ctx.t.app.inject(webhookRequest(parseEvent(job.parseJobId, overrides), job.secret));
         expect(res.statusCode, `${JSON.stringify(overrides)} → ${res.body}`).toBeLessThan(500);
         expect(res.headers["set-cookie"]).toBeUndefined();
-        if (res.statusCode >= 400) expect(await snapshot(db.pool)).toEqual(before);
+        if (res.statusCode >= 400) expect(await snapshot(ctx.db.pool)).toEqual(before);
         else expect(Object.keys(overrides)).toEqual(["event_id"]); // only a free-text id may pass
       }
     }
     // Accepted hostile event ids are stored verbatim, as data; the tables are intact.
-    const { rows } = await db.pool.query("SELECT delivery_key FROM upload_pipeline.webhook_log WHERE job_id = $1 ORDER BY id", [job.jobId]);
+    const { rows } = await ctx.db.pool.query("SELECT delivery_key FROM upload_pipeline.webhook_log WHERE job_id = $1 ORDER BY id", [job.jobId]);
     expect(rows.map((r) => r.delivery_key)).toContain(hostile[0]);
     expect(rows.map((r) => r.delivery_key)).not.toContain("\u0000");
-    expect((await db.pool.query("SELECT count(*) FROM upload_pipeline.upload_jobs")).rows[0].count).not.toBe("0");
+    expect((await ctx.db.pool.query("SELECT count(*) FROM upload_pipeline.upload_jobs")).rows[0].count).not.toBe("0");
   });
 });
 
 describe("webhook: duplicates and replays", () => {
   it("a genuine duplicate delivery answers 200 and changes nothing", async () => {
     const request = webhookRequest(parseEvent(job.parseJobId), job.secret);
-    const first = await t.app.inject(request);
+    const first = await ctx.t.app.inject(request);
     expect(first.statusCode).toBe(200);
     expect(first.json()).toEqual({ received: true, outcome: "handed_off" });
     await new Promise((r) => setTimeout(r, 20));
-    expect(t.intake).toHaveLength(1);
-    const before = await snapshot(db.pool);
-    const again = await t.app.inject(request);
+    expect(ctx.t.intake).toHaveLength(1);
+    const before = await snapshot(ctx.db.pool);
+    const again = await ctx.t.app.inject(request);
     expect(again.statusCode).toBe(200);
     expect(again.json()).toEqual({ received: true, duplicate: true });
     await new Promise((r) => setTimeout(r, 20));
-    expect(await snapshot(db.pool)).toEqual(before);
-    expect(t.intake).toHaveLength(1);
+    expect(await snapshot(ctx.db.pool)).toEqual(before);
+    expect(ctx.t.intake).toHaveLength(1);
   });
 
   it("the same event_id with other bytes is a replay: 409, nothing changes", async () => {
     const event = parseEvent(job.parseJobId, { event_type: "parse.pending" });
-    expect((await t.app.inject(webhookRequest(event, job.secret))).statusCode).toBe(200);
-    const before = await snapshot(db.pool);
-    const replay = await t.app.inject(webhookRequest({ ...event, event_type: "parse.error" }, job.secret));
+    expect((await ctx.t.app.inject(webhookRequest(event, job.secret))).statusCode).toBe(200);
+    const before = await snapshot(ctx.db.pool);
+    const replay = await ctx.t.app.inject(webhookRequest({ ...event, event_type: "parse.error" }, job.secret));
     expect(replay.statusCode).toBe(409);
     expect(replay.json().error.code).toBe("replayed_event");
-    expect(await snapshot(db.pool)).toEqual(before);
+    expect(await snapshot(ctx.db.pool)).toEqual(before);
   });
 
   it("concurrent copies of one delivery: exactly one is applied", async () => {
     const request = webhookRequest(parseEvent(job.parseJobId, { event_type: "parse.error" }), job.secret);
-    const answers = await Promise.all(Array.from({ length: 8 }, () => t.app.inject(request)));
+    const answers = await Promise.all(Array.from({ length: 8 }, () => ctx.t.app.inject(request)));
     expect(answers.map((a) => a.statusCode)).toEqual(Array(8).fill(200));
     expect(answers.filter((a) => a.json().outcome === "failed_parse")).toHaveLength(1);
-    const { rows } = await db.pool.query("SELECT to_status FROM upload_pipeline.job_events WHERE job_id = $1 AND to_status = 'failed_parse'", [job.jobId]);
+    const { rows } = await ctx.db.pool.query("SELECT to_status FROM upload_pipeline.job_events WHERE job_id = $1 AND to_status = 'failed_parse'", [job.jobId]);
     expect(rows).toHaveLength(1);
   });
 });

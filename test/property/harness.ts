@@ -35,6 +35,7 @@ import { createMocks, POISON_MARKER, signServiceRoleKey, type FaultPlanInput, ty
 import { mulberry32 } from "../../mocks/shared/rng.ts";
 import { createTestDatabase, type TestDatabase } from "../support/db.ts";
 import { ManualClock } from "../support/fixtures.ts";
+import { fingerprint } from "../support/pipeline.ts";
 
 /** No faults, except that webhooks are the history's to deliver and parses finish at once. */
 export const BASELINE_FAULTS: FaultPlanInput = {
@@ -223,18 +224,7 @@ export async function startPropertyEnv(seed: number): Promise<PropertyEnv> {
   return penv;
 }
 
-/** chunk_sha and vector_sha of a document in chunk order, and how many vectors each chunk has. */
-export async function fingerprint(env: PipelineParts, docId: string) {
-  const { rows } = await env.db.pool.query<{ chunk_id: string; chunk_sha: string; vector_sha: string | null; n: number }>(
-    `SELECT c.chunk_id, c.chunk_sha, v.vector_sha,
-            (SELECT count(*)::int FROM upload_pipeline.document_vector_buffer x WHERE x.chunk_id = c.chunk_id) AS n
-       FROM upload_pipeline.document_chunk_buffer c
-       LEFT JOIN upload_pipeline.document_vector_buffer v USING (chunk_id)
-      WHERE c.document_id = $1 ORDER BY c.chunk_ord`,
-    [docId],
-  );
-  return rows;
-}
+export { fingerprint };
 
 /** One crash-free run of every non-poison content: what every other history must end with. */
 async function referenceRun(p: PropertyEnv): Promise<Map<string, Reference>> {

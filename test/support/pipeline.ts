@@ -140,8 +140,8 @@ export async function waitForTerminal(env: PipelineEnv, jobIds: string[], timeou
   }
 }
 
-/** chunk ids, chunk_sha and vector_sha of a document, in chunk order. */
-export async function fingerprint(env: PipelineEnv, docId: string) {
+/** chunk ids, chunk_sha and vector_sha of a document in chunk order, and how many vectors each chunk has. */
+export async function fingerprint(env: { db: { pool: Pick<TestDatabase["pool"], "query"> } }, docId: string) {
   const { rows } = await env.db.pool.query<{ chunk_id: string; chunk_sha: string; vector_sha: string | null; n: number }>(
     `SELECT c.chunk_id, c.chunk_sha, v.vector_sha,
             (SELECT count(*)::int FROM upload_pipeline.document_vector_buffer x WHERE x.chunk_id = c.chunk_id) AS n
