@@ -17,22 +17,7 @@ export async function chunksOf(
   return out;
 }
 
-export async function* fromArray<T>(items: T[]): AsyncGenerator<T> {
-  for (const item of items) yield item;
-}
-
-/** Cut `s` at arbitrary positions (possibly inside surrogate pairs, CRLF, or UTF-8 sequences). */
-export function splitAt<T extends { length: number; slice(a: number, b?: number): T }>(s: T, cuts: number[]): T[] {
-  const points = [...new Set(cuts.map((c) => c % (s.length + 1)))].sort((a, b) => a - b);
-  const pieces: T[] = [];
-  let prev = 0;
-  for (const p of points) {
-    pieces.push(s.slice(prev, p));
-    prev = p;
-  }
-  pieces.push(s.slice(prev));
-  return pieces;
-}
+export { fromArray, splitAt } from "../support/streams.ts";
 
 const word = fc.oneof(
   { weight: 6, arbitrary: fc.constantFrom("the", "quick", "Brown", "fox", "jumps", "over", "lazy", "dog", "über", "naïve", "Cafe\u0301", "co-operate", "1234567", "a") },

@@ -7,7 +7,7 @@ import { http, HttpResponse } from "msw";
 import { setupServer } from "msw/node";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { createLlamaParseClient } from "../../src/clients/llamaparse.ts";
-import { PipelineError } from "../../src/errors.ts";
+import { rejectionOf } from "../support/errors.ts";
 
 const BASE = "http://llamaparse.test";
 const API_KEY = "llx-test-abcdefghijklmnop";
@@ -55,16 +55,6 @@ const submitInput = {
   webhookSecret: "whsec-per-job-secret-0123456789",
 };
 
-async function failure(p: Promise<unknown>): Promise<PipelineError> {
-  const err = await p.then(
-    () => {
-      throw new Error("expected a rejection");
-    },
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(PipelineError);
-  return err as PipelineError;
-}
 
 describe("submitParse", () => {
   it("posts multipart `file` + `configuration` (one JSON string) and returns the job id", async () => {
@@ -116,7 +106,7 @@ describe("submitParse", () => {
         return HttpResponse.json({ detail: "Service unavailable" }, { status: 503 });
       }),
     );
-    expect(await failure(client().submitParse(submitInput))).toMatchObject({ code: "llamaparse_unavailable", errorClass: "transient", status: 503 });
+    expect(await rejectionOf(client().submitParse(submitInput))).toMatchObject({ code: "llamaparse_unavailable", errorClass: "transient", status: 503 });
     expect(calls).toBe(1);
   });
 });
@@ -165,7 +155,7 @@ describe("getParseJob", () => {
 
   it("a malformed answer is a transient llamaparse_bad_response, not an empty document", async () => {
     server.use(http.get(`${BASE}/api/v2/parse/:id`, () => HttpResponse.json({ job: { id: JOB_ID, status: "DONE" } })));
-    expect(await failure(client().getParseJob(JOB_ID, { expand: ["markdown"] }))).toMatchObject({ code: "llamaparse_bad_response", errorClass: "transient" });
+    expect(await rejectionOf(client().getParseJob(JOB_ID, { expand: ["markdown"] }))).toMatchObject({ code: "llamaparse_bad_response", errorClass: "transient" });
   });
 });
 
@@ -201,7 +191,7 @@ describe("findParseJobs", () => {
 describe("findParseJobs without a list endpoint", () => {
   it("answers a distinct permanent llamaparse_lookup_unavailable, not 'job not found'", async () => {
     server.use(http.get(`${BASE}/api/v2/parse`, () => HttpResponse.json({ detail: "Not Found" }, { status: 404 })));
-    const err = await failure(client().findParseJobs({ createdAfter: new Date(0), tags: { pipeline_job_id: "x" } }));
+    const err = await rejectionOf(client().findParseJobs({ createdAfter: new Date(0), tags: { pipeline_job_id: "x" } }));
     expect(err).toMatchObject({ code: "llamaparse_lookup_unavailable", errorClass: "permanent", status: 404 });
   });
 });
@@ -217,33 +207,33 @@ describe("error mapping", () => {
     [400, { detail: "Bad request" }, "llamaparse_bad_request"],
   ])("%i → permanent %s", async (status, body, code) => {
     failWith(status, body);
-    const err = await failure(client().getParseJob(JOB_ID));
+    const err = await rejectionOf(client().getParseJob(JOB_ID));
     expect(err).toMatchObject({ code, errorClass: "permanent", status });
     expect(err.message).toContain(body.detail);
   });
 
   it("422 with a detail list → permanent, naming the field", async () => {
     failWith(422, { detail: [{ loc: ["body", "configuration", "tier"], msg: "Input should be 'fast' or 'agentic'", type: "enum" }] });
-    const err = await failure(client().getParseJob(JOB_ID));
+    const err = await rejectionOf(client().getParseJob(JOB_ID));
     expect(err).toMatchObject({ code: "llamaparse_bad_request", errorClass: "permanent", status: 422 });
     expect(err.message).toContain("body.configuration.tier: Input should be");
   });
 
   it("429 → transient, with retryAfterMs only if a header says", async () => {
     failWith(429, { detail: "Too many requests" });
-    expect(await failure(client().getParseJob(JOB_ID))).toMatchObject({ code: "llamaparse_rate_limited", errorClass: "transient", retryAfterMs: undefined });
+    expect(await rejectionOf(client().getParseJob(JOB_ID))).toMatchObject({ code: "llamaparse_rate_limited", errorClass: "transient", retryAfterMs: undefined });
     server.use(http.get(`${BASE}/api/v2/parse/:id`, () => HttpResponse.json({ detail: "slow down" }, { status: 429, headers: { "retry-after": "2" } })));
-    expect((await failure(client().getParseJob(JOB_ID))).retryAfterMs).toBe(2000);
+    expect((await rejectionOf(client().getParseJob(JOB_ID))).retryAfterMs).toBe(2000);
   });
 
   it.each([500, 502, 503])("%i → transient llamaparse_unavailable", async (status) => {
     failWith(status, { detail: "Internal error" });
-    expect(await failure(client().getParseJob(JOB_ID))).toMatchObject({ code: "llamaparse_unavailable", errorClass: "transient", status });
+    expect(await rejectionOf(client().getParseJob(JOB_ID))).toMatchObject({ code: "llamaparse_unavailable", errorClass: "transient", status });
   });
 
   it("a network failure → transient llamaparse_connection", async () => {
     server.use(http.get(`${BASE}/api/v2/parse/:id`, () => HttpResponse.error()));
-    expect(await failure(client().getParseJob(JOB_ID))).toMatchObject({ code: "llamaparse_connection", errorClass: "transient" });
+    expect(await rejectionOf(client().getParseJob(JOB_ID))).toMatchObject({ code: "llamaparse_connection", errorClass: "transient" });
   });
 
   it("a timeout → transient timeout", async () => {
@@ -253,12 +243,12 @@ describe("error mapping", () => {
         return HttpResponse.json({});
       }),
     );
-    expect(await failure(client({ timeoutMs: 20 }).getParseJob(JOB_ID))).toMatchObject({ code: "timeout", errorClass: "transient" });
+    expect(await rejectionOf(client({ timeoutMs: 20 }).getParseJob(JOB_ID))).toMatchObject({ code: "timeout", errorClass: "transient" });
   });
 
   it("the API key never appears in an error message", async () => {
     failWith(401, { detail: `Invalid API key ${API_KEY}` });
-    const err = await failure(client().getParseJob(JOB_ID));
+    const err = await rejectionOf(client().getParseJob(JOB_ID));
     expect(err.message).not.toContain(API_KEY);
   });
 });

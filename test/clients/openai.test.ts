@@ -7,7 +7,7 @@ import { http, HttpResponse } from "msw";
 import { setupServer } from "msw/node";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { createEmbeddingsClient, parseGoDuration, parseRateLimitHeaders, retryAfterMsFrom } from "../../src/clients/openai.ts";
-import { PipelineError } from "../../src/errors.ts";
+import { rejectionOf } from "../support/errors.ts";
 
 const BASE = "http://openai.test/v1";
 const API_KEY = "sk-test-0123456789abcdefghij";
@@ -70,17 +70,6 @@ afterAll(() => server.close());
 
 const client = () => createEmbeddingsClient({ apiKey: API_KEY, baseURL: BASE, model: "text-embedding-3-small" });
 
-async function failure(promise: Promise<unknown>): Promise<PipelineError> {
-  const err = await promise.then(
-    () => {
-      throw new Error("expected a rejection");
-    },
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(PipelineError);
-  return err as PipelineError;
-}
-
 describe("embed", () => {
   it("asks for base64 by default and returns the SDK-decoded float32 vectors in input order", async () => {
     server.use(embeddingsOk());
@@ -135,7 +124,7 @@ describe("embed", () => {
         HttpResponse.json({ object: "list", data: [{ object: "embedding", index: 0, embedding: [1, 2, 3, 4] }], model: "m", usage: { prompt_tokens: 1, total_tokens: 1 } }),
       ),
     );
-    expect(await failure(c.embed(["a"]))).toMatchObject({ code: "openai_bad_response", errorClass: "transient" });
+    expect(await rejectionOf(c.embed(["a"]))).toMatchObject({ code: "openai_bad_response", errorClass: "transient" });
   });
 
   it("reads the x-ratelimit-* headers of the answer", async () => {
@@ -159,7 +148,7 @@ describe("embed", () => {
 
   it("refuses an empty input locally, naming its index, without calling the API", async () => {
     server.use(embeddingsOk());
-    const err = await failure(client().embed(["a", " ", ""]));
+    const err = await rejectionOf(client().embed(["a", " ", ""]));
     expect(err).toMatchObject({ code: "openai_bad_request", errorClass: "permanent" });
     expect(err.message).toContain("input[2]");
     expect(seen).toHaveLength(0);
@@ -171,7 +160,7 @@ describe("embed", () => {
         HttpResponse.json({ object: "list", data: [], model: "m", usage: { prompt_tokens: 1, total_tokens: 1 } }),
       ),
     );
-    const err = await failure(client().embed(["a"]));
+    const err = await rejectionOf(client().embed(["a"]));
     expect(err).toMatchObject({ code: "openai_bad_response", errorClass: "transient" });
   });
 });
@@ -185,13 +174,13 @@ describe("error mapping", () => {
         { "retry-after-ms": "1500", "retry-after": "3" },
       ),
     );
-    const err = await failure(client().embed(["a"]));
+    const err = await rejectionOf(client().embed(["a"]));
     expect(err).toMatchObject({ code: "openai_rate_limited", errorClass: "transient", status: 429, retryAfterMs: 1500 });
   });
 
   it("429 without retry-after-ms → retry-after seconds", async () => {
     server.use(openaiError(429, { message: "Rate limit reached. Please try again in 2.812s.", type: "requests", code: "rate_limit_exceeded" }, { "retry-after": "3" }));
-    expect((await failure(client().embed(["a"]))).retryAfterMs).toBe(3000);
+    expect((await rejectionOf(client().embed(["a"]))).retryAfterMs).toBe(3000);
   });
 
   it("429 without headers → the 'Please try again in …' sentence", async () => {
@@ -202,7 +191,7 @@ describe("error mapping", () => {
         code: "rate_limit_exceeded",
       }),
     );
-    const err = await failure(client().embed(["a"]));
+    const err = await rejectionOf(client().embed(["a"]));
     expect(err.retryAfterMs).toBeCloseTo(2812, 6);
     expect(err.transient).toBe(true);
   });
@@ -215,25 +204,25 @@ describe("error mapping", () => {
         code: "insufficient_quota",
       }),
     );
-    const err = await failure(client().embed(["a"]));
+    const err = await rejectionOf(client().embed(["a"]));
     expect(err).toMatchObject({ code: "openai_insufficient_quota", errorClass: "permanent", status: 429 });
   });
 
   it.each([500, 503])("%i server_error → transient", async (status) => {
     server.use(openaiError(status, { message: "The server had an error while processing your request.", type: "server_error", code: null }));
-    expect(await failure(client().embed(["a"]))).toMatchObject({ code: "openai_unavailable", errorClass: "transient", status });
+    expect(await rejectionOf(client().embed(["a"]))).toMatchObject({ code: "openai_unavailable", errorClass: "transient", status });
   });
 
   it.each([408, 409])("%i → transient", async (status) => {
     server.use(openaiError(status, { message: "try later", type: "server_error", code: null }));
-    expect(await failure(client().embed(["a"]))).toMatchObject({ errorClass: "transient", status });
+    expect(await rejectionOf(client().embed(["a"]))).toMatchObject({ errorClass: "transient", status });
   });
 
   it("400 invalid input → permanent, with the upstream code in the message", async () => {
     server.use(
       openaiError(400, { message: "Requested 300001 tokens, max 300000 tokens per request", type: "max_tokens_per_request", code: "max_tokens_per_request" }),
     );
-    const err = await failure(client().embed(["a"]));
+    const err = await rejectionOf(client().embed(["a"]));
     expect(err).toMatchObject({ code: "openai_bad_request", errorClass: "permanent", status: 400 });
     expect(err.message).toContain("max_tokens_per_request");
   });
@@ -242,7 +231,7 @@ describe("error mapping", () => {
     server.use(
       openaiError(401, { message: `Incorrect API key provided: ${API_KEY}. You can find your API key at https://platform.openai.com/account/api-keys.`, type: "invalid_request_error", code: "invalid_api_key" }),
     );
-    const err = await failure(client().embed(["a"]));
+    const err = await rejectionOf(client().embed(["a"]));
     expect(err).toMatchObject({ code: "openai_unauthorized", errorClass: "permanent", status: 401 });
     expect(err.message).not.toContain(API_KEY);
     expect(err.message).toContain("[redacted]");
@@ -250,7 +239,7 @@ describe("error mapping", () => {
 
   it("a network failure → transient", async () => {
     server.use(http.post(`${BASE}/embeddings`, () => HttpResponse.error()));
-    expect(await failure(client().embed(["a"]))).toMatchObject({ code: "openai_connection", errorClass: "transient" });
+    expect(await rejectionOf(client().embed(["a"]))).toMatchObject({ code: "openai_connection", errorClass: "transient" });
   });
 
   it("a timeout → transient `timeout`", async () => {
@@ -261,14 +250,14 @@ describe("error mapping", () => {
       }),
     );
     const c = createEmbeddingsClient({ apiKey: API_KEY, baseURL: BASE, model: "text-embedding-3-small", timeoutMs: 20 });
-    expect(await failure(c.embed(["a"]))).toMatchObject({ code: "timeout", errorClass: "transient" });
+    expect(await rejectionOf(c.embed(["a"]))).toMatchObject({ code: "timeout", errorClass: "transient" });
   });
 
   it("the caller's abort → transient `aborted`", async () => {
     server.use(embeddingsOk());
     const ac = new AbortController();
     ac.abort();
-    expect(await failure(client().embed(["a"], ac.signal))).toMatchObject({ code: "aborted", errorClass: "transient" });
+    expect(await rejectionOf(client().embed(["a"], ac.signal))).toMatchObject({ code: "aborted", errorClass: "transient" });
   });
 });
 

@@ -7,7 +7,7 @@ import { http, HttpResponse } from "msw";
 import { setupServer } from "msw/node";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { createStorageClient, type ObjectStorage } from "../../src/clients/storage.ts";
-import { PipelineError } from "../../src/errors.ts";
+import { rejectionOf } from "../support/errors.ts";
 
 const SUPABASE_URL = "http://supabase.test";
 const BASE = `${SUPABASE_URL}/storage/v1`;
@@ -77,16 +77,6 @@ afterAll(() => server.close());
 
 const storage = (key = KEY): ObjectStorage => createStorageClient({ supabaseUrl: `${SUPABASE_URL}/`, serviceRoleKey: key, bucket: BUCKET });
 
-async function failure(p: Promise<unknown>): Promise<PipelineError> {
-  const err = await p.then(
-    () => {
-      throw new Error("expected a rejection");
-    },
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(PipelineError);
-  return err as PipelineError;
-}
 
 const text = (s: string) => new TextEncoder().encode(s);
 
@@ -118,7 +108,7 @@ describe("upload and download", () => {
     await storage().upload("k.md", "v1", "text/markdown");
     await storage().upload("k.md", "v2", "text/markdown", { upsert: true });
     expect(new TextDecoder().decode(objects.get("documents/k.md")!.bytes)).toBe("v2");
-    const err = await failure(storage().upload("k.md", "v3", "text/markdown"));
+    const err = await rejectionOf(storage().upload("k.md", "v3", "text/markdown"));
     expect(err).toMatchObject({ code: "storage_already_exists", errorClass: "permanent", status: 409 });
   });
 
@@ -137,7 +127,7 @@ describe("upload and download", () => {
   });
 
   it("a missing object is a permanent storage_not_found, raised before any stream is handed out", async () => {
-    const err = await failure(storage().download("nope.md"));
+    const err = await rejectionOf(storage().download("nope.md"));
     expect(err).toMatchObject({ code: "storage_not_found", errorClass: "permanent", status: 404 });
     expect(err.message).toContain("NoSuchKey");
   });
@@ -158,7 +148,7 @@ describe("upload and download", () => {
       );
     const client = createStorageClient({ supabaseUrl: SUPABASE_URL, serviceRoleKey: KEY, bucket: BUCKET, fetch: resetting });
     const stream = await client.download("broken.bin");
-    const err = await failure(new Response(stream).arrayBuffer());
+    const err = await rejectionOf(new Response(stream).arrayBuffer());
     expect(err).toMatchObject({ code: "storage_connection", errorClass: "transient" });
     expect(pulls).toBeGreaterThan(3);
   });
@@ -173,7 +163,7 @@ describe("exists, signed upload URL, remove", () => {
   });
 
   it("exists throws, rather than answering false, for a bad key", async () => {
-    const err = await failure(storage("eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoiYW5vbiJ9.d3JvbmctZmFrZS1zaWc").exists("here.md"));
+    const err = await rejectionOf(storage("eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoiYW5vbiJ9.d3JvbmctZmFrZS1zaWc").exists("here.md"));
     expect(err).toMatchObject({ code: "storage_unauthorized", errorClass: "permanent", status: 403 });
   });
 
@@ -195,44 +185,44 @@ describe("exists, signed upload URL, remove", () => {
 describe("error mapping", () => {
   it("403 AccessDenied (bad JWT) → permanent storage_unauthorized, key not in the message", async () => {
     const wrongKey = "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoiYW5vbiJ9.d3JvbmctZmFrZS1zaWc";
-    const err = await failure(storage(wrongKey).upload("x.md", "x", "text/markdown"));
+    const err = await rejectionOf(storage(wrongKey).upload("x.md", "x", "text/markdown"));
     expect(err).toMatchObject({ code: "storage_unauthorized", errorClass: "permanent" });
     expect(err.message).not.toContain(wrongKey);
   });
 
   it("404 NoSuchBucket → permanent storage_bucket_not_found", async () => {
     const other = createStorageClient({ supabaseUrl: SUPABASE_URL, serviceRoleKey: KEY, bucket: "nobucket" });
-    expect(await failure(other.exists("a.md"))).toMatchObject({ code: "storage_bucket_not_found", errorClass: "permanent" });
+    expect(await rejectionOf(other.exists("a.md"))).toMatchObject({ code: "storage_bucket_not_found", errorClass: "permanent" });
   });
 
   it.each([500, 503])("HTTP %i → transient storage_unavailable", async (status) => {
     server.use(http.post(`${BASE}/object/*`, () => HttpResponse.json({ statusCode: String(status), error: "internal", message: "Internal Server Error" }, { status })));
-    expect(await failure(storage().upload("x.md", "x", "text/markdown"))).toMatchObject({ code: "storage_unavailable", errorClass: "transient", status });
+    expect(await rejectionOf(storage().upload("x.md", "x", "text/markdown"))).toMatchObject({ code: "storage_unavailable", errorClass: "transient", status });
   });
 
   it("a 5xx with a non-JSON body → transient", async () => {
     server.use(http.get(`${BASE}/object/*`, () => new HttpResponse("<html>Bad gateway</html>", { status: 502 })));
-    expect(await failure(storage().download("x.md"))).toMatchObject({ code: "storage_unavailable", errorClass: "transient", status: 502 });
+    expect(await rejectionOf(storage().download("x.md"))).toMatchObject({ code: "storage_unavailable", errorClass: "transient", status: 502 });
   });
 
   it("logical 429 → transient storage_rate_limited", async () => {
     server.use(http.post(`${BASE}/object/*`, () => storageError("429", "SlowDown", "too_many_requests", "Too many requests")));
-    expect(await failure(storage().upload("x.md", "x", "text/markdown"))).toMatchObject({ code: "storage_rate_limited", errorClass: "transient" });
+    expect(await rejectionOf(storage().upload("x.md", "x", "text/markdown"))).toMatchObject({ code: "storage_rate_limited", errorClass: "transient" });
   });
 
   it("other client errors → permanent storage_bad_request", async () => {
     server.use(http.post(`${BASE}/object/*`, () => storageError("400", "InvalidKey", "invalid_key", "Invalid key: a//b")));
-    expect(await failure(storage().upload("x.md", "x", "text/markdown"))).toMatchObject({ code: "storage_bad_request", errorClass: "permanent" });
+    expect(await rejectionOf(storage().upload("x.md", "x", "text/markdown"))).toMatchObject({ code: "storage_bad_request", errorClass: "permanent" });
   });
 
   it("a network failure → transient storage_connection", async () => {
     server.use(http.get(`${BASE}/object/*`, () => HttpResponse.error()));
-    expect(await failure(storage().download("x.md"))).toMatchObject({ code: "storage_connection", errorClass: "transient" });
+    expect(await rejectionOf(storage().download("x.md"))).toMatchObject({ code: "storage_connection", errorClass: "transient" });
   });
 
   it("the caller's abort → transient aborted", async () => {
     const ac = new AbortController();
     ac.abort();
-    expect(await failure(storage().download("x.md", ac.signal))).toMatchObject({ code: "aborted", errorClass: "transient" });
+    expect(await rejectionOf(storage().download("x.md", ac.signal))).toMatchObject({ code: "aborted", errorClass: "transient" });
   });
 });

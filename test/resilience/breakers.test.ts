@@ -4,7 +4,7 @@
  * `Date` (cockatiel reads `Date.now()`), never slept.
  */
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { PermanentError, PipelineError, TransientError } from "../../src/errors.ts";
+import { PermanentError, TransientError } from "../../src/errors.ts";
 import {
   BREAKER_STATE_VALUE,
   ServiceBreaker,
@@ -14,6 +14,7 @@ import {
   withTimeout,
   type BreakerState,
 } from "../../src/resilience/breakers.ts";
+import { rejectionOf } from "../support/errors.ts";
 
 const serverError = () => new TransientError("openai_unavailable", "503 upstream", { status: 503 });
 
@@ -21,16 +22,6 @@ function advance(ms: number) {
   vi.setSystemTime(Date.now() + ms);
 }
 
-async function rejection(p: Promise<unknown>): Promise<PipelineError> {
-  const err = await p.then(
-    () => {
-      throw new Error("expected a rejection");
-    },
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(PipelineError);
-  return err as PipelineError;
-}
 
 beforeEach(() => {
   vi.useFakeTimers({ toFake: ["Date"] });
@@ -50,12 +41,12 @@ describe("consecutive breaker", () => {
     const fn = vi.fn(async () => {
       throw serverError();
     });
-    for (let i = 0; i < 3; i++) expect((await rejection(b.execute(fn))).code).toBe("openai_unavailable");
+    for (let i = 0; i < 3; i++) expect((await rejectionOf(b.execute(fn))).code).toBe("openai_unavailable");
     expect(b.state).toBe("open");
     expect(states).toEqual(["open"]);
 
     advance(4000);
-    const fast = await rejection(b.execute(fn));
+    const fast = await rejectionOf(b.execute(fn));
     expect(fast).toMatchObject({ code: "circuit_open", errorClass: "transient", retryAfterMs: 6000 });
     expect(fn).toHaveBeenCalledTimes(3);
     expect(b.lastFailure?.code).toBe("openai_unavailable");
@@ -66,11 +57,11 @@ describe("consecutive breaker", () => {
     const fail = async () => {
       throw serverError();
     };
-    await rejection(b.execute(fail));
-    await rejection(b.execute(fail));
+    await rejectionOf(b.execute(fail));
+    await rejectionOf(b.execute(fail));
     await b.execute(async () => "ok");
-    await rejection(b.execute(fail));
-    await rejection(b.execute(fail));
+    await rejectionOf(b.execute(fail));
+    await rejectionOf(b.execute(fail));
     expect(b.state).toBe("closed");
   });
 
@@ -78,7 +69,7 @@ describe("consecutive breaker", () => {
     const b = breaker();
     const states: BreakerState[] = [];
     b.onStateChange((s) => states.push(s));
-    for (let i = 0; i < 3; i++) await rejection(b.execute(async () => Promise.reject(serverError())));
+    for (let i = 0; i < 3; i++) await rejectionOf(b.execute(async () => Promise.reject(serverError())));
     advance(10_000);
     let release!: (v: string) => void;
     const probe = b.execute(() => new Promise<string>((r) => (release = r)));
@@ -93,12 +84,12 @@ describe("consecutive breaker", () => {
 
   it("half-open: a failed probe reopens the circuit for another period", async () => {
     const b = breaker();
-    for (let i = 0; i < 3; i++) await rejection(b.execute(async () => Promise.reject(serverError())));
+    for (let i = 0; i < 3; i++) await rejectionOf(b.execute(async () => Promise.reject(serverError())));
     advance(10_000);
-    expect((await rejection(b.execute(async () => Promise.reject(serverError())))).code).toBe("openai_unavailable");
+    expect((await rejectionOf(b.execute(async () => Promise.reject(serverError())))).code).toBe("openai_unavailable");
     expect(b.state).toBe("open");
     advance(9_999);
-    expect((await rejection(b.execute(async () => "never"))).code).toBe("circuit_open");
+    expect((await rejectionOf(b.execute(async () => "never"))).code).toBe("circuit_open");
     advance(1);
     await expect(b.execute(async () => "probe ok")).resolves.toBe("probe ok");
     expect(b.state).toBe("closed");
@@ -114,7 +105,7 @@ describe("consecutive breaker", () => {
       new TransientError("aborted", "shutdown"),
     ];
     for (let round = 0; round < 2; round++) {
-      for (const e of errors) await rejection(b.execute(async () => Promise.reject(e)));
+      for (const e of errors) await rejectionOf(b.execute(async () => Promise.reject(e)));
     }
     expect(b.state).toBe("closed");
     expect(countsAsServiceFailure(new TransientError("timeout", "slow"))).toBe(true);
@@ -125,7 +116,7 @@ describe("consecutive breaker", () => {
     const b = breaker();
     const handle = b.isolate();
     expect(b.state).toBe("isolated");
-    expect((await rejection(b.execute(async () => 1))).code).toBe("circuit_open");
+    expect((await rejectionOf(b.execute(async () => 1))).code).toBe("circuit_open");
     handle.dispose();
     await expect(b.execute(async () => 1)).resolves.toBe(1);
   });
@@ -134,7 +125,7 @@ describe("consecutive breaker", () => {
     const b = breaker();
     const ac = new AbortController();
     ac.abort();
-    expect((await rejection(b.execute(async () => 1, ac.signal))).code).toBe("aborted");
+    expect((await rejectionOf(b.execute(async () => 1, ac.signal))).code).toBe("aborted");
   });
 
   it("hands fn a signal that follows the caller's", async () => {
@@ -158,7 +149,7 @@ describe("sampling breaker", () => {
     }
     expect(b.state).toBe("closed");
     for (let i = 0; i < 12 && b.state === "closed"; i++) {
-      await rejection(b.execute(async () => Promise.reject(new TransientError("storage_unavailable", "500", { status: 500 }))));
+      await rejectionOf(b.execute(async () => Promise.reject(new TransientError("storage_unavailable", "500", { status: 500 }))));
       advance(100);
     }
     expect(b.state).toBe("open");
@@ -168,7 +159,7 @@ describe("sampling breaker", () => {
 describe("createBreakers", () => {
   it("makes one independent breaker per service, with overrides, and reports states for metrics", async () => {
     const breakers = createBreakers({ llamaparse: { policy: { kind: "consecutive", failures: 1 } } });
-    await rejection(breakers.llamaparse.execute(async () => Promise.reject(new TransientError("llamaparse_unavailable", "502", { status: 502 }))));
+    await rejectionOf(breakers.llamaparse.execute(async () => Promise.reject(new TransientError("llamaparse_unavailable", "502", { status: 502 }))));
     expect(breakerStates(breakers)).toEqual({ openai: "closed", llamaparse: "open", storage: "closed" });
     expect(BREAKER_STATE_VALUE[breakers.llamaparse.state]).toBe(1);
     expect(breakers.openai.config.halfOpenAfterMs).toBe(10_000);
@@ -184,7 +175,7 @@ describe("withTimeout", () => {
 
   it("rejects with a transient `timeout` and aborts fn's signal, even if fn ignores it", async () => {
     let inner: AbortSignal | undefined;
-    const err = await rejection(
+    const err = await rejectionOf(
       withTimeout(5, (signal) => {
         inner = signal;
         return new Promise(() => {});
@@ -198,7 +189,7 @@ describe("withTimeout", () => {
     const ac = new AbortController();
     const p = withTimeout(10_000, () => new Promise(() => {}), ac.signal);
     ac.abort();
-    expect((await rejection(p)).code).toBe("aborted");
+    expect((await rejectionOf(p)).code).toBe("aborted");
   });
 
   it("passes fn's own errors through", async () => {

@@ -1,6 +1,7 @@
 import fc from "fast-check";
 import { describe, expect, test } from "vitest";
 import { LineNormalizer, normalize, normalizeStream, NORMALIZATION_VERSION } from "../../src/text/normalize.ts";
+import { splitAt } from "../support/streams.ts";
 
 const RUNS = Number(process.env.PROP_RUNS) || 300;
 
@@ -21,18 +22,6 @@ const nastyChar = fc.oneof(
 );
 const nastyText = fc.string({ unit: nastyChar, maxLength: 120 });
 
-/** Cut `s` at arbitrary positions (possibly inside surrogate pairs and CRLF). */
-function splitAt<T extends { length: number; slice(a: number, b?: number): T }>(s: T, cuts: number[]): T[] {
-  const points = [...new Set(cuts.map((c) => c % (s.length + 1)))].sort((a, b) => a - b);
-  const pieces: T[] = [];
-  let prev = 0;
-  for (const p of points) {
-    pieces.push(s.slice(prev, p));
-    prev = p;
-  }
-  pieces.push(s.slice(prev));
-  return pieces;
-}
 
 async function* fromArray<T>(items: T[]): AsyncGenerator<T> {
   for (const item of items) yield item;
