@@ -97,7 +97,7 @@ export async function ingestParseResult(
       await client.query("UPDATE upload_pipeline.documents SET parsed_path = $2, parsed_sha256 = $3 WHERE document_id = $1", [
         job.document_id,
         path,
-        sha256(markdown),
+        markdownSha,
       ]);
       await faults.hit("commit.parsed.before", { jobId: args.jobId });
       await transition(client, {
