@@ -36,32 +36,12 @@ export type Latency = z.infer<typeof LatencySchema>;
 const LatencyRuleSchema = latencyUnion({ routes });
 
 const connectionFaults = ["reset", "hang", "malformed"] as const;
-const OpenAIFault = z.union([
-  z.literal(429),
-  z.literal(500),
-  z.literal(502),
-  z.literal(503),
-  z.literal(504),
-  z.literal("insufficient_quota"),
-  z.enum(connectionFaults),
-]);
-const LlamaParseFault = z.union([
-  z.literal(402),
-  z.literal(429),
-  z.literal(500),
-  z.literal(502),
-  z.literal(503),
-  z.literal(504),
-  z.enum(connectionFaults),
-]);
-const StorageFault = z.union([
-  z.literal(429),
-  z.literal(500),
-  z.literal(502),
-  z.literal(503),
-  z.literal(504),
-  z.enum(connectionFaults),
-]);
+/** The answers a service can be made to give (statuses, named errors), plus the connection faults. */
+const faultsOf = <const S extends readonly [number | string, ...Array<number | string>]>(...answers: S) =>
+  z.union([z.literal(answers), z.enum(connectionFaults)]);
+const OpenAIFault = faultsOf(429, 500, 502, 503, 504, "insufficient_quota");
+const LlamaParseFault = faultsOf(402, 429, 500, 502, 503, 504);
+const StorageFault = faultsOf(429, 500, 502, 503, 504);
 
 function serviceSchema<F extends z.ZodType<string | number>>(fault: F) {
   return {

@@ -98,19 +98,24 @@ async function uploadAndRun(env: PipelineEnv, n: number, bytes: number) {
   return { states: [...states.values()], jobs: jobs.rows, failedEvents: failures.rowCount };
 }
 
+/** Every job completed with all its vectors, and none failed or even recorded an error. */
+function expectCleanCompletion(result: Awaited<ReturnType<typeof uploadAndRun>>): void {
+  expect(result.states.every((s) => s === "complete")).toBe(true);
+  expect(result.failedEvents).toBe(0);
+  for (const job of result.jobs) {
+    expect(job.last_error).toBeNull();
+    expect(job.vectors).toBe(job.chunks);
+  }
+}
+
 describe("OpenAI rate limits", () => {
   it("a burst of 429s pauses the embedder for the time the server asked, and every job completes without a failed attempt", async () => {
     const { env, clock, events } = await setup({ openai: { bursts: [{ fault: 429, start: 3, count: 5 }] } });
     const start = clock.now();
     const result = await uploadAndRun(env, 6, 2_500);
 
-    expect(result.states.every((s) => s === "complete")).toBe(true);
-    expect(result.failedEvents).toBe(0);
     // The 429s were absorbed by the embedder: no job even recorded a transient error.
-    for (const job of result.jobs) {
-      expect(job.last_error).toBeNull();
-      expect(job.vectors).toBe(job.chunks);
-    }
+    expectCleanCompletion(result);
 
     // The mock answered the whole burst with 429s.
     const stats = env.mocks.stats();
@@ -142,12 +147,7 @@ describe("OpenAI rate limits", () => {
     const start = clock.now();
     const result = await uploadAndRun(env, 4, 3_000);
 
-    expect(result.states.every((s) => s === "complete")).toBe(true);
-    expect(result.failedEvents).toBe(0);
-    for (const job of result.jobs) {
-      expect(job.last_error).toBeNull();
-      expect(job.vectors).toBe(job.chunks);
-    }
+    expectCleanCompletion(result);
     // The configured budget (OPENAI_TPM) is far above what the server allows, so our own
     // limiter let the first request out; the server answered 429 on tokens.
     const stats = env.mocks.stats();
