@@ -1,7 +1,7 @@
 /**
- * `npm run scenario [-- <name>...] [--workers N] [--seed N] [--report DIR] [--require-coverage P] [--list]`
+ * `npm run scenario [-- <name>...] [--suite NAME] [--workers N] [--seed N] [--report DIR] [--require-coverage P] [--list]`
  *
- * Runs the scenario suite (every file in scenarios/ by default) against real worker processes,
+ * Runs a scenario suite (every file in scenarios/ by default, scenarios/<suite>/ with --suite) against real worker processes,
  * checks the invariants after each, reports state-machine coverage and multi-worker scaling, and
  * exits non-zero on any violation or on coverage below --require-coverage.
  */
@@ -14,13 +14,15 @@ import { collectCoverage, coveragePercent, meetsCoverage, mergeCoverage, type Co
 import { fingerprint, type Fingerprint } from "./invariants/index.ts";
 import { formatResultsTable, scalingCurve, throughputSeries, writeReport, type RunSummary, type ScenarioResult, type ScalingCurve } from "./report/index.ts";
 import { checkRun, runScenario, type RunOutcome } from "./runner.ts";
-import { loadBuiltInScenarios, loadScenarioFile, ScenarioFileError, type Scenario } from "./scenario.ts";
+import { loadScenarioFile, loadSuite, ScenarioFileError, SuiteError, type Scenario } from "./scenario.ts";
 import { createProgress } from "./progress.ts";
 
 const USAGE = `usage: npm run scenario -- [name|file.json ...] [options]
 
-  name ...                 scenarios to run (default: all in scenarios/); a path to a .json file also works
-  --list                   list the built-in scenarios and exit
+  name ...                 scenarios to run (default: every file of the suite); a path to a .json file also works
+  --suite NAME             the suite to run or pick names from: "default" (scenarios/*.json) or a folder
+                           under scenarios/, e.g. "production" (scenarios/production/*.json)
+  --list                   list the suite's scenarios with their one-line descriptions and exit
   --workers N              worker processes for every scenario (default: each scenario's own)
   --seed N                 seed every scenario with N: the same seed replays the same corpus, faults and kills
   --report DIR             where to write summary.json, report.md and report.html (default: reports/latest)
@@ -28,6 +30,7 @@ const USAGE = `usage: npm run scenario -- [name|file.json ...] [options]
   --help                   this text`;
 
 const Flags = z.object({
+  suite: z.string().regex(/^[a-z0-9][a-z0-9-]*$/, "a suite name such as production (a folder under scenarios/)").default("default"),
   workers: z.coerce.number().int().min(1).max(16).optional(),
   seed: z.coerce.number().int().optional(),
   report: z.string().min(1).default("reports/latest"),
@@ -46,6 +49,7 @@ async function main(): Promise<number> {
       allowPositionals: true,
       options: {
         list: { type: "boolean" },
+        suite: { type: "string" },
         help: { type: "boolean" },
         workers: { type: "string" },
         seed: { type: "string" },
@@ -64,9 +68,9 @@ async function main(): Promise<number> {
   if (!flags.success) {
     fail(flags.error.issues.map((i) => `--${String(i.path[0])}: ${i.message}`).join("; "));
   }
-  const { workers, seed, report, "require-coverage": requiredCoverage } = flags.data;
+  const { suite, workers, seed, report, "require-coverage": requiredCoverage } = flags.data;
 
-  const builtIns = await loadBuiltInScenarios();
+  const builtIns = await loadSuite(suite);
   if (args.values.list) {
     for (const s of builtIns) process.stdout.write(`${s.name.padEnd(26)} ${s.description}\n`);
     return 0;
@@ -76,7 +80,7 @@ async function main(): Promise<number> {
     if (name.endsWith(".json")) selected.push(await loadScenarioFile(resolve(name)));
     else {
       const found = builtIns.find((s) => s.name === name);
-      if (!found) fail(`no scenario named "${name}"; built-in ones: ${builtIns.map((s) => s.name).join(", ")}`);
+      if (!found) fail(`no scenario named "${name}" in the ${suite} suite; its scenarios: ${builtIns.map((s) => s.name).join(", ")}`);
       selected.push(found);
     }
   }
@@ -271,7 +275,7 @@ function pick(record: Record<string, string>, keys: string[]): Record<string, st
 main().then(
   (code) => process.exit(code),
   (err: Error) => {
-    if (err instanceof ScenarioFileError) process.stderr.write(`scenario: ${err.message}\n`);
+    if (err instanceof ScenarioFileError || err instanceof SuiteError) process.stderr.write(`scenario: ${err.message}\n`);
     else process.stderr.write(`scenario: ${err.stack ?? err.message}\n`);
     process.exit(2);
   },

@@ -117,8 +117,27 @@ export async function loadScenarioFile(path: string): Promise<Scenario> {
 
 export const SCENARIOS_DIR = new URL("../scenarios/", import.meta.url).pathname;
 
-/** Every scenario file in `dir`, by name. */
-export async function loadBuiltInScenarios(dir = SCENARIOS_DIR): Promise<Scenario[]> {
-  const files = (await readdir(dir)).filter((f) => f.endsWith(".json")).sort();
+/** A suite that does not exist or holds no scenario file (a user mistake: exit 2, no stack). */
+export class SuiteError extends Error {
+  override name = "SuiteError";
+}
+
+/** The folder of a suite: `default` is scenarios/ itself, any other name a folder under it. */
+export function suiteDir(suite: string, root = SCENARIOS_DIR): string {
+  return suite === "default" ? root : join(root, suite);
+}
+
+/** Every scenario file of a suite (`scenarios/*.json`, or `scenarios/<suite>/*.json`), by name. */
+export async function loadSuite(suite = "default", root = SCENARIOS_DIR): Promise<Scenario[]> {
+  const dir = suiteDir(suite, root);
+  const suites = async () => (await readdir(root, { withFileTypes: true })).filter((d) => d.isDirectory()).map((d) => d.name);
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch {
+    throw new SuiteError(`no suite named "${suite}" (no folder ${dir}); suites: default, ${(await suites()).join(", ")}`);
+  }
+  const files = names.filter((f) => f.endsWith(".json")).sort();
+  if (files.length === 0) throw new SuiteError(`the ${suite} suite has no scenario files: add a <name>.json to ${dir}`);
   return Promise.all(files.map((f) => loadScenarioFile(join(dir, f))));
 }

@@ -3,10 +3,11 @@
  * coverage below the requirement (naming what broke), 2 for a bad flag or scenario file.
  */
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { loadSuite, SuiteError } from "../../harness/scenario.ts";
 
 function scenario(...args: string[]) {
   const env: NodeJS.ProcessEnv = { ...process.env };
@@ -28,6 +29,27 @@ describe("npm run scenario", () => {
     const unknown = scenario("no-such-scenario");
     expect(unknown.status).toBe(2);
     expect(unknown.stderr).toContain('no scenario named "no-such-scenario"');
+  });
+
+  it("--suite picks the folder: an unknown suite and a suite with no files are exit-2 errors naming the fix", () => {
+    const unknown = scenario("--suite", "no-such-suite", "--list");
+    expect(unknown.status).toBe(2);
+    expect(unknown.stderr).toContain('no suite named "no-such-suite"');
+    expect(unknown.stderr).toContain("production");
+    expect(unknown.stderr).not.toMatch(/\n\s+at /);
+    const notInSuite = scenario("--suite", "default", "no-such-scenario");
+    expect(notInSuite.stderr).toContain("in the default suite");
+  });
+
+  it("loadSuite reads scenarios/<suite>/*.json, and refuses an empty suite", async () => {
+    const root = mkdtempSync(join(tmpdir(), "suites-"));
+    mkdirSync(join(root, "production"));
+    await expect(loadSuite("production", root)).rejects.toThrow(SuiteError);
+    await expect(loadSuite("production", root)).rejects.toThrow(/has no scenario files: add a <name>.json/);
+    writeFileSync(join(root, "production", "long-run.json"), JSON.stringify({ name: "long-run", description: "a long one" }));
+    writeFileSync(join(root, "short.json"), JSON.stringify({ name: "short", description: "a short one" }));
+    expect((await loadSuite("production", root)).map((s) => s.name)).toEqual(["long-run"]);
+    expect((await loadSuite("default", root)).map((s) => s.name)).toEqual(["short"]);
   });
 
   it("refuses an invalid scenario file with exit 2, naming the field", () => {
