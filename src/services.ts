@@ -61,6 +61,7 @@ export function createPipelineServices(config: Config): WiredServices {
       chunkMaxTokens: config.CHUNK_MAX_TOKENS,
       chunkOverlapTokens: config.CHUNK_OVERLAP_TOKENS,
       chunkWriteBatch: 200,
+      uploadMaxBytes: config.UPLOAD_MAX_BYTES,
     },
   };
 }

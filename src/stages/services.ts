@@ -27,6 +27,8 @@ export interface PipelineSettings {
   embedMaxTokensPerRequest: number;
   chunkMaxTokens: number;
   chunkOverlapTokens: number;
+  /** The largest raw file the submit stage sends to LlamaParse (`UPLOAD_MAX_BYTES`). */
+  uploadMaxBytes: number;
   /** Chunks written per INSERT while chunking (memory stays bounded by this). */
   chunkWriteBatch: number;
 }

@@ -6,10 +6,14 @@
  * silently billed parse job. So the intent is recorded first (secret and start time, fenced), the
  * submission is tagged with our job id, and a retry looks the job up by tag before submitting
  * again; it also reuses the recorded secret, so the first submission's webhook still verifies.
+ *
+ * The file travels through a temporary file (`rawFile.ts`): never whole in memory, capped at
+ * `UPLOAD_MAX_BYTES` and checked against the document's SHA-256 before LlamaParse bills it.
  */
 import { randomBytes } from "node:crypto";
 import { LeaseLostError } from "../errors.ts";
 import type { Stage, StageContext } from "../worker/stage.ts";
+import { withRawFile } from "./rawFile.ts";
 import type { PipelineServices } from "./services.ts";
 
 interface SubmitIntent {
@@ -40,19 +44,21 @@ export const submitParse: Stage<PipelineServices> = {
     if (!parseJobId) {
       if (!previous || !job.webhook_secret) await recordIntent(ctx, secret);
       await ctx.faults.hit("call.storage.download.before", { jobId: job.job_id });
-      const file = await storage.downloadBytes(job.raw_path, ctx.signal);
-      await ctx.faults.hit("call.llamaparse.submit.before", { jobId: job.job_id });
-      const submitted = await llamaparse.submitParse(
-        {
-          file,
-          filename: job.filename,
-          mime: job.mime,
-          webhookUrl: settings.webhookUrl,
-          webhookSecret: secret,
-          tags: { pipeline_job_id: job.job_id },
-        },
-        ctx.signal,
-      );
+      const raw = { path: job.raw_path, sha256: job.file_sha256, maxBytes: settings.uploadMaxBytes };
+      const submitted = await withRawFile(storage, raw, ctx.signal, async (file) => {
+        await ctx.faults.hit("call.llamaparse.submit.before", { jobId: job.job_id });
+        return llamaparse.submitParse(
+          {
+            file,
+            filename: job.filename,
+            mime: job.mime,
+            webhookUrl: settings.webhookUrl,
+            webhookSecret: secret,
+            tags: { pipeline_job_id: job.job_id },
+          },
+          ctx.signal,
+        );
+      });
       await ctx.faults.hit("call.llamaparse.submit.after", { jobId: job.job_id });
       parseJobId = submitted.id;
     }
