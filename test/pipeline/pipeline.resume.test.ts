@@ -19,70 +19,23 @@ import { CHUNKER_NAME, CHUNKER_VERSION } from "../../src/chunking/markdownChunke
 import { chunkId } from "../../src/ids.ts";
 import { ManualClock } from "../../src/resilience/clock.ts";
 import { FaultInjector, type FaultRule } from "../../src/worker/faultPoints.ts";
-import { fingerprint, startPipelineEnv, type PipelineEnv } from "../support/pipeline.ts";
+import { drive, fingerprint, startPipelineEnv, STEPPED_FAULTS, type PipelineEnv } from "../support/pipeline.ts";
 
 const MODEL = "text-embedding-3-small";
 const LEASE_SECONDS = 30;
 /** Small chunks and batches, so one short document makes several embedding batches. */
 const BATCH = 4;
 const CONTENT = markdownDocument(mulberry32(42), "Resumable", 2_500);
-const TERMINAL = new Set(["complete", "failed_parse", "failed_chunking", "failed_embedding"]);
 
 let env: PipelineEnv;
 beforeAll(async () => {
   env = await startPipelineEnv({
     seed: 21,
-    faults: {
-      webhooks: { drop: { rate: 1 } },
-      llamaparse: { schedule: { pending: { dist: "fixed", ms: 0 }, running: { dist: "fixed", ms: 0 }, msPerPage: 0 } },
-    },
+    faults: STEPPED_FAULTS,
     env: { EMBED_BATCH_SIZE: String(BATCH), CHUNK_MAX_TOKENS: "64", CHUNK_OVERLAP_TOKENS: "8" },
   });
 });
 afterAll(() => env.close());
-
-interface JobRow {
-  status: string;
-  lease_expires_at: Date | null;
-  next_attempt_at: Date;
-}
-
-async function jobRow(jobId: string): Promise<JobRow> {
-  const { rows } = await env.db.pool.query<JobRow>("SELECT status, lease_expires_at, next_attempt_at FROM upload_pipeline.upload_jobs WHERE job_id = $1", [jobId]);
-  return rows[0]!;
-}
-
-async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 5_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
-
-const parsesFinished = () => Object.values(env.mocks.stats().llamaparse.jobsFinished).reduce((a, b) => a + b, 0);
-
-/**
- * Step workers with `runOnce` on the simulated clock until the job is terminal. When nothing is
- * claimable, move the clock to whatever the job waits for: its webhook deadline, a backoff, or a
- * crashed worker's lease. `workers` are used in turn, each until it crashes.
- */
-async function drive(jobId: string, clock: ManualClock, workers: Array<{ runOnce(): Promise<unknown>; crashed?: () => boolean }>): Promise<string> {
-  let w = 0;
-  for (let step = 0; step < 200; step++) {
-    const row = await jobRow(jobId);
-    if (TERMINAL.has(row.status)) return row.status;
-    // The reconciler would snooze while LlamaParse still runs; it finishes in a few ms here.
-    if (row.status === "parse_queued") await until("LlamaParse to finish", () => parsesFinished() >= env.mocks.stats().llamaparse.jobsCreated);
-    const worker = workers[w]!;
-    const claimed = await worker.runOnce();
-    if (worker.crashed?.() && w < workers.length - 1) w += 1;
-    if (claimed) continue;
-    const due = Math.max(row.next_attempt_at.getTime(), row.lease_expires_at?.getTime() ?? 0);
-    await clock.advance(Math.max(1, due - clock.now() + 1));
-  }
-  throw new Error(`job ${jobId} did not finish in 200 steps`);
-}
 
 function workerOn(clock: ManualClock, faults: FaultInjector, onCrash?: () => void) {
   return env.worker({
@@ -116,7 +69,7 @@ async function run(rules: FaultRule[] = []): Promise<Run & { seen: string[]; cra
   const crasher = workerOn(clock, injector, () => (crashedAt = injector.seen.at(-1)));
   // The job is resumed by another worker, after the crashed one's lease has expired.
   const resumer = workerOn(clock, new FaultInjector());
-  const status = await drive(doc.jobId, clock, [{ runOnce: () => crasher.runOnce(), crashed: () => crashedAt !== undefined }, resumer]);
+  const status = await drive(env, doc.jobId, clock, [{ runOnce: () => crasher.runOnce(), crashed: () => crashedAt !== undefined }, resumer]);
   const after = env.mocks.stats();
   const events = await env.db.pool.query<{ to_status: string }>("SELECT to_status FROM upload_pipeline.job_events WHERE job_id = $1 ORDER BY id", [doc.jobId]);
   return {

@@ -15,7 +15,10 @@ import { PIPELINE_STAGES } from "../../src/stages/index.ts";
 import { createJob } from "../../src/state-machine/transition.ts";
 import { BaseWorker, type WorkerOptions } from "../../src/worker/BaseWorker.ts";
 import { createMocks, signServiceRoleKey, type FaultPlanInput, type Mocks } from "../../mocks/index.ts";
+import type { ManualClock } from "../../src/resilience/clock.ts";
+import { isTerminal, type JobStatus } from "../../src/state-machine/table.ts";
 import { createTestDatabase, type TestDatabase } from "./db.ts";
+import { until } from "./until.ts";
 
 export const MOCK_ORIGIN = "http://mocks.test";
 
@@ -151,4 +154,44 @@ export async function fingerprint(env: { db: { pool: Pick<TestDatabase["pool"], 
     [docId],
   );
   return rows;
+}
+
+/** For `drive`: webhooks dropped (parse intake runs in the worker, the reconciler) and LlamaParse finishing at once. */
+export const STEPPED_FAULTS: FaultPlanInput = {
+  webhooks: { drop: { rate: 1 } },
+  llamaparse: { schedule: { pending: { dist: "fixed", ms: 0 }, running: { dist: "fixed", ms: 0 }, msPerPage: 0 } },
+};
+
+/**
+ * Step workers with `runOnce` on a simulated clock until the job is terminal (or `stopWhen` holds
+ * for its row). When nothing is claimable, move the clock to whatever the job waits for: its
+ * webhook deadline, a backoff, or a crashed worker's lease. `workers` are used in turn, each until
+ * it crashes. Meant for an env started with `STEPPED_FAULTS`.
+ */
+export async function drive(
+  env: PipelineEnv,
+  jobId: string,
+  clock: ManualClock,
+  workers: Array<{ runOnce(): Promise<unknown>; crashed?: () => boolean }>,
+  stopWhen: (job: { status: JobStatus }) => boolean = (job) => isTerminal(job.status),
+): Promise<JobStatus> {
+  const parsesFinished = () => Object.values(env.mocks.stats().llamaparse.jobsFinished).reduce((a, b) => a + b, 0);
+  let w = 0;
+  for (let step = 0; step < 200; step++) {
+    const { rows } = await env.db.pool.query<{ status: JobStatus; lease_expires_at: Date | null; next_attempt_at: Date }>(
+      "SELECT status, lease_expires_at, next_attempt_at FROM upload_pipeline.upload_jobs WHERE job_id = $1",
+      [jobId],
+    );
+    const row = rows[0]!;
+    if (stopWhen(row) || isTerminal(row.status)) return row.status;
+    // The reconciler would snooze while LlamaParse still runs; it finishes in a few ms here.
+    if (row.status === "parse_queued") await until("LlamaParse to finish", () => parsesFinished() >= env.mocks.stats().llamaparse.jobsCreated);
+    const worker = workers[w]!;
+    const claimed = await worker.runOnce();
+    if (worker.crashed?.() && w < workers.length - 1) w += 1;
+    if (claimed) continue;
+    const due = Math.max(row.next_attempt_at.getTime(), row.lease_expires_at?.getTime() ?? 0);
+    await clock.advance(Math.max(1, due - clock.now() + 1));
+  }
+  throw new Error(`job ${jobId} did not finish in 200 steps`);
 }
