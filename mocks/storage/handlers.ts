@@ -173,13 +173,21 @@ export function createStorageHandlers(ctx: MockContext, state: StorageState, opt
     return state.put(bucket, name, upload.bytes, upload);
   }
 
-  async function checkUrlToken(request: Request, expectedUrl: string): Promise<Response | Record<string, unknown>> {
+  /**
+   * Verifies a signed-URL token as the server's `verifyObjectSignature` does: signature, the
+   * scope it was issued for (an upload token carries `upsert`, so one without `scope` but with
+   * `upsert` is a legacy upload token), then the object it names.
+   */
+  async function checkUrlToken(request: Request, expectedUrl: string, scope: "upload" | "download"): Promise<Response | Record<string, unknown>> {
     const token = new URL(request.url).searchParams.get("token");
     if (!token) return invalidRequest("querystring must have required property 'token'");
     const verified = await verifyToken(options.jwtSecret, token, nowSeconds());
     if (!verified.ok) return storageError("400", "InvalidJWT", "InvalidJWT", verified.message);
-    if (verified.payload.url !== expectedUrl) return storageError("400", "InvalidSignature", "InvalidSignature", "The url do not match the signature");
-    return verified.payload as Record<string, unknown>;
+    const claims = verified.payload as Record<string, unknown>;
+    const scoped = claims.scope === scope || (claims.scope === undefined && ("upsert" in claims) === (scope === "upload"));
+    if (!scoped) return storageError("400", "InvalidSignature", "InvalidSignature", `Token is not scoped for ${scope}`);
+    if (claims.url !== expectedUrl) return storageError("400", "InvalidSignature", "InvalidSignature", "Invalid signature");
+    return claims;
   }
 
   function bucketJson(b: StoredBucket) {
@@ -257,13 +265,13 @@ export function createStorageHandlers(ctx: MockContext, state: StorageState, opt
       const expiresIn = typeof body.expiresIn === "number" ? Math.floor(body.expiresIn) : NaN;
       if (!(expiresIn >= 1)) return invalidRequest("body/expiresIn must be >= 1");
       const url = `${bucket.name}/${name}`;
-      const token = await signUrlToken(options.jwtSecret, { url }, expiresIn, nowSeconds());
+      const token = await signUrlToken(options.jwtSecret, { url, scope: "download" }, expiresIn, nowSeconds());
       return json({ signedURL: `/object/sign/${url}?token=${token}` });
     })),
     http.get(`${base}/object/sign/:bucket/:path+`, route(R.signedDownload, async ({ request, params }) => {
       const bucketName = decodeParam(params.bucket);
       const name = decodeParam(params.path);
-      const checked = await checkUrlToken(request, `${bucketName}/${name}`);
+      const checked = await checkUrlToken(request, `${bucketName}/${name}`, "download");
       if (checked instanceof Response) return checked;
       const object = state.buckets.get(bucketName)?.objects.get(name);
       return object ? download(object, request) : noSuchKey();
@@ -275,19 +283,21 @@ export function createStorageHandlers(ctx: MockContext, state: StorageState, opt
       const upsert = request.headers.get("x-upsert") === "true";
       if (!upsert && bucket.objects.has(name)) return duplicate("KeyAlreadyExists");
       const url = `${bucket.name}/${name}`;
-      const token = await signUrlToken(options.jwtSecret, { url, upsert }, 7200, nowSeconds());
+      const token = await signUrlToken(options.jwtSecret, { url, upsert, scope: "upload" }, 7200, nowSeconds());
       return json({ url: `/object/upload/sign/${url}?token=${token}`, token });
     })),
     http.put(`${base}/object/upload/sign/:bucket/:path+`, route(R.signedUpload, async ({ request, params }) => {
       const bucketName = decodeParam(params.bucket);
       const name = decodeParam(params.path);
-      const claims = await checkUrlToken(request, `${bucketName}/${name}`);
+      const claims = await checkUrlToken(request, `${bucketName}/${name}`, "upload");
       if (claims instanceof Response) return claims;
       const bucket = state.buckets.get(bucketName);
       if (!bucket) return noSuchBucket();
-      const stored = await store(request, bucket, name, claims.upsert === true || request.headers.get("x-upsert") === "true");
+      // Upsert comes from the signed token only: storage-js sends `x-upsert` on this request too,
+      // and the server ignores it, so whoever holds a non-upsert URL cannot overwrite the object.
+      const stored = await store(request, bucket, name, claims.upsert === true);
       if (stored instanceof Response) return stored;
-      return json({ Key: `${bucket.name}/${stored.name}`, Id: stored.id });
+      return json({ Key: `${bucket.name}/${stored.name}` });
     }, false)),
 
     // Listing, info, move/copy, bulk delete.

@@ -107,6 +107,40 @@ describe("storage-js, unchanged", () => {
     expectApiError(wrong.error, "400", "InvalidSignature");
   });
 
+  it("takes upsert from the signed token only, as the server does: a non-upsert URL cannot overwrite, whatever x-upsert says", async () => {
+    const files = storage.from("documents");
+    const signed = await files.createSignedUploadUrl("u3/raw/once.md");
+    const anonymous = new StorageClient(server.urls.storage, {}).from("documents");
+    expect((await anonymous.uploadToSignedUrl("u3/raw/once.md", signed.data!.token, "# first", { contentType: "text/markdown" })).error).toBeNull();
+    // storage-js sends `x-upsert: true` with upsert: true; the token says false.
+    const again = await anonymous.uploadToSignedUrl("u3/raw/once.md", signed.data!.token, "# second", { contentType: "text/markdown", upsert: true });
+    expectApiError(again.error, "409", "KeyAlreadyExists");
+    expect(await (await files.download("u3/raw/once.md")).data!.text()).toBe("# first");
+
+    const upsertUrl = await files.createSignedUploadUrl("u3/raw/many.md", { upsert: true });
+    expect((await anonymous.uploadToSignedUrl("u3/raw/many.md", upsertUrl.data!.token, "# one", { upsert: false })).error).toBeNull();
+    expect((await anonymous.uploadToSignedUrl("u3/raw/many.md", upsertUrl.data!.token, "# two", { upsert: false })).error).toBeNull();
+    expect(await (await files.download("u3/raw/many.md")).data!.text()).toBe("# two");
+  });
+
+  it("answers the signed-upload PUT with {Key} only, and refuses a download token there", async () => {
+    const files = storage.from("documents");
+    const signed = await files.createSignedUploadUrl("u4/raw/k.md");
+    const res = await fetch(`${server.urls.storage}${signed.data!.signedUrl.slice(signed.data!.signedUrl.indexOf("/object/"))}`, {
+      method: "PUT",
+      body: "# k",
+      headers: { "content-type": "text/markdown", "x-upsert": "false" },
+    });
+    expect(res.status).toBe(200);
+    expect(await res.json()).toEqual({ Key: "documents/u4/raw/k.md" });
+
+    const download = await files.createSignedUrl("u4/raw/k.md", 60);
+    const token = new URL(download.data!.signedUrl).searchParams.get("token")!;
+    const replay = await new StorageClient(server.urls.storage, {}).from("documents").uploadToSignedUrl("u4/raw/k.md", token, "# overwritten");
+    expectApiError(replay.error, "400", "InvalidSignature");
+    expect(await (await files.download("u4/raw/k.md")).data!.text()).toBe("# k");
+  });
+
   it("lists files and folders under a prefix, with search, limit and offset", async () => {
     const files = storage.from("documents");
     for (const p of ["u1/raw/b.txt", "u1/raw/a.txt", "u1/raw/sub/c.txt", "u1/parsed/x.md"]) await files.upload(p, p);
