@@ -16,6 +16,7 @@ import { withTransaction } from "../db/transaction.ts";
 import { transition, type Queryable } from "../state-machine/transition.ts";
 import { backoffDelayMs } from "./backoff.ts";
 import { NO_FAULTS, SimulatedCrash, type FaultPoints } from "./faultPoints.ts";
+import { reapDeadWorkers, registerWorker, unregisterWorker } from "./liveness.ts";
 import { claimNextJob, heartbeat, releaseJob, type ClaimedJob } from "./queries.ts";
 import type { Stage, StageContext, StageOutcome } from "./stage.ts";
 
@@ -41,6 +42,12 @@ export interface WorkerOptions<Services> {
   onJobDone?: (event: { jobId: string; status: JobStatus; outcome: "released" | "retry" | "failed" | "terminal" | "snoozed" | "lost" | "crashed" }) => void;
 }
 
+/**
+ * How often a worker looks for dead workers' jobs: one short statement over a table with a row per
+ * worker process, so a killed worker's jobs wait about 2 s instead of its lease (60 s by default).
+ */
+const REAP_INTERVAL_MS = 2_000;
+
 /** Whether a stage's transition already handed the job back to the queue. */
 interface LeaseState {
   released: boolean;
@@ -54,6 +61,7 @@ export class BaseWorker<Services> {
   private listener: pg.Client | undefined;
   private wakers = new Set<() => void>();
   private readonly active = new Map<string, AbortController>();
+  private reaper: NodeJS.Timeout | undefined;
 
   constructor(private readonly opts: WorkerOptions<Services>) {
     this.workerId = opts.workerId ?? `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
@@ -70,6 +78,7 @@ export class BaseWorker<Services> {
     await this.listen();
     this.opts.log.info({ worker_id: this.workerId, concurrency: this.opts.concurrency }, "worker started");
     this.slots = Array.from({ length: this.opts.concurrency }, (_, i) => this.runSlot(i));
+    this.reaper = setInterval(() => void this.reap(), REAP_INTERVAL_MS);
   }
 
   /**
@@ -89,6 +98,8 @@ export class BaseWorker<Services> {
       await Promise.all(this.slots);
     } finally {
       clearTimeout(timer);
+      clearInterval(this.reaper);
+      await unregisterWorker(this.opts.pool, this.workerId).catch(() => {});
       await this.listener?.end().catch(() => {});
     }
     this.opts.log.info({ worker_id: this.workerId }, "worker stopped");
@@ -311,6 +322,17 @@ export class BaseWorker<Services> {
     return this.opts.faults ?? NO_FAULTS;
   }
 
+  /** Hand back the jobs of workers whose process has died (see liveness.ts). */
+  private async reap(): Promise<void> {
+    try {
+      for (const { job_id, locked_by } of await reapDeadWorkers(this.opts.pool)) {
+        this.opts.log.info({ worker_id: this.workerId, job_id, dead_worker: locked_by }, "took back a job from a dead worker");
+      }
+    } catch (err) {
+      this.opts.log.warn({ worker_id: this.workerId, err: coerceError(err).message }, "could not check for dead workers");
+    }
+  }
+
   private idle(ms: number): Promise<void> {
     if (this.stopping) return Promise.resolve();
     return new Promise((resolve) => {
@@ -339,6 +361,7 @@ export class BaseWorker<Services> {
     try {
       await client.connect();
       await client.query("LISTEN upload_pipeline_jobs");
+      await registerWorker(client, this.workerId);
       this.listener = client;
     } catch (err) {
       this.opts.log.warn({ err: coerceError(err).message }, "could not LISTEN; polling only for now");
