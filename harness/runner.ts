@@ -86,174 +86,191 @@ const EXPECT_KEY: Record<CorpusKind, "documents" | "poison" | "empty"> = {
   empty: "empty",
 };
 
-export async function runScenario(scenario: Scenario, env: RunEnvironment, options: { workers?: number; quiet?: boolean } = {}): Promise<RunOutcome> {
-  const events: string[] = [];
-  const note = (line: string) => {
-    events.push(line);
-    env.onEvent?.(`[${scenario.name}] ${line}`);
-  };
-  const dbName = `scn_${scenario.name.replace(/-/g, "_")}_${randomBytes(3).toString("hex")}`;
-  const admin = new pg.Client(env.serverUrl);
-  await admin.connect();
-  await admin.query(`CREATE DATABASE ${dbName}`);
-  await admin.end();
-  const databaseUrl = withDatabase(env.serverUrl, dbName);
-  await migrate(databaseUrl, { log: () => {} });
-  const pool = new pg.Pool({ connectionString: databaseUrl, max: 10 });
-  pool.on("error", () => {}); // a Postgres restart drops idle connections; queries reconnect
+/** Runs one scenario to quiescence and returns its outcome (the caller checks it, then drops the database). */
+export async function runScenario(scenario: Scenario, env: RunEnvironment, options: { workers?: number } = {}): Promise<RunOutcome> {
+  return new ScenarioRun(scenario, env, options).run();
+}
 
-  const mocks = await startMockServer({ seed: scenario.seed, faults: scenario.faults });
-  // The API reads the scenario's settings too: MAX_ATTEMPTS, for one, is stamped on each job it creates.
-  const apiConfig = configForLocalMocks(mocks.baseUrl, { ...mocks.env, ...scenario.workerEnv, SUPABASE_JWT_SECRET: mocks.mocks.keys.jwtSecret, DATABASE_URL: databaseUrl });
-  const app = await buildWiredApp({ pool, config: apiConfig, log: createLogger({ level: "silent" }) });
-  const apiUrl = await app.listen({ port: 0, host: "127.0.0.1" });
-  const api = new ApiClient(apiUrl, mocks.mocks.keys.jwtSecret);
+/** What one set-up built, torn down in reverse order whatever happened. */
+interface Services {
+  mocks: MockServer;
+  app: Awaited<ReturnType<typeof buildWiredApp>>;
+  api: ApiClient;
+  fleet: WorkerFleet;
+}
 
-  const workerEnv: Record<string, string> = { ...FAST_WORKER_ENV, ...mocks.env, DATABASE_URL: databaseUrl, WEBHOOK_BASE_URL: apiUrl, WORKER_CONCURRENCY: String(scenario.workers.slots), ...scenario.workerEnv };
-  // The fleet knows a worker is ready by its "worker started" line: keep info-level logs.
-  if (!["info", "debug", "trace"].includes(workerEnv.LOG_LEVEL ?? "")) workerEnv.LOG_LEVEL = "info";
-  const workerConfig = configForLocalMocks(mocks.baseUrl, { ...mocks.env, ...workerEnv });
-  const fleet = new WorkerFleet({
-    count: options.workers ?? scenario.workers.processes,
-    env: workerEnv,
-    logDir: join(env.logDir, scenario.name),
-    crashPoints: scenario.crashPoints,
-    onEvent: (e: FleetEvent) => {
-      if (e.kind === "killed") note(`killed ${e.workerId} (${e.reason})`);
-      if (e.kind === "exited" && e.signal === "SIGKILL" && !events.at(-1)?.includes(e.workerId)) note(`${e.workerId} died at its fault point`);
-      if (e.kind === "exited" && e.signal === null && e.code !== 0) note(`${e.workerId} exited with code ${e.code} (see its log)`);
-    },
-  });
+type JobRow = { document_id: string; status: JobStatus; locked_by: string | null; batches: number };
 
-  await fleet.start();
-  const started = Date.now();
-  const corpus = buildCorpus(scenario);
-  const uploaded = await uploadAll(api, corpus);
-  const expected = new Map<string, ExpectedOutcome>();
-  for (const { file, documentId } of uploaded) expected.set(documentId, scenario.expect[EXPECT_KEY[file.kind]] as ExpectedOutcome);
-  const documentIds = [...expected.keys()];
-  note(`uploaded ${corpus.length} files (${documentIds.length} distinct documents)`);
+/**
+ * One run of a scenario: set-up (database, mocks, API, workers), uploads, fault scheduling,
+ * waiting for quiescence, tear-down. `run()` tears everything down in `finally`, so a throwing
+ * upload or a failed start leaves no mock, API or worker process behind; the database survives
+ * only when the run returns an outcome (the caller checks it, then drops it).
+ */
+class ScenarioRun {
+  private readonly events: string[] = [];
+  private readonly timers: NodeJS.Timeout[] = [];
+  private readonly dbName: string;
+  private readonly databaseUrl: string;
+  private pool?: pg.Pool;
+  private services?: Partial<Services>;
+  private documentIds: string[] = [];
+  private started = 0;
+  private postgresRestarts = 0;
+  private timedCrashesDone = 0;
+  private eventCrashes: Array<{ status: JobStatus; batchesDone?: number | undefined; done: boolean }> = [];
+  private faultsSeen: Record<string, number> = {};
+  private faultsPrintedAt = 0;
 
-  // The crash schedule and the Postgres restart.
-  const rng = mulberry32(scenario.seed ^ 0x5eed);
-  const timers: NodeJS.Timeout[] = [];
-  let postgresRestarts = 0;
-  let timedCrashesDone = 0;
-  for (const crash of scenario.crashes) {
-    if ("atMs" in crash) {
-      timers.push(
+  constructor(
+    private readonly scenario: Scenario,
+    private readonly env: RunEnvironment,
+    private readonly options: { workers?: number },
+  ) {
+    this.dbName = `scn_${scenario.name.replace(/-/g, "_")}_${randomBytes(3).toString("hex")}`;
+    this.databaseUrl = withDatabase(env.serverUrl, this.dbName);
+  }
+
+  async run(): Promise<RunOutcome> {
+    let outcome: RunOutcome | undefined;
+    try {
+      const services = await this.setUp();
+      const expected = await this.upload(services);
+      this.scheduleFaults(services.fleet);
+      const { quiet, retried } = await this.waitAndRetry(services);
+      outcome = await this.conclude(services, expected, quiet, retried);
+      return outcome;
+    } finally {
+      await this.tearDown();
+      if (!outcome) await this.dropDatabase();
+    }
+  }
+
+  private note(line: string): void {
+    this.events.push(line);
+    this.env.onEvent?.(`[${this.scenario.name}] ${line}`);
+  }
+
+  /** A fresh migrated database, the mocks with the scenario's plan and seed, the API, the workers (ready). */
+  private async setUp(): Promise<Services> {
+    const { scenario, env } = this;
+    const admin = new pg.Client(env.serverUrl);
+    await admin.connect();
+    try {
+      await admin.query(`CREATE DATABASE ${this.dbName}`);
+    } finally {
+      await admin.end();
+    }
+    await migrate(this.databaseUrl, { log: () => {} });
+    const pool = new pg.Pool({ connectionString: this.databaseUrl, max: 10 });
+    pool.on("error", () => {}); // a Postgres restart drops idle connections; queries reconnect
+    this.pool = pool;
+    const services: Partial<Services> = {};
+    this.services = services;
+
+    const mocks = (services.mocks = await startMockServer({ seed: scenario.seed, faults: scenario.faults }));
+    // The API reads the scenario's settings too: MAX_ATTEMPTS, for one, is stamped on each job it creates.
+    const apiConfig = configForLocalMocks(mocks.baseUrl, { ...mocks.env, ...scenario.workerEnv, SUPABASE_JWT_SECRET: mocks.mocks.keys.jwtSecret, DATABASE_URL: this.databaseUrl });
+    const app = (services.app = await buildWiredApp({ pool, config: apiConfig, log: createLogger({ level: "silent" }) }));
+    const apiUrl = await app.listen({ port: 0, host: "127.0.0.1" });
+    services.api = new ApiClient(apiUrl, mocks.mocks.keys.jwtSecret);
+
+    const workerEnv: Record<string, string> = { ...FAST_WORKER_ENV, ...mocks.env, DATABASE_URL: this.databaseUrl, WEBHOOK_BASE_URL: apiUrl, WORKER_CONCURRENCY: String(scenario.workers.slots), ...scenario.workerEnv };
+    // The fleet knows a worker is ready by its "worker started" line: keep info-level logs.
+    if (!["info", "debug", "trace"].includes(workerEnv.LOG_LEVEL ?? "")) workerEnv.LOG_LEVEL = "info";
+    const fleet = (services.fleet = new WorkerFleet({
+      count: this.options.workers ?? scenario.workers.processes,
+      env: workerEnv,
+      logDir: join(env.logDir, scenario.name),
+      crashPoints: scenario.crashPoints,
+      onEvent: (e: FleetEvent) => this.onFleetEvent(e),
+    }));
+    await fleet.start();
+    return services as Services;
+  }
+
+  private onFleetEvent(e: FleetEvent): void {
+    if (e.kind === "killed") this.note(`killed ${e.workerId} (${e.reason})`);
+    if (e.kind === "started" && e.life > 1) this.note(`restarted worker ${e.worker} as ${e.workerId}`);
+    if (e.kind === "exited" && e.signal === "SIGKILL" && !e.byUs) this.note(`${e.workerId} died at its fault point ${e.crashAt ?? ""}`.trimEnd());
+    if (e.kind === "exited" && e.signal === null && e.code !== 0) this.note(`${e.workerId} exited with code ${e.code} (see its log)`);
+  }
+
+  /** Uploads the corpus through the API; returns the outcome each document must end in. */
+  private async upload({ api }: Services): Promise<Map<string, ExpectedOutcome>> {
+    this.started = Date.now();
+    const corpus = buildCorpus(this.scenario);
+    const uploaded = await uploadAll(api, corpus);
+    const expected = new Map<string, ExpectedOutcome>();
+    for (const { file, documentId } of uploaded) expected.set(documentId, this.scenario.expect[EXPECT_KEY[file.kind]] as ExpectedOutcome);
+    this.documentIds = [...expected.keys()];
+    this.note(`uploaded ${corpus.length} files (${this.documentIds.length} distinct documents)`);
+    return expected;
+  }
+
+  /** The crash schedule (timed and event-triggered kills) and the Postgres restart, from the end of the uploads. */
+  private scheduleFaults(fleet: WorkerFleet): void {
+    const { scenario, env } = this;
+    const rng = mulberry32(scenario.seed ^ 0x5eed);
+    for (const crash of scenario.crashes) {
+      if (!("atMs" in crash)) continue;
+      this.timers.push(
         setTimeout(() => {
           fleet.kill(crash.worker ?? Math.floor(rng() * fleet.size), `scheduled at ${crash.atMs} ms`);
-          timedCrashesDone += 1;
+          this.timedCrashesDone += 1;
         }, crash.atMs),
       );
     }
-  }
-  const eventCrashes = scenario.crashes.filter((c) => "when" in c).map((c) => ({ ...(c as { when: { status: JobStatus; batchesDone?: number } }).when, done: false }));
-  if (scenario.postgresRestartAtMs !== undefined && env.restartPostgres) {
+    this.eventCrashes = scenario.crashes.flatMap((c) => ("when" in c ? [{ ...c.when, done: false }] : []));
     const restart = env.restartPostgres;
-    timers.push(
-      setTimeout(() => {
-        note("restarting PostgreSQL");
-        restart().then(
-          () => {
-            postgresRestarts += 1;
-            note("PostgreSQL is back");
-          },
-          (err: Error) => note(`PostgreSQL restart failed: ${err.message}`),
-        );
-      }, scenario.postgresRestartAtMs),
-    );
+    if (scenario.postgresRestartAtMs !== undefined && restart) {
+      this.timers.push(
+        setTimeout(() => {
+          this.note("restarting PostgreSQL");
+          restart().then(
+            () => {
+              this.postgresRestarts += 1;
+              this.note("PostgreSQL is back");
+            },
+            (err: Error) => this.note(`PostgreSQL restart failed: ${err.message}`),
+          );
+        }, scenario.postgresRestartAtMs),
+      );
+    }
   }
 
-  const deadline = started + scenario.deadlineMs;
-  let faultsSeen: Record<string, number> = {};
-  let faultsPrintedAt = 0;
-  let retried = 0;
-  let quiet = await waitForQuiet();
-  if (quiet.ok && scenario.retryFailed) {
-    const failed = quiet.rows.filter((r) => r.status.startsWith("failed_"));
-    for (const row of failed) {
-      const status = await api.retry(row.document_id);
-      if (status === 200) retried += 1;
-      else note(`retry of ${row.document_id} answered ${status}`);
+  /** Waits for quiescence; with `retryFailed`, retries every dead-lettered job through the API and waits again. */
+  private async waitAndRetry(services: Services): Promise<{ quiet: { ok: boolean; rows: JobRow[] }; retried: number }> {
+    const deadline = this.started + this.scenario.deadlineMs;
+    let quiet = await this.waitForQuiet(services, deadline);
+    let retried = 0;
+    if (quiet.ok && this.scenario.retryFailed) {
+      for (const row of quiet.rows.filter((r) => r.status.startsWith("failed_"))) {
+        const status = await services.api.retry(row.document_id);
+        if (status === 200) retried += 1;
+        else this.note(`retry of ${row.document_id} answered ${status}`);
+      }
+      this.note(`retried ${retried} dead-lettered jobs through the API`);
+      if (retried > 0) quiet = await this.waitForQuiet(services, deadline);
     }
-    note(`retried ${retried} dead-lettered jobs through the API`);
-    if (retried > 0) quiet = await waitForQuiet();
-  }
-  const finished = Date.now();
-  timers.forEach(clearTimeout);
-  // A fault the scenario asked for that never happened would make a pass vacuous: say so.
-  const missed: string[] = [];
-  const timed = scenario.crashes.filter((c) => "atMs" in c).length;
-  if (timedCrashesDone < timed) missed.push(`${timed - timedCrashesDone} scheduled kill(s) never happened: the run was quiet first`);
-  for (const c of eventCrashes) if (!c.done) missed.push(`the kill when a job entered ${c.status} never happened`);
-  const unreached = scenario.crashPoints.filter((p, i) => fleet.crashPointsReached.filter((q) => q === p).length < scenario.crashPoints.slice(0, i + 1).filter((q) => q === p).length);
-  if (unreached.length > 0) missed.push(`crash points never reached: ${unreached.join(", ")}`);
-  if (scenario.postgresRestartAtMs !== undefined && env.restartPostgres && postgresRestarts === 0) missed.push("the PostgreSQL restart never happened: the run was quiet first");
-  await fleet.stop();
-  await mocks.mocks.webhooksIdle();
-  await app.close();
-  const mockStats = mocks.mocks.stats();
-  await mocks.close();
-  const completeAt = await lastCompletion(pool, started);
-
-  return {
-    scenario: scenario.name,
-    databaseUrl,
-    documentIds,
-    expected,
-    durationMs: finished - started,
-    throughput: quiet.rows.filter((r) => r.status === "complete").length / (Math.max(1, completeAt - started) / 1000),
-    kills: fleet.kills,
-    postgresRestarts,
-    retried,
-    timedOut: !quiet.ok,
-    missed,
-    stuck: quiet.ok ? [] : await describeStuck(pool, quiet.rows),
-    mockStats,
-    events,
-    pool,
-    async dropDatabase() {
-      await pool.end();
-      const c = new pg.Client(env.serverUrl);
-      await c.connect();
-      await c.query(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
-      await c.end();
-    },
-  };
-
-  /** Print the mocks' injected faults as they happen (a line when the counts move, at most every 2 s). */
-  function reportNewFaults(): void {
-    if (Date.now() - faultsPrintedAt < 2_000) return;
-    faultsPrintedAt = Date.now();
-    const stats = mocks.mocks.stats();
-    const now: Record<string, number> = {};
-    for (const [route, byKind] of Object.entries(stats.faults)) {
-      for (const [kind, n] of Object.entries(byKind)) now[`${route.split(".")[0]} ${kind}`] = (now[`${route.split(".")[0]} ${kind}`] ?? 0) + n;
-    }
-    for (const [kind, outcomes] of Object.entries(stats.webhooks.deliveries)) {
-      if (kind !== "genuine") now[`webhook ${kind}`] = Object.values(outcomes).reduce((a, b) => a + (b ?? 0), 0);
-    }
-    const moved = Object.entries(now).filter(([k, n]) => n > (faultsSeen[k] ?? 0));
-    if (moved.length > 0) note(`faults: ${moved.map(([k, n]) => `${k} +${n - (faultsSeen[k] ?? 0)}`).join(", ")}`);
-    faultsSeen = now;
+    return { quiet, retried };
   }
 
-  async function waitForQuiet(): Promise<{ ok: boolean; rows: Array<{ document_id: string; status: JobStatus }> }> {
-    let rows: Array<{ document_id: string; status: JobStatus; locked_by: string | null; batches: number }> = [];
+  private async waitForQuiet({ fleet, mocks }: Services, deadline: number): Promise<{ ok: boolean; rows: JobRow[] }> {
+    const pool = this.pool!;
+    let rows: JobRow[] = [];
     while (Date.now() < deadline) {
       try {
-        ({ rows } = await pool.query(
+        ({ rows } = await pool.query<JobRow>(
           `SELECT document_id, status, locked_by, coalesce((progress->>'batches_done')::int, 0) AS batches
              FROM upload_pipeline.upload_jobs WHERE document_id = ANY($1)`,
-          [documentIds],
+          [this.documentIds],
         ));
       } catch {
         await sleep(200); // the database is restarting
         continue;
       }
-      for (const crash of eventCrashes) {
+      for (const crash of this.eventCrashes) {
         if (crash.done) continue;
         const hit = rows.find((r) => r.status === crash.status && r.locked_by && r.batches >= (crash.batchesDone ?? 0));
         const index = hit?.locked_by ? fleet.indexOf(hit.locked_by) : undefined;
@@ -262,16 +279,103 @@ export async function runScenario(scenario: Scenario, env: RunEnvironment, optio
           fleet.kill(index, `job entered ${crash.status}${crash.batchesDone ? ` with ${hit.batches} batches stored` : ""}`);
         }
       }
-      reportNewFaults();
+      this.reportNewFaults(mocks);
       const byState: Partial<Record<JobStatus, number>> = {};
       for (const r of rows) byState[r.status] = (byState[r.status] ?? 0) + 1;
-      env.onProgress?.({ scenario: scenario.name, elapsedMs: Date.now() - started, total: documentIds.length, byState, kills: fleet.kills });
-      if (rows.length === documentIds.length && rows.every((r) => isTerminal(r.status))) return { ok: true, rows };
+      this.env.onProgress?.({ scenario: this.scenario.name, elapsedMs: Date.now() - this.started, total: this.documentIds.length, byState, kills: fleet.kills });
+      if (rows.length === this.documentIds.length && rows.every((r) => isTerminal(r.status))) return { ok: true, rows };
       // Poll fast while an event-triggered crash is still waiting for its moment.
-      await sleep(eventCrashes.some((c) => !c.done) ? 40 : 150);
+      await sleep(this.eventCrashes.some((c) => !c.done) ? 40 : 150);
     }
-    note(`deadline of ${scenario.deadlineMs} ms passed before the run was quiet`);
+    this.note(`deadline of ${this.scenario.deadlineMs} ms passed before the run was quiet`);
     return { ok: false, rows };
+  }
+
+  /** Print the mocks' injected faults as they happen (a line when the counts move, at most every 2 s). */
+  private reportNewFaults(mocks: MockServer): void {
+    if (Date.now() - this.faultsPrintedAt < 2_000) return;
+    this.faultsPrintedAt = Date.now();
+    const stats = mocks.mocks.stats();
+    const now: Record<string, number> = {};
+    for (const [route, byKind] of Object.entries(stats.faults)) {
+      for (const [kind, n] of Object.entries(byKind)) now[`${route.split(".")[0]} ${kind}`] = (now[`${route.split(".")[0]} ${kind}`] ?? 0) + n;
+    }
+    for (const [kind, outcomes] of Object.entries(stats.webhooks.deliveries)) {
+      if (kind !== "genuine") now[`webhook ${kind}`] = Object.values(outcomes).reduce((a, b) => a + (b ?? 0), 0);
+    }
+    const moved = Object.entries(now).filter(([k, n]) => n > (this.faultsSeen[k] ?? 0));
+    if (moved.length > 0) this.note(`faults: ${moved.map(([k, n]) => `${k} +${n - (this.faultsSeen[k] ?? 0)}`).join(", ")}`);
+    this.faultsSeen = now;
+  }
+
+  /** Stops the schedule and the services, then gathers the outcome; a fault the scenario asked for that never happened is named. */
+  private async conclude(services: Services, expected: Map<string, ExpectedOutcome>, quiet: { ok: boolean; rows: JobRow[] }, retried: number): Promise<RunOutcome> {
+    const { scenario, env } = this;
+    const { fleet, mocks } = services;
+    const pool = this.pool!;
+    const finished = Date.now();
+    // A fault the scenario asked for that never happened would make a pass vacuous: say so.
+    const missed: string[] = [];
+    const timed = scenario.crashes.filter((c) => "atMs" in c).length;
+    if (this.timedCrashesDone < timed) missed.push(`${timed - this.timedCrashesDone} scheduled kill(s) never happened: the run was quiet first`);
+    for (const c of this.eventCrashes) if (!c.done) missed.push(`the kill when a job entered ${c.status} never happened`);
+    const unreached = scenario.crashPoints.filter((p, i) => fleet.crashPointsReached.filter((q) => q === p).length < scenario.crashPoints.slice(0, i + 1).filter((q) => q === p).length);
+    if (unreached.length > 0) missed.push(`crash points never reached: ${unreached.join(", ")}`);
+    if (scenario.postgresRestartAtMs !== undefined && env.restartPostgres && this.postgresRestarts === 0) missed.push("the PostgreSQL restart never happened: the run was quiet first");
+    await this.tearDown();
+    const mockStats = mocks.mocks.stats();
+    const completeAt = await lastCompletion(pool, this.started);
+    return {
+      scenario: scenario.name,
+      databaseUrl: this.databaseUrl,
+      documentIds: this.documentIds,
+      expected,
+      durationMs: finished - this.started,
+      throughput: quiet.rows.filter((r) => r.status === "complete").length / (Math.max(1, completeAt - this.started) / 1000),
+      kills: fleet.kills,
+      postgresRestarts: this.postgresRestarts,
+      retried,
+      timedOut: !quiet.ok,
+      missed,
+      stuck: quiet.ok ? [] : await describeStuck(pool, quiet.rows),
+      mockStats,
+      events: this.events,
+      pool,
+      dropDatabase: () => this.dropDatabase(),
+    };
+  }
+
+  /**
+   * Stops the timers, the workers, the API and the mocks (pending webhooks first, so none lands
+   * on a closed API). Idempotent; each step runs even when an earlier one failed.
+   */
+  private async tearDown(): Promise<void> {
+    this.timers.forEach(clearTimeout);
+    this.timers.length = 0;
+    const services = this.services;
+    if (!services) return;
+    this.services = undefined;
+    const { fleet, mocks, app } = services;
+    const steps: Array<() => Promise<unknown> | undefined> = [() => fleet?.stop(), () => mocks?.mocks.webhooksIdle(), () => app?.close(), () => mocks?.close()];
+    for (const step of steps) {
+      try {
+        await step();
+      } catch (err) {
+        this.note(`tear-down: ${(err as Error).message}`);
+      }
+    }
+  }
+
+  private async dropDatabase(): Promise<void> {
+    await this.pool?.end().catch(() => {});
+    this.pool = undefined;
+    const c = new pg.Client(this.env.serverUrl);
+    await c.connect();
+    try {
+      await c.query(`DROP DATABASE IF EXISTS ${this.dbName} WITH (FORCE)`);
+    } finally {
+      await c.end();
+    }
   }
 }
 

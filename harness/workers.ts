@@ -19,9 +19,10 @@ export interface FleetOptions {
 }
 
 export type FleetEvent =
-  | { kind: "started"; worker: number; workerId: string }
+  | { kind: "started"; worker: number; workerId: string; life: number }
   | { kind: "killed"; worker: number; workerId: string; reason: string }
-  | { kind: "exited"; worker: number; workerId: string; code: number | null; signal: string | null };
+  /** `byUs`: the fleet's own SIGKILL (else a SIGKILL is the process's own, at `crashAt`). */
+  | { kind: "exited"; worker: number; workerId: string; code: number | null; signal: string | null; byUs: boolean; crashAt?: string | undefined };
 
 interface Slot {
   index: number;
@@ -126,7 +127,7 @@ export class WorkerFleet {
     slot.exited = new Promise((resolve) => {
       child.on("exit", (code, signal) => {
         slot.child = undefined;
-        this.opts.onEvent?.({ kind: "exited", worker: slot.index, workerId: slot.workerId, code, signal });
+        this.opts.onEvent?.({ kind: "exited", worker: slot.index, workerId: slot.workerId, code, signal, byUs: Boolean(slot.killedByUs), crashAt: slot.crashAt });
         const reachedPoint = signal === "SIGKILL" && !slot.killedByUs;
         if (slot.crashAt) {
           if (reachedPoint) this.crashPointsReached.push(slot.crashAt);
@@ -144,7 +145,7 @@ export class WorkerFleet {
         resolve();
       });
     });
-    this.opts.onEvent?.({ kind: "started", worker: slot.index, workerId: slot.workerId });
+    this.opts.onEvent?.({ kind: "started", worker: slot.index, workerId: slot.workerId, life: slot.life });
     return ready;
   }
 }
