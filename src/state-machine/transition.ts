@@ -6,6 +6,7 @@
  */
 import type pg from "pg";
 import { IllegalTransitionError, LeaseLostError, PipelineError } from "../errors.ts";
+import type { Lane } from "../scheduling/lanes.ts";
 import { findEdge, type Actor, type JobStatus } from "./table.ts";
 
 /** How a write proves it may touch the job. */
@@ -126,6 +127,10 @@ export interface NewJob {
   documentId: string;
   correlationId: string;
   maxAttempts: number;
+  /** Scheduling lane (`interactive` unless given): see `lanes` in migration 0006. */
+  lane?: Lane | undefined;
+  /** Fair-share tenant; unset → the document's `user_id`. */
+  tenantId?: string | undefined;
 }
 
 /**
@@ -135,15 +140,15 @@ export interface NewJob {
 export async function createJob(db: Queryable, job: NewJob): Promise<{ created: boolean }> {
   const { rows } = await db.query(
     `WITH inserted AS (
-       INSERT INTO upload_pipeline.upload_jobs (job_id, document_id, status, max_attempts, correlation_id)
-       VALUES ($1, $2, 'uploaded', $3, $4)
+       INSERT INTO upload_pipeline.upload_jobs (job_id, document_id, status, max_attempts, correlation_id, lane, tenant_id)
+       VALUES ($1, $2, 'uploaded', $3, $4, $5, $6)
        ON CONFLICT (job_id) DO NOTHING
        RETURNING job_id, correlation_id
      )
      INSERT INTO upload_pipeline.job_events (job_id, from_status, to_status, worker_id, attempt, correlation_id, detail)
      SELECT job_id, NULL, 'uploaded', 'api', 0, correlation_id, '{"actor":"api"}'::jsonb FROM inserted
      RETURNING id`,
-    [job.jobId, job.documentId, job.maxAttempts, job.correlationId],
+    [job.jobId, job.documentId, job.maxAttempts, job.correlationId, job.lane ?? "interactive", job.tenantId ?? null],
   );
   return { created: rows.length > 0 };
 }

@@ -3,7 +3,7 @@
  *
  *   while (!stopping) { job = claimNextJob() ?? await idle(); work(job) }
  *
- * A notification (LISTEN upload_pipeline_jobs) or `stop()` cuts an idle wait short; polling with
+ * A notification (LISTEN upload_pipeline_jobs) wakes one idle slot, `stop()` wakes them all; polling with
  * backoff is the fallback when notifications are lost (Postgres restarts, pooled connections).
  */
 import { randomUUID } from "node:crypto";
@@ -17,6 +17,7 @@ import { transition, type Queryable } from "../state-machine/transition.ts";
 import { backoffDelayMs } from "./backoff.ts";
 import { NO_FAULTS, SimulatedCrash, type FaultPoints } from "./faultPoints.ts";
 import { reapDeadWorkers, registerWorker, unregisterWorker } from "./liveness.ts";
+import { IdleSlots } from "./idleSlots.ts";
 import { claimNextJob, heartbeat, releaseJob, type ClaimedJob } from "./queries.ts";
 import type { Stage, StageContext, StageOutcome } from "./stage.ts";
 
@@ -59,7 +60,7 @@ export class BaseWorker<Services> {
   private stopping = false;
   private slots: Promise<void>[] = [];
   private listener: pg.Client | undefined;
-  private wakers = new Set<() => void>();
+  private readonly idleSlots = new IdleSlots();
   private readonly active = new Map<string, AbortController>();
   private reaper: NodeJS.Timeout | undefined;
 
@@ -90,7 +91,7 @@ export class BaseWorker<Services> {
     if (this.stopping) return Promise.all(this.slots).then(() => {});
     this.stopping = true;
     this.opts.log.info({ worker_id: this.workerId, running: this.active.size }, "worker stopping");
-    for (const wake of this.wakers) wake();
+    this.idleSlots.wakeAll();
     const timer = setTimeout(() => {
       for (const ctl of this.active.values()) ctl.abort(new Error("shutdown timeout"));
     }, this.opts.shutdownTimeoutMs ?? 30_000);
@@ -335,15 +336,7 @@ export class BaseWorker<Services> {
 
   private idle(ms: number): Promise<void> {
     if (this.stopping) return Promise.resolve();
-    return new Promise((resolve) => {
-      const wake = () => {
-        clearTimeout(timer);
-        this.wakers.delete(wake);
-        resolve();
-      };
-      const timer = setTimeout(wake, ms);
-      this.wakers.add(wake);
-    });
+    return this.idleSlots.wait(ms);
   }
 
   private async listen(): Promise<void> {
@@ -353,9 +346,8 @@ export class BaseWorker<Services> {
       this.listener = undefined;
       if (!this.stopping) setTimeout(() => void this.listen().catch(() => reconnect()), 1_000);
     };
-    client.on("notification", () => {
-      for (const wake of this.wakers) wake();
-    });
+    // One notification = one claimable job: wake one idle slot for it, not all of them.
+    client.on("notification", () => this.idleSlots.wakeOne());
     client.on("error", (err) => this.opts.log.warn({ err: err.message }, "LISTEN connection lost; polling until it is back"));
     client.on("end", reconnect);
     try {

@@ -4,7 +4,7 @@
  * `now` parameter, graphile-worker's `useNodeTime`).
  */
 import type { Queryable } from "../state-machine/transition.ts";
-import { ACTIONABLE_STATES, type JobStatus } from "../state-machine/table.ts";
+import { FAILED_STATES, type JobStatus } from "../state-machine/table.ts";
 
 export interface ClaimedJob {
   job_id: string;
@@ -31,40 +31,52 @@ export interface ClaimedJob {
 }
 
 /**
- * Take the oldest due, unleased job and lease it, in one statement. `SKIP LOCKED` lets many
- * workers claim concurrently without blocking on each other's candidate rows; a lease whose
- * holder stopped heartbeating (expired) counts as free. Counts the claim as an attempt: a job
- * whose worker keeps dying mid-stage runs out of attempts and is dead-lettered instead of
- * crash-looping forever.
+ * "Not terminal", spelled as constants exactly as the predicate of `upload_jobs_claim_idx`
+ * (migration 0006): a parameter (`status = ANY($1)`) would only match the partial index in a
+ * custom plan, and after five executions pg may switch to a generic plan that cannot use it.
+ */
+export const NON_TERMINAL_SQL = `status NOT IN (${["complete", ...FAILED_STATES].map((s) => `'${s}'`).join(", ")})`;
+
+/** The claim statement ($1 worker id, $2 lease seconds, $3 simulated now or null); see claimNextJob. */
+export const CLAIM_NEXT_JOB_SQL = `WITH candidate AS (
+   SELECT job_id FROM upload_pipeline.upload_jobs
+    WHERE ${NON_TERMINAL_SQL}
+      AND next_attempt_at <= coalesce($3::timestamptz, now())
+      AND (lease_expires_at IS NULL OR lease_expires_at <= coalesce($3::timestamptz, now()))
+    ORDER BY fair_tag
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+ ), claimed AS (
+   UPDATE upload_pipeline.upload_jobs AS j SET
+     locked_by = $1,
+     lease_token = gen_random_uuid(),
+     lease_expires_at = coalesce($3::timestamptz, now()) + make_interval(secs => $2),
+     attempts = j.attempts + 1,
+     updated_at = coalesce($3::timestamptz, now())
+   FROM candidate WHERE j.job_id = candidate.job_id
+   RETURNING j.*
+ )
+ SELECT c.job_id, c.document_id, c.status, c.progress, c.attempts, c.max_attempts, c.lease_token,
+        c.lease_expires_at, c.locked_by, c.last_error, c.webhook_secret, c.parse_job_id, c.correlation_id,
+        d.user_id, d.filename, d.mime, d.bytes, d.file_sha256, d.raw_path, d.parsed_path, d.parsed_sha256
+   FROM claimed c JOIN upload_pipeline.documents d USING (document_id)`;
+
+/**
+ * Take the due, unleased job with the smallest fair tag and lease it, in one statement.
+ * Fair tags (migration 0006) order jobs by weighted fair share across tenants and lanes; the
+ * scan walks `upload_jobs_claim_idx` in tag order, checks "due" inside the index and stops at the
+ * first free row, so 10^6 finished jobs are never read. `SKIP LOCKED` lets many workers claim
+ * concurrently without blocking on each other's candidate rows; a lease whose holder stopped
+ * heartbeating (expired) counts as free. Counts the claim as an attempt: a job whose worker keeps
+ * dying mid-stage runs out of attempts and is dead-lettered instead of crash-looping forever.
  */
 export async function claimNextJob(
   db: Queryable,
   args: { workerId: string; leaseSeconds: number; now?: Date | undefined },
 ): Promise<ClaimedJob | undefined> {
   const { rows } = await db.query<ClaimedJob>(
-    `WITH candidate AS (
-       SELECT job_id FROM upload_pipeline.upload_jobs
-        WHERE status = ANY($1::text[])
-          AND next_attempt_at <= coalesce($4::timestamptz, now())
-          AND (lease_expires_at IS NULL OR lease_expires_at <= coalesce($4::timestamptz, now()))
-        ORDER BY next_attempt_at, created_at
-        LIMIT 1
-        FOR UPDATE SKIP LOCKED
-     ), claimed AS (
-       UPDATE upload_pipeline.upload_jobs AS j SET
-         locked_by = $2,
-         lease_token = gen_random_uuid(),
-         lease_expires_at = coalesce($4::timestamptz, now()) + make_interval(secs => $3),
-         attempts = j.attempts + 1,
-         updated_at = coalesce($4::timestamptz, now())
-       FROM candidate WHERE j.job_id = candidate.job_id
-       RETURNING j.*
-     )
-     SELECT c.job_id, c.document_id, c.status, c.progress, c.attempts, c.max_attempts, c.lease_token,
-            c.lease_expires_at, c.locked_by, c.last_error, c.webhook_secret, c.parse_job_id, c.correlation_id,
-            d.user_id, d.filename, d.mime, d.bytes, d.file_sha256, d.raw_path, d.parsed_path, d.parsed_sha256
-       FROM claimed c JOIN upload_pipeline.documents d USING (document_id)`,
-    [ACTIONABLE_STATES, args.workerId, args.leaseSeconds, args.now ?? null],
+    CLAIM_NEXT_JOB_SQL,
+    [args.workerId, args.leaseSeconds, args.now ?? null],
   );
   return rows[0];
 }

@@ -69,11 +69,11 @@ describe("migrations", () => {
     expect(listed).toHaveLength(13);
   });
 
-  it("create the polling index on actionable status and next_attempt_at", async () => {
+  it("create the claim index on fair tag and next_attempt_at over non-terminal jobs", async () => {
     const { rows } = await db.pool.query<{ indexdef: string }>(
-      "SELECT indexdef FROM pg_indexes WHERE schemaname = 'upload_pipeline' AND indexname = 'upload_jobs_actionable_idx'",
+      "SELECT indexdef FROM pg_indexes WHERE schemaname = 'upload_pipeline' AND indexname = 'upload_jobs_claim_idx'",
     );
-    expect(rows[0]?.indexdef).toMatch(/next_attempt_at/);
+    expect(rows[0]?.indexdef).toMatch(/\(fair_tag, next_attempt_at\)/);
     expect(rows[0]?.indexdef).toMatch(/WHERE/);
   });
 });

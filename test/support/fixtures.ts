@@ -5,6 +5,7 @@
 import { randomUUID } from "node:crypto";
 import type pg from "pg";
 import { documentId, jobId, sha256 } from "../../src/ids.ts";
+import type { Lane } from "../../src/scheduling/lanes.ts";
 import type { JobStatus } from "../../src/state-machine/table.ts";
 import { createJob } from "../../src/state-machine/transition.ts";
 
@@ -16,7 +17,7 @@ export interface SeededJob {
 
 export async function seedJob(
   pool: pg.Pool,
-  opts: { status?: JobStatus; content?: string; userId?: string; maxAttempts?: number; filename?: string } = {},
+  opts: { status?: JobStatus; content?: string; userId?: string; maxAttempts?: number; filename?: string; lane?: Lane; tenantId?: string } = {},
 ): Promise<SeededJob> {
   const userId = opts.userId ?? randomUUID();
   const content = opts.content ?? `document ${randomUUID()}`;
@@ -29,7 +30,7 @@ export async function seedJob(
     [docId, userId, filename, Buffer.byteLength(content), fileSha, `${userId}/raw/${docId}/${filename}`],
   );
   const id = jobId(docId);
-  await createJob(pool, { jobId: id, documentId: docId, correlationId: randomUUID(), maxAttempts: opts.maxAttempts ?? 5 });
+  await createJob(pool, { jobId: id, documentId: docId, correlationId: randomUUID(), maxAttempts: opts.maxAttempts ?? 5, lane: opts.lane, tenantId: opts.tenantId });
   if (opts.status && opts.status !== "uploaded") {
     await pool.query("UPDATE upload_pipeline.upload_jobs SET status = $2 WHERE job_id = $1", [id, opts.status]);
   }

@@ -2,7 +2,8 @@
  * `POST /upload` in two forms, and `POST /upload/{document_id}/finalize`.
  *
  * 1. Direct: `multipart/form-data` with one `file` part (optional fields `filename`, which
- *    overrides the part's file name, and `sha256`, checked against the bytes received). The
+ *    overrides the part's file name, `sha256`, checked against the bytes received, and the
+ *    scheduling fields `priority` and `tenant_id`, see `schedulingOf`). The
  *    file is streamed to a temporary file while it is hashed (memory stays flat up to
  *    UPLOAD_MAX_BYTES), then stored at `{user_id}/raw/{document_id}/{name}` and the job is
  *    created in `uploaded`.
@@ -32,6 +33,7 @@ import { z } from "zod";
 import { PipelineError } from "../../errors.ts";
 import { documentId as makeDocumentId, jobId as makeJobId } from "../../ids.ts";
 import { createJob } from "../../state-machine/transition.ts";
+import { Priority, TenantId, type Lane } from "../../scheduling/lanes.ts";
 import { principalOf, requireAuth, type Principal } from "../auth.ts";
 import { ApiError, notFound, parseOr400 } from "../errors.ts";
 import type { ObjectStore } from "../app.ts";
@@ -52,16 +54,22 @@ const Sha256 = z
   .regex(/^[0-9a-fA-F]{64}$/, "must be the file's SHA-256 as 64 hex characters")
   .transform((s) => s.toLowerCase());
 
+/** Optional on both upload forms: the job's lane, and (service role only) its fair-share tenant. */
+const Scheduling = z.object({ priority: Priority.optional(), tenant_id: TenantId.optional() });
+const SCHEDULING_FIELDS = Object.keys(Scheduling.shape);
+
 const SignedUploadRequest = z.object({
   filename: FileName,
   mime: z.string().min(1, "is empty; give the file's MIME type, e.g. application/pdf").max(255, "is too long"),
   bytes: z.number({ error: "must be the file's size in bytes (a number)" }).int("must be a whole number").min(1, "must be at least 1: empty files are not accepted"),
   sha256: Sha256,
+  ...Scheduling.shape,
 });
 
 const MultipartFields = z.object({
   filename: FileName.optional(),
   sha256: Sha256.optional(),
+  ...Scheduling.shape,
 });
 
 export const DocumentParams = z.object({
@@ -96,7 +104,7 @@ export async function uploadRoutes(app: FastifyInstance): Promise<void> {
   const allowed = new Set(config.UPLOAD_ALLOWED_MIME.map(baseMime));
 
   await app.register(multipart, {
-    limits: { fileSize: maxBytes, files: 1, fields: 4, fieldSize: 1024, parts: 5, headerPairs: 100 },
+    limits: { fileSize: maxBytes, files: 1, fields: 6, fieldSize: 1024, parts: 7, headerPairs: 100 },
     throwFileSizeLimit: true,
   });
 
@@ -113,13 +121,15 @@ export async function uploadRoutes(app: FastifyInstance): Promise<void> {
     new ApiError(413, "file_too_large", `The file is larger than the limit of ${maxBytes} bytes (UPLOAD_MAX_BYTES); split it or raise the limit.`);
 
   app.post("/upload", { onRequest: requireAuth(auth) }, async (request, reply) => {
-    const userId = requireUser(principalOf(request));
-    if (request.isMultipart()) return direct(request, reply, userId);
+    const who = principalOf(request);
+    const userId = requireUser(who);
+    if (request.isMultipart()) return direct(request, reply, who, userId);
     const type = baseMime(String(request.headers["content-type"] ?? ""));
     if (type !== "application/json") {
       throw new ApiError(415, "unsupported_media_type", "POST /upload takes multipart/form-data (a 'file' part) or application/json {filename, mime, bytes, sha256}.");
     }
     const body = parseOr400(SignedUploadRequest, request.body, "body");
+    const scheduling = schedulingOf(who, body);
     checkMime(body.mime, "mime");
     if (body.bytes > maxBytes) throw tooLarge();
     const docId = makeDocumentId(userId, body.sha256);
@@ -130,7 +140,7 @@ export async function uploadRoutes(app: FastifyInstance): Promise<void> {
     }
     const { row, created } = await upsertDocument(pool, {
       documentId: docId, userId, filename: body.filename, mime: baseMime(body.mime), bytes: body.bytes, sha256: body.sha256,
-      rawPath: rawPath(userId, docId, body.filename),
+      rawPath: rawPath(userId, docId, body.filename), ...scheduling,
     });
     // upsert: a client that lost the first URL (or whose PUT failed half-way) can try again.
     const signed = await storageCall(() => store.createSignedUploadUrl(row.raw_path, { upsert: true }));
@@ -142,7 +152,7 @@ export async function uploadRoutes(app: FastifyInstance): Promise<void> {
     });
   });
 
-  async function direct(request: FastifyRequest, reply: FastifyReply, userId: string) {
+  async function direct(request: FastifyRequest, reply: FastifyReply, who: Principal, userId: string) {
     const declared = Number(request.headers["content-length"]);
     // Refuse before reading when the declared body cannot fit (64 KiB for the form's framing).
     if (Number.isFinite(declared) && declared > maxBytes + 64 * 1024) throw tooLarge();
@@ -153,8 +163,8 @@ export async function uploadRoutes(app: FastifyInstance): Promise<void> {
       try {
         for await (const part of request.parts()) {
           if (part.type === "field") {
-            if (part.fieldname !== "filename" && part.fieldname !== "sha256") {
-              throw new ApiError(400, "unknown_field", `Form field '${part.fieldname.slice(0, 50)}' is not accepted; send 'file' and optionally 'filename' and 'sha256'.`);
+            if (part.fieldname !== "filename" && part.fieldname !== "sha256" && !SCHEDULING_FIELDS.includes(part.fieldname)) {
+              throw new ApiError(400, "unknown_field", `Form field '${part.fieldname.slice(0, 50)}' is not accepted; send 'file' and optionally 'filename', 'sha256', 'priority' and 'tenant_id'.`);
             }
             fields[part.fieldname] = String(part.value);
             continue;
@@ -189,6 +199,7 @@ export async function uploadRoutes(app: FastifyInstance): Promise<void> {
       }
       if (!file) throw new ApiError(400, "missing_file", "No file part: send the file as a multipart/form-data part named 'file'.");
       const extra = parseOr400(MultipartFields, fields, "form");
+      const scheduling = schedulingOf(who, extra);
       const filename = parseOr400(FileName, extra.filename ?? file.filename, "filename");
       if (file.bytes === 0) throw new ApiError(400, "empty_file", "file: is empty; empty files are not accepted.");
       if (extra.sha256 && extra.sha256 !== file.sha256) {
@@ -201,11 +212,11 @@ export async function uploadRoutes(app: FastifyInstance): Promise<void> {
       if (existingJob) return reply.code(200).send(uploadAnswer(docId, jobId, existingJob.status, file, filename));
       const { row } = await upsertDocument(pool, {
         documentId: docId, userId, filename, mime: file.mime, bytes: file.bytes, sha256: file.sha256,
-        rawPath: rawPath(userId, docId, filename),
+        rawPath: rawPath(userId, docId, filename), ...scheduling,
       });
       const path = file.path;
       await storageCall(() => store.upload(row.raw_path, Readable.toWeb(createReadStream(path)) as ReadableStream<Uint8Array>, file.mime, { upsert: true }));
-      const { created } = await createJob(pool, { jobId, documentId: docId, correlationId: randomUUID(), maxAttempts: config.MAX_ATTEMPTS });
+      const { created } = await createJob(pool, { jobId, documentId: docId, correlationId: randomUUID(), maxAttempts: config.MAX_ATTEMPTS, lane: row.lane });
       request.log.info({ document_id: docId, job_id: jobId, bytes: file.bytes, created }, "upload stored");
       return reply.code(created ? 201 : 200).send(uploadAnswer(docId, jobId, "uploaded", file, filename, row.raw_path));
     } finally {
@@ -224,7 +235,7 @@ export async function uploadRoutes(app: FastifyInstance): Promise<void> {
     if (!(await storageCall(() => store.exists(doc.raw_path)))) {
       throw new ApiError(409, "upload_missing", `No object at ${doc.raw_path} yet: PUT the file to the signed URL from POST /upload, then call finalize again.`);
     }
-    const { created } = await createJob(pool, { jobId, documentId: docId, correlationId: randomUUID(), maxAttempts: config.MAX_ATTEMPTS });
+    const { created } = await createJob(pool, { jobId, documentId: docId, correlationId: randomUUID(), maxAttempts: config.MAX_ATTEMPTS, lane: doc.lane });
     const job = await findJob(pool, docId);
     return reply.code(created ? 201 : 200).send({ document_id: docId, job_id: jobId, status: job?.status ?? "uploaded" });
   });
@@ -247,6 +258,17 @@ function requireUser(who: Principal): string {
   throw new ApiError(403, "user_required", "Uploads belong to a user: use the user's access token (a service-role token needs a 'sub' claim naming the user).");
 }
 
+/**
+ * The lane and tenant an upload asked for. Only the service role may name a tenant (a backend
+ * uploading for an organisation); a user's uploads are their own tenant.
+ */
+function schedulingOf(who: Principal, fields: z.infer<typeof Scheduling>): { lane: Lane; tenantId: string | null } {
+  if (fields.tenant_id !== undefined && !who.isService) {
+    throw new ApiError(403, "tenant_forbidden", "tenant_id: only a service-role caller may name a tenant; leave it out and the upload counts towards your own share.");
+  }
+  return { lane: fields.priority ?? "interactive", tenantId: fields.tenant_id ?? null };
+}
+
 /** Storage failures: 503 when retrying may help, 502 otherwise; never the upstream's text. */
 async function storageCall<T>(fn: () => Promise<T>): Promise<T> {
   try {
@@ -264,22 +286,23 @@ interface DocumentRow {
   user_id: string;
   filename: string;
   raw_path: string;
+  lane: Lane;
 }
 
 async function upsertDocument(
   pool: pg.Pool,
-  d: { documentId: string; userId: string; filename: string; mime: string; bytes: number; sha256: string; rawPath: string },
+  d: { documentId: string; userId: string; filename: string; mime: string; bytes: number; sha256: string; rawPath: string; lane: Lane; tenantId: string | null },
 ): Promise<{ row: DocumentRow; created: boolean }> {
   const inserted = await pool.query<DocumentRow>(
-    `INSERT INTO upload_pipeline.documents (document_id, user_id, filename, mime, bytes, file_sha256, raw_path)
-     VALUES ($1, $2, $3, $4, $5, $6, $7)
+    `INSERT INTO upload_pipeline.documents (document_id, user_id, filename, mime, bytes, file_sha256, raw_path, lane, tenant_id)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
      ON CONFLICT (document_id) DO NOTHING
-     RETURNING document_id, user_id, filename, raw_path`,
-    [d.documentId, d.userId, d.filename, d.mime, d.bytes, d.sha256, d.rawPath],
+     RETURNING document_id, user_id, filename, raw_path, lane`,
+    [d.documentId, d.userId, d.filename, d.mime, d.bytes, d.sha256, d.rawPath, d.lane, d.tenantId],
   );
   if (inserted.rows[0]) return { row: inserted.rows[0], created: true };
   const { rows } = await pool.query<DocumentRow>(
-    "SELECT document_id, user_id, filename, raw_path FROM upload_pipeline.documents WHERE document_id = $1",
+    "SELECT document_id, user_id, filename, raw_path, lane FROM upload_pipeline.documents WHERE document_id = $1",
     [d.documentId],
   );
   return { row: rows[0]!, created: false };
@@ -296,7 +319,7 @@ async function findJob(pool: pg.Pool, documentId: string): Promise<{ job_id: str
 /** The document if `who` may see it: its owner, or the service role. Anyone else gets undefined (→ 404). */
 export async function findOwnedDocument(pool: pg.Pool, documentId: string, who: Principal): Promise<DocumentRow | undefined> {
   const { rows } = await pool.query<DocumentRow>(
-    `SELECT document_id, user_id, filename, raw_path FROM upload_pipeline.documents
+    `SELECT document_id, user_id, filename, raw_path, lane FROM upload_pipeline.documents
       WHERE document_id = $1 AND ($2::boolean OR user_id = $3::uuid)`,
     [documentId, who.isService, who.userId],
   );
