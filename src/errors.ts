@@ -62,6 +62,52 @@ export class LeaseLostError extends PipelineError {
   }
 }
 
+/**
+ * What a service's condition, not the job, is to blame for: the service's circuit is open, it
+ * failed while the circuit is open (an outage), it still answered 429 after the caller's own
+ * pauses, or it refuses the account (a wrong key, no quota or credits, a missing bucket). The
+ * worker parks the job until `retryAfterMs` (when the breaker lets a probe through) without
+ * spending an attempt: a three-minute outage must not dead-letter good documents. The `code`,
+ * `status` and `retryAfterMs` are the underlying answer's (or `circuit_open`).
+ */
+export type ServiceCondition = "circuit_open" | "outage" | "rate_limited" | "refusing";
+
+export class ServiceConditionError extends TransientError {
+  constructor(
+    readonly service: string,
+    readonly condition: ServiceCondition,
+    message: string,
+    options: { code: string; cause?: unknown; status?: number | undefined; retryAfterMs?: number | undefined },
+  ) {
+    super(options.code, message, {
+      cause: options.cause,
+      ...(options.status !== undefined ? { status: options.status } : {}),
+      ...(options.retryAfterMs !== undefined ? { retryAfterMs: options.retryAfterMs } : {}),
+    });
+  }
+}
+
+/**
+ * The worker is shutting down: the stage stopped between steps (or was aborted when the
+ * shutdown timeout ran out). Not the job's fault: the job is released at once, no attempt spent.
+ */
+export class WorkerStoppingError extends PipelineError {
+  constructor() {
+    super("worker_stopping", "transient", "the worker is shutting down; the job goes back to the queue");
+  }
+}
+
+/**
+ * A stage made no progress (no transition, no committed batch) within the stage deadline: a
+ * call or query that never answers. The stage is aborted, the lease given up, and the job
+ * retried (by any worker) after backoff; it spends an attempt like any transient failure.
+ */
+export class StageStalledError extends PipelineError {
+  constructor(stage: string, ms: number) {
+    super("stage_stalled", "transient", `stage ${stage} made no progress for ${ms} ms; aborted and handed back`);
+  }
+}
+
 /** A transition the state machine table does not allow. A programming error, never retried. */
 export class IllegalTransitionError extends PipelineError {
   constructor(from: string | null, to: string) {

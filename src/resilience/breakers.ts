@@ -30,7 +30,7 @@ import {
   timeout,
   type CircuitBreakerPolicy,
 } from "cockatiel";
-import { TransientError, coerceError, type PipelineError } from "../errors.ts";
+import { ServiceConditionError, TransientError, coerceError, type PipelineError } from "../errors.ts";
 import { abortedError } from "./clock.ts";
 
 export const SERVICES = ["openai", "llamaparse", "storage"] as const;
@@ -54,6 +54,12 @@ export interface BreakerConfig {
   policy: BreakerPolicyConfig;
   /** How long the circuit stays open before a half-open probe. */
   halfOpenAfterMs: number;
+  /**
+   * While the service refuses the account (see `ACCOUNT_ERROR_CODES`), one probe call per this
+   * interval; every other call fails fast. A key or a quota is fixed by a person, in minutes:
+   * probing faster only adds refused calls to the provider's logs.
+   */
+  refusalProbeMs: number;
 }
 
 /**
@@ -62,10 +68,32 @@ export interface BreakerConfig {
  * batch or parse submission per slot at a time), below any useful sampling minimum.
  */
 export const DEFAULT_BREAKER_CONFIG: Readonly<Record<ServiceName, BreakerConfig>> = {
-  openai: { policy: { kind: "consecutive", failures: 5 }, halfOpenAfterMs: 10_000 },
-  llamaparse: { policy: { kind: "consecutive", failures: 5 }, halfOpenAfterMs: 15_000 },
-  storage: { policy: { kind: "consecutive", failures: 5 }, halfOpenAfterMs: 5_000 },
+  openai: { policy: { kind: "consecutive", failures: 5 }, halfOpenAfterMs: 10_000, refusalProbeMs: 30_000 },
+  llamaparse: { policy: { kind: "consecutive", failures: 5 }, halfOpenAfterMs: 15_000, refusalProbeMs: 30_000 },
+  storage: { policy: { kind: "consecutive", failures: 5 }, halfOpenAfterMs: 5_000, refusalProbeMs: 30_000 },
 };
+
+/**
+ * Answers that say the account, not the request, is refused: a wrong or rotated key, no quota,
+ * no credits, a missing bucket. Every document would get the same answer, so they are a
+ * condition of the service (the breaker holds every call back and probes slowly; jobs wait)
+ * rather than a permanent failure of each document that reaches the stage.
+ */
+export const ACCOUNT_ERROR_CODES: ReadonlySet<string> = new Set([
+  "openai_unauthorized",
+  "openai_insufficient_quota",
+  "llamaparse_unauthorized",
+  "llamaparse_payment_required",
+  "storage_unauthorized",
+  "storage_bucket_not_found",
+]);
+
+/** A service that refuses the account: since when and why (the answer's code and message, never a secret). */
+export interface Refusal {
+  code: string;
+  message: string;
+  since: Date;
+}
 
 const NOT_A_SERVICE_FAILURE = new Set(["aborted", "circuit_open", "lease_lost"]);
 
@@ -103,6 +131,8 @@ export class ServiceBreaker {
   readonly config: BreakerConfig;
   readonly #policy: CircuitBreakerPolicy;
   #openedAt = 0;
+  #refusal: (Refusal & { nextProbeAt: number; probing: boolean }) | undefined;
+  readonly #refusalListeners = new Set<(refusal: Refusal | undefined, service: ServiceName) => void>();
 
   constructor(service: ServiceName, config: BreakerConfig) {
     this.service = service;
@@ -122,30 +152,100 @@ export class ServiceBreaker {
     });
   }
 
-  /** Current state, for metrics and `/healthz`. */
+  /** Current state, for metrics and `/healthz`; `isolated` while the service refuses the account. */
   get state(): BreakerState {
-    return stateName(this.#policy.state);
+    return this.#refusal ? "isolated" : stateName(this.#policy.state);
   }
 
   /**
-   * Run `fn` through the breaker. Rejects with a transient `circuit_open` `PipelineError` while
-   * the circuit is open; `fn`'s own errors pass through unchanged (coerce them at the call site).
+   * Run `fn` through the breaker. Rejects with a `ServiceConditionError` (transient: the worker
+   * parks the job without spending an attempt) when the service, not the call, is to blame:
+   *
+   * - the circuit is open (`circuit_open`, with the time left until the half-open probe);
+   * - the call failed like a service failure and the circuit is open after it (`outage`);
+   * - the service answered 429 (`rate_limited`);
+   * - the service refuses the account, or did at the last probe (`refusing`; see `refusal`).
+   *
+   * Any other error of `fn` passes through unchanged (coerce it at the call site).
    */
   async execute<T>(fn: (signal: AbortSignal) => Promise<T>, signal?: AbortSignal): Promise<T> {
     if (signal?.aborted) throw abortedError(signal, `${this.service} call`);
+    const probe = this.#takeRefusalProbe();
     try {
-      return await this.#policy.execute(({ signal: s }) => fn(s), signal);
+      const result = await this.#policy.execute(({ signal: s }) => fn(s), signal);
+      if (probe) this.#setRefusal(undefined);
+      return result;
     } catch (err) {
-      if (err instanceof BrokenCircuitError || err instanceof IsolatedCircuitError) {
-        const retryAfterMs = err instanceof IsolatedCircuitError ? undefined : Math.max(0, this.#openedAt + this.config.halfOpenAfterMs - Date.now());
-        throw new TransientError("circuit_open", `${this.service} circuit is ${this.state}: failing fast after repeated ${this.service} failures`, {
-          cause: err,
-          ...(retryAfterMs !== undefined ? { retryAfterMs } : {}),
-        });
-      }
-      if (err instanceof TaskCancelledError && signal?.aborted) throw abortedError(signal, `${this.service} call`);
-      throw err;
+      throw this.#classify(err, probe, signal);
+    } finally {
+      if (probe && this.#refusal) this.#refusal.probing = false;
     }
+  }
+
+  /** While the service refuses us: throws unless a probe is due; true when this call is the probe. */
+  #takeRefusalProbe(): boolean {
+    const refusal = this.#refusal;
+    if (!refusal) return false;
+    if (refusal.probing || Date.now() < refusal.nextProbeAt) throw this.#refusingError(refusal);
+    refusal.probing = true;
+    return true;
+  }
+
+  #classify(err: unknown, probe: boolean, signal: AbortSignal | undefined): unknown {
+    if (err instanceof BrokenCircuitError || err instanceof IsolatedCircuitError) {
+      const retryAfterMs = err instanceof IsolatedCircuitError ? undefined : this.#openFor();
+      return new ServiceConditionError(this.service, "circuit_open", `${this.service} circuit is ${this.state}: failing fast after repeated ${this.service} failures`, {
+        code: "circuit_open",
+        cause: err,
+        retryAfterMs,
+      });
+    }
+    if (err instanceof TaskCancelledError && signal?.aborted) return abortedError(signal, `${this.service} call`);
+    if (err instanceof ServiceConditionError) return err;
+    const e = coerceError(err);
+    const carry = { code: e.code, cause: e, status: e.status };
+    if (ACCOUNT_ERROR_CODES.has(e.code)) {
+      this.#setRefusal({ code: e.code, message: e.message, since: this.#refusal?.since ?? new Date() });
+      return this.#refusingError(this.#refusal!);
+    }
+    if (probe) this.#refusal!.nextProbeAt = Date.now() + this.config.refusalProbeMs; // inconclusive: still refusing
+    if (e.transient && (e.status === 429 || e.code.endsWith("_rate_limited"))) {
+      return new ServiceConditionError(this.service, "rate_limited", e.message, { ...carry, retryAfterMs: e.retryAfterMs });
+    }
+    if (countsAsServiceFailure(e) && this.#policy.state !== CircuitState.Closed) {
+      return new ServiceConditionError(this.service, "outage", `${e.message} (${this.service} circuit is ${this.state})`, { ...carry, retryAfterMs: this.#openFor() });
+    }
+    return e;
+  }
+
+  /** ms until the open circuit lets a probe through. */
+  #openFor(): number {
+    return Math.max(0, this.#openedAt + this.config.halfOpenAfterMs - Date.now());
+  }
+
+  #refusingError(refusal: Refusal & { nextProbeAt: number }): ServiceConditionError {
+    return new ServiceConditionError(this.service, "refusing", `${this.service} refuses the account: ${refusal.message}`, {
+      code: refusal.code,
+      retryAfterMs: Math.max(0, refusal.nextProbeAt - Date.now()),
+    });
+  }
+
+  #setRefusal(refusal: Refusal | undefined): void {
+    const changed = (refusal === undefined) !== (this.#refusal === undefined) || (refusal && refusal.code !== this.#refusal?.code);
+    this.#refusal = refusal && { ...refusal, nextProbeAt: Date.now() + this.config.refusalProbeMs, probing: false };
+    if (changed) for (const listener of this.#refusalListeners) listener(refusal, this.service);
+  }
+
+  /** The account-level refusal in force (undefined when the service accepts us). */
+  get refusal(): Refusal | undefined {
+    const r = this.#refusal;
+    return r && { code: r.code, message: r.message, since: r.since };
+  }
+
+  /** Subscribe to the start and end (`undefined`) of a refusal, and to a change of its code. */
+  onRefusalChange(listener: (refusal: Refusal | undefined, service: ServiceName) => void): { dispose(): void } {
+    this.#refusalListeners.add(listener);
+    return { dispose: () => this.#refusalListeners.delete(listener) };
   }
 
   /** Subscribe to state changes (for logs and the metrics gauge). */

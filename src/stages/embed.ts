@@ -32,7 +32,7 @@ export const embedChunks: Stage<PipelineServices> = {
     let batchNo = 0;
     let after = -1; // every chunk up to here has its vector: the next page starts past it
     for (;;) {
-      ctx.signal.throwIfAborted();
+      ctx.checkpoint(); // a shutdown stops here, between batches: the stored ones are kept
       const batch = await nextBatch(ctx, after);
       if (batch.length === 0) break;
       after = batch.at(-1)!.chunk_ord;
@@ -76,6 +76,8 @@ export const embedChunks: Stage<PipelineServices> = {
         );
       });
       await ctx.faults.hit("commit.vectors.after", { jobId: ctx.job.job_id, batch: batchNo });
+      ctx.counts.batches = batchNo;
+      ctx.counts.inputs = (ctx.counts.inputs ?? 0) + batch.length;
       ctx.log.debug({ batch: batchNo, inputs: batch.length, tokens }, "batch embedded");
     }
     await ctx.transition("embeddings_stored", { detail: { batches_this_run: batchNo } });

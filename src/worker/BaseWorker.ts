@@ -3,13 +3,24 @@
  *
  *   while (!stopping) { job = claimNextJob() ?? await idle(); work(job) }
  *
+ * How a run ends (`JobRunOutcome`), and what it costs the job:
+ * - a stage failure attributable to the job spends an attempt (`retry` with backoff; `failed`
+ *   once `max_attempts` are spent, or at once for a permanent error);
+ * - a service's condition (`ServiceConditionError`: open circuit, outage, 429, refused account)
+ *   `parked`: released until the breaker lets a probe through, attempt refunded;
+ * - a shutdown (`WorkerStoppingError`) `released` at once, attempt refunded;
+ * - no progress within `stageDeadlineMs`: `stalled`, the stage aborted and the lease handed
+ *   back with backoff (an attempt, like any transient failure);
+ * - a claim that ends with nothing recorded (the process died) keeps its attempt: a job whose
+ *   workers keep dying is dead-lettered instead of crash-looping.
+ *
  * A notification (LISTEN upload_pipeline_jobs) wakes one idle slot, `stop()` wakes them all; polling with
  * backoff is the fallback when notifications are lost (Postgres restarts, pooled connections).
  */
 import { randomUUID } from "node:crypto";
 import { hostname } from "node:os";
 import pg from "pg";
-import { coerceError, LeaseLostError, type PipelineError } from "../errors.ts";
+import { coerceError, LeaseLostError, PipelineError, ServiceConditionError, StageStalledError, WorkerStoppingError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
 import { ACTIONABLE_STATES, FAILURE_OF, isTerminal, type JobStatus, type PipelineState } from "../state-machine/table.ts";
 import { withTransaction } from "../db/transaction.ts";
@@ -18,8 +29,11 @@ import { backoffDelayMs } from "./backoff.ts";
 import { NO_FAULTS, SimulatedCrash, type FaultPoints } from "./faultPoints.ts";
 import { reapDeadWorkers, registerWorker, unregisterWorker } from "./liveness.ts";
 import { IdleSlots } from "./idleSlots.ts";
-import { claimNextJob, heartbeat, releaseJob, type ClaimedJob } from "./queries.ts";
-import type { Stage, StageContext, StageOutcome } from "./stage.ts";
+import { claimNextJob, heartbeat, lockLeasedJob, releaseJob, type ClaimedJob } from "./queries.ts";
+import type { Stage, StageContext, StageOutcome, StageTransitionOptions } from "./stage.ts";
+
+/** How one claimed run of a job ended (the `outcome` label of `worker_job_runs_total`). */
+export type JobRunOutcome = "released" | "retry" | "parked" | "failed" | "terminal" | "snoozed" | "lost" | "crashed" | "stalled";
 
 export interface WorkerOptions<Services> {
   pool: pg.Pool;
@@ -35,12 +49,17 @@ export interface WorkerOptions<Services> {
   retryMaxMs: number;
   pollIntervalMs: number;
   shutdownTimeoutMs?: number;
+  /**
+   * A stage that makes no progress (no transition, no committed batch) for this long is aborted
+   * and its lease handed back; unset: no deadline (tests that step by hand).
+   */
+  stageDeadlineMs?: number | undefined;
   faults?: FaultPoints;
   /** Simulated clock for tests; omitted → the database's `now()`. */
   clock?: () => Date;
   random?: () => number;
   /** Called after each job run, for tests and the scenario runner's spies. */
-  onJobDone?: (event: { jobId: string; status: JobStatus; outcome: "released" | "retry" | "failed" | "terminal" | "snoozed" | "lost" | "crashed" }) => void;
+  onJobDone?: (event: { jobId: string; status: JobStatus; outcome: JobRunOutcome }) => void;
 }
 
 /**
@@ -49,9 +68,18 @@ export interface WorkerOptions<Services> {
  */
 const REAP_INTERVAL_MS = 2_000;
 
-/** Whether a stage's transition already handed the job back to the queue. */
-interface LeaseState {
+/** One claimed run of a job: its abort controller, heartbeat, deadline and log. */
+interface JobRun {
+  job: ClaimedJob;
+  controller: AbortController;
+  log: Logger;
+  /** A stage's transition already handed the job back to the queue. */
   released: boolean;
+  /** Restart the no-progress deadline (a transition, a committed batch). */
+  progressed(): void;
+  /** Rejects with the abort reason (lease lost, shutdown timeout, stage stalled). */
+  interrupted: Promise<never>;
+  end(): void;
 }
 
 export class BaseWorker<Services> {
@@ -93,7 +121,7 @@ export class BaseWorker<Services> {
     this.opts.log.info({ worker_id: this.workerId, running: this.active.size }, "worker stopping");
     this.idleSlots.wakeAll();
     const timer = setTimeout(() => {
-      for (const ctl of this.active.values()) ctl.abort(new Error("shutdown timeout"));
+      for (const ctl of this.active.values()) ctl.abort(new WorkerStoppingError());
     }, this.opts.shutdownTimeoutMs ?? 30_000);
     try {
       await Promise.all(this.slots);
@@ -108,9 +136,13 @@ export class BaseWorker<Services> {
 
   /** Claim and work one job on the caller's stack (tests and property tests step with it). */
   async runOnce(): Promise<ClaimedJob | undefined> {
-    const job = await claimNextJob(this.opts.pool, { workerId: this.workerId, leaseSeconds: this.opts.leaseSeconds, now: this.opts.clock?.() });
+    const job = await this.claim();
     if (job) await this.work(job);
     return job;
+  }
+
+  private claim(): Promise<ClaimedJob | undefined> {
+    return claimNextJob(this.opts.pool, { workerId: this.workerId, leaseSeconds: this.opts.leaseSeconds, now: this.opts.clock?.() });
   }
 
   private async runSlot(slot: number): Promise<void> {
@@ -118,7 +150,7 @@ export class BaseWorker<Services> {
     while (!this.stopping) {
       let job: ClaimedJob | undefined;
       try {
-        job = await claimNextJob(this.opts.pool, { workerId: this.workerId, leaseSeconds: this.opts.leaseSeconds, now: this.opts.clock?.() });
+        job = await this.claim();
       } catch (err) {
         // The database is unreachable (restart, failover): back off and try again.
         this.opts.log.warn({ worker_id: this.workerId, slot, err: coerceError(err).message }, "claim failed; retrying");
@@ -134,115 +166,117 @@ export class BaseWorker<Services> {
   }
 
   /*
-   * Be careful about what can throw here: once a job is claimed we MUST either move it, release
-   * it, or (only for a simulated crash, or a lost lease) leave it for its lease to expire.
+   * Once a job is claimed we MUST either move it, release it, or (only for a simulated crash,
+   * or a lost lease) leave it for its lease to expire. `runJob` does the work; whatever it
+   * throws, or an interruption (lease lost, shutdown timeout, no progress), is settled by
+   * `settleFailure`.
    */
   private async work(job: ClaimedJob): Promise<void> {
+    const run = this.startRun(job);
+    let outcome: JobRunOutcome;
+    try {
+      const running = this.runJob(run);
+      running.catch(() => {}); // settled below, or abandoned after an interruption
+      outcome = await Promise.race([running, run.interrupted]);
+    } catch (thrown) {
+      outcome = await this.settleFailure(run, thrown);
+    } finally {
+      run.end();
+    }
+    this.opts.onJobDone?.({ jobId: job.job_id, status: job.status, outcome });
+  }
+
+  private startRun(job: ClaimedJob): JobRun {
     const controller = new AbortController();
-    const lease: LeaseState = { released: false };
     this.active.set(job.job_id, controller);
-    const log = this.opts.log.child({
-      correlation_id: job.correlation_id,
-      job_id: job.job_id,
-      worker_id: this.workerId,
-      stage: job.status,
-    });
+    const log = this.opts.log.child({ correlation_id: job.correlation_id, job_id: job.job_id, worker_id: this.workerId });
     const beat = setInterval(() => {
       heartbeat(this.opts.pool, { jobId: job.job_id, leaseToken: job.lease_token, leaseSeconds: this.opts.leaseSeconds, now: this.opts.clock?.() })
         .then((ours) => ours || controller.abort(new LeaseLostError(job.job_id)))
         .catch((err) => log.warn({ err: coerceError(err).message }, "heartbeat failed"));
     }, Math.max(250, (this.opts.leaseSeconds * 1000) / 3));
-    const done = (outcome: Parameters<NonNullable<WorkerOptions<Services>["onJobDone"]>>[0]["outcome"]) =>
-      this.opts.onJobDone?.({ jobId: job.job_id, status: job.status, outcome });
-    try {
-      await this.faults.hit("claim.after", { jobId: job.job_id, status: job.status });
-      if (job.attempts > job.max_attempts) {
-        // Every earlier attempt died without recording anything (crashes, lost leases).
-        await this.fail(job, log, coerceError(new Error(`attempts exhausted: ${job.max_attempts} attempts ended without finishing stage ${job.status}`)), "attempts_exhausted");
-        return done("failed");
-      }
-      const outcome = await this.runStages(job, lease, controller.signal, log);
-      if (outcome?.next === "snooze") {
-        await releaseJob(this.opts.pool, {
-          jobId: job.job_id,
-          leaseToken: job.lease_token,
-          delayMs: outcome.delayMs,
-          refundAttempt: true,
-          now: this.opts.clock?.(),
-        });
-        return done("snoozed");
-      }
-      if (isTerminal(job.status)) return done("terminal");
-      if (lease.released) return done("released");
-      // Stopped between stages (shutdown): the stage it finished was not a failed attempt.
-      await releaseJob(this.opts.pool, { jobId: job.job_id, leaseToken: job.lease_token, refundAttempt: true, now: this.opts.clock?.() });
-      return done("released");
-    } catch (thrown) {
-      if (thrown instanceof SimulatedCrash) {
-        log.warn({ point: thrown.point }, "simulated crash: abandoning the job without cleanup");
-        return done("crashed");
-      }
-      const err = controller.signal.aborted && controller.signal.reason instanceof LeaseLostError ? controller.signal.reason : coerceError(thrown);
-      if (err instanceof LeaseLostError) {
-        log.warn("lease lost; another worker owns the job now");
-        return done("lost");
-      }
-      try {
-        if (err.errorClass === "permanent" || job.attempts >= job.max_attempts) {
-          await this.fail(job, log, err, err.errorClass === "permanent" ? "permanent" : "attempts_exhausted");
-          return done("failed");
-        }
-        const delay = backoffDelayMs(job.attempts, {
-          baseMs: this.opts.retryBaseMs,
-          maxMs: this.opts.retryMaxMs,
-          random: this.opts.random,
-          retryAfterMs: err.retryAfterMs,
-        });
-        log.warn({ err: err.message, code: err.code, attempt: job.attempts, retry_in_ms: delay }, "transient error; will retry");
-        await releaseJob(this.opts.pool, {
-          jobId: job.job_id,
-          leaseToken: job.lease_token,
-          delayMs: delay,
-          lastError: this.errorRecord(job, err),
-          now: this.opts.clock?.(),
-        });
-        return done("retry");
-      } catch (cleanupErr) {
-        // Could not record the failure (database down, or the lease is gone): the lease
-        // expires and the job is retried from its current state, which every stage tolerates.
-        log.error({ err: coerceError(cleanupErr).message }, "could not record the failure; leaving the job to its lease");
-        return done("lost");
-      }
-    } finally {
-      clearInterval(beat);
-      this.active.delete(job.job_id);
+    const deadlineMs = this.opts.stageDeadlineMs;
+    let deadline: NodeJS.Timeout | undefined;
+    const progressed = () => {
+      clearTimeout(deadline);
+      if (deadlineMs !== undefined) deadline = setTimeout(() => controller.abort(new StageStalledError(job.status, deadlineMs)), deadlineMs);
+    };
+    progressed();
+    const interrupted = new Promise<never>((_, reject) => {
+      controller.signal.addEventListener("abort", () => reject(controller.signal.reason), { once: true });
+    });
+    interrupted.catch(() => {});
+    return {
+      job,
+      controller,
+      log,
+      released: false,
+      progressed,
+      interrupted,
+      end: () => {
+        clearInterval(beat);
+        clearTimeout(deadline);
+        this.active.delete(job.job_id);
+      },
+    };
+  }
+
+  /** Run the job's stages and hand it back; what throws is settled by `settleFailure`. */
+  private async runJob(run: JobRun): Promise<JobRunOutcome> {
+    const { job } = run;
+    await this.faults.hit("claim.after", { jobId: job.job_id, status: job.status });
+    if (this.stopping) throw new WorkerStoppingError(); // stop() came while the claim was in flight
+    if (job.attempts > job.max_attempts) {
+      // Every earlier attempt died without recording anything (crashes, lost leases).
+      await this.fail(run, coerceError(new Error(`attempts exhausted: ${job.max_attempts} attempts ended without finishing stage ${job.status}`)), "attempts_exhausted");
+      return "failed";
     }
+    const outcome = await this.runStages(run);
+    if (outcome?.next === "snooze") {
+      await this.release(run, { delayMs: outcome.delayMs, refundAttempt: true });
+      return "snoozed";
+    }
+    if (isTerminal(job.status)) return "terminal";
+    if (run.released) return "released";
+    // Stopped between stages (shutdown): the stage it finished was not a failed attempt.
+    await this.release(run, { refundAttempt: true });
+    return "released";
   }
 
   /** Run stages while the job stays ours and actionable; stop early when shutting down. */
-  private async runStages(job: ClaimedJob, lease: LeaseState, signal: AbortSignal, parentLog: Logger): Promise<StageOutcome | void> {
+  private async runStages(run: JobRun): Promise<StageOutcome | void> {
+    const { job } = run;
     while (!isTerminal(job.status) && (ACTIONABLE_STATES as readonly string[]).includes(job.status)) {
       const stage = this.routes.get(job.status as PipelineState);
       if (!stage) throw new Error(`no stage handles state ${job.status}`);
       const before = job.status;
-      const ctx = this.context(job, lease, signal, parentLog.child({ stage: stage.name }));
+      const ctx = this.context(run, run.log.child({ stage: stage.name }));
+      const started = performance.now();
+      ctx.log.info({ status: before, attempt: job.attempts }, "stage started");
       await this.faults.hit(`stage.${stage.name}.before`, { jobId: job.job_id, status: before });
       const outcome = await stage.run(ctx);
       await this.faults.hit(`stage.${stage.name}.after`, { jobId: job.job_id, status: job.status });
-      if (outcome?.next === "snooze") return outcome;
+      const durationMs = Math.round(performance.now() - started);
+      if (outcome?.next === "snooze") {
+        ctx.log.info({ status: before, duration_ms: durationMs, snooze_ms: outcome.delayMs, reason: outcome.reason, ...ctx.counts }, "stage snoozed");
+        return outcome;
+      }
       if (job.status === before) throw new Error(`stage ${stage.name} returned without moving job from ${before}`);
-      if (lease.released) return; // the stage handed the job back with its last transition
+      ctx.log.info({ from: before, to: job.status, duration_ms: durationMs, ...ctx.counts }, "stage finished");
+      if (run.released) return; // the stage handed the job back with its last transition
       if (this.stopping) return;
-      signal.throwIfAborted();
+      run.controller.signal.throwIfAborted();
     }
   }
 
-  private context(job: ClaimedJob, lease: LeaseState, signal: AbortSignal, log: Logger): StageContext<Services> {
+  private context(run: JobRun, log: Logger): StageContext<Services> {
+    const { job } = run;
     const fence = { kind: "lease" as const, token: job.lease_token, workerId: this.workerId };
     const pool = this.opts.pool;
     const clock = this.opts.clock;
+    const signal = run.controller.signal;
     /** A fenced move of this job on `db` (the pool, or the open transaction of `fenced`). */
-    const move = async (db: Queryable, to: JobStatus, options: Parameters<StageContext<Services>["transition"]>[1] = {}) => {
+    const move = async (db: Queryable, to: JobStatus, options: StageTransitionOptions = {}) => {
       const { actor = "worker", ...rest } = options;
       const releaseLease = rest.releaseLease ?? isTerminal(to);
       await transition(db, {
@@ -261,7 +295,8 @@ export class BaseWorker<Services> {
       });
       job.status = to;
       job.attempts = releaseLease ? 0 : 1;
-      if (releaseLease) lease.released = true;
+      run.progressed();
+      if (releaseLease) run.released = true;
       if (rest.parseJobId) job.parse_job_id = rest.parseJobId;
       if (rest.webhookSecret) job.webhook_secret = rest.webhookSecret;
     };
@@ -273,22 +308,82 @@ export class BaseWorker<Services> {
       log,
       signal,
       faults: this.faults,
+      counts: {},
       now: () => clock?.(),
+      checkpoint: () => {
+        signal.throwIfAborted();
+        if (this.stopping) throw new WorkerStoppingError();
+      },
       transition: (to, options) => move(pool, to, options),
-      fenced: (fn) =>
-        withTransaction(pool, async (client) => {
-          const { rowCount } = await client.query(
-            "SELECT 1 FROM upload_pipeline.upload_jobs WHERE job_id = $1 AND lease_token = $2 FOR UPDATE",
-            [job.job_id, job.lease_token],
-          );
-          if (rowCount !== 1) throw new LeaseLostError(job.job_id);
+      fenced: async (fn) => {
+        const result = await withTransaction(pool, async (client) => {
+          if (!(await lockLeasedJob(client, { jobId: job.job_id, leaseToken: job.lease_token }))) throw new LeaseLostError(job.job_id);
           return fn({ client, transition: (to, options) => move(client, to, options) });
-        }),
+        });
+        run.progressed();
+        return result;
+      },
     };
   }
 
+  /**
+   * Settle a run that threw or was interrupted: park, release, retry or dead-letter it (see the
+   * file comment). If even that cannot be recorded (database down, lease gone), the lease
+   * expires and the job is retried from its current state, which every stage tolerates.
+   */
+  private async settleFailure(run: JobRun, thrown: unknown): Promise<JobRunOutcome> {
+    if (thrown instanceof SimulatedCrash) {
+      run.log.warn({ point: thrown.point }, "simulated crash: abandoning the job without cleanup");
+      return "crashed";
+    }
+    const { signal } = run.controller;
+    const err = signal.aborted && signal.reason instanceof PipelineError ? signal.reason : coerceError(thrown);
+    if (err instanceof LeaseLostError) {
+      run.log.warn("lease lost; another worker owns the job now");
+      return "lost";
+    }
+    try {
+      return await this.settle(run, err);
+    } catch (cleanupErr) {
+      run.log.error({ err: coerceError(cleanupErr).message }, "could not record the failure; leaving the job to its lease");
+      return "lost";
+    }
+  }
+
+  private async settle(run: JobRun, err: PipelineError): Promise<JobRunOutcome> {
+    const { job, log } = run;
+    const stage = job.status;
+    if (err instanceof WorkerStoppingError) {
+      await this.release(run, { refundAttempt: true });
+      log.info({ stage, attempt: job.attempts }, "released for shutdown; no attempt spent");
+      return "released";
+    }
+    if (err instanceof ServiceConditionError) {
+      // Back when the breaker lets a probe through, spread over a base delay so parked jobs
+      // do not all return in the same instant.
+      const delay = (err.retryAfterMs ?? this.opts.retryBaseMs) + Math.floor((this.opts.random ?? Math.random)() * this.opts.retryBaseMs);
+      await this.release(run, { delayMs: delay, refundAttempt: true, lastError: this.errorRecord(job, err) });
+      log.info({ stage, service: err.service, condition: err.condition, code: err.code, attempt: job.attempts, parked_ms: delay }, "parked: the service is unavailable; no attempt spent");
+      return "parked";
+    }
+    if (err.errorClass === "permanent" || job.attempts >= job.max_attempts) {
+      await this.fail(run, err, err.errorClass === "permanent" ? "permanent" : "attempts_exhausted");
+      return "failed";
+    }
+    const delay = backoffDelayMs(job.attempts, { baseMs: this.opts.retryBaseMs, maxMs: this.opts.retryMaxMs, random: this.opts.random, retryAfterMs: err.retryAfterMs });
+    await this.release(run, { delayMs: delay, lastError: this.errorRecord(job, err) });
+    log.warn({ stage, err: err.message, code: err.code, attempt: job.attempts, max_attempts: job.max_attempts, retry_in_ms: delay }, "transient error; will retry");
+    return err instanceof StageStalledError ? "stalled" : "retry";
+  }
+
+  /** Hand the job back to the queue under our lease token. */
+  private async release(run: JobRun, args: { delayMs?: number; refundAttempt?: boolean; lastError?: Record<string, unknown> }): Promise<void> {
+    await releaseJob(this.opts.pool, { jobId: run.job.job_id, leaseToken: run.job.lease_token, now: this.opts.clock?.(), ...args });
+  }
+
   /** Dead letter: move to the failed state of the job's stage, with `last_error`, releasing the lease. */
-  private async fail(job: ClaimedJob, log: Logger, err: PipelineError, reason: "permanent" | "attempts_exhausted"): Promise<void> {
+  private async fail(run: JobRun, err: PipelineError, reason: "permanent" | "attempts_exhausted"): Promise<void> {
+    const { job, log } = run;
     const to = FAILURE_OF[job.status as keyof typeof FAILURE_OF];
     const lastError = this.errorRecord(job, err);
     await transition(this.opts.pool, {
@@ -303,7 +398,7 @@ export class BaseWorker<Services> {
       detail: { reason, code: err.code },
       now: this.opts.clock?.(),
     });
-    log.error({ code: err.code, reason, to, attempt: job.attempts }, "job failed");
+    log.error({ stage: job.status, code: err.code, reason, to, attempt: job.attempts }, "dead-lettered");
     job.status = to;
   }
 

@@ -5,7 +5,7 @@
  *
  * - `upload_pipeline_breaker_state{service}`: 0 closed, 1 open, 2 half-open, 3 isolated;
  * - `upload_pipeline_worker_job_runs_total{outcome}`: how each claimed run ended (released,
- *   retry, failed, terminal, snoozed, lost, crashed).
+ *   retry, parked, failed, terminal, snoozed, lost, crashed, stalled).
  */
 import { createServer, type Server } from "node:http";
 import { Counter, Gauge, Registry, collectDefaultMetrics } from "prom-client";

@@ -123,3 +123,26 @@ export async function releaseJob(
   );
   return rowCount === 1;
 }
+
+/**
+ * Lock the job row inside an open transaction if our lease still holds it: the first statement
+ * of every fenced multi-row write. False means the job is no longer ours.
+ */
+export async function lockLeasedJob(db: Queryable, args: { jobId: string; leaseToken: string }): Promise<boolean> {
+  const { rowCount } = await db.query("SELECT 1 FROM upload_pipeline.upload_jobs WHERE job_id = $1 AND lease_token = $2 FOR UPDATE", [args.jobId, args.leaseToken]);
+  return rowCount === 1;
+}
+
+/**
+ * How long our lease has left, in ms by the database's clock; undefined when it is not ours or
+ * has expired (a frozen worker whose lease ran out still holds the token until someone claims).
+ */
+export async function leaseRemainingMs(db: Queryable, args: { jobId: string; leaseToken: string; now?: Date | undefined }): Promise<number | undefined> {
+  const { rows } = await db.query<{ ms: number }>(
+    `SELECT extract(epoch FROM lease_expires_at - coalesce($3::timestamptz, now())) * 1000 AS ms
+       FROM upload_pipeline.upload_jobs
+      WHERE job_id = $1 AND lease_token = $2 AND lease_expires_at > coalesce($3::timestamptz, now())`,
+    [args.jobId, args.leaseToken, args.now ?? null],
+  );
+  return rows[0] ? Number(rows[0].ms) : undefined;
+}

@@ -13,6 +13,9 @@ import type { ClaimedJob } from "./queries.ts";
 
 export type TransitionOptions = Omit<TransitionRequest, "jobId" | "from" | "to" | "actor" | "fence" | "now">;
 
+/** What a stage may pass to `ctx.transition`: the request's options, and who moves the job. */
+export type StageTransitionOptions = TransitionOptions & { actor?: "worker" | "reconciler" };
+
 export interface StageContext<Services> {
   /** The claimed job; `status` follows every transition this context makes. */
   readonly job: ClaimedJob;
@@ -26,8 +29,16 @@ export interface StageContext<Services> {
   readonly faults: FaultPoints;
   /** The worker's clock (simulated in tests); `undefined` means the database's `now()`. */
   now(): Date | undefined;
+  /**
+   * Throw if the stage should stop before its next step: the lease is lost (the signal's
+   * reason) or the worker is shutting down (`WorkerStoppingError`: the job goes back to the
+   * queue with no attempt spent). Loops call it between batches.
+   */
+  checkpoint(): void;
+  /** Counters the stage keeps for its "stage finished" log line (e.g. `batches`, `inputs`). */
+  readonly counts: Record<string, number>;
   /** Move this job (fenced by our lease, with its event, in one statement). */
-  transition(to: JobStatus, options?: TransitionOptions & { actor?: "worker" | "reconciler" }): Promise<void>;
+  transition(to: JobStatus, options?: StageTransitionOptions): Promise<void>;
   /**
    * Run `fn` in a transaction that first locks the job row and checks our lease token: the
    * fenced way to write several rows at once (a batch of vectors and its progress counters).
@@ -40,7 +51,7 @@ export interface StageContext<Services> {
 export interface FencedTransaction {
   client: pg.PoolClient;
   /** The same fenced move as `ctx.transition`, inside this transaction. */
-  transition(to: JobStatus, options?: TransitionOptions & { actor?: "worker" | "reconciler" }): Promise<void>;
+  transition(to: JobStatus, options?: StageTransitionOptions): Promise<void>;
 }
 
 /** What a stage asks of the worker when it returns. */

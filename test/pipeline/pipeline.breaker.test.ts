@@ -26,11 +26,9 @@ let env: PipelineEnv;
 beforeAll(async () => {
   env = await startPipelineEnv({
     seed: 5,
-    // OpenAI is down from the start, until the test ends the outage.
+    // OpenAI is down from the start, until the test ends the outage. At the default
+    // MAX_ATTEMPTS: once the circuit is open, the jobs are parked, not charged.
     faults: { openai: { outages: [{ fault: 503, startMs: 0, endMs: 3_600_000 }] } },
-    // A job meets a few 503s before the circuit opens and a circuit_open or two while it is
-    // open; each costs an attempt, so allow more than the default 5.
-    env: { MAX_ATTEMPTS: "10" },
   });
   vi.spyOn(Date, "now").mockImplementation(() => realNow() + offsetMs);
 });

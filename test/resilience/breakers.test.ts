@@ -4,7 +4,7 @@
  * `Date` (cockatiel reads `Date.now()`), never slept.
  */
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { PermanentError, TransientError } from "../../src/errors.ts";
+import { PermanentError, ServiceConditionError, TransientError } from "../../src/errors.ts";
 import {
   BREAKER_STATE_VALUE,
   ServiceBreaker,
@@ -32,7 +32,7 @@ afterEach(() => {
 });
 
 describe("consecutive breaker", () => {
-  const breaker = () => new ServiceBreaker("openai", { policy: { kind: "consecutive", failures: 3 }, halfOpenAfterMs: 10_000 });
+  const breaker = () => new ServiceBreaker("openai", { policy: { kind: "consecutive", failures: 3 }, halfOpenAfterMs: 10_000, refusalProbeMs: 30_000 });
 
   it("opens after N consecutive service failures and then fails fast without calling the service", async () => {
     const b = breaker();
@@ -99,7 +99,6 @@ describe("consecutive breaker", () => {
     const b = breaker();
     const errors = [
       new PermanentError("openai_bad_request", "400", { status: 400 }),
-      new PermanentError("openai_insufficient_quota", "quota", { status: 429 }),
       new TransientError("openai_rate_limited", "429", { status: 429, retryAfterMs: 100 }),
       new TransientError("storage_rate_limited", "429", { status: 429 }),
       new TransientError("aborted", "shutdown"),
@@ -110,6 +109,64 @@ describe("consecutive breaker", () => {
     expect(b.state).toBe("closed");
     expect(countsAsServiceFailure(new TransientError("timeout", "slow"))).toBe(true);
     expect(countsAsServiceFailure(Object.assign(new Error("socket hang up"), { code: "ECONNRESET" }))).toBe(true);
+  });
+
+  it("a service outage is not the document's fault: failures once the circuit is open, 429s and circuit_open are service conditions", async () => {
+    const b = breaker();
+    const fail = async () => {
+      throw serverError();
+    };
+    // Closed: a 503 is the call's own transient failure (the job spends an attempt).
+    for (let i = 0; i < 2; i++) expect(await rejectionOf(b.execute(fail))).not.toBeInstanceOf(ServiceConditionError);
+    // The third opens the circuit: from here on the service is to blame.
+    const tripping = await rejectionOf(b.execute(fail));
+    expect(tripping).toBeInstanceOf(ServiceConditionError);
+    expect(tripping).toMatchObject({ condition: "outage", service: "openai", code: "openai_unavailable", status: 503, retryAfterMs: 10_000 });
+    advance(3000);
+    expect(await rejectionOf(b.execute(fail))).toMatchObject({ condition: "circuit_open", code: "circuit_open", retryAfterMs: 7000 });
+    // The half-open probe fails: still an outage, parked until the next probe.
+    advance(7000);
+    expect(await rejectionOf(b.execute(fail))).toMatchObject({ condition: "outage", retryAfterMs: 10_000 });
+    // A 429 is the service being busy, whatever the circuit says.
+    const busy = breaker();
+    const limited = await rejectionOf(busy.execute(async () => Promise.reject(new TransientError("openai_rate_limited", "429", { status: 429, retryAfterMs: 1500 }))));
+    expect(limited).toMatchObject({ condition: "rate_limited", code: "openai_rate_limited", status: 429, retryAfterMs: 1500 });
+    // A bad request stays the document's problem.
+    expect(await rejectionOf(busy.execute(async () => Promise.reject(new PermanentError("openai_bad_request", "400", { status: 400 }))))).not.toBeInstanceOf(ServiceConditionError);
+  });
+
+  it("account-level errors stop the fleet, not the documents: one refusal holds every call back, probes slowly, and lifts when the credential works", async () => {
+    const b = breaker();
+    const changes: Array<string | undefined> = [];
+    b.onRefusalChange((refusal) => changes.push(refusal?.code));
+    let quota = true;
+    const fn = vi.fn(async () => {
+      if (quota) throw new PermanentError("openai_insufficient_quota", "You exceeded your current quota (code insufficient_quota)", { status: 429 });
+      return "ok";
+    });
+    const first = await rejectionOf(b.execute(fn));
+    expect(first).toBeInstanceOf(ServiceConditionError);
+    expect(first).toMatchObject({ condition: "refusing", code: "openai_insufficient_quota", errorClass: "transient", retryAfterMs: 30_000 });
+    expect(b.state).toBe("isolated");
+    expect(b.refusal).toMatchObject({ code: "openai_insufficient_quota", message: expect.stringContaining("quota") });
+    // No probe storm: every call fails fast until the probe interval has passed.
+    for (let i = 0; i < 20; i++) expect(await rejectionOf(b.execute(fn))).toMatchObject({ condition: "refusing" });
+    expect(fn).toHaveBeenCalledTimes(1);
+    advance(10_000);
+    expect(await rejectionOf(b.execute(fn))).toMatchObject({ retryAfterMs: 20_000 });
+    // One probe per interval; it fails, the next waits another interval.
+    advance(20_000);
+    await rejectionOf(b.execute(fn));
+    expect(fn).toHaveBeenCalledTimes(2);
+    expect(await rejectionOf(b.execute(fn))).toMatchObject({ retryAfterMs: 30_000 });
+    // Fixed: the next probe succeeds and every call goes through again.
+    quota = false;
+    advance(30_000);
+    await expect(b.execute(fn)).resolves.toBe("ok");
+    await expect(b.execute(fn)).resolves.toBe("ok");
+    expect(b.state).toBe("closed");
+    expect(b.refusal).toBeUndefined();
+    expect(changes).toEqual(["openai_insufficient_quota", undefined]);
   });
 
   it("isolate holds the circuit open by hand", async () => {
@@ -142,7 +199,7 @@ describe("consecutive breaker", () => {
 
 describe("sampling breaker", () => {
   it("opens when the failure rate over the window passes the threshold at enough traffic", async () => {
-    const b = new ServiceBreaker("storage", { policy: { kind: "sampling", threshold: 0.5, durationMs: 10_000, minimumRps: 1 }, halfOpenAfterMs: 1000 });
+    const b = new ServiceBreaker("storage", { policy: { kind: "sampling", threshold: 0.5, durationMs: 10_000, minimumRps: 1 }, halfOpenAfterMs: 1000, refusalProbeMs: 30_000 });
     for (let i = 0; i < 10; i++) {
       await b.execute(async () => "ok");
       advance(100);
