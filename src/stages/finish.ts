@@ -66,18 +66,32 @@ export const finishDocument: Stage<PipelineServices> = {
   },
 };
 
-/** Copy the vectors into `document_chunks` (pgvector) when that table exists; returns rows written. */
+/**
+ * Make `document_chunks` (pgvector, when that table exists) hold exactly this run's vectors for
+ * the document: rows of another model or of chunks no longer current are deleted (a document is
+ * never searchable under two models at once), the rest are upserted. Re-running it changes
+ * nothing. Returns the rows written (0 when they were already there).
+ */
 async function promote(client: import("pg").PoolClient, key: unknown[]): Promise<number> {
   const { rows } = await client.query<{ exists: boolean }>("SELECT to_regclass('upload_pipeline.document_chunks') IS NOT NULL AS exists");
   if (!rows[0]?.exists) return 0;
-  const result = await client.query(
+  await client.query(
+    `DELETE FROM upload_pipeline.document_chunks d
+      WHERE d.document_id = $1
+        AND (d.embed_model <> $4 OR NOT EXISTS (
+              SELECT 1 FROM upload_pipeline.document_chunk_buffer c
+               WHERE c.chunk_id = d.chunk_id AND c.chunker_name = $2 AND c.chunker_version = $3))`,
+    key.slice(0, 4),
+  );
+  const written = await client.query(
     `INSERT INTO upload_pipeline.document_chunks (chunk_id, document_id, chunk_ord, text, meta, embed_model, embedding)
      SELECT c.chunk_id, c.document_id, c.chunk_ord, c.text, c.meta, v.embed_model, v.embedding::vector
        FROM upload_pipeline.document_chunk_buffer c
        JOIN upload_pipeline.document_vector_buffer v ON v.chunk_id = c.chunk_id AND v.embed_model = $4 AND v.embed_version = $5
       WHERE c.document_id = $1 AND c.chunker_name = $2 AND c.chunker_version = $3
-     ON CONFLICT (chunk_id) DO NOTHING`,
+     ON CONFLICT (chunk_id) DO UPDATE SET embedding = EXCLUDED.embedding, embed_model = EXCLUDED.embed_model
+      WHERE document_chunks.embedding IS DISTINCT FROM EXCLUDED.embedding`,
     key,
   );
-  return result.rowCount ?? 0;
+  return written.rowCount ?? 0;
 }

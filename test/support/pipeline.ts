@@ -42,10 +42,12 @@ export interface PipelineEnvOptions {
   env?: Record<string, string>;
   /** The mocks' clock (rate windows, outage windows, webhook timestamps); default `Date.now`. */
   mocksNow?: () => number;
+  /** Run on this database instead of a clone of the template (e.g. PGlite with pgvector). */
+  db?: TestDatabase;
 }
 
 export async function startPipelineEnv(options: PipelineEnvOptions = {}): Promise<PipelineEnv> {
-  const db = await createTestDatabase();
+  const db = options.db ?? (await createTestDatabase());
   const mocks = createMocks({
     seed: options.seed ?? 1,
     faults: options.faults ?? {},

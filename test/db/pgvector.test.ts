@@ -1,0 +1,166 @@
+/**
+ * Migrations 0002 and 0007 and the finish stage's promotion against a real pgvector (PGlite with
+ * its `vector` extension, over the wire protocol): the whole pipeline runs on it with the mocks,
+ * then similarity search is checked under row-level security as PostgREST would run it.
+ */
+import { randomUUID } from "node:crypto";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { markdownDocument } from "../../harness/corpus.ts";
+import { mulberry32 } from "../../mocks/shared/rng.ts";
+import { createPipelineServices } from "../../src/services.ts";
+import { startPgvectorDatabase } from "../support/pgvector.ts";
+import { startPipelineEnv, waitForTerminal, type PipelineEnv } from "../support/pipeline.ts";
+import { asRole } from "../support/roles.ts";
+
+let env: PipelineEnv;
+const userA = randomUUID();
+const userB = randomUUID();
+let docsA: { documentId: string; jobId: string }[];
+let docB: { documentId: string; jobId: string };
+
+beforeAll(async () => {
+  env = await startPipelineEnv({ db: await startPgvectorDatabase(), seed: 3 });
+  const rng = mulberry32(9);
+  docsA = [
+    await env.upload({ content: markdownDocument(rng, "Alpha", 3_000), userId: userA }),
+    await env.upload({ content: markdownDocument(rng, "Beta", 2_000), userId: userA }),
+  ];
+  docB = await env.upload({ content: markdownDocument(rng, "Gamma", 2_000), userId: userB });
+  await runToComplete([...docsA, docB].map((d) => d.jobId));
+}, 180_000);
+afterAll(() => env?.close());
+
+async function runToComplete(jobIds: string[], services = env.services): Promise<void> {
+  const worker = env.worker({ concurrency: 1, services });
+  await worker.start();
+  const states = await waitForTerminal(env, jobIds, 120_000);
+  await worker.stop();
+  expect([...states.values()]).toEqual(jobIds.map(() => "complete"));
+}
+
+/** Every row of document_chunks, comparable across runs. */
+async function snapshot() {
+  const { rows } = await env.db.pool.query(
+    `SELECT chunk_id, document_id, chunk_ord, embed_model, embedding::text AS embedding, created_at
+       FROM upload_pipeline.document_chunks ORDER BY chunk_id`,
+  );
+  return rows;
+}
+
+function parseVector(text: string): number[] {
+  return JSON.parse(text) as number[];
+}
+
+describe("pgvector, on a real vector extension", () => {
+  it("ran 0002 and 0007: one HNSW index per model, never one over two models", async () => {
+    const ext = await env.db.pool.query("SELECT extversion FROM pg_extension WHERE extname = 'vector'");
+    expect(ext.rowCount).toBe(1);
+    const { rows } = await env.db.pool.query<{ indexname: string; indexdef: string }>(
+      "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'upload_pipeline' AND tablename = 'document_chunks' AND indexdef LIKE '%USING hnsw%'",
+    );
+    expect(rows.map((r) => r.indexname).sort()).toEqual([
+      "document_chunks_hnsw_3_large_3072",
+      "document_chunks_hnsw_3_small_1536",
+      "document_chunks_hnsw_ada_002_1536",
+    ]);
+    for (const row of rows) expect(row.indexdef.match(/embed_model = '[^']+'/g)).toHaveLength(1);
+  });
+
+  it("the finish stage promoted every document's vectors, equal to the buffer's", async () => {
+    const { rows } = await env.db.pool.query<{ buffered: number; promoted: number; equal: number }>(
+      `SELECT (SELECT count(*)::int FROM upload_pipeline.document_vector_buffer) AS buffered,
+              (SELECT count(*)::int FROM upload_pipeline.document_chunks) AS promoted,
+              (SELECT count(*)::int FROM upload_pipeline.document_chunks d
+                 JOIN upload_pipeline.document_vector_buffer v ON v.chunk_id = d.chunk_id AND v.embed_model = d.embed_model
+                WHERE d.embedding = v.embedding::vector AND vector_dims(d.embedding) = 1536) AS equal`,
+    );
+    expect(rows[0]!.buffered).toBeGreaterThan(3);
+    expect(rows[0]).toEqual({ buffered: rows[0]!.buffered, promoted: rows[0]!.buffered, equal: rows[0]!.buffered });
+  });
+
+  it("re-running promotion changes nothing", async () => {
+    const before = await snapshot();
+    await env.db.pool.query("UPDATE upload_pipeline.upload_jobs SET status = 'embeddings_stored' WHERE job_id = $1", [docsA[0]!.jobId]);
+    await runToComplete([docsA[0]!.jobId]);
+    expect(await snapshot()).toEqual(before);
+    const { rows } = await env.db.pool.query(
+      "SELECT detail->>'promoted' AS promoted FROM upload_pipeline.job_events WHERE job_id = $1 AND to_status = 'complete' ORDER BY id",
+      [docsA[0]!.jobId],
+    );
+    expect(rows.map((r) => Number(r.promoted))).toEqual([before.filter((r) => r.document_id === docsA[0]!.documentId).length, 0]);
+  });
+
+  it("a document re-embedded with another model is searchable under that model only", async () => {
+    const doc = docsA[1]!;
+    const others = (await snapshot()).filter((r) => r.document_id !== doc.documentId);
+    await env.db.pool.query("UPDATE upload_pipeline.upload_jobs SET status = 'chunks_stored' WHERE job_id = $1", [doc.jobId]);
+    await runToComplete([doc.jobId], createPipelineServices({ ...env.config, EMBED_MODEL: "text-embedding-ada-002" }));
+
+    const { rows } = await env.db.pool.query<{ embed_model: string; n: number }>(
+      "SELECT embed_model, count(*)::int AS n FROM upload_pipeline.document_chunks WHERE document_id = $1 GROUP BY 1",
+      [doc.documentId],
+    );
+    const chunks = await env.db.pool.query("SELECT 1 FROM upload_pipeline.document_chunk_buffer WHERE document_id = $1", [doc.documentId]);
+    expect(rows).toEqual([{ embed_model: "text-embedding-ada-002", n: chunks.rowCount }]);
+    // The other documents keep their text-embedding-3-small rows untouched.
+    expect((await snapshot()).filter((r) => r.document_id !== doc.documentId)).toEqual(others);
+
+    const probe = await env.db.pool.query<{ embedding: string }>(
+      "SELECT embedding::text FROM upload_pipeline.document_chunks WHERE document_id = $1 ORDER BY chunk_ord LIMIT 1",
+      [doc.documentId],
+    );
+    const search = (filter: object) =>
+      env.db.pool.query<{ document_id: string; embed_model: string }>(
+        "SELECT document_id, embed_model FROM upload_pipeline.match_chunks($1::vector, 50, $2)",
+        [probe.rows[0]!.embedding, JSON.stringify(filter)],
+      );
+    const ada = await search({ embed_model: "text-embedding-ada-002" });
+    expect(ada.rows.length).toBe(chunks.rowCount);
+    expect(new Set(ada.rows.map((r) => `${r.document_id}:${r.embed_model}`))).toEqual(new Set([`${doc.documentId}:text-embedding-ada-002`]));
+    const small = await search({});
+    expect(small.rows.length).toBeGreaterThan(0);
+    expect(small.rows.every((r) => r.embed_model === "text-embedding-3-small" && r.document_id !== doc.documentId)).toBe(true);
+  }, 180_000);
+
+  it("match_chunks ranks a planted nearest neighbour first, among the caller's documents only", async () => {
+    const chunkOf = async (documentId: string, ord: number) =>
+      (
+        await env.db.pool.query<{ chunk_id: string; embedding: string }>(
+          "SELECT chunk_id, embedding::text FROM upload_pipeline.document_chunks WHERE document_id = $1 AND chunk_ord = $2",
+          [documentId, ord],
+        )
+      ).rows[0]!;
+    // The planted neighbour: a chunk of user A's first document, and a query a small step away from it.
+    const planted = await chunkOf(docsA[0]!.documentId, 1);
+    const rng = mulberry32(17);
+    const query = `[${parseVector(planted.embedding).map((x) => x + (rng() - 0.5) * 0.01).join(",")}]`;
+    const match = (role: "authenticated" | "service_role", sub: string, q: string) =>
+      asRole(env.db.pool, role, sub, (c) =>
+        c.query<{ chunk_id: string; document_id: string; similarity: number }>(
+          "SELECT chunk_id, document_id, similarity FROM upload_pipeline.match_chunks($1::vector, 5)",
+          [q],
+        ),
+      );
+
+    const asA = await match("authenticated", userA, query);
+    expect(asA.rows[0]!.chunk_id).toBe(planted.chunk_id);
+    expect(asA.rows[0]!.similarity).toBeGreaterThan(0.99);
+    expect(asA.rows[1]!.similarity).toBeLessThan(asA.rows[0]!.similarity);
+    expect(asA.rows.every((r) => r.document_id === docsA[0]!.documentId)).toBe(true);
+
+    // User B's chunk is the exact nearest neighbour of its own vector, yet invisible to user A.
+    const ofB = await chunkOf(docB.documentId, 0);
+    const aSearchingB = await match("authenticated", userA, ofB.embedding);
+    expect(aSearchingB.rows.length).toBeGreaterThan(0);
+    expect(aSearchingB.rows.some((r) => r.document_id === docB.documentId)).toBe(false);
+    expect((await match("authenticated", userB, ofB.embedding)).rows[0]!.chunk_id).toBe(ofB.chunk_id);
+    // The service role bypasses row-level security.
+    expect((await match("service_role", userA, ofB.embedding)).rows[0]!.chunk_id).toBe(ofB.chunk_id);
+  });
+
+  it("match_chunks refuses a bad match_count or filter with a message naming it", async () => {
+    const v = `[${new Array(1536).fill(0.1).join(",")}]`;
+    await expect(env.db.pool.query("SELECT * FROM upload_pipeline.match_chunks($1::vector, 0)", [v])).rejects.toThrow(/match_count must be between 1 and 1000/);
+    await expect(env.db.pool.query("SELECT * FROM upload_pipeline.match_chunks($1::vector, 5, '[]')", [v])).rejects.toThrow(/filter must be a JSON object/);
+  });
+});
