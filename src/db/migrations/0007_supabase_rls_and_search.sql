@@ -53,6 +53,29 @@ BEGIN
 END
 $$;
 
+-- ...and every table a later migration adds: an event trigger turns RLS on as the table is
+-- created, so a new table is never readable by `authenticated` before someone writes its policy.
+-- Creating an event trigger needs a superuser (or, on Supabase, the `postgres` role through
+-- supautils); without that right this step is skipped with a notice, and
+-- test/db/rls.test.ts's "every table" check is what catches a table left without RLS.
+CREATE FUNCTION upload_pipeline.enable_rls_on_new_table() RETURNS event_trigger LANGUAGE plpgsql AS $$
+DECLARE t record;
+BEGIN
+  FOR t IN SELECT object_identity FROM pg_event_trigger_ddl_commands()
+            WHERE object_type = 'table' AND schema_name = 'upload_pipeline' LOOP
+    EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', t.object_identity);
+  END LOOP;
+END
+$$;
+DO $$
+BEGIN
+  CREATE EVENT TRIGGER upload_pipeline_enable_rls ON ddl_command_end WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO')
+    EXECUTE FUNCTION upload_pipeline.enable_rls_on_new_table();
+EXCEPTION WHEN insufficient_privilege THEN
+  RAISE NOTICE 'no right to create an event trigger: tables added later need ENABLE ROW LEVEL SECURITY in their own migration';
+END
+$$;
+
 -- The service role (the API's key, Supabase's dashboard) reads and writes everything; its
 -- BYPASSRLS attribute skips the policies. `anon` gets nothing.
 GRANT USAGE ON SCHEMA upload_pipeline TO service_role, authenticated;
