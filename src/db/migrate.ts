@@ -10,6 +10,14 @@ import pg from "pg";
 const MIGRATIONS_DIR = fileURLToPath(new URL("./migrations/", import.meta.url));
 const MIGRATION_LOCK = 0x75706970; // "upip"
 
+/** Creates the bookkeeping table; run before any migration (also in each Supabase CLI file). */
+export const MIGRATIONS_TABLE_SQL = `CREATE SCHEMA IF NOT EXISTS upload_pipeline;
+CREATE TABLE IF NOT EXISTS upload_pipeline.migrations (
+  id integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());`;
+
+/** Records a migration as applied (in the same transaction as its SQL). */
+export const RECORD_MIGRATION_SQL = "INSERT INTO upload_pipeline.migrations (id, name) VALUES ($1, $2)";
+
 export interface Migration {
   id: number;
   name: string;
@@ -30,9 +38,7 @@ export async function migrate(databaseUrl: string, { log = console.log }: { log?
   try {
     await client.query("SET client_min_messages = warning");
     await client.query("SELECT pg_advisory_lock($1)", [MIGRATION_LOCK]);
-    await client.query(`CREATE SCHEMA IF NOT EXISTS upload_pipeline`);
-    await client.query(`CREATE TABLE IF NOT EXISTS upload_pipeline.migrations (
-      id integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`);
+    await client.query(MIGRATIONS_TABLE_SQL);
     const done = new Set((await client.query<{ id: number }>("SELECT id FROM upload_pipeline.migrations")).rows.map((r) => r.id));
     const applied: string[] = [];
     for (const m of await loadMigrations()) {
@@ -40,7 +46,7 @@ export async function migrate(databaseUrl: string, { log = console.log }: { log?
       await client.query("BEGIN");
       try {
         await client.query(m.sql);
-        await client.query("INSERT INTO upload_pipeline.migrations (id, name) VALUES ($1, $2)", [m.id, m.name]);
+        await client.query(RECORD_MIGRATION_SQL, [m.id, m.name]);
         await client.query("COMMIT");
       } catch (err) {
         await client.query("ROLLBACK");
