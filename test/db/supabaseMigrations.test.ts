@@ -29,7 +29,7 @@ async function emptyDatabase(): Promise<string> {
 }
 
 /** Everything the schema defines, as comparable text (not the row in migrations' applied_at). */
-async function catalog(url: string): Promise<Record<string, string[]>> {
+async function catalog(url: string) {
   const client = new pg.Client(url);
   await client.connect();
   const list = async (sql: string) => (await client.query<{ x: string }>(sql)).rows.map((r) => r.x);
