@@ -183,6 +183,7 @@ class ScenarioRun {
       env: workerEnv,
       logDir: join(env.logDir, scenario.name),
       crashPoints: scenario.crashPoints,
+      freezes: scenario.freezes,
       onEvent: (e: FleetEvent) => this.onFleetEvent(e),
     }));
     await fleet.start();
@@ -191,6 +192,8 @@ class ScenarioRun {
 
   private onFleetEvent(e: FleetEvent): void {
     if (e.kind === "killed") this.note(`killed ${e.workerId} (${e.reason})`);
+    if (e.kind === "frozen") this.note(`${e.workerId} froze itself (SIGSTOP) at ${e.point}`);
+    if (e.kind === "thawed") this.note(`thawed ${e.workerId} (SIGCONT)`);
     if (e.kind === "started" && e.life > 1) this.note(`restarted worker ${e.worker} as ${e.workerId}`);
     if (e.kind === "exited" && e.signal === "SIGKILL" && !e.byUs) this.note(`${e.workerId} died at its fault point ${e.crashAt ?? ""}`.trimEnd());
     if (e.kind === "exited" && e.signal === null && e.code !== 0) this.note(`${e.workerId} exited with code ${e.code} (see its log)`);
@@ -321,6 +324,8 @@ class ScenarioRun {
     for (const c of this.eventCrashes) if (!c.done) missed.push(`the kill when a job entered ${c.status} never happened`);
     const unreached = scenario.crashPoints.filter((p, i) => fleet.crashPointsReached.filter((q) => q === p).length < scenario.crashPoints.slice(0, i + 1).filter((q) => q === p).length);
     if (unreached.length > 0) missed.push(`crash points never reached: ${unreached.join(", ")}`);
+    const unfrozen = scenario.freezes.filter((f) => !fleet.freezesReached.includes(f.point));
+    if (unfrozen.length > 0) missed.push(`freezes never happened: ${unfrozen.map((f) => f.point).join(", ")}`);
     if (scenario.postgresRestartAtMs !== undefined && env.restartPostgres && this.postgresRestarts === 0) missed.push("the PostgreSQL restart never happened: the run was quiet first");
     await this.tearDown();
     const mockStats = mocks.mocks.stats();

@@ -65,6 +65,21 @@ export const ScenarioSchema = z.strictObject({
    * every restart) takes the next point from the list (`point` or `point#n`, the nth hit).
    */
   crashPoints: z.array(z.string().regex(/^[a-z_.]+(#\d+)?$/, "a fault point name such as commit.vectors.after#2")).default([]),
+  /**
+   * Freeze a worker process (SIGSTOP) at a fault point for `forMs`, then SIGCONT it: a long GC
+   * pause or a VM migration. The process stops itself at the point (`point` or `point#n`, the
+   * nth hit) in its first life; the runner thaws it.
+   */
+  freezes: z
+    .array(
+      z.strictObject({
+        point: z.string().regex(/^[a-z_.]+(#\d+)?$/, "a fault point name such as call.llamaparse.submit.before#2"),
+        forMs: z.number().int().min(1).max(600_000),
+        /** Which worker process (0-based). */
+        worker: z.number().int().min(0).default(0),
+      }),
+    )
+    .default([]),
   /** Restart the PostgreSQL server this many ms after the uploads finished. */
   postgresRestartAtMs: z.number().int().min(0).optional(),
   /** After the first quiet point, retry every dead-lettered job through the API, then wait again. */

@@ -6,6 +6,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { createWriteStream, mkdirSync } from "node:fs";
 import { join } from "node:path";
+import { FREEZE_LINE } from "../src/worker/faultPoints.ts";
 
 const WORKER_ENTRY = new URL("../src/worker/main.ts", import.meta.url).pathname;
 
@@ -15,12 +16,15 @@ export interface FleetOptions {
   logDir: string;
   /** Fault points at which a worker kills itself: each new process (any worker) takes the next one. */
   crashPoints?: readonly string[];
+  /** Fault points at which worker `worker`'s first life freezes itself (SIGSTOP) until thawed `forMs` later. */
+  freezes?: ReadonlyArray<{ worker: number; point: string; forMs: number }>;
   onEvent?: (event: FleetEvent) => void;
 }
 
 export type FleetEvent =
   | { kind: "started"; worker: number; workerId: string; life: number }
   | { kind: "killed"; worker: number; workerId: string; reason: string }
+  | { kind: "frozen" | "thawed"; worker: number; workerId: string; point: string }
   /** `byUs`: the fleet's own SIGKILL (else a SIGKILL is the process's own, at `crashAt`). */
   | { kind: "exited"; worker: number; workerId: string; code: number | null; signal: string | null; byUs: boolean; crashAt?: string | undefined };
 
@@ -44,6 +48,9 @@ export class WorkerFleet {
   kills = 0;
   /** Fault points at which a process really killed itself. */
   readonly crashPointsReached: string[] = [];
+  /** Freeze points at which a process really stopped itself. */
+  readonly freezesReached: string[] = [];
+  private readonly thawTimers = new Set<NodeJS.Timeout>();
   /** Exits that were neither our SIGKILL nor our SIGTERM. */
   unexpectedExits = 0;
 
@@ -90,10 +97,38 @@ export class WorkerFleet {
   async stop(timeoutMs = 15_000): Promise<void> {
     this.stopping = true;
     const live = this.slots.filter((s) => s.child);
-    for (const s of live) s.child!.kill("SIGTERM");
+    for (const timer of this.thawTimers) clearTimeout(timer);
+    for (const s of live) {
+      s.child!.kill("SIGCONT"); // a frozen process cannot handle SIGTERM
+      s.child!.kill("SIGTERM");
+    }
     const timer = setTimeout(() => live.forEach((s) => s.child?.kill("SIGKILL")), timeoutMs);
     await Promise.all(live.map((s) => s.exited));
     clearTimeout(timer);
+  }
+
+  /** Watch `child`'s stdout for its freeze line; SIGCONT it `forMs` later. */
+  private thawWhenFrozen(slot: Slot, child: ChildProcess, freezes: ReadonlyArray<{ point: string; forMs: number }>): void {
+    let pending = "";
+    child.stdout!.on("data", (chunk: Buffer) => {
+      pending += chunk.toString();
+      const lines = pending.split("\n");
+      pending = lines.pop() ?? "";
+      for (const line of lines) {
+        if (!line.includes(FREEZE_LINE)) continue;
+        const { point } = JSON.parse(line) as { point: string };
+        const freeze = freezes.find((f) => f.point === point);
+        if (!freeze) continue;
+        this.freezesReached.push(point);
+        this.opts.onEvent?.({ kind: "frozen", worker: slot.index, workerId: slot.workerId, point });
+        const timer = setTimeout(() => {
+          this.thawTimers.delete(timer);
+          child.kill("SIGCONT");
+          this.opts.onEvent?.({ kind: "thawed", worker: slot.index, workerId: slot.workerId, point });
+        }, freeze.forMs);
+        this.thawTimers.add(timer);
+      }
+    });
   }
 
   /** Spawn a new life for `slot`; resolves when it reports ready (or exits first). */
@@ -102,18 +137,21 @@ export class WorkerFleet {
     slot.workerId = `w${slot.index}.${slot.life}`;
     const crashAt = this.pendingCrashPoints.shift();
     slot.crashAt = crashAt;
+    const freezes = slot.life === 1 ? (this.opts.freezes ?? []).filter((f) => f.worker === slot.index) : [];
     const child = spawn(process.execPath, ["--import", "tsx", WORKER_ENTRY], {
       env: {
         ...process.env,
         ...this.opts.env,
         WORKER_ID: slot.workerId,
         ...(crashAt ? { UPLOAD_PIPELINE_CRASH_AT: crashAt } : { UPLOAD_PIPELINE_CRASH_AT: "" }),
+        UPLOAD_PIPELINE_FREEZE_AT: freezes.map((f) => f.point).join(","),
       },
       stdio: ["ignore", "pipe", "pipe"],
     });
     const log = createWriteStream(join(this.opts.logDir, `${slot.workerId}.log`));
     child.stdout!.pipe(log);
     child.stderr!.pipe(log);
+    if (freezes.length > 0) this.thawWhenFrozen(slot, child, freezes);
     const ready = new Promise<void>((resolve) => {
       const onData = (chunk: Buffer) => {
         if (!chunk.toString().includes('"msg":"worker started"')) return;

@@ -7,6 +7,8 @@
  * Point names: `claim.after`, `stage.<stage>.before`, `stage.<stage>.after`,
  * `call.<service>.<op>.before|after`, `commit.<what>.before|after`.
  */
+import { writeSync } from "node:fs";
+
 export interface FaultPoints {
   hit(point: string, info?: { jobId?: string; [k: string]: unknown }): Promise<void> | void;
 }
@@ -52,19 +54,39 @@ export class FaultInjector implements FaultPoints {
   }
 }
 
+/** The line a worker writes just before it freezes itself (the scenario runner thaws it). */
+export const FREEZE_LINE = "frozen at fault point";
+
 /**
- * For real worker processes (the scenario runner): `UPLOAD_PIPELINE_CRASH_AT=point[#n]` makes
- * the process SIGKILL itself on the nth hit of that point, a real crash with no cleanup at all.
+ * For real worker processes (the scenario runner):
+ * - `UPLOAD_PIPELINE_CRASH_AT=point[#n]` makes the process SIGKILL itself on the nth hit of
+ *   that point, a real crash with no cleanup at all;
+ * - `UPLOAD_PIPELINE_FREEZE_AT=point[#n],…` makes it SIGSTOP itself there (a long GC pause, a VM
+ *   migration), after one line on stdout that tells the runner to SIGCONT it later.
  */
-export function faultPointsFromEnv(spec: string | undefined): FaultPoints {
-  if (!spec) return NO_FAULTS;
-  const [point, nth] = spec.split("#");
-  let count = 0;
+export function faultPointsFromEnv(crashAt: string | undefined, freezeAt?: string | undefined): FaultPoints {
+  const rules = [
+    ...(crashAt ? [{ spec: crashAt, act: () => process.kill(process.pid, "SIGKILL") }] : []),
+    ...(freezeAt ?? "").split(",").filter(Boolean).map((spec) => ({
+      spec,
+      act: (point: string) => {
+        // Synchronously, so the line is out before the process stops.
+        writeSync(1, `${JSON.stringify({ msg: FREEZE_LINE, point: spec, pid: process.pid, at: point })}\n`);
+        process.kill(process.pid, "SIGSTOP");
+      },
+    })),
+  ];
+  if (rules.length === 0) return NO_FAULTS;
+  const counts = new Map<string, number>();
   return {
     hit(p: string) {
-      if (p !== point) return;
-      count += 1;
-      if (count === Number(nth ?? 1)) process.kill(process.pid, "SIGKILL");
+      for (const { spec, act } of rules) {
+        const [point, nth] = spec.split("#");
+        if (p !== point) continue;
+        const n = (counts.get(spec) ?? 0) + 1;
+        counts.set(spec, n);
+        if (n === Number(nth ?? 1)) act(p);
+      }
     },
   };
 }

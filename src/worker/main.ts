@@ -42,7 +42,7 @@ const worker = new BaseWorker({
   retryMaxMs: config.RETRY_MAX_MS,
   pollIntervalMs: config.POLL_INTERVAL_MS,
   shutdownTimeoutMs: config.SHUTDOWN_TIMEOUT_MS,
-  faults: faultPointsFromEnv(process.env.UPLOAD_PIPELINE_CRASH_AT),
+  faults: faultPointsFromEnv(process.env.UPLOAD_PIPELINE_CRASH_AT, process.env.UPLOAD_PIPELINE_FREEZE_AT),
   onJobDone: ({ outcome }) => metrics.jobRun(outcome),
 });
 for (const breaker of Object.values(services.breakers)) {
