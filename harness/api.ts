@@ -11,9 +11,10 @@ export class ApiClient {
     private readonly jwtSecret: string,
   ) {}
 
-  /** A user's access token (`role: authenticated`, `sub` = the user), or the service role's. */
+  /** A user's access token (`role: authenticated`, `aud: authenticated`, `sub` = the user), or the service role's. */
   async token(userId: string | null): Promise<string> {
-    const jwt = new SignJWT(userId ? { role: "authenticated" } : { role: "service_role" }).setProtectedHeader({ alg: "HS256", typ: "JWT" });
+    const claims = userId ? { role: "authenticated", aud: "authenticated" } : { role: "service_role" };
+    const jwt = new SignJWT(claims).setProtectedHeader({ alg: "HS256", typ: "JWT" });
     if (userId) jwt.setSubject(userId);
     return jwt.setIssuedAt().setExpirationTime("1h").sign(new TextEncoder().encode(this.jwtSecret));
   }

@@ -63,6 +63,12 @@ export const configSchema = z.object({
   HOST: z.string().min(1).describe("an interface address such as 0.0.0.0 or 127.0.0.1").default("0.0.0.0"),
   /** Optional JWKS of the Supabase project (asymmetric signing keys); HS256 tokens still use SUPABASE_JWT_SECRET. */
   SUPABASE_JWKS_URL: url().optional(),
+  /** The `aud` a user's access token must carry (Supabase Auth issues `authenticated`). */
+  SUPABASE_JWT_AUDIENCE: z.string().min(1).describe("the audience of users' access tokens, e.g. authenticated").default("authenticated"),
+  /** When set, the `iss` a user's access token must carry (`https://<ref>.supabase.co/auth/v1`). */
+  SUPABASE_JWT_ISSUER: z.string().min(1).describe("the issuer of users' access tokens, e.g. https://<ref>.supabase.co/auth/v1").optional(),
+  /** When set, `GET /metrics` on the API and the worker answers only `Authorization: Bearer <METRICS_TOKEN>`. */
+  METRICS_TOKEN: z.string().min(16).optional(),
   /** Largest LlamaParse webhook body the API reads; a real one is a few hundred bytes. */
   WEBHOOK_MAX_BYTES: int(256, 1024 * 1024).default(64 * 1024),
   UPLOAD_MAX_BYTES: int(1, 5 * 1024 ** 3).default(50 * 1024 * 1024),
@@ -86,6 +92,7 @@ const EXPECTS: Partial<Record<keyof Config, string>> = {
   SUPABASE_JWT_SECRET: "the project's JWT secret, at least 32 characters",
   WEBHOOK_BASE_URL: "the public http(s) base URL of this API, which LlamaParse calls back (required)",
   STORAGE_BUCKET: "a bucket name: lower-case letters, digits, '.', '_' or '-'",
+  METRICS_TOKEN: "a secret of at least 16 characters that Prometheus sends as a bearer token",
 };
 
 /** Parse `env` (default `process.env`); throws `ConfigError` listing every problem at once. */

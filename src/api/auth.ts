@@ -5,14 +5,17 @@
  * algorithm allow-list (never `none`), `exp` required and checked, `nbf` honoured.
  *
  * Who is who:
- * - `role: "service_role"`: an operator or a backend; sees and retries every document.
- * - any other role (normally `authenticated`) with `sub` a UUID: that user, who sees only
+ * - `role: "service_role"`: an operator or a backend (Supabase's service-role key, which has no
+ *   `aud`); sees and retries every document.
+ * - `role: "authenticated"` with `sub` a UUID and `aud` the configured audience (default
+ *   `authenticated`; and `iss` the configured issuer when one is set): that user, who sees only
  *   their own documents (anyone else's answers 404, as if it did not exist).
- * - anything else (no token, expired, forged, `anon` without a `sub`): 401 with one generic
- *   body, so a caller learns nothing about why.
+ * - anything else (no token, expired, forged, another audience or issuer, no `role`, `anon`):
+ *   401 with one generic body, so a caller learns nothing about why.
  */
 import { createRemoteJWKSet, decodeProtectedHeader, jwtVerify, type JWTPayload } from "jose";
 import type { FastifyRequest } from "fastify";
+import { bearerToken } from "../bearer.ts";
 import { unauthorized } from "./errors.ts";
 
 export interface Principal {
@@ -28,13 +31,17 @@ export interface Authenticator {
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-const BEARER = /^Bearer ([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)$/;
+const JWT = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/;
 
 export interface AuthOptions {
   /** HS256 secret (Supabase's legacy JWT secret). */
   jwtSecret?: string | undefined;
   /** JWKS URL for asymmetric keys (e.g. `https://<ref>.supabase.co/auth/v1/.well-known/jwks.json`). */
   jwksUrl?: string | undefined;
+  /** The `aud` users' tokens must carry (`SUPABASE_JWT_AUDIENCE`, default `authenticated`). */
+  audience?: string | undefined;
+  /** The `iss` users' tokens must carry, when set (`SUPABASE_JWT_ISSUER`). */
+  issuer?: string | undefined;
   /** Clock skew tolerated on `exp`/`nbf`, seconds. */
   clockToleranceSeconds?: number;
 }
@@ -49,6 +56,7 @@ export function createAuthenticator(options: AuthOptions): Authenticator {
   const secret = options.jwtSecret ? new TextEncoder().encode(options.jwtSecret) : undefined;
   const jwks = options.jwksUrl ? createRemoteJWKSet(new URL(options.jwksUrl)) : undefined;
   const clockTolerance = options.clockToleranceSeconds ?? 30;
+  const audience = options.audience ?? "authenticated";
 
   async function verify(token: string): Promise<JWTPayload> {
     const { alg } = decodeProtectedHeader(token);
@@ -63,21 +71,23 @@ export function createAuthenticator(options: AuthOptions): Authenticator {
 
   return {
     async authenticate(request) {
-      const header = request.headers.authorization;
-      const match = typeof header === "string" ? BEARER.exec(header.trim()) : null;
-      if (!match) throw unauthorized();
+      const token = bearerToken(request.headers.authorization);
+      if (!token || !JWT.test(token)) throw unauthorized();
       let payload: JWTPayload;
       try {
-        payload = await verify(match[1]!);
+        payload = await verify(token);
       } catch {
         // Expired, forged, wrong algorithm, malformed: the same answer for all of them.
         throw unauthorized();
       }
-      const role = typeof payload.role === "string" ? payload.role : "";
       const sub = typeof payload.sub === "string" && UUID.test(payload.sub) ? payload.sub.toLowerCase() : null;
-      if (role === "service_role") return { userId: sub, role, isService: true };
-      if (!sub || role === "anon") throw unauthorized();
-      return { userId: sub, role, isService: false };
+      // The service-role key is an API key, not an Auth session: no `aud`, its own `iss`.
+      if (payload.role === "service_role") return { userId: sub, role: payload.role, isService: true };
+      if (payload.role !== "authenticated" || !sub) throw unauthorized();
+      const audiences = Array.isArray(payload.aud) ? payload.aud : [payload.aud];
+      if (!audiences.includes(audience)) throw unauthorized();
+      if (options.issuer !== undefined && payload.iss !== options.issuer) throw unauthorized();
+      return { userId: sub, role: payload.role, isService: false };
     },
   };
 }

@@ -25,6 +25,13 @@ export interface StorageClientOptions {
 /** What `upload` accepts: bytes, a web stream (sent with `duplex: "half"`, never buffered here), text or a Blob (sent as multipart). */
 export type UploadBody = Uint8Array | ArrayBuffer | Blob | ReadableStream<Uint8Array> | string;
 
+export interface ObjectInfo {
+  /** Bytes stored (null when Storage has no size for it). */
+  size: number | null;
+  /** The `Content-Type` the object was uploaded with. */
+  contentType: string | null;
+}
+
 export interface ObjectStorage {
   readonly bucket: string;
   /**
@@ -41,8 +48,11 @@ export interface ObjectStorage {
   download(path: string, signal?: AbortSignal): Promise<ReadableStream<Uint8Array>>;
   /** Whole object in memory; for small objects (parsed markdown of bounded size, tests). */
   downloadBytes(path: string, signal?: AbortSignal): Promise<Uint8Array>;
-  /** Whether the object exists. Any error other than "no such key" (bad JWT, no bucket, 5xx) throws. */
-  exists(path: string): Promise<boolean>;
+  /**
+   * The object's size and content type as Storage recorded them, or null when there is no such
+   * object. Any error other than "no such key" (bad JWT, no bucket, 5xx) throws.
+   */
+  info(path: string): Promise<ObjectInfo | null>;
   /** A signed URL the client can `PUT` the object to without credentials (SPEC §6 upload). */
   createSignedUploadUrl(path: string, options?: { upsert?: boolean }): Promise<{ signedUrl: string; token: string; path: string }>;
   /** Delete objects (≤ 1000 per call); returns the paths actually deleted (missing ones are not an error). */
@@ -98,16 +108,16 @@ export function createStorageClient(options: StorageClientOptions): ObjectStorag
       }
     },
 
-    async exists(path) {
+    async info(path) {
       try {
-        // storage-js reads `GET /object/info/{bucket}/{path}` (not HEAD): a HEAD has no body,
-        // so a bad JWT or a missing bucket would look like a missing object.
-        const { data } = await files().exists(path);
-        return data;
+        // `GET /object/info/{bucket}/{path}` (not HEAD): a HEAD has no body, so a bad JWT or a
+        // missing bucket would look like a missing object.
+        const { data } = await files().info(path);
+        return { size: typeof data?.size === "number" ? data.size : null, contentType: data?.contentType ?? null };
       } catch (err) {
-        const mapped = fail(err, "exists", path);
-        // With throwOnError the SDK throws "no such key" as well; that is our `false`.
-        if (mapped.code === "storage_not_found") return false;
+        const mapped = fail(err, "info", path);
+        // With throwOnError the SDK throws "no such key" as well; that is our `null`.
+        if (mapped.code === "storage_not_found") return null;
         throw mapped;
       }
     },

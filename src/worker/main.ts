@@ -28,7 +28,7 @@ pool.on("error", (err) => log.warn({ err: err.message }, "idle database connecti
 
 const services = createPipelineServices(config);
 const metrics = createWorkerMetrics(services.breakers, { defaultMetrics: true });
-const metricsServer = config.METRICS_PORT ? await serveMetrics(metrics, config.METRICS_PORT) : undefined;
+const metricsServer = config.METRICS_PORT ? await serveMetrics(metrics, config.METRICS_PORT, undefined, config.METRICS_TOKEN) : undefined;
 const worker = new BaseWorker({
   pool,
   databaseUrl: db.url,

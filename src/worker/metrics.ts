@@ -9,6 +9,7 @@
  */
 import { createServer, type Server } from "node:http";
 import { Counter, Gauge, Registry, collectDefaultMetrics } from "prom-client";
+import { bearerToken, sameSecret } from "../bearer.ts";
 import { BREAKER_STATE_VALUE, SERVICES, type Breakers } from "../resilience/breakers.ts";
 
 export interface WorkerMetrics {
@@ -42,11 +43,18 @@ export function createWorkerMetrics(breakers: Breakers, options: { defaultMetric
   };
 }
 
-/** Serve `GET /metrics` on `port` (loopback and pod networks alike: bind as configured). */
-export function serveMetrics(metrics: WorkerMetrics, port: number, host = "0.0.0.0"): Promise<Server> {
+/**
+ * Serve `GET /metrics` on `port` (loopback and pod networks alike: bind as configured); with a
+ * `token` (`METRICS_TOKEN`), only for `Authorization: Bearer <token>`.
+ */
+export function serveMetrics(metrics: WorkerMetrics, port: number, host = "0.0.0.0", token?: string): Promise<Server> {
   const server = createServer((req, res) => {
     if (req.method !== "GET" || req.url !== "/metrics") {
       res.writeHead(404, { "content-type": "text/plain" }).end("GET /metrics\n");
+      return;
+    }
+    if (token !== undefined && !sameSecret(bearerToken(req.headers.authorization), token)) {
+      res.writeHead(401, { "content-type": "text/plain", "www-authenticate": 'Bearer realm="metrics"' }).end("GET /metrics needs 'Authorization: Bearer <METRICS_TOKEN>'\n");
       return;
     }
     metrics.render().then(

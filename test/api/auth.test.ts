@@ -58,6 +58,10 @@ describe("authorization", () => {
     ["HS512", async () => ({ authorization: `Bearer ${await token({ sub: mine.userId }, { alg: "HS512" })}` })],
     ["anon key", async () => ({ authorization: `Bearer ${await token({ role: "anon" })}` })],
     ["sub not a uuid", async () => ({ authorization: `Bearer ${await token({ sub: "admin" })}` })],
+    ["aud other", async () => ({ authorization: `Bearer ${await token({ sub: mine.userId, aud: "other" })}` })],
+    ["no aud", async () => ({ authorization: `Bearer ${await token({ sub: mine.userId, aud: undefined })}` })],
+    ["UUID sub, no role", async () => ({ authorization: `Bearer ${await token({ sub: mine.userId, role: undefined })}` })],
+    ["role not a user's", async () => ({ authorization: `Bearer ${await token({ sub: mine.userId, role: "supabase_admin" })}` })],
     ["tampered payload", async () => {
       const [h, , s] = (await token({ sub: randomUUID() })).split(".");
       const p = Buffer.from(JSON.stringify({ sub: mine.userId, role: "service_role", exp: Math.floor(Date.now() / 1000) + 3600 })).toString("base64url");
@@ -104,5 +108,36 @@ describe("authorization", () => {
     const all = lines.join("\n");
     expect(lines.length).toBeGreaterThan(4);
     for (const secret of [good, forged, job.secret, delivery.headers["lc-signature"]!, JWT_SECRET]) expect(all).not.toContain(secret);
+  });
+});
+
+describe("token rules", () => {
+  it("the Bearer scheme is case-insensitive (RFC 6750), with one or more spaces", async () => {
+    const jwt = await token({ sub: mine.userId });
+    for (const authorization of [`bearer ${jwt}`, `BEARER ${jwt}`, `Bearer   ${jwt}`]) {
+      const res = await t.app.inject({ method: "GET", url: `/jobs/${mine.documentId}`, headers: { authorization } });
+      expect(res.statusCode, authorization.slice(0, 10)).toBe(200);
+    }
+  });
+
+  it("a user's aud may be a list holding the audience; the service-role key (no aud) is still the operator", async () => {
+    const listed = await token({ sub: mine.userId, aud: ["other", "authenticated"] });
+    expect((await t.app.inject({ method: "GET", url: `/jobs/${mine.documentId}`, headers: { authorization: `Bearer ${listed}` } })).statusCode).toBe(200);
+    const serviceKey = await token({ role: "service_role", aud: undefined, iss: "supabase" });
+    expect((await t.app.inject({ method: "GET", url: `/jobs/${mine.documentId}`, headers: { authorization: `Bearer ${serviceKey}` } })).statusCode).toBe(200);
+  });
+
+  it("SUPABASE_JWT_AUDIENCE and SUPABASE_JWT_ISSUER are enforced when configured", async () => {
+    const strict = await makeApp(db.pool, { configOverrides: { SUPABASE_JWT_AUDIENCE: "app-users", SUPABASE_JWT_ISSUER: "https://ref.supabase.co/auth/v1" } });
+    try {
+      const get = async (claims: Record<string, unknown>) =>
+        (await strict.app.inject({ method: "GET", url: `/jobs/${mine.documentId}`, headers: { authorization: `Bearer ${await token({ sub: mine.userId, ...claims })}` } })).statusCode;
+      expect(await get({ aud: "app-users", iss: "https://ref.supabase.co/auth/v1" })).toBe(200);
+      expect(await get({ aud: "authenticated", iss: "https://ref.supabase.co/auth/v1" })).toBe(401);
+      expect(await get({ aud: "app-users", iss: "https://evil.example/auth/v1" })).toBe(401);
+      expect(await get({ aud: "app-users" })).toBe(401);
+    } finally {
+      await strict.app.close();
+    }
   });
 });

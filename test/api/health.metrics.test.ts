@@ -2,6 +2,7 @@
  * GET /healthz (database up and schema current, else 503) and GET /metrics (the families, with
  * figures read from the database; no label carries an id or a secret).
  */
+import { randomUUID } from "node:crypto";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { useTestApp, bearer, makeApp, parseEvent, seedJob, webhookRequest } from "./helpers.ts";
@@ -94,5 +95,30 @@ describe("GET /metrics", () => {
     const count = (text: string) => Number(/upload_pipeline_stage_duration_seconds_count\{stage="uploaded"\} (\d+)/.exec(text)?.[1]);
     expect(count(second)).toBe(count(first));
     expect(second).toContain("upload_pipeline_manual_retries_total 1");
+  });
+});
+
+describe("GET /metrics with METRICS_TOKEN", () => {
+  const METRICS_TOKEN = "scrape-secret-0123456789";
+  it("answers only the bearer token: 401 without it or with another, 200 with it (any case of 'Bearer')", async () => {
+    const guarded = await makeApp(ctx.db.pool, { configOverrides: { METRICS_TOKEN } });
+    try {
+      const scrape = (headers: Record<string, string> = {}) => guarded.app.inject({ method: "GET", url: "/metrics", headers });
+      const none = await scrape();
+      expect(none.statusCode).toBe(401);
+      expect(none.json().error.code).toBe("unauthorized");
+      expect(none.json().error.message).toContain("METRICS_TOKEN");
+      expect(none.body).not.toContain(METRICS_TOKEN);
+      expect((await scrape({ authorization: "Bearer wrong-secret-0123456789" })).statusCode).toBe(401);
+      // A user's JWT is not the metrics token.
+      expect((await scrape(await bearer(randomUUID()))).statusCode).toBe(401);
+      const ok = await scrape({ authorization: `bearer ${METRICS_TOKEN}` });
+      expect(ok.statusCode).toBe(200);
+      expect(ok.body).toContain("upload_pipeline_jobs");
+      // /healthz stays open for the load balancer.
+      expect((await guarded.app.inject({ method: "GET", url: "/healthz" })).statusCode).toBe(200);
+    } finally {
+      await guarded.app.close();
+    }
   });
 });

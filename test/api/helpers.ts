@@ -8,9 +8,12 @@ import type { FastifyInstance } from "fastify";
 import { SignJWT } from "jose";
 import type pg from "pg";
 import { afterAll, beforeAll } from "vitest";
-import { buildApp, type ApiDeps, type ObjectStore, type ParseEvent } from "../../src/api/app.ts";
+import { buildApp } from "../../src/api/app.ts";
+import type { ApiDeps, ObjectStore, ParseEvent } from "../../src/api/deps.ts";
 import { signWebhook } from "../../src/api/routes/webhook.ts";
+import type { UploadBody } from "../../src/clients/storage.ts";
 import { configForLocalMocks, type Config } from "../../src/config.ts";
+import { PermanentError } from "../../src/errors.ts";
 import { documentId as makeDocumentId, jobId as makeJobId, sha256 } from "../../src/ids.ts";
 import { createLogger } from "../../src/logger.ts";
 import { FAILURE_OF, PIPELINE_STATES, type JobStatus, type PipelineState } from "../../src/state-machine/table.ts";
@@ -42,24 +45,40 @@ export function testConfig(overrides: Record<string, string> = {}): Config {
   });
 }
 
-/** Storage stand-in: a Map of path → bytes, with the signed-upload flow's PUT as `put()`. */
+/**
+ * Storage stand-in: a Map of path → bytes. Signed upload URLs follow the server's rule (without
+ * upsert, a path that holds an object cannot be signed again); `put()` is the client's PUT.
+ */
 export class MemoryStore implements ObjectStore {
   readonly objects = new Map<string, { bytes: Uint8Array; contentType: string }>();
   readonly signed: string[] = [];
+  readonly removed: string[] = [];
   uploads = 0;
-  async upload(path: string, body: Uint8Array | ReadableStream<Uint8Array>, contentType: string) {
-    const bytes = body instanceof Uint8Array ? body : new Uint8Array(await new Response(body).arrayBuffer());
+  async upload(path: string, body: UploadBody, contentType: string) {
+    const bytes = body instanceof Uint8Array ? body : new Uint8Array(await new Response(body as BodyInit).arrayBuffer());
     this.uploads++;
     this.objects.set(path, { bytes, contentType });
-    return { path };
+    return { path, fullPath: `documents/${path}` };
   }
-  async createSignedUploadUrl(path: string) {
+  async createSignedUploadUrl(path: string, { upsert = false }: { upsert?: boolean } = {}) {
+    if (!upsert && this.objects.has(path)) throw new PermanentError("storage_already_exists", `Storage object already exists: ${path}`);
     const token = `tok-${randomUUID()}`;
     this.signed.push(path);
     return { signedUrl: `http://storage.test/storage/v1/object/upload/sign/documents/${path}?token=${token}`, token, path };
   }
-  async exists(path: string) {
-    return this.objects.has(path);
+  async info(path: string) {
+    const o = this.objects.get(path);
+    return o ? { size: o.bytes.byteLength, contentType: o.contentType } : null;
+  }
+  async download(path: string) {
+    const o = this.objects.get(path);
+    if (!o) throw new PermanentError("storage_not_found", `Storage object not found: ${path}`);
+    return new Blob([o.bytes as BlobPart]).stream();
+  }
+  async remove(paths: string[]) {
+    const gone = paths.filter((p) => this.objects.delete(p));
+    this.removed.push(...gone);
+    return gone;
   }
   /** What a client's PUT to the signed URL does. */
   put(path: string, bytes: Uint8Array | string, contentType = "application/pdf") {

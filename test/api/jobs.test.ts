@@ -6,7 +6,7 @@
 import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { chunkId, sha256 } from "../../src/ids.ts";
-import { useTestApp, bearer, seedJob, snapshot } from "./helpers.ts";
+import { useTestApp, bearer, seedJob, serviceBearer, snapshot } from "./helpers.ts";
 
 const ctx = useTestApp();
 
@@ -67,6 +67,22 @@ describe("GET /jobs/{document_id}", () => {
     expect(body.timeline[0]).toMatchObject({ actor: "api", attempt: 0 });
     expect(body).not.toHaveProperty("webhook_secret");
     expect(res.body).not.toContain(job.secret);
+  });
+
+  it("shows the owner neither worker ids nor raw event detail; the service role sees both", async () => {
+    const job = await seedJob(ctx.db.pool, { status: "parse_queued" });
+    const owner = await get(job.documentId, job.userId);
+    const ownerTimeline = owner.json().timeline as Array<Record<string, unknown>>;
+    expect(ownerTimeline.length).toBe(2);
+    for (const event of ownerTimeline) {
+      expect(Object.keys(event).sort()).toEqual(["actor", "at", "attempt", "from", "id", "to"]);
+    }
+    expect(owner.body).not.toContain("test-worker");
+    expect(owner.body).not.toContain(job.parseJobId);
+
+    const operator = await ctx.t.app.inject({ method: "GET", url: `/jobs/${job.documentId}`, headers: await serviceBearer() });
+    const operatorTimeline = operator.json().timeline as Array<Record<string, unknown>>;
+    expect(operatorTimeline[1]).toMatchObject({ to: "parse_queued", worker_id: "test-worker", detail: { actor: "worker" } });
   });
 
   it("shows last_error and the failed stage", async () => {

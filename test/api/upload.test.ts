@@ -88,15 +88,15 @@ describe("POST /upload (multipart)", () => {
 
   it("keeps a hostile file name as data and sanitises it in the storage key", async () => {
     // busboy already drops directories from the part's file name...
-    const part = await upload(randomUUID(), { name: "../../etc/pass wd;rm -rf.pdf", type: "application/pdf", content: randomUUID() });
+    const part = await upload(randomUUID(), { name: "../../etc/pass wd;rm -rf.pdf", type: "application/pdf", content: `%PDF-1.7 ${randomUUID()}` });
     expect(part.statusCode).toBe(201);
     expect(part.json().raw_path).toMatch(/^[0-9a-f-]{36}\/raw\/[0-9a-f-]{36}\/pass_wd_rm_-rf\.pdf$/);
     // ...and the filename field goes through our own sanitiser.
-    const field = await upload(randomUUID(), { name: "x.pdf", type: "application/pdf", content: randomUUID() }, { filename: "..\\..\\évil 'name'.pdf" });
+    const field = await upload(randomUUID(), { name: "x.pdf", type: "application/pdf", content: `%PDF-1.7 ${randomUUID()}` }, { filename: "..\\..\\évil 'name'.pdf" });
     expect(field.statusCode).toBe(201);
     expect(field.json().filename).toBe("..\\..\\évil 'name'.pdf");
     expect(field.json().raw_path).toMatch(/\/raw\/[0-9a-f-]{36}\/evil_name_\.pdf$/);
-    const dots = await upload(randomUUID(), { name: "x.pdf", type: "application/pdf", content: randomUUID() }, { filename: ".." });
+    const dots = await upload(randomUUID(), { name: "x.pdf", type: "application/pdf", content: `%PDF-1.7 ${randomUUID()}` }, { filename: ".." });
     expect(dots.json().raw_path).toMatch(/\/file$/);
   });
 
@@ -144,7 +144,7 @@ describe("POST /upload (signed URL) and finalize", () => {
 
   it("creates the document, hands out a signed upload URL, and finalize creates the job once the object exists", async () => {
     const user = randomUUID();
-    const content = `signed ${randomUUID()}`;
+    const content = `%PDF-1.7 signed ${randomUUID()}`;
     const body = { filename: "paper.pdf", mime: "application/pdf", bytes: content.length, sha256: sha256(content) };
     const doc = documentId(user, sha256(content));
     const path = `${user}/raw/${doc}/paper.pdf`;

@@ -154,16 +154,16 @@ describe("upload and download", () => {
   });
 });
 
-describe("exists, signed upload URL, remove", () => {
-  it("exists is true for a stored object and false for a missing one", async () => {
-    await storage().upload("here.md", "x", "text/markdown");
-    await expect(storage().exists("here.md")).resolves.toBe(true);
-    await expect(storage().exists("gone.md")).resolves.toBe(false);
+describe("info, signed upload URL, remove", () => {
+  it("info gives a stored object's size and content type, and null for a missing one", async () => {
+    await storage().upload("here.md", "xyz", "text/markdown");
+    await expect(storage().info("here.md")).resolves.toEqual({ size: 3, contentType: "text/markdown" });
+    await expect(storage().info("gone.md")).resolves.toBeNull();
     expect(requests.some((r) => r.path === "/storage/v1/object/info/documents/here.md")).toBe(true);
   });
 
-  it("exists throws, rather than answering false, for a bad key", async () => {
-    const err = await rejectionOf(storage("eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoiYW5vbiJ9.d3JvbmctZmFrZS1zaWc").exists("here.md"));
+  it("info throws, rather than answering null, for a bad key", async () => {
+    const err = await rejectionOf(storage("eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoiYW5vbiJ9.d3JvbmctZmFrZS1zaWc").info("here.md"));
     expect(err).toMatchObject({ code: "storage_unauthorized", errorClass: "permanent", status: 403 });
   });
 
@@ -192,7 +192,7 @@ describe("error mapping", () => {
 
   it("404 NoSuchBucket → permanent storage_bucket_not_found", async () => {
     const other = createStorageClient({ supabaseUrl: SUPABASE_URL, serviceRoleKey: KEY, bucket: "nobucket" });
-    expect(await rejectionOf(other.exists("a.md"))).toMatchObject({ code: "storage_bucket_not_found", errorClass: "permanent" });
+    expect(await rejectionOf(other.info("a.md"))).toMatchObject({ code: "storage_bucket_not_found", errorClass: "permanent" });
   });
 
   it.each([500, 503])("HTTP %i → transient storage_unavailable", async (status) => {

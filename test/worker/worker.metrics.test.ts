@@ -21,4 +21,23 @@ describe("worker metrics", () => {
     expect(await metrics.render()).toContain('upload_pipeline_breaker_state{service="openai"} 0');
     server.close();
   });
+
+  it("with METRICS_TOKEN, answer only that bearer token", async () => {
+    const metrics = createWorkerMetrics(createBreakers());
+    const server = await serveMetrics(metrics, 0, "127.0.0.1", "scrape-secret-0123456789");
+    try {
+      const { port } = server.address() as { port: number };
+      const scrape = (authorization?: string) => fetch(`http://127.0.0.1:${port}/metrics`, authorization ? { headers: { authorization } } : {});
+      const none = await scrape();
+      expect(none.status).toBe(401);
+      expect(await none.text()).toContain("METRICS_TOKEN");
+      expect((await scrape("Bearer another-secret-0123456")).status).toBe(401);
+      const ok = await scrape("Bearer scrape-secret-0123456789");
+      expect(ok.status).toBe(200);
+      expect(await ok.text()).toContain("upload_pipeline_breaker_state");
+    } finally {
+      server.close();
+    }
+  });
 });
+

@@ -2,10 +2,13 @@
  * `GET /healthz`: 200 when the database answers and its schema is the one this code ships
  * (latest migration applied); 503 otherwise, with which of the two failed. Each check has a
  * short timeout so a hung database makes the probe fail rather than hang.
- * `GET /metrics`: the Prometheus exposition (see ../metrics.ts).
+ * `GET /metrics`: the Prometheus exposition (see ../metrics.ts); with `METRICS_TOKEN` set, only
+ * for `Authorization: Bearer <METRICS_TOKEN>`.
  */
 import type { FastifyInstance } from "fastify";
+import { bearerToken, sameSecret } from "../../bearer.ts";
 import { migrationStatus } from "../../db/migrate.ts";
+import { ApiError } from "../errors.ts";
 
 const CHECK_TIMEOUT_MS = 2_000;
 
@@ -18,7 +21,7 @@ function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
 }
 
 export async function healthRoutes(app: FastifyInstance): Promise<void> {
-  const { pool, metrics } = app.deps;
+  const { pool, metrics, config } = app.deps;
 
   app.get("/healthz", async (request, reply) => {
     let database: "up" | "down" = "down";
@@ -35,7 +38,12 @@ export async function healthRoutes(app: FastifyInstance): Promise<void> {
     return reply.code(ok ? 200 : 503).send({ status: ok ? "ok" : "unavailable", database, migrations });
   });
 
-  app.get("/metrics", async (_request, reply) => {
+  app.get("/metrics", async (request, reply) => {
+    if (config.METRICS_TOKEN !== undefined && !sameSecret(bearerToken(request.headers.authorization), config.METRICS_TOKEN)) {
+      throw new ApiError(401, "unauthorized", "GET /metrics needs 'Authorization: Bearer <METRICS_TOKEN>' (set in Prometheus' scrape config as bearer_token).", {
+        "www-authenticate": 'Bearer realm="metrics"',
+      });
+    }
     const text = await metrics.render();
     return reply.type(metrics.registry.contentType).send(text);
   });

@@ -13,7 +13,7 @@ import { FAILURE_OF, findEdge, isFailed, isJobStatus, PIPELINE_STATES, type Fail
 import { transition } from "../../state-machine/transition.ts";
 import { principalOf, requireAuth, type Principal } from "../auth.ts";
 import { ApiError, notFound, parseOr400 } from "../errors.ts";
-import { DocumentParams } from "./upload.ts";
+import { DocumentParams } from "../documents.ts";
 
 /** The timeline is capped; a job's events number in the tens even with retries. */
 const TIMELINE_LIMIT = 1000;
@@ -55,7 +55,7 @@ export async function jobRoutes(app: FastifyInstance): Promise<void> {
     const row = await loadStatus(pool, docId, who);
     if (!row) throw notFound(`Document ${docId}`);
     const events = row.job_id ? await loadTimeline(pool, row.job_id) : [];
-    return reply.send(statusBody(row, events));
+    return reply.send(statusBody(row, events, who.isService));
   });
 
   app.post("/jobs/:document_id/retry", { onRequest: requireAuth(auth) }, async (request, reply) => {
@@ -152,8 +152,12 @@ const num = (v: unknown): number => (typeof v === "number" && Number.isFinite(v)
 const percent = (done: number, total: number, finished: boolean): number =>
   total > 0 ? Math.min(100, Math.round((done / total) * 1000) / 10) : finished ? 100 : 0;
 
-/** The body of `GET /jobs/{document_id}`; see src/api/README.md for an example. */
-export function statusBody(row: StatusRow, events: EventRow[]) {
+/**
+ * The body of `GET /jobs/{document_id}`; see src/api/README.md for an example. The timeline's
+ * `worker_id` (host:pid of a worker) and raw event `detail` are operators' business: only the
+ * service role gets them.
+ */
+export function statusBody(row: StatusRow, events: EventRow[], operator: boolean) {
   const status = row.status;
   const p = row.progress ?? {};
   const position = status && !isFailed(status) ? PIPELINE_STATES.indexOf(status) : -1;
@@ -203,8 +207,7 @@ export function statusBody(row: StatusRow, events: EventRow[]) {
       at: e.at,
       attempt: e.attempt,
       actor: typeof e.detail?.actor === "string" ? e.detail.actor : null,
-      worker_id: e.worker_id,
-      detail: e.detail,
+      ...(operator ? { worker_id: e.worker_id, detail: e.detail } : {}),
     })),
   };
 }

@@ -8,8 +8,15 @@
  *    UPLOAD_MAX_BYTES), then stored at `{user_id}/raw/{document_id}/{name}` and the job is
  *    created in `uploaded`.
  * 2. Signed: `application/json` `{filename, mime, bytes, sha256}` creates or reuses the
- *    document and answers a Supabase Storage signed upload URL; the client `PUT`s the bytes
- *    there and calls finalize, which checks the object exists and creates the job.
+ *    document and answers a Supabase Storage signed upload URL, signed without upsert so the
+ *    object can be written once; the client `PUT`s the bytes there and calls finalize, which
+ *    trusts nothing it was told: the stored object's size, content type, SHA-256 and content
+ *    must be what was declared (and within the limits), else the object is removed and no job
+ *    is created.
+ *
+ * Both paths look at the bytes, not only the label (`content/sniff.ts`): a file whose content
+ * is not its declared type is refused (415 `content_mismatch`), and a part sent without a type
+ * (or as `application/octet-stream`) takes the type its bytes and extension show.
  *
  * Idempotent: `document_id = uuidv5("{user_id}:{sha256}")` and `job_id = uuidv5("{document_id}:job")`,
  * so the same user sending the same bytes again gets the same document and job: 201 the first
@@ -19,24 +26,24 @@
  * refuses many characters in keys, and a name like `../x` must not shape a path. The original
  * name is kept in `documents.filename`.
  */
-import { createHash, randomUUID } from "node:crypto";
-import { createReadStream, createWriteStream } from "node:fs";
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { randomUUID } from "node:crypto";
 import { join } from "node:path";
 import { Readable } from "node:stream";
-import { pipeline } from "node:stream/promises";
+import { createReadStream } from "node:fs";
 import multipart from "@fastify/multipart";
-import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
-import type pg from "pg";
+import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { z } from "zod";
 import { PipelineError } from "../../errors.ts";
 import { documentId as makeDocumentId, jobId as makeJobId } from "../../ids.ts";
 import { createJob } from "../../state-machine/transition.ts";
 import { Priority, TenantId, type Lane } from "../../scheduling/lanes.ts";
+import type { ObjectInfo } from "../../clients/storage.ts";
+import { contentMatches, OCTET_STREAM, sniffFile, typeOfUnlabelled } from "../../content/sniff.ts";
+import { spoolToFile, withTempDir } from "../../content/spool.ts";
 import { principalOf, requireAuth, type Principal } from "../auth.ts";
+import type { ObjectStore } from "../deps.ts";
+import { findJob, findOwnedDocument, insertDocument, DocumentParams, type DocumentRow } from "../documents.ts";
 import { ApiError, notFound, parseOr400 } from "../errors.ts";
-import type { ObjectStore } from "../app.ts";
 
 // eslint-disable-next-line no-control-regex
 const CONTROL = /[\u0000-\u001f\u007f]/;
@@ -72,10 +79,6 @@ const MultipartFields = z.object({
   ...Scheduling.shape,
 });
 
-export const DocumentParams = z.object({
-  document_id: z.uuid("must be a document id (a UUID, as returned by POST /upload)").transform((s) => s.toLowerCase()),
-});
-
 /** The storage key's last segment: safe ASCII, never empty, never `.`/`..`, extension kept. */
 export function storageName(filename: string): string {
   const base = filename
@@ -98,27 +101,42 @@ function baseMime(mime: string): string {
   return mime.split(";")[0]!.trim().toLowerCase();
 }
 
+/** What both upload paths enforce: the size limit, the allowed types, and content that is what it claims. */
+function uploadRules(maxBytes: number, allowedTypes: readonly string[]) {
+  const allowed = new Set(allowedTypes.map(baseMime));
+  const listed = [...allowed].join(", ");
+  return {
+    maxBytes,
+    tooLarge: () =>
+      new ApiError(413, "file_too_large", `The file is larger than the limit of ${maxBytes} bytes (UPLOAD_MAX_BYTES); split it or raise the limit.`),
+    /** 415 unless `mime` is one of UPLOAD_ALLOWED_MIME; `field` names where the type came from. */
+    checkAllowed(mime: string, field: string) {
+      if (!allowed.has(mime)) {
+        throw new ApiError(415, "unsupported_mime", `${field}: '${mime.slice(0, 100)}' is not accepted; allowed types (UPLOAD_ALLOWED_MIME): ${listed}.`);
+      }
+    },
+    /** 415 unless bytes that sniff as `found` may be called `declared`. */
+    checkContent(declared: string, found: string, field: string) {
+      if (!contentMatches(declared, found)) {
+        throw new ApiError(
+          415,
+          "content_mismatch",
+          `${field}: declared '${declared.slice(0, 100)}' but the content is '${found}'; send the file with its real type (allowed: ${listed}).`,
+        );
+      }
+    },
+  };
+}
+type UploadRules = ReturnType<typeof uploadRules>;
+
 export async function uploadRoutes(app: FastifyInstance): Promise<void> {
   const { pool, config, store, auth } = app.deps;
-  const maxBytes = config.UPLOAD_MAX_BYTES;
-  const allowed = new Set(config.UPLOAD_ALLOWED_MIME.map(baseMime));
+  const rules = uploadRules(config.UPLOAD_MAX_BYTES, config.UPLOAD_ALLOWED_MIME);
 
   await app.register(multipart, {
-    limits: { fileSize: maxBytes, files: 1, fields: 6, fieldSize: 1024, parts: 7, headerPairs: 100 },
+    limits: { fileSize: rules.maxBytes, files: 1, fields: 6, fieldSize: 1024, parts: 7, headerPairs: 100 },
     throwFileSizeLimit: true,
   });
-
-  const checkMime = (mime: string, field: string) => {
-    if (!allowed.has(baseMime(mime))) {
-      throw new ApiError(
-        415,
-        "unsupported_mime",
-        `${field}: '${baseMime(mime).slice(0, 100)}' is not accepted; allowed types (UPLOAD_ALLOWED_MIME): ${[...allowed].join(", ")}.`,
-      );
-    }
-  };
-  const tooLarge = () =>
-    new ApiError(413, "file_too_large", `The file is larger than the limit of ${maxBytes} bytes (UPLOAD_MAX_BYTES); split it or raise the limit.`);
 
   app.post("/upload", { onRequest: requireAuth(auth) }, async (request, reply) => {
     const who = principalOf(request);
@@ -130,36 +148,47 @@ export async function uploadRoutes(app: FastifyInstance): Promise<void> {
     }
     const body = parseOr400(SignedUploadRequest, request.body, "body");
     const scheduling = schedulingOf(who, body);
-    checkMime(body.mime, "mime");
-    if (body.bytes > maxBytes) throw tooLarge();
+    const mime = baseMime(body.mime);
+    rules.checkAllowed(mime, "mime");
+    if (body.bytes > rules.maxBytes) throw rules.tooLarge();
     const docId = makeDocumentId(userId, body.sha256);
     const jobId = makeJobId(docId);
     const existingJob = await findJob(pool, docId);
     if (existingJob) {
       return reply.code(200).send({ document_id: docId, job_id: jobId, status: existingJob.status, upload: null });
     }
-    const { row, created } = await upsertDocument(pool, {
-      documentId: docId, userId, filename: body.filename, mime: baseMime(body.mime), bytes: body.bytes, sha256: body.sha256,
-      rawPath: rawPath(userId, docId, body.filename), ...scheduling,
-    });
-    // upsert: a client that lost the first URL (or whose PUT failed half-way) can try again.
-    const signed = await storageCall(() => store.createSignedUploadUrl(row.raw_path, { upsert: true }));
+    // Sign first, so a refusal writes nothing; the document is created once the URL exists.
+    const known = await findOwnedDocument(pool, docId, { userId, role: "authenticated", isService: false });
+    let path = known?.raw_path ?? rawPath(userId, docId, body.filename);
+    let signed = await signUpload(store, path, docId);
+    let created = false;
+    if (!known) {
+      const inserted = await insertDocument(pool, {
+        documentId: docId, userId, filename: body.filename, mime, bytes: body.bytes, sha256: body.sha256, rawPath: path, ...scheduling,
+      });
+      created = inserted.created;
+      // A concurrent request created it first, under its own file name.
+      if (inserted.row.raw_path !== path) {
+        path = inserted.row.raw_path;
+        signed = await signUpload(store, path, docId);
+      }
+    }
     return reply.code(created ? 201 : 200).send({
       document_id: docId,
       job_id: jobId,
       status: null,
-      upload: { signed_url: signed.signedUrl, token: signed.token, path: row.raw_path, method: "PUT", finalize: `/upload/${docId}/finalize` },
+      upload: { signed_url: signed.signedUrl, token: signed.token, path, method: "PUT", finalize: `/upload/${docId}/finalize` },
     });
   });
 
   async function direct(request: FastifyRequest, reply: FastifyReply, who: Principal, userId: string) {
-    const declared = Number(request.headers["content-length"]);
+    const declaredLength = Number(request.headers["content-length"]);
     // Refuse before reading when the declared body cannot fit (64 KiB for the form's framing).
-    if (Number.isFinite(declared) && declared > maxBytes + 64 * 1024) throw tooLarge();
-    const dir = await mkdtemp(join(tmpdir(), "upload-pipeline-api-"));
-    try {
+    if (Number.isFinite(declaredLength) && declaredLength > rules.maxBytes + 64 * 1024) throw rules.tooLarge();
+    return withTempDir(async (dir) => {
+      const path = join(dir, "body");
       const fields: Record<string, string> = {};
-      let file: { path: string; sha256: string; bytes: number; filename: string; mime: string } | undefined;
+      let file: { sha256: string; bytes: number; filename: string; declared: string | null } | undefined;
       try {
         for await (const part of request.parts()) {
           if (part.type === "field") {
@@ -172,30 +201,15 @@ export async function uploadRoutes(app: FastifyInstance): Promise<void> {
           if (part.fieldname !== "file") {
             throw new ApiError(400, "unknown_field", `The file part must be named 'file' (got '${part.fieldname.slice(0, 50)}').`);
           }
-          checkMime(part.mimetype, "file");
-          const path = join(dir, "body");
-          const hash = createHash("sha256");
-          let bytes = 0;
-          await pipeline(
-            part.file,
-            async function* (source: AsyncIterable<Buffer>) {
-              for await (const chunk of source) {
-                hash.update(chunk);
-                bytes += chunk.length;
-                yield chunk;
-              }
-            },
-            createWriteStream(path),
-          );
-          file = { path, sha256: hash.digest("hex"), bytes, filename: part.filename, mime: baseMime(part.mimetype) };
+          const declared = baseMime(part.mimetype ?? "");
+          const labelled = declared !== "" && declared !== OCTET_STREAM;
+          // A labelled type that is not allowed is refused before a byte is read.
+          if (labelled) rules.checkAllowed(declared, "file");
+          const spooled = await spoolToFile(part.file, path, rules.maxBytes, rules.tooLarge);
+          file = { ...spooled, filename: part.filename, declared: labelled ? declared : null };
         }
       } catch (err) {
-        if ((err as { code?: string }).code === "FST_REQ_FILE_TOO_LARGE") throw tooLarge();
-        if (err instanceof ApiError || typeof (err as { statusCode?: unknown }).statusCode === "number") throw err;
-        // A local file-system failure (ENOSPC, EACCES) is ours: a 500.
-        if (typeof (err as { syscall?: unknown }).syscall === "string") throw err;
-        // Anything else busboy throws ("Unexpected end of form", "Malformed part header") is the body's fault.
-        throw new ApiError(400, "invalid_multipart", "The multipart/form-data body is malformed or truncated; send it again.");
+        throw multipartError(err, rules.tooLarge);
       }
       if (!file) throw new ApiError(400, "missing_file", "No file part: send the file as a multipart/form-data part named 'file'.");
       const extra = parseOr400(MultipartFields, fields, "form");
@@ -205,23 +219,29 @@ export async function uploadRoutes(app: FastifyInstance): Promise<void> {
       if (extra.sha256 && extra.sha256 !== file.sha256) {
         throw new ApiError(400, "checksum_mismatch", "sha256: does not match the bytes received; the upload was damaged or the checksum is wrong. Send it again.");
       }
+      const found = await sniffFile(path);
+      let mime: string;
+      if (file.declared) {
+        rules.checkContent(file.declared, found, "file");
+        mime = file.declared;
+      } else {
+        mime = typeOfUnlabelled(filename, found);
+        rules.checkAllowed(mime, "file (sent without a type; its content is)");
+      }
 
       const docId = makeDocumentId(userId, file.sha256);
       const jobId = makeJobId(docId);
+      const answer = { document_id: docId, job_id: jobId, filename, mime, bytes: file.bytes, sha256: file.sha256 };
       const existingJob = await findJob(pool, docId);
-      if (existingJob) return reply.code(200).send(uploadAnswer(docId, jobId, existingJob.status, file, filename));
-      const { row } = await upsertDocument(pool, {
-        documentId: docId, userId, filename, mime: file.mime, bytes: file.bytes, sha256: file.sha256,
-        rawPath: rawPath(userId, docId, filename), ...scheduling,
+      if (existingJob) return reply.code(200).send({ ...answer, status: existingJob.status });
+      const { row } = await insertDocument(pool, {
+        documentId: docId, userId, filename, mime, bytes: file.bytes, sha256: file.sha256, rawPath: rawPath(userId, docId, filename), ...scheduling,
       });
-      const path = file.path;
-      await storageCall(() => store.upload(row.raw_path, Readable.toWeb(createReadStream(path)) as ReadableStream<Uint8Array>, file.mime, { upsert: true }));
+      await storageCall(() => store.upload(row.raw_path, Readable.toWeb(createReadStream(path)) as ReadableStream<Uint8Array>, mime, { upsert: true }));
       const { created } = await createJob(pool, { jobId, documentId: docId, correlationId: randomUUID(), maxAttempts: config.MAX_ATTEMPTS, lane: row.lane });
       request.log.info({ document_id: docId, job_id: jobId, bytes: file.bytes, created }, "upload stored");
-      return reply.code(created ? 201 : 200).send(uploadAnswer(docId, jobId, "uploaded", file, filename, row.raw_path));
-    } finally {
-      await rm(dir, { recursive: true, force: true });
-    }
+      return reply.code(created ? 201 : 200).send({ ...answer, status: "uploaded", raw_path: row.raw_path });
+    });
   }
 
   app.post("/upload/:document_id/finalize", { onRequest: requireAuth(auth) }, async (request, reply) => {
@@ -232,24 +252,79 @@ export async function uploadRoutes(app: FastifyInstance): Promise<void> {
     const jobId = makeJobId(docId);
     const existingJob = await findJob(pool, docId);
     if (existingJob) return reply.code(200).send({ document_id: docId, job_id: jobId, status: existingJob.status });
-    if (!(await storageCall(() => store.exists(doc.raw_path)))) {
+    const info = await storageCall(() => store.info(doc.raw_path));
+    if (!info) {
       throw new ApiError(409, "upload_missing", `No object at ${doc.raw_path} yet: PUT the file to the signed URL from POST /upload, then call finalize again.`);
     }
+    await verifyStored(store, rules, doc, info, request.log);
     const { created } = await createJob(pool, { jobId, documentId: docId, correlationId: randomUUID(), maxAttempts: config.MAX_ATTEMPTS, lane: doc.lane });
     const job = await findJob(pool, docId);
     return reply.code(created ? 201 : 200).send({ document_id: docId, job_id: jobId, status: job?.status ?? "uploaded" });
   });
 }
 
-function uploadAnswer(
-  docId: string,
-  jobId: string,
-  status: string,
-  file: { sha256: string; bytes: number; mime: string },
-  filename: string,
-  raw?: string,
-) {
-  return { document_id: docId, job_id: jobId, status, filename, mime: file.mime, bytes: file.bytes, sha256: file.sha256, ...(raw ? { raw_path: raw } : {}) };
+/**
+ * Finalize trusts nothing the client said: the object must be within the limit and the declared
+ * size, stored with an allowed type that fits the declared one, hash to the declared SHA-256
+ * (the document's id is derived from it), and sniff as the declared type. Any refusal removes
+ * the object first, so nothing half-uploaded stays behind and the client can PUT again.
+ */
+async function verifyStored(store: ObjectStore, rules: UploadRules, doc: DocumentRow, info: ObjectInfo, log: FastifyBaseLogger): Promise<void> {
+  const declaredBytes = Number(doc.bytes);
+  const largerThanDeclared = () =>
+    new ApiError(413, "file_too_large", `The stored file is larger than the ${declaredBytes} bytes declared in 'bytes'; PUT the file that was declared, or start again with POST /upload.`);
+  try {
+    if (info.size !== null && info.size > rules.maxBytes) throw rules.tooLarge();
+    if (info.size !== null && info.size > declaredBytes) throw largerThanDeclared();
+    const stored = baseMime(info.contentType ?? "");
+    rules.checkAllowed(stored, "Content-Type of the PUT");
+    if (!contentMatches(doc.mime, stored)) {
+      throw new ApiError(415, "content_mismatch", `Content-Type of the PUT: '${stored}' is not the declared 'mime' '${doc.mime}'; PUT with Content-Type: ${doc.mime}.`);
+    }
+    await withTempDir(async (dir) => {
+      const path = join(dir, "object");
+      const spooled = await spoolToFile(await storageCall(() => store.download(doc.raw_path)), path, Math.min(rules.maxBytes, declaredBytes), largerThanDeclared);
+      if (spooled.bytes !== declaredBytes) {
+        throw new ApiError(400, "size_mismatch", `bytes: ${declaredBytes} were declared but ${spooled.bytes} were stored; PUT the whole file again.`);
+      }
+      if (spooled.sha256 !== doc.file_sha256) {
+        throw new ApiError(400, "checksum_mismatch", "sha256: does not match the stored bytes; the upload was damaged or the checksum is wrong. PUT the file again.");
+      }
+      rules.checkContent(doc.mime, await sniffFile(path), "mime");
+    });
+  } catch (err) {
+    // A local file-system failure (ENOSPC) is ours: a 500, and the object stays for a retry.
+    if (typeof (err as { syscall?: unknown }).syscall === "string") throw err;
+    if (!(err instanceof ApiError) || err.statusCode >= 500) throw storageFailure(err);
+    try {
+      await store.remove([doc.raw_path]);
+    } catch (removal) {
+      log.warn({ err: (removal as Error).message, path: doc.raw_path }, "could not remove a refused upload; the next finalize tries again");
+    }
+    throw err;
+  }
+}
+
+/** Sign an upload URL that can write the object once (no upsert). */
+async function signUpload(store: ObjectStore, path: string, docId: string) {
+  try {
+    return await store.createSignedUploadUrl(path, { upsert: false });
+  } catch (err) {
+    if (err instanceof PipelineError && err.code === "storage_already_exists") {
+      throw new ApiError(409, "already_uploaded", `The file for this document is already stored: call POST /upload/${docId}/finalize.`);
+    }
+    throw storageFailure(err);
+  }
+}
+
+/** What busboy and the spool throw while reading the form, as an answer. */
+function multipartError(err: unknown, tooLarge: () => ApiError): unknown {
+  if ((err as { code?: string }).code === "FST_REQ_FILE_TOO_LARGE") return tooLarge();
+  if (err instanceof ApiError || typeof (err as { statusCode?: unknown }).statusCode === "number") return err;
+  // A local file-system failure (ENOSPC, EACCES) is ours: a 500.
+  if (typeof (err as { syscall?: unknown }).syscall === "string") return err;
+  // Anything else busboy throws ("Unexpected end of form", "Malformed part header") is the body's fault.
+  return new ApiError(400, "invalid_multipart", "The multipart/form-data body is malformed or truncated; send it again.");
 }
 
 /** Uploads belong to a user: a service-role token needs a `sub` to upload on someone's behalf. */
@@ -270,58 +345,18 @@ function schedulingOf(who: Principal, fields: z.infer<typeof Scheduling>): { lan
 }
 
 /** Storage failures: 503 when retrying may help, 502 otherwise; never the upstream's text. */
+function storageFailure(err: unknown): ApiError {
+  if (err instanceof ApiError) return err;
+  if (err instanceof PipelineError && err.errorClass === "permanent") {
+    return Object.assign(new ApiError(502, "storage_error", "Storage refused the operation; the server logged the cause."), { cause: err });
+  }
+  return Object.assign(new ApiError(503, "storage_unavailable", "Storage is unavailable; retry shortly.", { "retry-after": "5" }), { cause: err });
+}
+
 async function storageCall<T>(fn: () => Promise<T>): Promise<T> {
   try {
     return await fn();
   } catch (err) {
-    if (err instanceof PipelineError && err.errorClass === "permanent") {
-      throw Object.assign(new ApiError(502, "storage_error", "Storage refused the operation; the server logged the cause."), { cause: err });
-    }
-    throw Object.assign(new ApiError(503, "storage_unavailable", "Storage is unavailable; retry shortly.", { "retry-after": "5" }), { cause: err });
+    throw storageFailure(err);
   }
-}
-
-interface DocumentRow {
-  document_id: string;
-  user_id: string;
-  filename: string;
-  raw_path: string;
-  lane: Lane;
-}
-
-async function upsertDocument(
-  pool: pg.Pool,
-  d: { documentId: string; userId: string; filename: string; mime: string; bytes: number; sha256: string; rawPath: string; lane: Lane; tenantId: string | null },
-): Promise<{ row: DocumentRow; created: boolean }> {
-  const inserted = await pool.query<DocumentRow>(
-    `INSERT INTO upload_pipeline.documents (document_id, user_id, filename, mime, bytes, file_sha256, raw_path, lane, tenant_id)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-     ON CONFLICT (document_id) DO NOTHING
-     RETURNING document_id, user_id, filename, raw_path, lane`,
-    [d.documentId, d.userId, d.filename, d.mime, d.bytes, d.sha256, d.rawPath, d.lane, d.tenantId],
-  );
-  if (inserted.rows[0]) return { row: inserted.rows[0], created: true };
-  const { rows } = await pool.query<DocumentRow>(
-    "SELECT document_id, user_id, filename, raw_path, lane FROM upload_pipeline.documents WHERE document_id = $1",
-    [d.documentId],
-  );
-  return { row: rows[0]!, created: false };
-}
-
-async function findJob(pool: pg.Pool, documentId: string): Promise<{ job_id: string; status: string } | undefined> {
-  const { rows } = await pool.query<{ job_id: string; status: string }>(
-    "SELECT job_id, status FROM upload_pipeline.upload_jobs WHERE document_id = $1",
-    [documentId],
-  );
-  return rows[0];
-}
-
-/** The document if `who` may see it: its owner, or the service role. Anyone else gets undefined (→ 404). */
-export async function findOwnedDocument(pool: pg.Pool, documentId: string, who: Principal): Promise<DocumentRow | undefined> {
-  const { rows } = await pool.query<DocumentRow>(
-    `SELECT document_id, user_id, filename, raw_path, lane FROM upload_pipeline.documents
-      WHERE document_id = $1 AND ($2::boolean OR user_id = $3::uuid)`,
-    [documentId, who.isService, who.userId],
-  );
-  return rows[0];
 }
