@@ -62,7 +62,7 @@ describe("upload scheduling fields", () => {
 
   it("the signed-URL form keeps the priority until finalize creates the job", async () => {
     const user = randomUUID();
-    const content = `signed ${randomUUID()}`;
+    const content = `%PDF-1.7 signed ${randomUUID()}`;
     const body = { filename: "p.pdf", mime: "application/pdf", bytes: content.length, sha256: sha256(content), priority: "bulk" };
     const first = await ctx.t.app.inject({ method: "POST", url: "/upload", payload: JSON.stringify(body), headers: { "content-type": "application/json", ...(await bearer(user)) } });
     expect(first.statusCode, first.body).toBe(201);
