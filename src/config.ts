@@ -16,6 +16,9 @@ const oneOf = <const T extends readonly [string, ...string[]]>(values: T) =>
 export const configSchema = z.object({
   /** PostgreSQL to use; unset → an embedded PostgreSQL in a temporary directory. */
   DATABASE_URL: z.url({ protocol: /^postgres(ql)?$/ }).optional(),
+  /** The worker's LISTEN connection (default DATABASE_URL): a direct or session-mode URL, since
+   * LISTEN does not work through Supavisor's transaction mode. */
+  DATABASE_LISTEN_URL: z.url({ protocol: /^postgres(ql)?$/ }).optional(),
   /** `container`: the tests use testcontainers (needs a Docker engine). */
   TEST_DB: oneOf(["embedded", "container"]).optional(),
 
@@ -85,6 +88,7 @@ export type Config = z.infer<typeof configSchema>;
 /** What each variable expects, for error messages (never the value: some are secrets). */
 const EXPECTS: Partial<Record<keyof Config, string>> = {
   DATABASE_URL: "a postgres:// or postgresql:// connection URL, or unset for the embedded PostgreSQL",
+  DATABASE_LISTEN_URL: "a postgres:// or postgresql:// URL of a direct or session-mode connection (LISTEN does not work in transaction mode), or unset to use DATABASE_URL",
   OPENAI_API_KEY: "your OpenAI API key (required)",
   LLAMA_CLOUD_API_KEY: "your LlamaCloud API key (required)",
   SUPABASE_URL: "your Supabase project URL, e.g. https://xyz.supabase.co (required)",

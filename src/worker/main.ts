@@ -12,6 +12,7 @@ import { createPipelineServices } from "../services.ts";
 import { PIPELINE_STAGES } from "../stages/index.ts";
 import { BaseWorker } from "./BaseWorker.ts";
 import { faultPointsFromEnv } from "./faultPoints.ts";
+import { reportWakeUp } from "./listenProbe.ts";
 import { createWorkerMetrics, serveMetrics } from "./metrics.ts";
 import { stopOnSignals } from "../signals.ts";
 
@@ -31,7 +32,7 @@ const metrics = createWorkerMetrics(services.breakers, { defaultMetrics: true })
 const metricsServer = config.METRICS_PORT ? await serveMetrics(metrics, config.METRICS_PORT, undefined, config.METRICS_TOKEN) : undefined;
 const worker = new BaseWorker({
   pool,
-  databaseUrl: db.url,
+  databaseUrl: config.DATABASE_LISTEN_URL ?? db.url,
   stages: PIPELINE_STAGES,
   services,
   log,
@@ -49,6 +50,12 @@ for (const breaker of Object.values(services.breakers)) {
   breaker.onStateChange((state, service) => log.warn({ service, state }, "circuit breaker changed state"));
 }
 await worker.start();
+// Says at start-up whether idle slots wake on NOTIFY or fall back to polling (not awaited: the
+// signal handlers below must be in place at once).
+void reportWakeUp(config.DATABASE_LISTEN_URL ?? db.url, pool, log, {
+  listenUrlSet: config.DATABASE_LISTEN_URL !== undefined,
+  pollIntervalMs: config.POLL_INTERVAL_MS,
+});
 stopOnSignals(
   async () => {
     await worker.stop();
