@@ -16,6 +16,7 @@ import { provisionDatabase, withDatabase } from "../src/db/provision.ts";
 import { runMemoryBench } from "./memory.ts";
 import { runQueueBench } from "./queue.ts";
 import { runRateLimitBench } from "./ratelimit.ts";
+import { runStartupBench } from "./startup.ts";
 import { adminQuery, BENCH_NAMES, type BenchContext, type BenchName, type BenchResult, type Figure } from "./support.ts";
 import { runWebhookBench } from "./webhook.ts";
 
@@ -32,6 +33,7 @@ Benchmarks (SPEC §9), in this order:
   ratelimit   sustained embedding tokens/min vs the OpenAI mock's TPM limit, and 429s per request
   memory      peak RSS of a real worker process on a document of S and of 10×S
   webhook     POST /webhooks/llamaparse with autocannon (signature verified): req/s, p50/p99
+  startup     a worker process from spawn to "worker started": node (type stripping) vs the tsx loader
 
 Multi-worker scaling: npm run scenario -- multi-worker-scaling
 PostgreSQL: DATABASE_URL when set (a database per run is created on it), else an embedded one.
@@ -42,6 +44,7 @@ const RUNNERS: Record<BenchName, (ctx: BenchContext) => Promise<BenchResult>> = 
   ratelimit: runRateLimitBench,
   memory: runMemoryBench,
   webhook: runWebhookBench,
+  startup: runStartupBench,
 };
 
 function usageError(message: string): never {

@@ -4,7 +4,7 @@
  *
  * For each size, a fresh environment: a database cloned from the template, the mocks over HTTP,
  * the API (production wiring) on loopback for LlamaParse's webhook, and one real worker process
- * (`src/worker/main.ts` under `node --import tsx`, one slot), started and left idle before the
+ * (`src/worker/main.ts` under `node` (type stripping), one slot), started and left idle before the
  * document is uploaded, so its start-up is behind it. The document then goes through every
  * stage (submit, parse intake by webhook, validate, chunk, embed, finish) while this process
  * samples the worker's `/proc/<pid>/status`. The figure is `VmHWM` (the kernel's peak RSS of the
@@ -115,7 +115,7 @@ async function runOnce(ctx: BenchContext, bytes: number): Promise<MemoryRun> {
   const output: string[] = [];
   try {
     const apiUrl = await app.listen({ port: 0, host: "127.0.0.1" });
-    child = spawn(process.execPath, ["--import", "tsx", WORKER_ENTRY], {
+    child = spawn(process.execPath, [WORKER_ENTRY], {
       env: {
         ...process.env,
         ...mock.env,

@@ -215,7 +215,7 @@ async function measure(ctx: BenchContext, pool: import("pg").Pool, serverPid: nu
 
 /** Spawn the API process and wait for its `listening` line. */
 async function startServer(databaseUrl: string, onSpawn: (child: ChildProcess) => void): Promise<{ url: string; pid: number }> {
-  const child = spawn(process.execPath, ["--import", "tsx", SERVER_ENTRY], {
+  const child = spawn(process.execPath, [SERVER_ENTRY], {
     env: { ...process.env, DATABASE_URL: databaseUrl },
     stdio: ["ignore", "pipe", "pipe"],
   });

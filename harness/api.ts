@@ -6,10 +6,16 @@ import { SignJWT } from "jose";
 import type { CorpusFile } from "./corpus.ts";
 
 export class ApiClient {
+  readonly baseUrl: string;
+  private readonly jwtSecret: string;
+
   constructor(
-    readonly baseUrl: string,
-    private readonly jwtSecret: string,
-  ) {}
+    baseUrl: string,
+    jwtSecret: string,
+  ) {
+    this.baseUrl = baseUrl;
+    this.jwtSecret = jwtSecret;
+  }
 
   /** A user's access token (`role: authenticated`, `aud: authenticated`, `sub` = the user), or the service role's. */
   async token(userId: string | null): Promise<string> {

@@ -122,11 +122,18 @@ class ScenarioRun {
   private faultsSeen: Record<string, number> = {};
   private faultsPrintedAt = 0;
 
+  private readonly scenario: Scenario;
+  private readonly env: RunEnvironment;
+  private readonly options: { workers?: number };
+
   constructor(
-    private readonly scenario: Scenario,
-    private readonly env: RunEnvironment,
-    private readonly options: { workers?: number },
+    scenario: Scenario,
+    env: RunEnvironment,
+    options: { workers?: number },
   ) {
+    this.scenario = scenario;
+    this.env = env;
+    this.options = options;
     this.dbName = `scn_${scenario.name.replace(/-/g, "_")}_${randomBytes(3).toString("hex")}`;
     this.databaseUrl = withDatabase(env.serverUrl, this.dbName);
   }

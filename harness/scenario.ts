@@ -100,8 +100,11 @@ export type Scenario = z.output<typeof ScenarioSchema>;
 export type ExpectedState = JobStatus;
 
 export class ScenarioFileError extends Error {
-  constructor(readonly file: string, problems: string[]) {
+  readonly file: string;
+
+  constructor(file: string, problems: string[]) {
     super(`${file}: invalid scenario:\n${problems.map((p) => `  - ${p}`).join("\n")}`);
+    this.file = file;
     this.name = "ScenarioFileError";
   }
 }

@@ -54,7 +54,10 @@ export class WorkerFleet {
   /** Exits that were neither our SIGKILL nor our SIGTERM. */
   unexpectedExits = 0;
 
-  constructor(private readonly opts: FleetOptions) {
+  private readonly opts: FleetOptions;
+
+  constructor(opts: FleetOptions) {
+    this.opts = opts;
     mkdirSync(opts.logDir, { recursive: true });
     this.pendingCrashPoints = [...(opts.crashPoints ?? [])];
   }
@@ -138,7 +141,7 @@ export class WorkerFleet {
     const crashAt = this.pendingCrashPoints.shift();
     slot.crashAt = crashAt;
     const freezes = slot.life === 1 ? (this.opts.freezes ?? []).filter((f) => f.worker === slot.index) : [];
-    const child = spawn(process.execPath, ["--import", "tsx", WORKER_ENTRY], {
+    const child = spawn(process.execPath, [WORKER_ENTRY], {
       env: {
         ...process.env,
         ...this.opts.env,

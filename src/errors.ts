@@ -73,9 +73,12 @@ export class LeaseLostError extends PipelineError {
 export type ServiceCondition = "circuit_open" | "outage" | "rate_limited" | "refusing";
 
 export class ServiceConditionError extends TransientError {
+  readonly service: string;
+  readonly condition: ServiceCondition;
+
   constructor(
-    readonly service: string,
-    readonly condition: ServiceCondition,
+    service: string,
+    condition: ServiceCondition,
     message: string,
     options: { code: string; cause?: unknown; status?: number | undefined; retryAfterMs?: number | undefined },
   ) {
@@ -84,6 +87,8 @@ export class ServiceConditionError extends TransientError {
       ...(options.status !== undefined ? { status: options.status } : {}),
       ...(options.retryAfterMs !== undefined ? { retryAfterMs: options.retryAfterMs } : {}),
     });
+    this.service = service;
+    this.condition = condition;
   }
 }
 
@@ -118,8 +123,11 @@ export class IllegalTransitionError extends PipelineError {
 /** Bad configuration: names every offending variable and what it expects, never its value. */
 export class ConfigError extends Error {
   readonly code = "config_invalid";
-  constructor(readonly problems: string[]) {
+  readonly problems: string[];
+
+  constructor(problems: string[]) {
     super(`Invalid configuration:\n${problems.map((p) => `  - ${p}`).join("\n")}`);
+    this.problems = problems;
     this.name = "ConfigError";
   }
 }

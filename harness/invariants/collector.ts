@@ -6,10 +6,16 @@ export class Violations {
   count = 0;
   note: string | undefined;
 
+  readonly name: string;
+  readonly spec: string;
+
   constructor(
-    readonly name: string,
-    readonly spec: string,
-  ) {}
+    name: string,
+    spec: string,
+  ) {
+    this.name = name;
+    this.spec = spec;
+  }
 
   add(line: string): void {
     this.count += 1;

@@ -61,11 +61,19 @@ export class LlamaParseState {
   #occurrences = new Map<string, number>();
   #counter = 0;
 
+  private readonly ctx: MockContext;
+  private readonly webhooks: WebhookSender;
+  readonly projectId: string;
+
   constructor(
-    private readonly ctx: MockContext,
-    private readonly webhooks: WebhookSender,
-    readonly projectId: string,
-  ) {}
+    ctx: MockContext,
+    webhooks: WebhookSender,
+    projectId: string,
+  ) {
+    this.ctx = ctx;
+    this.webhooks = webhooks;
+    this.projectId = projectId;
+  }
 
   /** Cancels every timer and forgets every job and file. */
   reset(): void {

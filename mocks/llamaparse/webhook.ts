@@ -79,10 +79,15 @@ export class WebhookSender {
   readonly #retryDelays: readonly number[];
   readonly #timeoutMs: number;
 
+  private readonly ctx: MockContext;
+  private readonly options: WebhookSenderOptions;
+
   constructor(
-    private readonly ctx: MockContext,
-    private readonly options: WebhookSenderOptions = {},
+    ctx: MockContext,
+    options: WebhookSenderOptions = {},
   ) {
+    this.ctx = ctx;
+    this.options = options;
     this.#retryDelays = options.retryDelaysMs ?? [1000, 2000];
     this.#timeoutMs = options.timeoutMs ?? 30_000;
     this.#startedAt = ctx.now();

@@ -10,10 +10,15 @@ export const DEFAULT_LIMITS = { rpm: 10_000, tpm: 10_000_000 } as const;
 
 class Bucket {
   level: number;
+  readonly capacity: number;
+  private updatedAt: number;
+
   constructor(
-    readonly capacity: number,
-    private updatedAt: number,
+    capacity: number,
+    updatedAt: number,
   ) {
+    this.capacity = capacity;
+    this.updatedAt = updatedAt;
     this.level = capacity;
   }
 
@@ -55,10 +60,16 @@ export type RateDecision =
 /** RPM/TPM windows, one pair per model. */
 export class RateLimiter {
   #windows = new Map<string, { requests: Bucket; tokens: Bucket }>();
+  private limitsFor: (model: string) => { rpm: number; tpm: number };
+  private now: () => number;
+
   constructor(
-    private limitsFor: (model: string) => { rpm: number; tpm: number },
-    private now: () => number,
-  ) {}
+    limitsFor: (model: string) => { rpm: number; tpm: number },
+    now: () => number,
+  ) {
+    this.limitsFor = limitsFor;
+    this.now = now;
+  }
 
   #window(model: string) {
     const limits = this.limitsFor(model);

@@ -37,11 +37,18 @@ export class StorageState {
   readonly buckets = new Map<string, StoredBucket>();
   #counter = 0;
 
+  private readonly seed: number;
+  private readonly now: () => number;
+  private readonly initialBuckets: readonly string[];
+
   constructor(
-    private readonly seed: number,
-    private readonly now: () => number,
-    private readonly initialBuckets: readonly string[] = [],
+    seed: number,
+    now: () => number,
+    initialBuckets: readonly string[] = [],
   ) {
+    this.seed = seed;
+    this.now = now;
+    this.initialBuckets = initialBuckets;
     this.reset();
   }
 

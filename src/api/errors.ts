@@ -13,13 +13,20 @@ export interface ErrorBody {
 
 /** A refusal the API means to send, with its status. */
 export class ApiError extends Error {
+  readonly statusCode: number;
+  readonly code: string;
+  readonly headers: Record<string, string>;
+
   constructor(
-    readonly statusCode: number,
-    readonly code: string,
+    statusCode: number,
+    code: string,
     message: string,
-    readonly headers: Record<string, string> = {},
+    headers: Record<string, string> = {},
   ) {
     super(message);
+    this.statusCode = statusCode;
+    this.code = code;
+    this.headers = headers;
     this.name = "ApiError";
   }
 }

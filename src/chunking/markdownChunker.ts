@@ -328,11 +328,16 @@ class PieceReader {
     closesFence: false,
   };
 
+  private readonly onStats?: (stats: ChunkerStats) => void;
+  private readonly readSlice: number;
+
   constructor(
     input: AsyncIterable<string>,
-    private readonly onStats?: (stats: ChunkerStats) => void,
-    private readonly readSlice = READ_SLICE_UNITS,
+    onStats?: (stats: ChunkerStats) => void,
+    readSlice = READ_SLICE_UNITS,
   ) {
+    this.onStats = onStats;
+    this.readSlice = readSlice;
     this.input = input[Symbol.asyncIterator]();
   }
 

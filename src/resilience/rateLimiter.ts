@@ -41,10 +41,13 @@ export class TokenBucket {
   #level: number;
   #updatedAt: number;
 
+  private readonly clock: Clock;
+
   constructor(
     capacity: number,
-    private readonly clock: Clock,
+    clock: Clock,
   ) {
+    this.clock = clock;
     if (!(capacity > 0)) throw new Error(`TokenBucket: capacity must be > 0, got ${capacity}`);
     this.#capacity = capacity;
     this.#level = capacity;
@@ -120,10 +123,15 @@ class Budget {
   readonly bucket: TokenBucket;
   #server: ServerView | undefined;
 
+  readonly configuredLimit: number;
+  private readonly clock: Clock;
+
   constructor(
-    readonly configuredLimit: number,
-    private readonly clock: Clock,
+    configuredLimit: number,
+    clock: Clock,
   ) {
+    this.configuredLimit = configuredLimit;
+    this.clock = clock;
     this.bucket = new TokenBucket(configuredLimit, clock);
   }
 

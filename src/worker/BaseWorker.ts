@@ -92,7 +92,10 @@ export class BaseWorker<Services> {
   private readonly active = new Map<string, AbortController>();
   private reaper: NodeJS.Timeout | undefined;
 
-  constructor(private readonly opts: WorkerOptions<Services>) {
+  private readonly opts: WorkerOptions<Services>;
+
+  constructor(opts: WorkerOptions<Services>) {
+    this.opts = opts;
     this.workerId = opts.workerId ?? `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
     for (const stage of opts.stages) {
       for (const state of stage.handles) {

@@ -17,8 +17,11 @@ export const NO_FAULTS: FaultPoints = { hit() {} };
 
 /** Thrown by an injector to simulate the process dying at a point: the worker must not clean up. */
 export class SimulatedCrash extends Error {
-  constructor(readonly point: string) {
+  readonly point: string;
+
+  constructor(point: string) {
     super(`simulated crash at fault point ${point}`);
+    this.point = point;
     this.name = "SimulatedCrash";
   }
 }
@@ -37,7 +40,11 @@ export interface FaultRule {
 export class FaultInjector implements FaultPoints {
   readonly seen: string[] = [];
   private readonly counts = new Map<FaultRule, number>();
-  constructor(private readonly rules: FaultRule[] = []) {}
+  private readonly rules: FaultRule[];
+
+  constructor(rules: FaultRule[] = []) {
+    this.rules = rules;
+  }
 
   async hit(point: string, info?: Record<string, unknown>): Promise<void> {
     this.seen.push(point);

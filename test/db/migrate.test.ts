@@ -86,7 +86,7 @@ describe("npm run migrate", () => {
     await admin.query(`CREATE DATABASE ${name}`);
     const url = withDatabase(inject("pgServerUrl"), name);
     const run = () =>
-      spawnSync(process.execPath, ["--import", "tsx", "src/db/migrate.ts"], { env: { ...process.env, DATABASE_URL: url }, encoding: "utf8", timeout: 30_000 });
+      spawnSync(process.execPath, ["src/db/migrate.ts"], { env: { ...process.env, DATABASE_URL: url }, encoding: "utf8", timeout: 30_000 });
     const first = run();
     expect(first.status, first.stderr).toBe(0);
     expect(first.stdout).toContain("applied 0001_schema.sql");
@@ -105,7 +105,7 @@ describe("npm run migrate", () => {
   it("without DATABASE_URL says how to set it and exits 2", async () => {
     const env = { ...process.env };
     delete env.DATABASE_URL;
-    const result = spawnSync(process.execPath, ["--import", "tsx", "src/db/migrate.ts"], { env, encoding: "utf8", timeout: 30_000 });
+    const result = spawnSync(process.execPath, ["src/db/migrate.ts"], { env, encoding: "utf8", timeout: 30_000 });
     expect(result.status).toBe(2);
     expect(result.stderr).toContain("DATABASE_URL is not set");
   });

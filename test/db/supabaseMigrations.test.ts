@@ -13,7 +13,7 @@ import { loadMigrations, migrate } from "../../src/db/migrate.ts";
 import { withDatabase } from "../../src/db/provision.ts";
 
 const runExporter = (...args: string[]) =>
-  spawnSync(process.execPath, ["--import", "tsx", "src/db/supabaseMigrations.ts", ...args], { encoding: "utf8", timeout: 60_000 });
+  spawnSync(process.execPath, ["src/db/supabaseMigrations.ts", ...args], { encoding: "utf8", timeout: 60_000 });
 
 let out: string;
 const databases: string[] = [];

@@ -12,7 +12,7 @@ import { loadSuite, SuiteError } from "../../harness/scenario.ts";
 function scenario(...args: string[]) {
   const env: NodeJS.ProcessEnv = { ...process.env };
   delete env.DATABASE_URL;
-  return spawnSync(process.execPath, ["--import", "tsx", "harness/main.ts", ...args], { encoding: "utf8", env, timeout: 120_000 });
+  return spawnSync(process.execPath, ["harness/main.ts", ...args], { encoding: "utf8", env, timeout: 120_000 });
 }
 
 describe("npm run scenario", () => {

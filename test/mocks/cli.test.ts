@@ -9,17 +9,16 @@ import { join, resolve } from "node:path";
 import { describe, expect, it } from "vitest";
 
 const ROOT = resolve(import.meta.dirname, "../..");
-const TSX = join(ROOT, "node_modules/.bin/tsx");
 const MAIN = join(ROOT, "mocks/main.ts");
 
 function runBad(args: string[]) {
-  const result = spawnSync(TSX, [MAIN, ...args], { cwd: ROOT, encoding: "utf8", timeout: 20_000 });
+  const result = spawnSync(process.execPath, [MAIN, ...args], { cwd: ROOT, encoding: "utf8", timeout: 20_000 });
   return { code: result.status, stderr: result.stderr, stdout: result.stdout };
 }
 
 describe("npm run mocks", () => {
   it("prints the worker's env lines, serves them, and exits 0 on SIGTERM", async () => {
-    const child = spawn(TSX, [MAIN, "--port", "0", "--seed", "4"], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, [MAIN, "--port", "0", "--seed", "4"], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
     let out = "";
     child.stdout.setEncoding("utf8");
     await new Promise<void>((ok, fail) => {

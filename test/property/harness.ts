@@ -253,10 +253,13 @@ export class GuardedFaults implements FaultPoints {
   readonly inner: FaultInjector;
   /** The point a crash rule fired at, if it did. */
   crashedAt: string | undefined;
+  private readonly flags: { runaway?: string };
+
   constructor(
     rules: FaultRule[],
-    private readonly flags: { runaway?: string },
+    flags: { runaway?: string },
   ) {
+    this.flags = flags;
     this.inner = new FaultInjector(rules);
   }
   async hit(point: string, info?: { jobId?: string; [k: string]: unknown }): Promise<void> {

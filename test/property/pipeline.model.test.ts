@@ -126,7 +126,11 @@ async function jobRowFor(jobId: string) {
 type Cmd = fc.AsyncCommand<Model, Real>;
 
 class UploadNew implements Cmd {
-  constructor(readonly content: Content) {}
+  readonly content: Content;
+
+  constructor(content: Content) {
+    this.content = content;
+  }
   check = (m: Readonly<Model>) => m.jobs.length < MAX_JOBS && m.faults !== "storageOutage";
   async run(m: Model, r: Real) {
     const userId = randomUUID();
@@ -140,7 +144,11 @@ class UploadNew implements Cmd {
 }
 
 class UploadAgain implements Cmd {
-  constructor(readonly pick: number) {}
+  readonly pick: number;
+
+  constructor(pick: number) {
+    this.pick = pick;
+  }
   check = (m: Readonly<Model>) => m.jobs.length > 0 && m.faults !== "storageOutage";
   async run(m: Model, r: Real) {
     const j = m.jobs[this.pick % m.jobs.length]!;
@@ -164,7 +172,11 @@ type Crash = { point: string; nth: number } | { kth: number };
 class Step implements Cmd {
   /** Where the crash actually happened (for the report). */
   private crashedAt: string | undefined;
-  constructor(readonly crash: Crash | null) {}
+  readonly crash: Crash | null;
+
+  constructor(crash: Crash | null) {
+    this.crash = crash;
+  }
   check = () => true;
   async run(m: Model, r: Real) {
     const crash = this.crash === null ? undefined : "kth" in this.crash ? { point: /./, nth: this.crash.kth } : this.crash;
@@ -181,7 +193,11 @@ class Step implements Cmd {
 }
 
 class Advance implements Cmd {
-  constructor(readonly ms: number) {}
+  readonly ms: number;
+
+  constructor(ms: number) {
+    this.ms = ms;
+  }
   check = () => true;
   async run(m: Model, r: Real) {
     r.clock.advance(this.ms);
@@ -200,7 +216,11 @@ class Restart implements Cmd {
 }
 
 class Faults implements Cmd {
-  constructor(readonly kind: FaultKind) {}
+  readonly kind: FaultKind;
+
+  constructor(kind: FaultKind) {
+    this.kind = kind;
+  }
   check = () => true;
   async run(m: Model, r: Real) {
     p.env.mocks.setFaults(FAULT_PLANS[this.kind]);
@@ -213,10 +233,16 @@ class Faults implements Cmd {
 type WebhookKind = "genuine" | "duplicate" | "replay" | "forged" | "unsigned" | "late";
 
 class Webhook implements Cmd {
+  readonly pick: number;
+  readonly kind: WebhookKind;
+
   constructor(
-    readonly pick: number,
-    readonly kind: WebhookKind,
-  ) {}
+    pick: number,
+    kind: WebhookKind,
+  ) {
+    this.pick = pick;
+    this.kind = kind;
+  }
   check = (m: Readonly<Model>) => m.jobs.length > 0;
   async run(m: Model, r: Real) {
     const j = m.jobs[this.pick % m.jobs.length]!;
@@ -276,7 +302,11 @@ class Webhook implements Cmd {
 }
 
 class Retry implements Cmd {
-  constructor(readonly pick: number) {}
+  readonly pick: number;
+
+  constructor(pick: number) {
+    this.pick = pick;
+  }
   check = (m: Readonly<Model>) => m.jobs.length > 0;
   async run(m: Model, r: Real) {
     const j = m.jobs[this.pick % m.jobs.length]!;

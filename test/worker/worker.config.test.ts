@@ -43,7 +43,7 @@ describe("configuration", () => {
   });
 
   it("`npm run worker` with a bad environment prints the problems and exits 2, without a stack trace", () => {
-    const result = spawnSync(process.execPath, ["--import", "tsx", "src/worker/main.ts"], {
+    const result = spawnSync(process.execPath, ["src/worker/main.ts"], {
       env: { PATH: process.env.PATH, OPENAI_API_KEY: "sk-secret-value", SUPABASE_URL: "ftp://x", WORKER_CONCURRENCY: "0" },
       encoding: "utf8",
       timeout: 20_000,

@@ -8,7 +8,7 @@ const state = (pid: number) => readFileSync(`/proc/${pid}/stat`, "utf8").split("
 
 describe("freeze points (the scenario runner's SIGSTOP)", () => {
   it("a worker process stops itself at the nth hit of a freeze point, after one line, and goes on when continued", async () => {
-    const child = spawn(process.execPath, ["--import", "tsx", "test/worker/fixtures/freezeAt.ts"], {
+    const child = spawn(process.execPath, ["test/worker/fixtures/freezeAt.ts"], {
       env: { ...process.env, UPLOAD_PIPELINE_FREEZE_AT: "x.y#2" },
       stdio: ["ignore", "pipe", "inherit"],
     });

@@ -64,7 +64,7 @@ describe("worker liveness", () => {
     const own = await createTestDatabase();
     onTestFinished(() => own.drop());
     const job = await seedJob(own.pool);
-    const child = spawn(process.execPath, ["--import", "tsx", "test/worker/fixtures/slowWorker.ts"], {
+    const child = spawn(process.execPath, ["test/worker/fixtures/slowWorker.ts"], {
       env: { ...process.env, DATABASE_URL: own.url, STEP_MS: "600000" },
       stdio: ["ignore", "pipe", "pipe"],
     });

@@ -12,7 +12,7 @@ afterAll(() => db.drop());
 describe("graceful shutdown", () => {
   it("SIGTERM lets the current step finish, releases the lease and exits 0", async () => {
     const job = await seedJob(db.pool);
-    const child = spawn(process.execPath, ["--import", "tsx", "test/worker/fixtures/slowWorker.ts"], {
+    const child = spawn(process.execPath, ["test/worker/fixtures/slowWorker.ts"], {
       env: { ...process.env, DATABASE_URL: db.url, STEP_MS: "1500" },
       stdio: ["ignore", "pipe", "pipe"],
     });
