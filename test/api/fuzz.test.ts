@@ -4,7 +4,7 @@
  * were. Runs: PROP_RUNS (default 60 per property). A failure prints fast-check's seed and path;
  * replay with `fc.assert(..., { seed, path })`.
  */
-import { randomUUID } from "node:crypto";
+import { createHash, randomUUID } from "node:crypto";
 import type { InjectOptions } from "fastify";
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -142,6 +142,58 @@ describe("upload fuzz", () => {
         const body = Buffer.concat([payload.subarray(0, cut % payload.length), Buffer.from(noise)]);
         await check({ method: "POST", url: "/upload", payload: body, headers: { ...headers, ...auth } });
       }),
+      { numRuns: RUNS },
+    );
+  });
+});
+
+describe("finalize matrix", () => {
+  const ELF = Buffer.concat([Buffer.from([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1, 0]), Buffer.alloc(56, 0)]);
+  const mutations = ["same", "extra_bytes", "truncated", "flipped_byte", "other_type", "over_limit"] as const;
+  const mutate = (bytes: Buffer, how: (typeof mutations)[number], mime: string): Buffer => {
+    switch (how) {
+      case "same": return bytes;
+      case "extra_bytes": return Buffer.concat([bytes, Buffer.from(" more")]);
+      case "truncated": return bytes.subarray(0, bytes.length - 1);
+      case "flipped_byte": return Buffer.concat([bytes.subarray(0, -1), Buffer.from([bytes.at(-1)! ^ 0x01])]);
+      case "other_type": return mime === "application/pdf" ? Buffer.from(`# not a pdf\n${"x".repeat(bytes.length)}`) : ELF;
+      case "over_limit": return Buffer.concat([bytes, Buffer.alloc(4097, 0x20)]);
+    }
+  };
+
+  it("finalize creates the job exactly when the stored object is the declared file; every refusal writes nothing and removes the object", async () => {
+    const auth = await bearer(randomUUID());
+    await fc.assert(
+      fc.asyncProperty(
+        fc.constantFrom("application/pdf", "text/markdown", "text/plain"),
+        fc.string({ minLength: 1, maxLength: 200 }),
+        fc.constantFrom(...mutations),
+        fc.constantFrom("declared", "text/plain", "application/pdf", "application/x-msdownload", "application/octet-stream"),
+        async (mime, text, mutation, putTypeChoice) => {
+          const declared = Buffer.from(mime === "application/pdf" ? `%PDF-1.7\n${text}\n%%EOF\n` : `# ${text}\n`);
+          const body = { filename: mime === "application/pdf" ? "d.pdf" : "d.md", mime, bytes: declared.length, sha256: createHash("sha256").update(declared).digest("hex") };
+          const signed = await t.app.inject({ method: "POST", url: "/upload", payload: JSON.stringify(body), headers: { "content-type": "application/json", ...auth } });
+          if (signed.statusCode === 200 && signed.json().upload === null) return; // this file already ran to a job
+          expect(signed.statusCode, signed.body).toBeLessThan(300);
+          const { document_id: docId, upload } = signed.json() as { document_id: string; upload: { path: string } };
+          const putType = putTypeChoice === "declared" ? mime : putTypeChoice;
+          t.store.put(upload.path, mutate(declared, mutation, mime), putType);
+
+          const before = await snapshot(db.pool);
+          const res = await t.app.inject({ method: "POST", url: `/upload/${docId}/finalize`, headers: auth });
+          expect(res.statusCode, res.body).toBeLessThan(500);
+          const typeFits = putType === mime || (mime.startsWith("text/") && putType.startsWith("text/"));
+          if (mutation === "same" && typeFits) {
+            expect(res.statusCode, res.body).toBe(201);
+            expect(Buffer.from(t.store.objects.get(upload.path)!.bytes).equals(declared)).toBe(true);
+          } else {
+            expect(res.statusCode, `${mutation} as ${putType}: ${res.body}`).toBeGreaterThanOrEqual(400);
+            expect(res.json()).toEqual({ error: { code: expect.any(String), message: expect.any(String) } });
+            expect(await snapshot(db.pool)).toEqual(before);
+            expect(t.store.objects.has(upload.path)).toBe(false);
+          }
+        },
+      ),
       { numRuns: RUNS },
     );
   });
