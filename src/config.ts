@@ -58,6 +58,22 @@ export const configSchema = z.object({
   /** How long a parse_queued job waits for its webhook before the reconciler polls LlamaParse. */
   WEBHOOK_DEADLINE_SECONDS: int(1, 86_400).default(120),
   SHUTDOWN_TIMEOUT_MS: int(100, 600_000).default(30_000),
+  /**
+   * Per-service call timeouts: no call waits longer (a hung connection becomes a transient
+   * `timeout`, which the breaker counts). Uploads of a large file to LlamaParse are the slowest call.
+   */
+  OPENAI_TIMEOUT_MS: int(100, 600_000).default(60_000),
+  LLAMAPARSE_TIMEOUT_MS: int(100, 600_000).default(60_000),
+  STORAGE_TIMEOUT_MS: int(100, 600_000).default(60_000),
+  /**
+   * A stage that makes no progress (no transition, no committed batch) for this long is
+   * aborted and its lease handed back: longer than any one step (a call's timeout, a rate-limit wait).
+   */
+  STAGE_DEADLINE_SECONDS: int(5, 86_400).default(300),
+  /** PostgreSQL: connecting, one statement, and a transaction left idle each give up after these. */
+  PG_CONNECT_TIMEOUT_MS: int(100, 600_000).default(10_000),
+  PG_STATEMENT_TIMEOUT_MS: int(100, 3_600_000).default(60_000),
+  PG_IDLE_IN_TRANSACTION_TIMEOUT_MS: int(100, 3_600_000).default(60_000),
 
   PORT: int(1, 65_535).default(8080),
   /** The worker serves its own `GET /metrics` (breaker states, job runs) here when set. */

@@ -20,7 +20,11 @@ export interface WiredServices extends PipelineServices {
 }
 
 export function createPipelineServices(config: Config): WiredServices {
-  const breakers = createBreakers();
+  const breakers = createBreakers({
+    openai: { callTimeoutMs: config.OPENAI_TIMEOUT_MS },
+    llamaparse: { callTimeoutMs: config.LLAMAPARSE_TIMEOUT_MS },
+    storage: { callTimeoutMs: config.STORAGE_TIMEOUT_MS },
+  });
   const limiter = new OpenAIRateLimiter({ requestsPerMinute: config.OPENAI_RPM, tokensPerMinute: config.OPENAI_TPM });
   const embedder = new RateLimitedEmbedder({
     client: createEmbeddingsClient({
@@ -28,7 +32,7 @@ export function createPipelineServices(config: Config): WiredServices {
       baseURL: config.OPENAI_BASE_URL,
       model: config.EMBED_MODEL,
       dimensions: config.EMBED_DIMENSIONS,
-      timeoutMs: 60_000,
+      timeoutMs: config.OPENAI_TIMEOUT_MS,
     }),
     limiter,
     breaker: breakers.openai,
@@ -37,11 +41,11 @@ export function createPipelineServices(config: Config): WiredServices {
     rateLimitRetries: 5,
   });
   const storage = guard(
-    createStorageClient({ supabaseUrl: config.SUPABASE_URL, serviceRoleKey: config.SUPABASE_SERVICE_ROLE_KEY, bucket: config.STORAGE_BUCKET }),
+    createStorageClient({ supabaseUrl: config.SUPABASE_URL, serviceRoleKey: config.SUPABASE_SERVICE_ROLE_KEY, bucket: config.STORAGE_BUCKET, timeoutMs: config.STORAGE_TIMEOUT_MS }),
     breakers.storage,
   );
   const llamaparse = guard(
-    createLlamaParseClient({ apiKey: config.LLAMA_CLOUD_API_KEY, baseURL: config.LLAMA_CLOUD_BASE_URL, timeoutMs: 60_000 }),
+    createLlamaParseClient({ apiKey: config.LLAMA_CLOUD_API_KEY, baseURL: config.LLAMA_CLOUD_BASE_URL, timeoutMs: config.LLAMAPARSE_TIMEOUT_MS }),
     breakers.llamaparse,
   );
   return {

@@ -4,8 +4,8 @@
  * stop accepting, let in-flight requests and parse intakes finish, close the pool, stop an
  * embedded database; a second signal exits at once.
  */
-import pg from "pg";
 import { loadConfigOrExit } from "../config.ts";
+import { createPool } from "../db/pool.ts";
 import { migrate } from "../db/migrate.ts";
 import { provisionDatabase } from "../db/provision.ts";
 import { createLogger } from "../logger.ts";
@@ -26,7 +26,7 @@ async function main(): Promise<void> {
   const db = await provisionDatabase({ databaseUrl: config.DATABASE_URL, testDb: config.TEST_DB });
   log.info({ kind: db.kind }, "database ready");
   await migrate(db.url, { log: (line) => log.info(line) });
-  const pool = new pg.Pool({ connectionString: db.url, max: 20 });
+  const pool = createPool(db.url, 20, config);
   // A dropped idle connection (Postgres restart, or the embedded server stopping first on a
   // signal) must not kill the process; the next query reconnects.
   pool.on("error", (err) => log.warn({ err: err.message }, "idle database connection lost"));

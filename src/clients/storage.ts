@@ -19,6 +19,11 @@ export interface StorageClientOptions {
   /** Service-role JWT, sent as `Authorization: Bearer` and `apikey`. */
   serviceRoleKey: string;
   bucket: string;
+  /**
+   * Abort any request (a download's body included) that takes longer than this, in ms, so a
+   * connection that never answers is closed rather than left open. Unset: no limit.
+   */
+  timeoutMs?: number | undefined;
   fetch?: typeof fetch | undefined;
 }
 
@@ -70,7 +75,7 @@ export interface ObjectStorage {
 export function createStorageClient(options: StorageClientOptions): ObjectStorage {
   const { bucket, serviceRoleKey } = options;
   const url = `${options.supabaseUrl.replace(/\/+$/, "")}/storage/v1`;
-  const client = new StorageClient(url, { Authorization: `Bearer ${serviceRoleKey}`, apikey: serviceRoleKey }, options.fetch);
+  const client = new StorageClient(url, { Authorization: `Bearer ${serviceRoleKey}`, apikey: serviceRoleKey }, withRequestTimeout(options.fetch, options.timeoutMs));
   // throwOnError: errors arrive as exceptions, including from `exists` and `download`.
   const files = () => client.from(bucket).throwOnError();
   const fail = (err: unknown, op: string, path: string) => mapStorageError(err, `${op} ${bucket}/${path}`, [serviceRoleKey]);
@@ -219,4 +224,14 @@ function mapStreamErrors(source: ReadableStream<Uint8Array>, map: (err: unknown)
       await reader.cancel(reason);
     },
   });
+}
+
+/** `fetch` (or `base`) with every request aborted after `ms`, on top of the caller's own signal. */
+function withRequestTimeout(base: typeof fetch | undefined, ms: number | undefined): typeof fetch | undefined {
+  if (ms === undefined) return base;
+  const send = base ?? fetch;
+  return (input, init) => {
+    const limit = AbortSignal.timeout(ms);
+    return send(input, { ...init, signal: init?.signal ? AbortSignal.any([init.signal, limit]) : limit });
+  };
 }

@@ -60,6 +60,12 @@ export interface BreakerConfig {
    * probing faster only adds refused calls to the provider's logs.
    */
   refusalProbeMs: number;
+  /**
+   * No call through the breaker lasts longer: after this the call's signal aborts and the call
+   * rejects with a transient `timeout` (a service failure), even if the client ignores the
+   * signal. Unset: the client's own timeout only.
+   */
+  callTimeoutMs?: number | undefined;
 }
 
 /**
@@ -172,7 +178,8 @@ export class ServiceBreaker {
     if (signal?.aborted) throw abortedError(signal, `${this.service} call`);
     const probe = this.#takeRefusalProbe();
     try {
-      const result = await this.#policy.execute(({ signal: s }) => fn(s), signal);
+      const limit = this.config.callTimeoutMs;
+      const result = await this.#policy.execute(({ signal: s }) => (limit === undefined ? fn(s) : withTimeout(limit, fn, s)), signal);
       if (probe) this.#setRefusal(undefined);
       return result;
     } catch (err) {

@@ -3,8 +3,8 @@
  * table), connects to DATABASE_URL (or starts an embedded PostgreSQL when it is unset, for local
  * trials), and runs WORKER_CONCURRENCY slots until SIGTERM/SIGINT.
  */
-import pg from "pg";
 import { loadConfigOrExit } from "../config.ts";
+import { createPool } from "../db/pool.ts";
 import { migrate } from "../db/migrate.ts";
 import { provisionDatabase } from "../db/provision.ts";
 import { createLogger } from "../logger.ts";
@@ -23,7 +23,7 @@ if (db.kind === "embedded") {
   log.warn("DATABASE_URL is not set: using a private embedded PostgreSQL (nothing else can see its jobs)");
   await migrate(db.url, { log: (line) => log.info(line) });
 }
-const pool = new pg.Pool({ connectionString: db.url, max: config.WORKER_CONCURRENCY + 4 });
+const pool = createPool(db.url, config.WORKER_CONCURRENCY + 4, config);
 // A dropped idle connection (Postgres restart) must not kill the process; the next query reconnects.
 pool.on("error", (err) => log.warn({ err: err.message }, "idle database connection lost"));
 
@@ -43,6 +43,7 @@ const worker = new BaseWorker({
   retryMaxMs: config.RETRY_MAX_MS,
   pollIntervalMs: config.POLL_INTERVAL_MS,
   shutdownTimeoutMs: config.SHUTDOWN_TIMEOUT_MS,
+  stageDeadlineMs: config.STAGE_DEADLINE_SECONDS * 1000,
   faults: faultPointsFromEnv(process.env.UPLOAD_PIPELINE_CRASH_AT, process.env.UPLOAD_PIPELINE_FREEZE_AT),
   onJobDone: ({ outcome }) => metrics.jobRun(outcome),
 });

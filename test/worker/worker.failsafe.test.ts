@@ -149,3 +149,34 @@ describe("shutdown costs nothing", () => {
     expect(await jobRow(db.pool, job.jobId)).toMatchObject({ status: "parsed", attempts: 0, locked_by: null });
   });
 });
+
+describe("nothing hangs forever: the stage deadline", () => {
+  it("a stage that makes no progress within the deadline is aborted, its lease handed back, and another worker completes the job", async () => {
+    const job = await seedJob(db.pool, { status: "parse_validated" });
+    await db.pool.query("UPDATE upload_pipeline.upload_jobs SET next_attempt_at = 'infinity' WHERE job_id <> $1", [job.jobId]); // earlier tests' jobs
+    await dueAt(job.jobId, new Date(Date.now() - 1000));
+    let hung = false;
+    const outcomes: Array<{ worker: string; outcome: JobRunOutcome }> = [];
+    const stages = noopStages({
+      async during(ctx) {
+        if (ctx.job.status !== "parse_validated" || hung) return;
+        hung = true;
+        await new Promise(() => {}); // a call that never answers and ignores its signal
+      },
+    });
+    const stuck = testWorker(db.pool, stages, { workerId: "stuck", stageDeadlineMs: 300, retryBaseMs: 10_000, random: () => 0.99, onJobDone: (e) => outcomes.push({ worker: "stuck", outcome: e.outcome }) });
+    await stuck.start();
+    await expect.poll(() => outcomes.length, { timeout: 10_000 }).toBe(1);
+    await stuck.stop(); // the stuck stage is still pending: stop() must not wait for it
+    expect(outcomes[0]).toEqual({ worker: "stuck", outcome: "stalled" });
+    const handedBack = await jobRow(db.pool, job.jobId);
+    expect(handedBack).toMatchObject({ status: "parse_validated", locked_by: null, attempts: 1 });
+    expect(handedBack.last_error).toMatchObject({ code: "stage_stalled" });
+
+    const other = testWorker(db.pool, stages, { workerId: "other" });
+    await dueAt(job.jobId, new Date(Date.now() - 1000));
+    await other.runOnce();
+    expect((await jobRow(db.pool, job.jobId)).status).toBe("complete");
+    expect((await events(db.pool, job.jobId)).find((e) => e.from_status === "parse_validated")).toMatchObject({ to_status: "chunking", worker_id: "other" });
+  });
+});
