@@ -11,6 +11,7 @@ import { createLogger } from "../logger.ts";
 import { createPipelineServices } from "../services.ts";
 import { PIPELINE_STAGES } from "../stages/index.ts";
 import { BaseWorker } from "./BaseWorker.ts";
+import { reportServiceConditions } from "./serviceConditions.ts";
 import { faultPointsFromEnv } from "./faultPoints.ts";
 import { reportWakeUp } from "./listenProbe.ts";
 import { createWorkerMetrics, serveMetrics } from "./metrics.ts";
@@ -50,6 +51,7 @@ const worker = new BaseWorker({
 for (const breaker of Object.values(services.breakers)) {
   breaker.onStateChange((state, service) => log.warn({ service, state }, "circuit breaker changed state"));
 }
+reportServiceConditions(services.breakers, { pool, log, metrics, workerId: worker.workerId });
 await worker.start();
 // Says at start-up whether idle slots wake on NOTIFY or fall back to polling (not awaited: the
 // signal handlers below must be in place at once).
