@@ -3,6 +3,7 @@
  * table), connects to DATABASE_URL (or starts an embedded PostgreSQL when it is unset, for local
  * trials), and runs WORKER_CONCURRENCY slots until SIGTERM/SIGINT.
  */
+import { hostname } from "node:os";
 import { loadConfigOrExit } from "../config.ts";
 import { createPool } from "../db/pool.ts";
 import { migrate } from "../db/migrate.ts";
@@ -28,7 +29,7 @@ const pool = createPool(db.url, config.WORKER_CONCURRENCY + 4, config);
 // A dropped idle connection (Postgres restart) must not kill the process; the next query reconnects.
 pool.on("error", (err) => log.warn({ err: err.message }, "idle database connection lost"));
 
-const services = createPipelineServices(config);
+const services = createPipelineServices(config, { db: pool, holder: config.WORKER_ID ?? `${hostname()}:${process.pid}`, log });
 const metrics = createWorkerMetrics(services.breakers, { defaultMetrics: true });
 const metricsServer = config.METRICS_PORT ? await serveMetrics(metrics, config.METRICS_PORT, undefined, config.METRICS_TOKEN) : undefined;
 const worker = new BaseWorker({
