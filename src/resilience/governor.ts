@@ -58,7 +58,11 @@ const DEFAULT_PAUSE_MS = 1000;
 
 /** The per-process bucket behind the `Governor` interface. */
 export class LocalGovernor implements Governor {
-  constructor(readonly limiter: OpenAIRateLimiter) {}
+  readonly limiter: OpenAIRateLimiter;
+
+  constructor(limiter: OpenAIRateLimiter) {
+    this.limiter = limiter;
+  }
 
   async acquire(cost: GovernorCost, signal?: AbortSignal): Promise<Grant> {
     return { kind: "local", reservation: await this.limiter.acquire(cost.tokens, signal), cost };
