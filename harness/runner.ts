@@ -175,7 +175,10 @@ class ScenarioRun {
     const services: Partial<Services> = {};
     this.services = services;
 
-    const mocks = (services.mocks = await startMockServer({ seed: scenario.seed, faults: scenario.faults }));
+    // The bucket is ours here: created with the upload limits a deployment gives it.
+    const limits = configForLocalMocks("http://unused", scenario.workerEnv);
+    const bucketLimits = { fileSizeLimit: limits.UPLOAD_MAX_BYTES, allowedMimeTypes: limits.UPLOAD_ALLOWED_MIME };
+    const mocks = (services.mocks = await startMockServer({ seed: scenario.seed, faults: scenario.faults, bucketLimits }));
     // The API reads the scenario's settings too: MAX_ATTEMPTS, for one, is stamped on each job it creates.
     const apiConfig = configForLocalMocks(mocks.baseUrl, { ...mocks.env, ...scenario.workerEnv, SUPABASE_JWT_SECRET: mocks.mocks.keys.jwtSecret, DATABASE_URL: this.databaseUrl });
     const app = (services.app = await buildWiredApp({ pool, config: apiConfig, log: createLogger({ level: "silent" }) }));

@@ -24,7 +24,7 @@ import { seededUuid } from "./shared/rng.ts";
 import { MockStats, type MockStatsSnapshot } from "./shared/stats.ts";
 import { DEFAULT_JWT_SECRET } from "./storage/jwt.ts";
 import { createStorageHandlers } from "./storage/handlers.ts";
-import { StorageState } from "./storage/state.ts";
+import { StorageState, type BucketLimits } from "./storage/state.ts";
 
 export { expectedEmbedding, EMBEDDING_MODELS, LIMITS as EMBEDDING_LIMITS, tokenize, countInputTokens, toBase64Float32 } from "./openai/embeddings.ts";
 export { parsedPages, joinPages, isTextual, POISON_MARKER } from "./llamaparse/markdown.ts";
@@ -57,6 +57,11 @@ export interface MockOptions {
   llamaCloudApiKey?: string;
   /** Buckets that exist from the start (and after a reset). Default `["documents"]`. */
   buckets?: string[];
+  /**
+   * Limits of those buckets, as a deployment sets them (`file_size_limit` = UPLOAD_MAX_BYTES,
+   * `allowed_mime_types` = UPLOAD_ALLOWED_MIME). Default none, as Storage's default.
+   */
+  bucketLimits?: BucketLimits;
   /** The clock (ms). Default `Date.now`. */
   now?: () => number;
 }
@@ -109,7 +114,7 @@ export function createMocks(options: MockOptions = {}): Mocks {
   const rateLimiter = new RateLimiter((model) => openAILimitsFor(faults.plan.openai, model), now);
   const webhooks = new WebhookSender(ctx, { ...options.webhook, webhookBaseUrl: options.webhookBaseUrl });
   const llamaparse = new LlamaParseState(ctx, webhooks, seededUuid(seed, "llamaparse-project"));
-  const storage = new StorageState(seed, now, options.buckets ?? ["documents"]);
+  const storage = new StorageState(seed, now, options.buckets ?? ["documents"], options.bucketLimits);
   const state: MockState = { faults, stats, rateLimiter, llamaparse, storage, webhooks };
 
   const setFaults = (plan: unknown): FaultPlan => {
