@@ -46,7 +46,9 @@ const LatencyRuleSchema = latencyUnion({ routes });
 const connectionFaults = ["reset", "hang", "malformed"] as const;
 /** The answers a service can be made to give (statuses, named errors), plus the connection faults. */
 const faultsOf = <const S extends readonly [number | string, ...Array<number | string>]>(...answers: S) =>
-  z.union([z.literal(answers), z.enum(connectionFaults)]);
+  z.union([z.literal(answers), z.enum(connectionFaults)], {
+    error: `must be one of ${[...answers, ...connectionFaults].map((a) => JSON.stringify(a)).join(", ")}`,
+  });
 const OpenAIFault = faultsOf(429, 500, 502, 503, 504, "insufficient_quota");
 const LlamaParseFault = faultsOf(402, 429, 500, 502, 503, 504);
 const StorageFault = faultsOf(429, 500, 502, 503, 504);

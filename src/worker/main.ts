@@ -46,7 +46,7 @@ const worker = new BaseWorker({
   pollIntervalMs: config.POLL_INTERVAL_MS,
   shutdownTimeoutMs: config.SHUTDOWN_TIMEOUT_MS,
   stageDeadlineMs: config.STAGE_DEADLINE_SECONDS * 1000,
-  faults: faultPointsFromEnv(process.env.UPLOAD_PIPELINE_CRASH_AT, process.env.UPLOAD_PIPELINE_FREEZE_AT),
+  faults: faultPointsFromEnv(process.env.UPLOAD_PIPELINE_CRASH_AT, process.env.UPLOAD_PIPELINE_FREEZE_AT, process.env.UPLOAD_PIPELINE_CRASH_ONCE_DIR),
   onJobDone: ({ outcome }) => metrics.jobRun(outcome),
 });
 for (const breaker of Object.values(services.breakers)) {
