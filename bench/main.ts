@@ -13,6 +13,7 @@ import { dirname, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { migrate } from "../src/db/migrate.ts";
 import { provisionDatabase, withDatabase } from "../src/db/provision.ts";
+import { runCpuBench } from "./cpu.ts";
 import { runMemoryBench } from "./memory.ts";
 import { runQueueBench } from "./queue.ts";
 import { runRateLimitBench } from "./ratelimit.ts";
@@ -34,6 +35,7 @@ Benchmarks (SPEC §9), in this order:
   memory      peak RSS of a real worker process on a document of S and of 10×S
   webhook     POST /webhooks/llamaparse with autocannon (signature verified): req/s, p50/p99
   startup     a worker process from spawn to "worker started": node (type stripping) vs the tsx loader
+  cpu         worker CPU-seconds per MiB of document, per stage
 
 Multi-worker scaling: npm run scenario -- multi-worker-scaling
 PostgreSQL: DATABASE_URL when set (a database per run is created on it), else an embedded one.
@@ -45,6 +47,7 @@ const RUNNERS: Record<BenchName, (ctx: BenchContext) => Promise<BenchResult>> = 
   memory: runMemoryBench,
   webhook: runWebhookBench,
   startup: runStartupBench,
+  cpu: runCpuBench,
 };
 
 function usageError(message: string): never {

@@ -23,7 +23,7 @@ import { createJob } from "../src/state-machine/transition.ts";
 import { markdownDocument } from "../harness/corpus.ts";
 import { mulberry32 } from "../mocks/shared/rng.ts";
 import { startMockServer } from "../mocks/server.ts";
-import { cpuWindow, createDatabase, figure, round, sleep, waitUntil, type BenchContext, type BenchResult, type CpuWindow } from "./support.ts";
+import { cpuWindow, createDatabase, processCpuSeconds, figure, round, sleep, waitUntil, type BenchContext, type BenchResult, type CpuWindow } from "./support.ts";
 
 const WORKER_ENTRY = new URL("../src/worker/main.ts", import.meta.url).pathname;
 const KiB = 1024;
@@ -31,7 +31,7 @@ const MiB = 1024 * 1024;
 /** Inputs per embeddings request: small enough that the smaller document also fills several batches. */
 const EMBED_BATCH_SIZE = 64;
 
-interface MemoryRun {
+export interface WorkerRun {
   documentBytes: number;
   chunks: number;
   batches: number;
@@ -52,6 +52,8 @@ interface MemoryRun {
   peakByStage: Record<string, number>;
   /** [ms since upload, VmRSS MiB], every 100 ms. */
   rss: Array<[number, number]>;
+  /** CPU-seconds (user + system) the worker spent while each stage ran. */
+  cpuByStage: Record<string, number>;
 }
 
 export async function runMemoryBench(ctx: BenchContext): Promise<BenchResult> {
@@ -65,16 +67,16 @@ export async function runMemoryBench(ctx: BenchContext): Promise<BenchResult> {
   // A process's peak RSS moves by tens of MiB from run to run with GC timing, so each size
   // runs twice (alternating) and the figures use the mean.
   const repeats = ctx.quick ? 1 : 2;
-  const runs: MemoryRun[] = [];
+  const runs: WorkerRun[] = [];
   for (let i = 0; i < repeats; i++) {
     for (const bytes of [small, large]) {
       ctx.log(`memory: worker process on a ${formatBytes(bytes)} document${repeats > 1 ? ` (${i + 1}/${repeats})` : ""}`);
-      const run = await runOnce(ctx, bytes);
+      const run = await runWorkerOnDocument(ctx, bytes);
       ctx.log(`memory: ${formatBytes(bytes)}: peak RSS ${run.peakMiB.toFixed(1)} MiB (idle ${run.idleRssMiB.toFixed(1)} MiB), ${run.chunks} chunks, ${run.seconds.toFixed(1)} s, ${run.status}`);
       runs.push(run);
     }
   }
-  const mean = (bytes: number, pick: (r: MemoryRun) => number) => {
+  const mean = (bytes: number, pick: (r: WorkerRun) => number) => {
     const of = runs.filter((r) => r.documentBytes === bytes).map(pick);
     return of.reduce((a, b) => a + b, 0) / of.length;
   };
@@ -104,7 +106,8 @@ export async function runMemoryBench(ctx: BenchContext): Promise<BenchResult> {
   };
 }
 
-async function runOnce(ctx: BenchContext, bytes: number): Promise<MemoryRun> {
+/** One worker process (1 slot) takes one markdown document of `bytes` through every stage; RSS and CPU sampled. */
+export async function runWorkerOnDocument(ctx: BenchContext, bytes: number): Promise<WorkerRun> {
   const db = await createDatabase(ctx, "memory", 6);
   const mock = await startMockServer({ seed: 11 });
   const silent = createLogger({ level: "silent" });
@@ -153,9 +156,13 @@ async function runOnce(ctx: BenchContext, bytes: number): Promise<MemoryRun> {
     const t0 = performance.now();
     const cpu = await cpuWindow(undefined, [pid]);
     const rss: Array<[number, number]> = [];
+    const cpuSeconds: Array<[number, number]> = [[0, processCpuSeconds(pid) ?? 0]];
     sampler = setInterval(() => {
+      const at = Math.round(performance.now() - t0);
       const s = procStatus(pid);
-      if (s) rss.push([Math.round(performance.now() - t0), round(s.rssMiB, 1)]);
+      if (s) rss.push([at, round(s.rssMiB, 1)]);
+      const c = processCpuSeconds(pid);
+      if (c !== undefined) cpuSeconds.push([at, c]);
     }, 100);
     let status = "";
     const deadline = 90_000;
@@ -210,6 +217,7 @@ async function runOnce(ctx: BenchContext, bytes: number): Promise<MemoryRun> {
       stages: events.rows.map((e) => [e.to_status, e.ms] as [string, number]),
       peakByStage: peakByStage(events.rows, rss),
       rss,
+      cpuByStage: cpuByStage(events.rows, cpuSeconds),
     };
   } finally {
     clearInterval(sampler);
@@ -254,6 +262,19 @@ function peakByStage(events: Array<{ to_status: string; ms: number }>, rss: Arra
   return peaks;
 }
 
+/** CPU-seconds spent from each stage's first event to the next event (samples every 100 ms, so ±0.1 s per boundary). */
+function cpuByStage(events: Array<{ to_status: string; ms: number }>, cpu: Array<[number, number]>): Record<string, number> {
+  const at = (ms: number) => [...cpu].reverse().find(([t]) => t <= ms)?.[1] ?? cpu[0]![1];
+  const spent: Record<string, number> = {};
+  events.forEach((e, i) => {
+    const stage = STAGE_OF[e.to_status];
+    if (!stage) return;
+    const end = events[i + 1]?.ms ?? cpu.at(-1)![0];
+    spent[stage] = (spent[stage] ?? 0) + Math.max(0, at(end) - at(e.ms));
+  });
+  return spent;
+}
+
 /** Store the file and create its document and job, as the API's upload does once the object exists. */
 async function uploadDocument(pool: pg.Pool, config: ReturnType<typeof configForLocalMocks>, text: string): Promise<{ documentId: string; jobId: string }> {
   const bytes = new TextEncoder().encode(text);
@@ -286,6 +307,6 @@ function procStatus(pid: number): { rssMiB: number; hwmMiB: number } | undefined
   }
 }
 
-function formatBytes(n: number): string {
+export function formatBytes(n: number): string {
   return n >= MiB ? `${round(n / MiB, 2)} MiB` : `${round(n / KiB, 0)} KiB`;
 }

@@ -401,8 +401,9 @@ export class RateLimitedEmbedder implements EmbeddingsClient {
     return this.#client.dimensions;
   }
 
-  async embed(inputs: string[], signal?: AbortSignal): Promise<EmbedResult> {
-    const tokens = this.#count(inputs);
+  /** `options.tokens`: the inputs' token count when the caller has it stored; otherwise they are counted here. */
+  async embed(inputs: string[], signal?: AbortSignal, options: { tokens?: number } = {}): Promise<EmbedResult> {
+    const tokens = options.tokens ?? this.#count(inputs);
     for (let attempt = 0; ; attempt++) {
       const grant = await this.#governor.acquire({ requests: 1, tokens }, signal);
       let result: EmbedResult;

@@ -33,12 +33,13 @@ export const chunkDocument: Stage<PipelineServices> = {
 
     const digest = createHash("sha256");
     let count = 0;
-    let batch: Chunk[] = [];
+    let batch: HashedChunk[] = [];
     let batchNo = 0;
     for await (const chunk of chunks) {
-      digest.update(sha256(chunk.text));
+      const sha = sha256(chunk.text);
+      digest.update(sha);
       count += 1;
-      batch.push(chunk);
+      batch.push({ ...chunk, sha });
       if (batch.length >= settings.chunkWriteBatch) {
         await writeChunks(ctx, batch, ++batchNo);
         batch = [];
@@ -73,33 +74,42 @@ export const chunkDocument: Stage<PipelineServices> = {
   },
 };
 
-async function writeChunks(ctx: StageContext<PipelineServices>, batch: Chunk[], batchNo: number): Promise<void> {
+type HashedChunk = Chunk & { sha: string };
+
+/**
+ * One batch of chunks and the job's `chunks_done`, in one statement (so in one transaction): the
+ * counter grows by the rows this insert wrote, not by a count(*) over the document's buffer,
+ * which made chunking O(N²) in a document's chunks. Rows an earlier run already stored conflict,
+ * are not counted again, and were counted when they were written.
+ */
+const INSERT_CHUNKS = `
+  WITH written AS (
+    INSERT INTO upload_pipeline.document_chunk_buffer
+      (chunk_id, document_id, chunker_name, chunker_version, chunk_ord, text, chunk_sha, token_count, meta)
+    SELECT c.chunk_id, $2, $3, $4, c.chunk_ord, c.text, c.chunk_sha, c.token_count, c.meta
+      FROM unnest($5::uuid[], $6::int[], $7::text[], $8::text[], $9::int[], $10::jsonb[]) AS c(chunk_id, chunk_ord, text, chunk_sha, token_count, meta)
+    ON CONFLICT DO NOTHING
+    RETURNING 1)
+  UPDATE upload_pipeline.upload_jobs
+     SET progress = progress || jsonb_build_object('chunks_done', coalesce((progress->>'chunks_done')::int, 0) + (SELECT count(*) FROM written))
+   WHERE job_id = $1`;
+
+async function writeChunks(ctx: StageContext<PipelineServices>, batch: HashedChunk[], batchNo: number): Promise<void> {
   const job = ctx.job;
   await ctx.faults.hit("commit.chunks.before", { jobId: job.job_id, batch: batchNo, size: batch.length });
-  await ctx.fenced(async ({ client }) => {
-    await client.query(
-      `INSERT INTO upload_pipeline.document_chunk_buffer
-         (chunk_id, document_id, chunker_name, chunker_version, chunk_ord, text, chunk_sha, token_count, meta)
-       SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int[], $6::text[], $7::text[], $8::int[], $9::jsonb[])
-       ON CONFLICT DO NOTHING`,
-      [
-        batch.map((c) => chunkId(job.document_id, CHUNKER_NAME, CHUNKER_VERSION, c.ord)),
-        batch.map(() => job.document_id),
-        batch.map(() => CHUNKER_NAME),
-        batch.map(() => CHUNKER_VERSION),
-        batch.map((c) => c.ord),
-        batch.map((c) => c.text),
-        batch.map((c) => sha256(c.text)),
-        batch.map((c) => c.tokenCount),
-        batch.map((c) => JSON.stringify(c.meta)),
-      ],
-    );
-    await client.query(
-      `UPDATE upload_pipeline.upload_jobs SET progress = progress || jsonb_build_object('chunks_done',
-         (SELECT count(*) FROM upload_pipeline.document_chunk_buffer WHERE document_id = $2 AND chunker_name = $3 AND chunker_version = $4))
-       WHERE job_id = $1`,
-      [job.job_id, job.document_id, CHUNKER_NAME, CHUNKER_VERSION],
-    );
-  });
+  await ctx.fenced(({ client }) =>
+    client.query(INSERT_CHUNKS, [
+      job.job_id,
+      job.document_id,
+      CHUNKER_NAME,
+      CHUNKER_VERSION,
+      batch.map((c) => chunkId(job.document_id, CHUNKER_NAME, CHUNKER_VERSION, c.ord)),
+      batch.map((c) => c.ord),
+      batch.map((c) => c.text),
+      batch.map((c) => c.sha),
+      batch.map((c) => c.tokenCount),
+      batch.map((c) => JSON.stringify(c.meta)),
+    ]),
+  );
   await ctx.faults.hit("commit.chunks.after", { jobId: job.job_id, batch: batchNo });
 }

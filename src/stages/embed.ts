@@ -12,6 +12,25 @@ import { deterministicId, vectorSha } from "../ids.ts";
 import type { Stage, StageContext } from "../worker/stage.ts";
 import type { PipelineServices } from "./services.ts";
 
+/**
+ * One batch of vectors and the job's counters, in one statement (so in one transaction):
+ * `vectors_done` grows by the rows this insert wrote rather than by a count(*) over the
+ * document's buffers after every batch, which made embedding O(N²) in a document's chunks.
+ */
+const INSERT_VECTORS = `
+  WITH written AS (
+    INSERT INTO upload_pipeline.document_vector_buffer (chunk_id, embed_model, embed_version, embedding, vector_sha, batch_id)
+    SELECT v.chunk_id, $2, $3, v.embedding::real[], v.vector_sha, $4
+      FROM unnest($5::uuid[], $6::text[], $7::text[]) AS v(chunk_id, embedding, vector_sha)
+    ON CONFLICT DO NOTHING
+    RETURNING 1)
+  UPDATE upload_pipeline.upload_jobs SET progress = progress || jsonb_build_object(
+      'vectors_done', coalesce((progress->>'vectors_done')::int, 0) + (SELECT count(*) FROM written),
+      'batches_done', coalesce((progress->>'batches_done')::int, 0) + 1,
+      'tokens', coalesce((progress->>'tokens')::bigint, 0) + $8,
+      'cost_usd', coalesce((progress->>'cost_usd')::numeric, 0) + $9::numeric)
+   WHERE job_id = $1`;
+
 interface PendingChunk {
   chunk_id: string;
   chunk_ord: number;
@@ -40,7 +59,8 @@ export const embedChunks: Stage<PipelineServices> = {
       const inputs = batch.map((c) => c.text);
       if (inputs.some((t) => t.length === 0)) throw new PermanentError("empty_chunk", "a stored chunk is empty; the embeddings API refuses empty inputs");
       await ctx.faults.hit("call.openai.embed.before", { jobId: ctx.job.job_id, batch: batchNo, inputs: inputs.length });
-      const result = await embedder.embed(inputs, ctx.signal);
+      // The chunker stored each chunk's cl100k token count: the rate limiter's estimate needs no second tokenization.
+      const result = await embedder.embed(inputs, ctx.signal, { tokens: batch.reduce((sum, c) => sum + c.token_count, 0) });
       await ctx.faults.hit("call.openai.embed.after", { jobId: ctx.job.job_id, batch: batchNo });
       if (result.vectors.length !== batch.length) {
         throw new PermanentError("embedding_count_mismatch", `asked for ${batch.length} embeddings, got ${result.vectors.length}`);
@@ -48,33 +68,19 @@ export const embedChunks: Stage<PipelineServices> = {
       const tokens = result.usage.totalTokens;
       const batchId = deterministicId(ctx.job.document_id, "batch", settings.embedModel, settings.embedVersion, batch[0]!.chunk_ord);
       await ctx.faults.hit("commit.vectors.before", { jobId: ctx.job.job_id, batch: batchNo });
-      await ctx.fenced(async ({ client }) => {
-        await client.query(
-          `INSERT INTO upload_pipeline.document_vector_buffer (chunk_id, embed_model, embed_version, embedding, vector_sha, batch_id)
-           SELECT chunk_id, $2, $3, embedding::real[], vector_sha, $6
-             FROM unnest($1::uuid[], $4::text[], $5::text[]) AS b(chunk_id, embedding, vector_sha)
-           ON CONFLICT DO NOTHING`,
-          [
-            batch.map((c) => c.chunk_id),
-            settings.embedModel,
-            settings.embedVersion,
-            result.vectors.map(realArrayLiteral),
-            result.vectors.map((v) => vectorSha(v)),
-            batchId,
-          ],
-        );
-        await client.query(
-          `UPDATE upload_pipeline.upload_jobs SET progress = progress || jsonb_build_object(
-              'vectors_done', (SELECT count(*) FROM upload_pipeline.document_vector_buffer v
-                                 JOIN upload_pipeline.document_chunk_buffer c USING (chunk_id)
-                                WHERE c.document_id = $2 AND v.embed_model = $3 AND v.embed_version = $4),
-              'batches_done', coalesce((progress->>'batches_done')::int, 0) + 1,
-              'tokens', coalesce((progress->>'tokens')::bigint, 0) + $5,
-              'cost_usd', coalesce((progress->>'cost_usd')::numeric, 0) + $6::numeric)
-            WHERE job_id = $1`,
-          [ctx.job.job_id, ctx.job.document_id, settings.embedModel, settings.embedVersion, tokens, costUsd(settings.embedModel, tokens).toFixed(10)],
-        );
-      });
+      await ctx.fenced(({ client }) =>
+        client.query(INSERT_VECTORS, [
+          ctx.job.job_id,
+          settings.embedModel,
+          settings.embedVersion,
+          batchId,
+          batch.map((c) => c.chunk_id),
+          result.vectors.map(realArrayLiteral),
+          result.vectors.map((v) => vectorSha(v)),
+          tokens,
+          costUsd(settings.embedModel, tokens).toFixed(10),
+        ]),
+      );
       await ctx.faults.hit("commit.vectors.after", { jobId: ctx.job.job_id, batch: batchNo });
       ctx.counts.batches = batchNo;
       ctx.counts.inputs = (ctx.counts.inputs ?? 0) + batch.length;

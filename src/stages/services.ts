@@ -8,7 +8,8 @@ import type { ObjectStorage } from "../clients/storage.ts";
 
 export interface Embedder {
   readonly model: string;
-  embed(inputs: string[], signal?: AbortSignal): Promise<EmbedResult>;
+  /** `options.tokens`: the inputs' cl100k token count when the caller knows it (spares a tokenization). */
+  embed(inputs: string[], signal?: AbortSignal, options?: { tokens?: number }): Promise<EmbedResult>;
 }
 
 export interface PipelineSettings {
