@@ -27,6 +27,8 @@ export async function runCpuBench(ctx: BenchContext): Promise<BenchResult> {
     const seconds = stage ? (run.cpuByStage[stage] ?? 0) : STAGES.reduce((a, s) => a + (run.cpuByStage[s] ?? 0), 0);
     return seconds / (run.documentBytes / MiB);
   };
+  /** The server's CPU over the whole job (every stage, and the API's parse intake), per MiB. */
+  const postgresPerMiB = (run: WorkerRun) => ((run.cpu.postgresCores ?? 0) * run.cpu.wallSeconds) / (run.documentBytes / MiB);
   const [small, large] = runs as [WorkerRun, WorkerRun];
   return {
     name: "cpu",
@@ -35,6 +37,8 @@ export async function runCpuBench(ctx: BenchContext): Promise<BenchResult> {
       ...STAGES.map((stage) => figure(`cpu_s_per_mib_${stage}`, `${stage}, ${formatBytes(large.documentBytes)} document`, round(perMiB(large, stage), 3), "CPU-s/MiB")),
       figure("cpu_s_per_mib_total", `all stages, ${formatBytes(large.documentBytes)} document`, round(perMiB(large), 3), "CPU-s/MiB"),
       figure("cpu_s_per_mib_total_small", `all stages, ${formatBytes(small.documentBytes)} document`, round(perMiB(small), 3), "CPU-s/MiB"),
+      figure("postgres_cpu_s_per_mib", `PostgreSQL, ${formatBytes(large.documentBytes)} document`, round(postgresPerMiB(large), 3), "CPU-s/MiB"),
+      figure("postgres_cpu_s_per_mib_small", `PostgreSQL, ${formatBytes(small.documentBytes)} document`, round(postgresPerMiB(small), 3), "CPU-s/MiB"),
       figure("cpu_growth", `CPU per MiB, ${formatBytes(large.documentBytes)} ÷ ${formatBytes(small.documentBytes)}`, round(perMiB(large) / perMiB(small), 2), "ratio"),
     ],
     notes: [

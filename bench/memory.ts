@@ -154,7 +154,7 @@ export async function runWorkerOnDocument(ctx: BenchContext, bytes: number): Pro
     const uploadedAt = Date.now();
     const upload = await uploadDocument(db.pool, apiConfig, markdownDocument(mulberry32(bytes), `Memory benchmark ${bytes}`, bytes));
     const t0 = performance.now();
-    const cpu = await cpuWindow(undefined, [pid]);
+    const cpu = await cpuWindow(db.pool, [pid]);
     const rss: Array<[number, number]> = [];
     const cpuSeconds: Array<[number, number]> = [[0, processCpuSeconds(pid) ?? 0]];
     sampler = setInterval(() => {
