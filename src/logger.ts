@@ -1,6 +1,6 @@
 /**
  * pino JSON logs. Every line a worker writes about a job carries `correlation_id`, `job_id`,
- * `stage` and `worker_id` (see `jobLogger`). Secrets are redacted by key name as a last line of
+ * `stage` and `worker_id` (the worker's child logger per job run). Secrets are redacted by key name as a last line of
  * defence; the code never logs them on purpose.
  */
 import { pino, type Logger } from "pino";
@@ -32,11 +32,4 @@ export function createLogger(options: { level?: string; name?: string; destinati
     },
     options.destination as pino.DestinationStream | undefined,
   );
-}
-
-export function jobLogger(
-  parent: Logger,
-  fields: { correlation_id: string; job_id: string; stage: string; worker_id: string },
-): Logger {
-  return parent.child(fields);
 }

@@ -97,10 +97,6 @@ export function findEdge(from: JobStatus | null, to: JobStatus): Edge | undefine
   return EDGE_INDEX.get(`${from ?? ""}->${to}`);
 }
 
-export function isAllowed(from: JobStatus | null, to: JobStatus, actor: Actor): boolean {
-  return findEdge(from, to)?.actors.includes(actor) ?? false;
-}
-
 export function isTerminal(status: JobStatus): boolean {
   return status === "complete" || isFailed(status);
 }

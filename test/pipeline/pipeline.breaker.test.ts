@@ -17,6 +17,7 @@ import { coerceError } from "../../src/errors.ts";
 import type { BreakerState } from "../../src/resilience/breakers.ts";
 import type { Embedder } from "../../src/stages/services.ts";
 import { startPipelineEnv, waitForTerminal, type PipelineEnv } from "../support/pipeline.ts";
+import { until } from "../support/until.ts";
 
 const ROUTE = "openai.embeddings";
 const realNow = Date.now;
@@ -38,14 +39,6 @@ afterAll(async () => {
 });
 
 const mockCalls = () => Object.values(env.mocks.stats().requests[ROUTE] ?? {}).reduce((a, b) => a + b, 0);
-
-async function until(what: string, check: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const deadline = realNow() + timeoutMs;
-  while (!check()) {
-    if (realNow() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 describe("the OpenAI circuit breaker", () => {
   it("opens during an outage, fails fast without calling OpenAI, half-opens, closes when it is back; every job completes", async () => {

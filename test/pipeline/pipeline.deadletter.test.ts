@@ -7,6 +7,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { POISON_MARKER } from "../../mocks/index.ts";
 import { startPipelineEnv, waitForTerminal, type PipelineEnv } from "../support/pipeline.ts";
+import { until } from "../support/until.ts";
 
 let env: PipelineEnv;
 /** The workers' clock: real time plus an offset the tests move instead of waiting. */
@@ -41,14 +42,6 @@ async function events(jobId: string) {
     [jobId],
   );
   return rows;
-}
-
-async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
 }
 
 async function runUntilTerminal(jobIds: string[]) {

@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { FaultInjector } from "../../src/worker/faultPoints.ts";
 import { createTestDatabase, type TestDatabase } from "../support/db.ts";
+import { until } from "../support/until.ts";
 import { events, jobRow, ManualClock, seedJob } from "../support/fixtures.ts";
 import { noopStages } from "../support/noopStages.ts";
 import { testWorker } from "../support/worker.ts";
@@ -10,14 +11,6 @@ beforeAll(async () => {
   db = await createTestDatabase();
 });
 afterAll(() => db.drop());
-
-async function waitFor(predicate: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await predicate())) {
-    if (Date.now() > deadline) throw new Error("timed out waiting");
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 
 describe("claiming", () => {
   it("two workers with four slots each never hold one job at once, and every job completes", async () => {
@@ -36,10 +29,10 @@ describe("claiming", () => {
     const workers = [1, 2].map((n) => testWorker(db.pool, stages, { workerId: `w${n}`, concurrency: 4, databaseUrl: db.url }));
     await Promise.all(workers.map((w) => w.start()));
     const ids = jobs.map((j) => j.jobId);
-    await waitFor(async () => {
+    await until("every job to complete", async () => {
       const { rows } = await db.pool.query("SELECT count(*)::int AS n FROM upload_pipeline.upload_jobs WHERE job_id = ANY($1) AND status = 'complete'", [ids]);
       return rows[0].n === ids.length;
-    });
+    }, { timeoutMs: 20_000 });
     await Promise.all(workers.map((w) => w.stop()));
     expect(overlaps).toEqual([]);
     // Both workers did work, and each event was written under the lease of the worker that held it.
