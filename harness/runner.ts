@@ -11,7 +11,6 @@ import { configForLocalMocks } from "../src/config.ts";
 import { migrate } from "../src/db/migrate.ts";
 import { withDatabase } from "../src/db/provision.ts";
 import { createLogger } from "../src/logger.ts";
-import { documentId, jobId, sha256 } from "../src/ids.ts";
 import { embedVersion } from "../src/services.ts";
 import { isTerminal, type JobStatus } from "../src/state-machine/table.ts";
 import { expectedEmbedding } from "../mocks/index.ts";
@@ -20,8 +19,7 @@ import { mulberry32 } from "../mocks/shared/rng.ts";
 import { ApiClient } from "./api.ts";
 import { buildCorpus, type CorpusFile, type CorpusKind } from "./corpus.ts";
 import { checkInvariants, fingerprint, type ExpectedOutcome, type Fingerprint, type InvariantReport } from "./invariants/index.ts";
-import { databaseDigest, faultLogDigest, type ReplayRecord } from "./replay.ts";
-import { ScenarioFileError, type Scenario } from "./scenario.ts";
+import type { Scenario } from "./scenario.ts";
 import { WorkerFleet, type FleetEvent } from "./workers.ts";
 
 /** What the runner needs from its surroundings. */
@@ -60,29 +58,17 @@ export interface RunOutcome {
   /** Faults the scenario scheduled that never happened (a pass would prove nothing about them). */
   missed: string[];
   mockStats: ReturnType<MockServer["mocks"]["stats"]>;
-  /** Every fault the mocks injected, as sorted lines (see harness/replay.ts). */
-  faultLog: string[];
-  /** The fault-log and database digests a replay must reproduce. */
-  replay: ReplayRecord;
   events: string[];
   /** Dropped on close. */
   pool: pg.Pool;
   dropDatabase(): Promise<void>;
 }
 
-/** Worker settings that make a scenario finish in seconds rather than minutes. */
-const FAST_WORKER_ENV: Record<string, string> = {
-  LEASE_SECONDS: "5",
-  WEBHOOK_DEADLINE_SECONDS: "3",
-  RETRY_BASE_MS: "200",
-  RETRY_MAX_MS: "2000",
-  POLL_INTERVAL_MS: "500",
-  SHUTDOWN_TIMEOUT_MS: "5000",
-  CHUNK_MAX_TOKENS: "256",
-  CHUNK_OVERLAP_TOKENS: "32",
-  EMBED_BATCH_SIZE: "32",
-  LOG_LEVEL: "info",
-};
+/**
+ * The runner adds nothing to the worker's own defaults but its log level: a scenario proves the
+ * settings that ship. A scenario whose subject is a setting states it in its `workerEnv`.
+ */
+const SCENARIO_WORKER_ENV: Record<string, string> = { LOG_LEVEL: "info" };
 
 const EXPECT_KEY: Record<CorpusKind, "documents" | "poison" | "empty"> = {
   document: "documents",
@@ -121,9 +107,6 @@ class ScenarioRun {
   private pool?: pg.Pool;
   private services?: Partial<Services>;
   private documentIds: string[] = [];
-  private readonly corpus: CorpusFile[];
-  /** Targeted crashes (`point#n@jobId`) not yet fired: every new worker process carries them. */
-  private readonly targeted: Array<{ spec: string; point: string; jobId: string; label: string; fired: boolean }>;
   private started = 0;
   private postgresRestarts = 0;
   private timedCrashesDone = 0;
@@ -145,8 +128,6 @@ class ScenarioRun {
     this.options = options;
     this.dbName = `scn_${scenario.name.replace(/-/g, "_")}_${randomBytes(3).toString("hex")}`;
     this.databaseUrl = withDatabase(env.serverUrl, this.dbName);
-    this.corpus = buildCorpus(scenario);
-    this.targeted = crashTargets(scenario, this.corpus).map((t) => ({ ...t, fired: false }));
   }
 
   async run(): Promise<RunOutcome> {
@@ -186,17 +167,14 @@ class ScenarioRun {
     const services: Partial<Services> = {};
     this.services = services;
 
-    // The bucket is ours here: created with the upload limits a deployment gives it.
-    const limits = configForLocalMocks("http://unused", scenario.workerEnv);
-    const bucketLimits = { fileSizeLimit: limits.UPLOAD_MAX_BYTES, allowedMimeTypes: limits.UPLOAD_ALLOWED_MIME };
-    const mocks = (services.mocks = await startMockServer({ seed: scenario.seed, faults: scenario.faults, bucketLimits }));
+    const mocks = (services.mocks = await startMockServer({ seed: scenario.seed, faults: scenario.faults }));
     // The API reads the scenario's settings too: MAX_ATTEMPTS, for one, is stamped on each job it creates.
     const apiConfig = configForLocalMocks(mocks.baseUrl, { ...mocks.env, ...scenario.workerEnv, SUPABASE_JWT_SECRET: mocks.mocks.keys.jwtSecret, DATABASE_URL: this.databaseUrl });
     const app = (services.app = await buildWiredApp({ pool, config: apiConfig, log: createLogger({ level: "silent" }) }));
     const apiUrl = await app.listen({ port: 0, host: "127.0.0.1" });
     services.api = new ApiClient(apiUrl, mocks.mocks.keys.jwtSecret);
 
-    const workerEnv: Record<string, string> = { ...FAST_WORKER_ENV, ...mocks.env, DATABASE_URL: this.databaseUrl, WEBHOOK_BASE_URL: apiUrl, WORKER_CONCURRENCY: String(scenario.workers.slots), ...scenario.workerEnv };
+    const workerEnv: Record<string, string> = { ...SCENARIO_WORKER_ENV, ...mocks.env, DATABASE_URL: this.databaseUrl, WEBHOOK_BASE_URL: apiUrl, WORKER_CONCURRENCY: String(scenario.workers.slots), ...scenario.workerEnv };
     // The fleet knows a worker is ready by its "worker started" line: keep info-level logs.
     if (!["info", "debug", "trace"].includes(workerEnv.LOG_LEVEL ?? "")) workerEnv.LOG_LEVEL = "info";
     const fleet = (services.fleet = new WorkerFleet({
@@ -205,7 +183,6 @@ class ScenarioRun {
       logDir: join(env.logDir, scenario.name),
       crashPoints: scenario.crashPoints,
       freezes: scenario.freezes,
-      targetedCrashes: () => this.targeted.filter((t) => !t.fired).map((t) => t.spec),
       onEvent: (e: FleetEvent) => this.onFleetEvent(e),
     }));
     await fleet.start();
@@ -217,22 +194,14 @@ class ScenarioRun {
     if (e.kind === "frozen") this.note(`${e.workerId} froze itself (SIGSTOP) at ${e.point}`);
     if (e.kind === "thawed") this.note(`thawed ${e.workerId} (SIGCONT)`);
     if (e.kind === "started" && e.life > 1) this.note(`restarted worker ${e.worker} as ${e.workerId}`);
-    if (e.kind === "crashed" && e.jobId) {
-      const target = this.targeted.find((t) => !t.fired && t.jobId === e.jobId && t.point === e.point);
-      if (target) target.fired = true;
-      this.note(`${e.workerId} killed at ${e.point} holding ${target?.label ?? `job ${e.jobId}`}`);
-    }
-    if (e.kind === "crashed" && !e.jobId) this.note(`${e.workerId} died at its fault point ${e.point}`);
+    if (e.kind === "exited" && e.signal === "SIGKILL" && !e.byUs) this.note(`${e.workerId} died at its fault point ${e.crashAt ?? ""}`.trimEnd());
     if (e.kind === "exited" && e.signal === null && e.code !== 0) this.note(`${e.workerId} exited with code ${e.code} (see its log)`);
   }
 
   /** Uploads the corpus through the API; returns the outcome each document must end in. */
-  private async upload({ api, mocks }: Services): Promise<Map<string, ExpectedOutcome>> {
+  private async upload({ api }: Services): Promise<Map<string, ExpectedOutcome>> {
     this.started = Date.now();
-    // The scenario clock: outage windows count from the first upload, not from when the mocks
-    // started (worker start-up takes seconds more on a busy machine).
-    mocks.mocks.state.faults.startClock();
-    const corpus = this.corpus;
+    const corpus = buildCorpus(this.scenario);
     const uploaded = await uploadAll(api, corpus);
     const expected = new Map<string, ExpectedOutcome>();
     for (const { file, documentId } of uploaded) expected.set(documentId, this.scenario.expect[EXPECT_KEY[file.kind]] as ExpectedOutcome);
@@ -249,7 +218,8 @@ class ScenarioRun {
       if (!("atMs" in crash)) continue;
       this.timers.push(
         setTimeout(() => {
-          if (fleet.kill(crash.worker ?? Math.floor(rng() * fleet.size), `scheduled at ${crash.atMs} ms`)) this.timedCrashesDone += 1;
+          fleet.kill(crash.worker ?? Math.floor(rng() * fleet.size), `scheduled at ${crash.atMs} ms`);
+          this.timedCrashesDone += 1;
         }, crash.atMs),
       );
     }
@@ -307,7 +277,8 @@ class ScenarioRun {
         const hit = rows.find((r) => r.status === crash.status && r.locked_by && r.batches >= (crash.batchesDone ?? 0));
         const index = hit?.locked_by ? fleet.indexOf(hit.locked_by) : undefined;
         if (hit && index !== undefined) {
-          crash.done = fleet.kill(index, `job entered ${crash.status}${crash.batchesDone ? ` with ${hit.batches} batches stored` : ""}`);
+          crash.done = true;
+          fleet.kill(index, `job entered ${crash.status}${crash.batchesDone ? ` with ${hit.batches} batches stored` : ""}`);
         }
       }
       this.reportNewFaults(mocks);
@@ -354,11 +325,9 @@ class ScenarioRun {
     if (unreached.length > 0) missed.push(`crash points never reached: ${unreached.join(", ")}`);
     const unfrozen = scenario.freezes.filter((f) => !fleet.freezesReached.includes(f.point));
     if (unfrozen.length > 0) missed.push(`freezes never happened: ${unfrozen.map((f) => f.point).join(", ")}`);
-    for (const t of this.targeted) if (!t.fired) missed.push(`the kill of the worker holding ${t.label} at ${t.point} never happened`);
     if (scenario.postgresRestartAtMs !== undefined && env.restartPostgres && this.postgresRestarts === 0) missed.push("the PostgreSQL restart never happened: the run was quiet first");
     await this.tearDown();
     const mockStats = mocks.mocks.stats();
-    const faults = faultLogDigest(mocks.mocks.faultLog());
     const completeAt = await lastCompletion(pool, this.started);
     return {
       scenario: scenario.name,
@@ -374,8 +343,6 @@ class ScenarioRun {
       missed,
       stuck: quiet.ok ? [] : await describeStuck(pool, quiet.rows),
       mockStats,
-      faultLog: faults.lines,
-      replay: { faultLogDigest: faults.digest, faults: faults.lines.length, databaseDigest: await databaseDigest(pool, this.documentIds) },
       events: this.events,
       pool,
       dropDatabase: () => this.dropDatabase(),
@@ -414,26 +381,6 @@ class ScenarioRun {
       await c.end();
     }
   }
-}
-
-/**
- * The targeted crashes of a scenario as worker crash specs (`point#n@jobId`): the job id of a
- * document is known before it is uploaded (uuidv5 of its user and content hash).
- * @throws {ScenarioFileError} when a crash names a document the corpus does not have
- */
-export function crashTargets(scenario: Scenario, corpus: CorpusFile[]): Array<{ spec: string; point: string; jobId: string; label: string }> {
-  return scenario.crashes.flatMap((crash, i) => {
-    if (!("document" in crash)) return [];
-    const file = typeof crash.document === "number" ? corpus[crash.document] : corpus.find((f) => f.filename === crash.document);
-    if (!file) {
-      throw new ScenarioFileError(`scenario ${scenario.name}`, [
-        `crashes.${i}.document: ${JSON.stringify(crash.document)} is not in the corpus; give an index 0..${corpus.length - 1} or one of ${corpus.slice(0, 8).map((f) => f.filename).join(", ")}${corpus.length > 8 ? ", …" : ""}`,
-      ]);
-    }
-    const job = jobId(documentId(file.userId, sha256(file.bytes)));
-    const point = crash.at.split("#")[0]!;
-    return [{ spec: `${crash.at}@${job}`, point, jobId: job, label: `${file.filename}'s job` }];
-  });
 }
 
 async function uploadAll(api: ApiClient, corpus: CorpusFile[]): Promise<Array<{ file: CorpusFile; documentId: string }>> {

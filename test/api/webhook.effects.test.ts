@@ -76,7 +76,7 @@ describe("webhook: accepted deliveries", () => {
     expect((await status(job.jobId)).status).toBe("parse_queued");
   });
 
-  it("answers before intake finishes, and a failing intake is logged, not surfaced", async () => {
+  it("answers before intake finishes; a failing intake is logged, not surfaced, and makes the reconciler due now", async () => {
     const lines: string[] = [];
     let release!: () => void;
     const slow = await makeApp(ctx.db.pool, {
@@ -84,6 +84,8 @@ describe("webhook: accepted deliveries", () => {
       onParseEvent: () => new Promise((_, reject) => (release = () => reject(new Error("llamaparse down")))),
     });
     const job = await seedJob(ctx.db.pool);
+    // As the submit stage leaves it: due at its webhook deadline.
+    await ctx.db.pool.query("UPDATE upload_pipeline.upload_jobs SET next_attempt_at = now() + interval '120 seconds' WHERE job_id = $1", [job.jobId]);
     const res = await slow.app.inject(webhookRequest(parseEvent(job.parseJobId), job.secret));
     expect(res.statusCode).toBe(200);
     await new Promise((r) => setTimeout(r, 20));
@@ -91,5 +93,7 @@ describe("webhook: accepted deliveries", () => {
     await slow.app.close(); // waits for the in-flight intake
     expect(lines.some((l) => l.includes("parse intake failed"))).toBe(true);
     expect(lines.join("\n")).not.toContain(job.secret);
+    const { rows } = await ctx.db.pool.query("SELECT next_attempt_at <= now() AS due FROM upload_pipeline.upload_jobs WHERE job_id = $1", [job.jobId]);
+    expect(rows[0].due).toBe(true);
   });
 });

@@ -95,4 +95,35 @@ describe("retries and the dead letter", () => {
     await testWorker(db.pool, noopStages(), { clock: clock.now }).runOnce();
     expect(await jobRow(db.pool, job.jobId)).toMatchObject({ status: "complete", attempts: 0 });
   });
+
+  it("a failure that cannot be recorded because the database is briefly unreachable is recorded once it is back, not left to the lease", async () => {
+    const job = await seedJob(db.pool, { status: "chunks_stored" });
+    let unreachable = 0;
+    // The pool as a Postgres restart leaves it: the next statements fail to connect.
+    const flakyPool = new Proxy(db.pool, {
+      get(target, prop) {
+        if (prop !== "query") return Reflect.get(target, prop, target);
+        return (...args: Parameters<typeof target.query>) => {
+          if (unreachable > 0) {
+            unreachable--;
+            return Promise.reject(Object.assign(new Error("connect ECONNREFUSED 127.0.0.1:5432"), { code: "ECONNREFUSED" }));
+          }
+          return (target.query as (...a: unknown[]) => unknown)(...args);
+        };
+      },
+    });
+    const stages = noopStages({
+      during(ctx) {
+        if (ctx.job.status !== "chunks_stored") return;
+        unreachable = 2;
+        throw new TransientError("http_503", "embeddings API answered 503");
+      },
+    });
+    const worker = testWorker(flakyPool, stages, { leaseSeconds: 30 });
+    expect((await worker.runOnce())?.job_id).toBe(job.jobId);
+    expect(unreachable).toBe(0); // both refused statements really happened
+    const row = await jobRow(db.pool, job.jobId);
+    expect(row).toMatchObject({ status: "chunks_stored", locked_by: null, lease_token: null, attempts: 1 });
+    expect(row.last_error).toMatchObject({ class: "transient", code: "http_503" });
+  });
 });

@@ -23,8 +23,8 @@
  * - `parse.success` / `parse.partial_success`: recorded, then handed to parse intake
  *   (`deps.onParseEvent`) after the commit, without holding up the answer. Parse intake is the
  *   one place that fetches the markdown from LlamaParse and stores it; if it fails or the
- *   process dies, the worker's reconciler finds the job still `parse_queued` past its webhook
- *   deadline and polls LlamaParse itself;
+ *   process dies, the worker's reconciler finds the job still `parse_queued` and polls LlamaParse
+ *   itself: at once after a failed intake, past the webhook deadline after a crash;
  * - `parse.pending` / `parse.running`: recorded only.
  * A job that is no longer `parse_queued` (or is leased by the reconciler right now) is left as
  * it is: the event is recorded with outcome `not_applicable` and answered 200, so LlamaParse
@@ -35,7 +35,7 @@ import { createHmac, timingSafeEqual } from "node:crypto";
 import type { FastifyError, FastifyInstance, FastifyRequest } from "fastify";
 import type pg from "pg";
 import { z } from "zod";
-import { TransitionConflict } from "../../errors.ts";
+import { PipelineError } from "../../errors.ts";
 import { sha256 } from "../../ids.ts";
 import { transition } from "../../state-machine/transition.ts";
 import { ApiError, describeIssues, sendError } from "../errors.ts";
@@ -168,13 +168,30 @@ export async function webhookRoutes(app: FastifyInstance): Promise<void> {
         .then(() => onParseEvent(ev))
         .then(
           (outcome) => log.info({ outcome }, "parse intake finished"),
-          (err: unknown) => log.error({ err: err instanceof Error ? err.message : String(err) }, "parse intake failed; the reconciler will recover the job"),
+          (err: unknown) => {
+            log.error({ err: err instanceof Error ? err.message : String(err) }, "parse intake failed; the reconciler takes the job now");
+            return reconcileNow(pool, ev.jobId).catch(() => {});
+          },
         )
         .finally(() => inflight.delete(p));
       inflight.add(p);
     }
     return reply.code(200).send({ received: true, outcome: result });
   });
+}
+
+/**
+ * Intake failed after an accepted delivery (LlamaParse or Storage answered 5xx, say): the
+ * parse is done, so make the reconciler due now rather than at the webhook deadline (120 s by
+ * default), and let it retry with the worker's backoff and attempts. Only an unleased job still
+ * waiting in `parse_queued` is touched; the NOTIFY trigger wakes an idle worker.
+ */
+async function reconcileNow(pool: pg.Pool, jobId: string): Promise<void> {
+  await pool.query(
+    `UPDATE upload_pipeline.upload_jobs SET next_attempt_at = now(), updated_at = now()
+      WHERE job_id = $1 AND status = 'parse_queued' AND lease_token IS NULL AND next_attempt_at > now()`,
+    [jobId],
+  );
 }
 
 async function findJobByParseId(pool: pg.Pool, parseJobId: string): Promise<JobRow | undefined> {
@@ -245,7 +262,7 @@ async function failParse(client: pg.PoolClient, job: JobRow, event: WebhookBody)
     return "failed_parse";
   } catch (err) {
     // The job moved on or a live lease holds it (the reconciler): leave it to them.
-    if (err instanceof TransitionConflict) return "not_applicable";
+    if (err instanceof PipelineError && err.code === "transition_conflict") return "not_applicable";
     throw err;
   }
 }
