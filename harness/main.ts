@@ -5,6 +5,7 @@
  * checks the invariants after each, reports state-machine coverage and multi-worker scaling, and
  * exits non-zero on any violation or on coverage below --require-coverage.
  */
+import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { cpus } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
@@ -13,8 +14,10 @@ import { provisionDatabase } from "../src/db/provision.ts";
 import { collectCoverage, coveragePercent, meetsCoverage, mergeCoverage, type CoverageReport } from "./coverage.ts";
 import { fingerprint, type Fingerprint } from "./invariants/index.ts";
 import { formatResultsTable, scalingCurve, throughputSeries, writeReport, type RunSummary, type ScenarioResult, type ScalingCurve } from "./report/index.ts";
-import { checkRun, runScenario, type RunOutcome } from "./runner.ts";
-import { loadScenarioFile, loadSuite, ScenarioFileError, SuiteError, type Scenario } from "./scenario.ts";
+import { checkRun, crashTargets, runScenario, type RunOutcome } from "./runner.ts";
+import { buildCorpus } from "./corpus.ts";
+import { replayDifferences, type ReplayRecord } from "./replay.ts";
+import { loadScenarioFile, loadSuite, parseScenario, ScenarioFileError, SuiteError, type Scenario } from "./scenario.ts";
 import { createProgress } from "./progress.ts";
 
 const USAGE = `usage: npm run scenario -- [name|file.json ...] [options]
@@ -23,6 +26,9 @@ const USAGE = `usage: npm run scenario -- [name|file.json ...] [options]
   --suite NAME             the suite to run or pick names from: "default" (scenarios/*.json) or a folder
                            under scenarios/, e.g. "production" (scenarios/production/*.json)
   --list                   list the suite's scenarios with their one-line descriptions and exit
+  --replay FILE            run again the failed scenarios of a report (its summary.json; all of them if none
+                           failed) with the same definitions and seeds, and say whether the fault log and the
+                           final database came out identical
   --workers N              worker processes for every scenario (default: each scenario's own)
   --seed N                 seed every scenario with N: the same seed replays the same corpus, faults and kills
   --report DIR             where to write summary.json, report.md and report.html (default: reports/latest)
@@ -50,6 +56,7 @@ async function main(): Promise<number> {
       options: {
         list: { type: "boolean" },
         suite: { type: "string" },
+        replay: { type: "string" },
         help: { type: "boolean" },
         workers: { type: "string" },
         seed: { type: "string" },
@@ -70,7 +77,8 @@ async function main(): Promise<number> {
   }
   const { suite, workers, seed, report, "require-coverage": requiredCoverage } = flags.data;
 
-  const builtIns = await loadSuite(suite);
+  const replaying = args.values.replay ? await loadReplay(resolve(args.values.replay)) : undefined;
+  const builtIns = replaying ? [] : await loadSuite(suite);
   if (args.values.list) {
     for (const s of builtIns) process.stdout.write(`${s.name.padEnd(26)} ${s.description}\n`);
     return 0;
@@ -84,7 +92,9 @@ async function main(): Promise<number> {
       selected.push(found);
     }
   }
-  const scenarios = (selected.length > 0 ? selected : orderSuite(builtIns)).map((s) => (seed === undefined ? s : { ...s, seed }));
+  const scenarios = replaying?.map((r) => r.scenario) ?? (selected.length > 0 ? selected : orderSuite(builtIns)).map((s) => (seed === undefined ? s : { ...s, seed }));
+  // Everything a scenario names is checked before anything starts (exit 2 on a mistake).
+  for (const scenario of scenarios) crashTargets(scenario, buildCorpus(scenario));
 
   const reportDir = resolve(report);
   const progress = createProgress(process.stdout);
@@ -112,9 +122,19 @@ async function main(): Promise<number> {
           scaling = result.scaling ?? null;
           results.push(result);
         } else {
-          const reference = scenario.name === "happy-path" ? undefined : await referenceFor(scenario, env, references);
+          // A run with no fault and no crash is its own reference.
+          const reference = disturbed(scenario) ? await referenceFor(scenario, env, references) : undefined;
           const run = await runScenario(scenario, env, { workers });
           const result = await summarise(scenario, run, reference);
+          await writeFaultLog(reportDir, scenario.name, run.faultLog);
+          result.definition = workers === undefined ? scenario : { ...scenario, workers: { ...scenario.workers, processes: workers } };
+          result.replayCommand = `npm run scenario -- --replay ${join(report, "summary.json")}`;
+          const recorded = replaying?.find((r) => r.scenario.name === scenario.name)?.record;
+          if (recorded && result.replay) {
+            const differences = replayDifferences(recorded, result.replay);
+            progress.line(differences.length === 0 ? `replay of ${scenario.name}: identical fault log (${result.replay.faults} faults) and final database` : `replay of ${scenario.name}: ${differences.join("; ")}`);
+            if (differences.length > 0) result.errors.push(`replay: ${differences.join("; ")}`);
+          }
           if (result.coverage) coverages.push(result.coverage);
           results.push(result);
           await run.dropDatabase();
@@ -152,6 +172,32 @@ async function main(): Promise<number> {
   if (!coverageOk) process.stdout.write(`FAIL: coverage below the required ${requiredCoverage}%\n`);
   process.stdout.write(`report: ${Object.values(files).join(", ")}\n`);
   return summary.passed ? 0 : 1;
+}
+
+/** True when a scenario injects any fault, crash, freeze or restart (so it needs a clean reference run). */
+function disturbed(s: Scenario): boolean {
+  const faults = Object.values(s.faults).some((section) => section !== undefined && typeof section === "object");
+  return faults || s.crashes.length > 0 || s.crashPoints.length > 0 || s.freezes.length > 0 || s.postgresRestartAtMs !== undefined || s.retryFailed;
+}
+
+/** The scenarios of a report to run again: its failed ones (all when none failed), with their recorded digests. */
+async function loadReplay(file: string): Promise<Array<{ scenario: Scenario; record?: ReplayRecord | undefined }>> {
+  let summary: RunSummary;
+  try {
+    summary = JSON.parse(await readFile(file, "utf8")) as RunSummary;
+  } catch (err) {
+    fail(`--replay: ${file} is not a readable summary.json (${(err as Error).message})`);
+  }
+  const runs = (summary.scenarios ?? []).filter((r) => r.definition !== undefined);
+  if (runs.length === 0) fail(`--replay: ${file} records no scenario definitions (written by an older runner, or only a scaling run)`);
+  const failed = runs.filter((r) => !r.passed);
+  return (failed.length > 0 ? failed : runs).map((r) => ({ scenario: parseScenario(r.definition, `${file}: ${r.name}`), record: r.replay }));
+}
+
+/** The run's fault log, one line per injected fault (sorted: arrival order is not part of a replay). */
+async function writeFaultLog(reportDir: string, name: string, lines: string[]): Promise<void> {
+  await mkdir(join(reportDir, "faults"), { recursive: true });
+  await writeFile(join(reportDir, "faults", `${name}.log`), lines.length > 0 ? `${lines.join("\n")}\n` : "");
 }
 
 /** The default suite: the happy path first, scaling last, the rest by name. */
@@ -222,6 +268,7 @@ async function summarise(scenario: Scenario, run: RunOutcome, reference?: Map<st
     invariants,
     coverage,
     throughput,
+    replay: run.replay,
   };
 }
 

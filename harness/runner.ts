@@ -11,6 +11,7 @@ import { configForLocalMocks } from "../src/config.ts";
 import { migrate } from "../src/db/migrate.ts";
 import { withDatabase } from "../src/db/provision.ts";
 import { createLogger } from "../src/logger.ts";
+import { documentId, jobId, sha256 } from "../src/ids.ts";
 import { embedVersion } from "../src/services.ts";
 import { isTerminal, type JobStatus } from "../src/state-machine/table.ts";
 import { expectedEmbedding } from "../mocks/index.ts";
@@ -19,7 +20,8 @@ import { mulberry32 } from "../mocks/shared/rng.ts";
 import { ApiClient } from "./api.ts";
 import { buildCorpus, type CorpusFile, type CorpusKind } from "./corpus.ts";
 import { checkInvariants, fingerprint, type ExpectedOutcome, type Fingerprint, type InvariantReport } from "./invariants/index.ts";
-import type { Scenario } from "./scenario.ts";
+import { databaseDigest, faultLogDigest, type ReplayRecord } from "./replay.ts";
+import { ScenarioFileError, type Scenario } from "./scenario.ts";
 import { WorkerFleet, type FleetEvent } from "./workers.ts";
 
 /** What the runner needs from its surroundings. */
@@ -58,6 +60,10 @@ export interface RunOutcome {
   /** Faults the scenario scheduled that never happened (a pass would prove nothing about them). */
   missed: string[];
   mockStats: ReturnType<MockServer["mocks"]["stats"]>;
+  /** Every fault the mocks injected, as sorted lines (see harness/replay.ts). */
+  faultLog: string[];
+  /** The fault-log and database digests a replay must reproduce. */
+  replay: ReplayRecord;
   events: string[];
   /** Dropped on close. */
   pool: pg.Pool;
@@ -107,6 +113,9 @@ class ScenarioRun {
   private pool?: pg.Pool;
   private services?: Partial<Services>;
   private documentIds: string[] = [];
+  private readonly corpus: CorpusFile[];
+  /** Targeted crashes (`point#n@jobId`) not yet fired: every new worker process carries them. */
+  private readonly targeted: Array<{ spec: string; point: string; jobId: string; label: string; fired: boolean }>;
   private started = 0;
   private postgresRestarts = 0;
   private timedCrashesDone = 0;
@@ -128,6 +137,8 @@ class ScenarioRun {
     this.options = options;
     this.dbName = `scn_${scenario.name.replace(/-/g, "_")}_${randomBytes(3).toString("hex")}`;
     this.databaseUrl = withDatabase(env.serverUrl, this.dbName);
+    this.corpus = buildCorpus(scenario);
+    this.targeted = crashTargets(scenario, this.corpus).map((t) => ({ ...t, fired: false }));
   }
 
   async run(): Promise<RunOutcome> {
@@ -167,7 +178,10 @@ class ScenarioRun {
     const services: Partial<Services> = {};
     this.services = services;
 
-    const mocks = (services.mocks = await startMockServer({ seed: scenario.seed, faults: scenario.faults }));
+    // The bucket is ours here: created with the upload limits a deployment gives it.
+    const limits = configForLocalMocks("http://unused", scenario.workerEnv);
+    const bucketLimits = { fileSizeLimit: limits.UPLOAD_MAX_BYTES, allowedMimeTypes: limits.UPLOAD_ALLOWED_MIME };
+    const mocks = (services.mocks = await startMockServer({ seed: scenario.seed, faults: scenario.faults, bucketLimits }));
     // The API reads the scenario's settings too: MAX_ATTEMPTS, for one, is stamped on each job it creates.
     const apiConfig = configForLocalMocks(mocks.baseUrl, { ...mocks.env, ...scenario.workerEnv, SUPABASE_JWT_SECRET: mocks.mocks.keys.jwtSecret, DATABASE_URL: this.databaseUrl });
     const app = (services.app = await buildWiredApp({ pool, config: apiConfig, log: createLogger({ level: "silent" }) }));
@@ -183,6 +197,7 @@ class ScenarioRun {
       logDir: join(env.logDir, scenario.name),
       crashPoints: scenario.crashPoints,
       freezes: scenario.freezes,
+      targetedCrashes: () => this.targeted.filter((t) => !t.fired).map((t) => t.spec),
       onEvent: (e: FleetEvent) => this.onFleetEvent(e),
     }));
     await fleet.start();
@@ -194,14 +209,22 @@ class ScenarioRun {
     if (e.kind === "frozen") this.note(`${e.workerId} froze itself (SIGSTOP) at ${e.point}`);
     if (e.kind === "thawed") this.note(`thawed ${e.workerId} (SIGCONT)`);
     if (e.kind === "started" && e.life > 1) this.note(`restarted worker ${e.worker} as ${e.workerId}`);
-    if (e.kind === "exited" && e.signal === "SIGKILL" && !e.byUs) this.note(`${e.workerId} died at its fault point ${e.crashAt ?? ""}`.trimEnd());
+    if (e.kind === "crashed" && e.jobId) {
+      const target = this.targeted.find((t) => !t.fired && t.jobId === e.jobId && t.point === e.point);
+      if (target) target.fired = true;
+      this.note(`${e.workerId} killed at ${e.point} holding ${target?.label ?? `job ${e.jobId}`}`);
+    }
+    if (e.kind === "crashed" && !e.jobId) this.note(`${e.workerId} died at its fault point ${e.point}`);
     if (e.kind === "exited" && e.signal === null && e.code !== 0) this.note(`${e.workerId} exited with code ${e.code} (see its log)`);
   }
 
   /** Uploads the corpus through the API; returns the outcome each document must end in. */
-  private async upload({ api }: Services): Promise<Map<string, ExpectedOutcome>> {
+  private async upload({ api, mocks }: Services): Promise<Map<string, ExpectedOutcome>> {
     this.started = Date.now();
-    const corpus = buildCorpus(this.scenario);
+    // The scenario clock: outage windows count from the first upload, not from when the mocks
+    // started (worker start-up takes seconds more on a busy machine).
+    mocks.mocks.state.faults.startClock();
+    const corpus = this.corpus;
     const uploaded = await uploadAll(api, corpus);
     const expected = new Map<string, ExpectedOutcome>();
     for (const { file, documentId } of uploaded) expected.set(documentId, this.scenario.expect[EXPECT_KEY[file.kind]] as ExpectedOutcome);
@@ -218,8 +241,7 @@ class ScenarioRun {
       if (!("atMs" in crash)) continue;
       this.timers.push(
         setTimeout(() => {
-          fleet.kill(crash.worker ?? Math.floor(rng() * fleet.size), `scheduled at ${crash.atMs} ms`);
-          this.timedCrashesDone += 1;
+          if (fleet.kill(crash.worker ?? Math.floor(rng() * fleet.size), `scheduled at ${crash.atMs} ms`)) this.timedCrashesDone += 1;
         }, crash.atMs),
       );
     }
@@ -277,8 +299,7 @@ class ScenarioRun {
         const hit = rows.find((r) => r.status === crash.status && r.locked_by && r.batches >= (crash.batchesDone ?? 0));
         const index = hit?.locked_by ? fleet.indexOf(hit.locked_by) : undefined;
         if (hit && index !== undefined) {
-          crash.done = true;
-          fleet.kill(index, `job entered ${crash.status}${crash.batchesDone ? ` with ${hit.batches} batches stored` : ""}`);
+          crash.done = fleet.kill(index, `job entered ${crash.status}${crash.batchesDone ? ` with ${hit.batches} batches stored` : ""}`);
         }
       }
       this.reportNewFaults(mocks);
@@ -325,9 +346,11 @@ class ScenarioRun {
     if (unreached.length > 0) missed.push(`crash points never reached: ${unreached.join(", ")}`);
     const unfrozen = scenario.freezes.filter((f) => !fleet.freezesReached.includes(f.point));
     if (unfrozen.length > 0) missed.push(`freezes never happened: ${unfrozen.map((f) => f.point).join(", ")}`);
+    for (const t of this.targeted) if (!t.fired) missed.push(`the kill of the worker holding ${t.label} at ${t.point} never happened`);
     if (scenario.postgresRestartAtMs !== undefined && env.restartPostgres && this.postgresRestarts === 0) missed.push("the PostgreSQL restart never happened: the run was quiet first");
     await this.tearDown();
     const mockStats = mocks.mocks.stats();
+    const faults = faultLogDigest(mocks.mocks.faultLog());
     const completeAt = await lastCompletion(pool, this.started);
     return {
       scenario: scenario.name,
@@ -343,6 +366,8 @@ class ScenarioRun {
       missed,
       stuck: quiet.ok ? [] : await describeStuck(pool, quiet.rows),
       mockStats,
+      faultLog: faults.lines,
+      replay: { faultLogDigest: faults.digest, faults: faults.lines.length, databaseDigest: await databaseDigest(pool, this.documentIds) },
       events: this.events,
       pool,
       dropDatabase: () => this.dropDatabase(),
@@ -381,6 +406,26 @@ class ScenarioRun {
       await c.end();
     }
   }
+}
+
+/**
+ * The targeted crashes of a scenario as worker crash specs (`point#n@jobId`): the job id of a
+ * document is known before it is uploaded (uuidv5 of its user and content hash).
+ * @throws {ScenarioFileError} when a crash names a document the corpus does not have
+ */
+export function crashTargets(scenario: Scenario, corpus: CorpusFile[]): Array<{ spec: string; point: string; jobId: string; label: string }> {
+  return scenario.crashes.flatMap((crash, i) => {
+    if (!("document" in crash)) return [];
+    const file = typeof crash.document === "number" ? corpus[crash.document] : corpus.find((f) => f.filename === crash.document);
+    if (!file) {
+      throw new ScenarioFileError(`scenario ${scenario.name}`, [
+        `crashes.${i}.document: ${JSON.stringify(crash.document)} is not in the corpus; give an index 0..${corpus.length - 1} or one of ${corpus.slice(0, 8).map((f) => f.filename).join(", ")}${corpus.length > 8 ? ", …" : ""}`,
+      ]);
+    }
+    const job = jobId(documentId(file.userId, sha256(file.bytes)));
+    const point = crash.at.split("#")[0]!;
+    return [{ spec: `${crash.at}@${job}`, point, jobId: job, label: `${file.filename}'s job` }];
+  });
 }
 
 async function uploadAll(api: ApiClient, corpus: CorpusFile[]): Promise<Array<{ file: CorpusFile; documentId: string }>> {

@@ -7,28 +7,76 @@ import { readdir, readFile } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { z } from "zod";
 import { FaultPlanSchema } from "../mocks/shared/faults.ts";
+import { configForLocalMocks, configSchema } from "../src/config.ts";
+import { ConfigError } from "../src/errors.ts";
 import { ALL_STATES, isTerminal, type JobStatus } from "../src/state-machine/table.ts";
+import { FAULT_POINTS, parseCrashSpec } from "../src/worker/faultPoints.ts";
 
 const terminalState = z
   .enum(ALL_STATES)
   .refine((s) => isTerminal(s), { message: "must be a terminal state: complete, failed_parse, failed_chunking or failed_embedding" });
 
-/** Kill a worker process with SIGKILL: at a time, when an event is seen in the database, or at a fault point. */
-const CrashSchema = z.union([
-  z.strictObject({
+/** A fault point spec, `point[#n]`, checked against the points the worker defines. */
+const faultPoint = z.string().refine((text) => {
+  const spec = parseCrashSpec(text);
+  return spec !== undefined && !spec.jobId && (FAULT_POINTS as readonly string[]).includes(spec.point);
+}, { message: `must be a fault point the worker defines, optionally with #n (its nth hit), e.g. commit.vectors.after#2; the points: ${FAULT_POINTS.join(", ")}` });
+
+const CRASH_FORMS = '{"atMs", "worker"?} (a time), {"when": {"status", "batchesDone"?}} (a state), or {"document", "at"} (the worker holding that document\'s job at a fault point)';
+
+/**
+ * Kill a worker process with SIGKILL: at a time, when some job enters a state, or when the worker
+ * holding one document's job reaches a fault point. One object with the fields of exactly one
+ * form, so a mistake is named by its field instead of "Invalid input".
+ */
+const CrashSchema = z
+  .strictObject({
     /** Milliseconds after the uploads finished. */
-    atMs: z.number().int().min(0),
+    atMs: z.number().int().min(0).optional(),
     /** Which worker process (0-based); default: a seeded random one. */
     worker: z.number().int().min(0).optional(),
-  }),
-  z.strictObject({
     /** When some job enters this state (and, optionally, has stored at least `batchesDone` batches). */
-    when: z.strictObject({
-      status: z.enum(ALL_STATES),
-      batchesDone: z.number().int().min(0).optional(),
-    }),
-  }),
-]);
+    when: z.strictObject({ status: z.enum(ALL_STATES), batchesDone: z.number().int().min(0).optional() }).optional(),
+    /** The document (0-based index in upload order, or its file name) whose job the killed worker holds… */
+    document: z.union([z.number().int().min(0), z.string().min(1)], { error: "must be a 0-based index in upload order or a file name of the corpus" }).optional(),
+    /** …when it reaches this fault point (`point#n`: the nth time it passes there with that job). */
+    at: faultPoint.optional(),
+  })
+  .superRefine((c, ctx) => {
+    const forms = [c.atMs !== undefined, c.when !== undefined, c.document !== undefined].filter(Boolean).length;
+    if (forms !== 1) ctx.addIssue({ code: "custom", message: `give exactly one form: ${CRASH_FORMS}` });
+    if (c.worker !== undefined && c.atMs === undefined) ctx.addIssue({ code: "custom", path: ["worker"], message: "only goes with atMs" });
+    if ((c.document === undefined) !== (c.at === undefined)) ctx.addIssue({ code: "custom", path: [c.document === undefined ? "document" : "at"], message: "document and at go together" });
+  })
+  .transform((c): Crash => {
+    if (c.when) return { when: c.when };
+    if (c.document !== undefined) return { document: c.document, at: c.at! };
+    return { atMs: c.atMs!, worker: c.worker };
+  });
+
+export type Crash = { atMs: number; worker?: number | undefined } | { when: { status: JobStatus; batchesDone?: number | undefined } } | { document: number | string; at: string };
+
+/** Environment variables a scenario may set: the worker's own configuration, minus what the runner wires. */
+const RUNNER_WIRED = new Set(["DATABASE_URL", "OPENAI_BASE_URL", "OPENAI_API_KEY", "LLAMA_CLOUD_BASE_URL", "LLAMA_CLOUD_API_KEY", "SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY", "SUPABASE_JWT_SECRET", "WEBHOOK_BASE_URL", "WORKER_ID"]);
+export const SETTABLE_WORKER_ENV = Object.keys(configSchema.shape).filter((k) => !RUNNER_WIRED.has(k));
+
+/** workerEnv checked by the worker's own config schema: unknown names and bad values are named before anything starts. */
+const WorkerEnvSchema = z.record(z.string(), z.string()).superRefine((env, ctx) => {
+  for (const key of Object.keys(env)) {
+    if (!SETTABLE_WORKER_ENV.includes(key)) {
+      ctx.addIssue({ code: "custom", path: [key], message: `not a worker setting the scenario may set; valid: ${SETTABLE_WORKER_ENV.join(", ")}` });
+    }
+  }
+  try {
+    configForLocalMocks("http://127.0.0.1:9", Object.fromEntries(Object.entries(env).filter(([k]) => SETTABLE_WORKER_ENV.includes(k))));
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    for (const problem of err.problems) {
+      const [key, ...rest] = problem.split(": ");
+      ctx.addIssue({ code: "custom", path: [key!], message: rest.join(": ") });
+    }
+  }
+});
 
 export const ScenarioSchema = z.strictObject({
   name: z.string().regex(/^[a-z0-9][a-z0-9-]*$/, "use lower-case letters, digits and dashes (it names the report section)"),
@@ -55,8 +103,8 @@ export const ScenarioSchema = z.strictObject({
     processes: z.number().int().min(1).max(16).default(2),
     slots: z.number().int().min(1).max(32).default(2),
   }).default({ processes: 2, slots: 2 }),
-  /** Environment overrides for the worker processes (e.g. MAX_ATTEMPTS, LEASE_SECONDS). */
-  workerEnv: z.record(z.string().regex(/^[A-Z][A-Z0-9_]*$/), z.string()).default({}),
+  /** Environment overrides for the worker processes and the API (e.g. MAX_ATTEMPTS), checked by the worker's config schema. */
+  workerEnv: WorkerEnvSchema.default({}),
   /** The mocks' fault plan (see mocks/README.md). */
   faults: FaultPlanSchema.default({}),
   crashes: z.array(CrashSchema).default([]),
@@ -64,7 +112,7 @@ export const ScenarioSchema = z.strictObject({
    * Fault points at which workers kill themselves: each new worker process (the first ones and
    * every restart) takes the next point from the list (`point` or `point#n`, the nth hit).
    */
-  crashPoints: z.array(z.string().regex(/^[a-z_.]+(#\d+)?$/, "a fault point name such as commit.vectors.after#2")).default([]),
+  crashPoints: z.array(faultPoint).default([]),
   /**
    * Freeze a worker process (SIGSTOP) at a fault point for `forMs`, then SIGCONT it: a long GC
    * pause or a VM migration. The process stops itself at the point (`point` or `point#n`, the
@@ -73,7 +121,7 @@ export const ScenarioSchema = z.strictObject({
   freezes: z
     .array(
       z.strictObject({
-        point: z.string().regex(/^[a-z_.]+(#\d+)?$/, "a fault point name such as call.llamaparse.submit.before#2"),
+        point: faultPoint,
         forMs: z.number().int().min(1).max(600_000),
         /** Which worker process (0-based). */
         worker: z.number().int().min(0).default(0),

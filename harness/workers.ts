@@ -4,9 +4,10 @@
  * a new WORKER_ID, so events and leases name the life that wrote them).
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { createWriteStream, mkdirSync } from "node:fs";
+import { createWriteStream, mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { FREEZE_LINE } from "../src/worker/faultPoints.ts";
+import { CRASH_LINE, FREEZE_LINE } from "../src/worker/faultPoints.ts";
 
 const WORKER_ENTRY = new URL("../src/worker/main.ts", import.meta.url).pathname;
 
@@ -18,6 +19,8 @@ export interface FleetOptions {
   crashPoints?: readonly string[];
   /** Fault points at which worker `worker`'s first life freezes itself (SIGSTOP) until thawed `forMs` later. */
   freezes?: ReadonlyArray<{ worker: number; point: string; forMs: number }>;
+  /** Crashes every new process carries (`point#n@jobId`: whoever holds that job there dies), read at each spawn. */
+  targetedCrashes?: () => readonly string[];
   onEvent?: (event: FleetEvent) => void;
 }
 
@@ -25,6 +28,8 @@ export type FleetEvent =
   | { kind: "started"; worker: number; workerId: string; life: number }
   | { kind: "killed"; worker: number; workerId: string; reason: string }
   | { kind: "frozen" | "thawed"; worker: number; workerId: string; point: string }
+  /** A worker is about to kill itself at a fault point (its last line), holding `jobId` for a targeted crash. */
+  | { kind: "crashed"; worker: number; workerId: string; point: string; jobId: string | null }
   /** `byUs`: the fleet's own SIGKILL (else a SIGKILL is the process's own, at `crashAt`). */
   | { kind: "exited"; worker: number; workerId: string; code: number | null; signal: string | null; byUs: boolean; crashAt?: string | undefined };
 
@@ -34,6 +39,8 @@ interface Slot {
   /** The fault point this life kills itself at, if any. */
   crashAt?: string | undefined;
   killedByUs?: boolean;
+  /** The crash line this life wrote before killing itself. */
+  crashed?: { point: string; jobId: string | null } | undefined;
   child?: ChildProcess | undefined;
   workerId: string;
   exited?: Promise<void>;
@@ -55,10 +62,13 @@ export class WorkerFleet {
   unexpectedExits = 0;
 
   private readonly opts: FleetOptions;
+  /** Where workers mark the targeted crashes they fired, so each fires once per run. */
+  private readonly onceDir: string;
 
   constructor(opts: FleetOptions) {
     this.opts = opts;
     mkdirSync(opts.logDir, { recursive: true });
+    this.onceDir = mkdtempSync(join(tmpdir(), "crash-once-"));
     this.pendingCrashPoints = [...(opts.crashPoints ?? [])];
   }
 
@@ -87,13 +97,15 @@ export class WorkerFleet {
     return this.slots.length;
   }
 
-  /** SIGKILL worker `index`; it is restarted as a new life. */
-  kill(index: number, reason: string): void {
+  /** SIGKILL worker `index` (false when it is not running); it is restarted as a new life. */
+  kill(index: number, reason: string): boolean {
     const slot = this.slots[index];
-    if (!slot?.child) return;
+    // A process that wrote its crash line is already killing itself: that is not our kill.
+    if (!slot?.child || slot.crashed) return false;
     this.opts.onEvent?.({ kind: "killed", worker: index, workerId: slot.workerId, reason });
     slot.killedByUs = true;
     slot.child.kill("SIGKILL");
+    return true;
   }
 
   /** SIGTERM every worker and wait for them to exit (SIGKILL after `timeoutMs`). */
@@ -108,16 +120,25 @@ export class WorkerFleet {
     const timer = setTimeout(() => live.forEach((s) => s.child?.kill("SIGKILL")), timeoutMs);
     await Promise.all(live.map((s) => s.exited));
     clearTimeout(timer);
+    rmSync(this.onceDir, { recursive: true, force: true });
   }
 
-  /** Watch `child`'s stdout for its freeze line; SIGCONT it `forMs` later. */
-  private thawWhenFrozen(slot: Slot, child: ChildProcess, freezes: ReadonlyArray<{ point: string; forMs: number }>): void {
+  /**
+   * Watch `child`'s stdout for the lines a worker writes at a fault point: a crash line (it is
+   * about to SIGKILL itself; say which point and job) or a freeze line (SIGCONT it `forMs` later).
+   */
+  private watchFaultLines(slot: Slot, child: ChildProcess, freezes: ReadonlyArray<{ point: string; forMs: number }>): void {
     let pending = "";
     child.stdout!.on("data", (chunk: Buffer) => {
       pending += chunk.toString();
       const lines = pending.split("\n");
       pending = lines.pop() ?? "";
       for (const line of lines) {
+        if (line.includes(CRASH_LINE) && !slot.crashed) {
+          const { point, jobId } = JSON.parse(line) as { point: string; jobId: string | null };
+          slot.crashed = { point, jobId };
+          this.opts.onEvent?.({ kind: "crashed", worker: slot.index, workerId: slot.workerId, point, jobId });
+        }
         if (!line.includes(FREEZE_LINE)) continue;
         const { point } = JSON.parse(line) as { point: string };
         const freeze = freezes.find((f) => f.point === point);
@@ -141,12 +162,15 @@ export class WorkerFleet {
     const crashAt = this.pendingCrashPoints.shift();
     slot.crashAt = crashAt;
     const freezes = slot.life === 1 ? (this.opts.freezes ?? []).filter((f) => f.worker === slot.index) : [];
+    slot.crashed = undefined;
+    const crashSpecs = [...(crashAt ? [crashAt] : []), ...(this.opts.targetedCrashes?.() ?? [])];
     const child = spawn(process.execPath, [WORKER_ENTRY], {
       env: {
         ...process.env,
         ...this.opts.env,
         WORKER_ID: slot.workerId,
-        ...(crashAt ? { UPLOAD_PIPELINE_CRASH_AT: crashAt } : { UPLOAD_PIPELINE_CRASH_AT: "" }),
+        UPLOAD_PIPELINE_CRASH_AT: crashSpecs.join(","),
+        UPLOAD_PIPELINE_CRASH_ONCE_DIR: this.onceDir,
         UPLOAD_PIPELINE_FREEZE_AT: freezes.map((f) => f.point).join(","),
       },
       stdio: ["ignore", "pipe", "pipe"],
@@ -154,7 +178,7 @@ export class WorkerFleet {
     const log = createWriteStream(join(this.opts.logDir, `${slot.workerId}.log`));
     child.stdout!.pipe(log);
     child.stderr!.pipe(log);
-    if (freezes.length > 0) this.thawWhenFrozen(slot, child, freezes);
+    if (freezes.length > 0 || crashSpecs.length > 0) this.watchFaultLines(slot, child, freezes);
     const ready = new Promise<void>((resolve) => {
       const onData = (chunk: Buffer) => {
         if (!chunk.toString().includes('"msg":"worker started"')) return;
@@ -169,7 +193,8 @@ export class WorkerFleet {
       child.on("exit", (code, signal) => {
         slot.child = undefined;
         this.opts.onEvent?.({ kind: "exited", worker: slot.index, workerId: slot.workerId, code, signal, byUs: Boolean(slot.killedByUs), crashAt: slot.crashAt });
-        const reachedPoint = signal === "SIGKILL" && !slot.killedByUs;
+        // A targeted crash (one with a job) is not this life's own point: that one is given back.
+        const reachedPoint = signal === "SIGKILL" && !slot.killedByUs && !slot.crashed?.jobId;
         if (slot.crashAt) {
           if (reachedPoint) this.crashPointsReached.push(slot.crashAt);
           else this.pendingCrashPoints.unshift(slot.crashAt); // the next life takes it

@@ -11,6 +11,7 @@
  * const server = setupServer(...mocks.handlers);
  * server.listen();
  */
+import { randomUUID } from "node:crypto";
 import type { HttpHandler } from "msw";
 import { createAdminHandlers } from "./admin/handlers.ts";
 import { LlamaParseState } from "./llamaparse/jobs.ts";
@@ -18,19 +19,19 @@ import { createLlamaParseHandlers } from "./llamaparse/handlers.ts";
 import { WebhookSender, type DeliveryRecord, type WebhookSenderOptions } from "./llamaparse/webhook.ts";
 import { createOpenAIHandlers, openAILimitsFor } from "./openai/handlers.ts";
 import { RateLimiter } from "./openai/rate-limits.ts";
-import { FaultEngine, parseFaultPlan, type FaultPlan, type FaultPlanInput } from "./shared/faults.ts";
+import { FaultEngine, parseFaultPlan, type FaultLogEntry, type FaultPlan, type FaultPlanInput } from "./shared/faults.ts";
 import type { MockContext } from "./shared/http.ts";
 import { seededUuid } from "./shared/rng.ts";
 import { MockStats, type MockStatsSnapshot } from "./shared/stats.ts";
 import { DEFAULT_JWT_SECRET } from "./storage/jwt.ts";
 import { createStorageHandlers } from "./storage/handlers.ts";
-import { StorageState } from "./storage/state.ts";
+import { StorageState, type BucketLimits } from "./storage/state.ts";
 
 export { expectedEmbedding, EMBEDDING_MODELS, LIMITS as EMBEDDING_LIMITS, tokenize, countInputTokens, toBase64Float32 } from "./openai/embeddings.ts";
 export { parsedPages, joinPages, isTextual, POISON_MARKER } from "./llamaparse/markdown.ts";
 export { signWebhook, type DeliveryRecord, type WebhookConfiguration, type WebhookEventType } from "./llamaparse/webhook.ts";
 export { DEFAULT_JWT_SECRET, signServiceRoleKey } from "./storage/jwt.ts";
-export { FaultPlanSchema, FaultPlanError, parseFaultPlan, type FaultPlan, type FaultPlanInput, type FaultKind } from "./shared/faults.ts";
+export { FaultPlanSchema, FaultPlanError, parseFaultPlan, faultLogLines, type FaultPlan, type FaultPlanInput, type FaultKind, type FaultLogEntry } from "./shared/faults.ts";
 export type { MockStatsSnapshot, WebhookKind, WebhookOutcome, ModelUsage } from "./shared/stats.ts";
 export { goDuration } from "./shared/duration.ts";
 
@@ -57,6 +58,11 @@ export interface MockOptions {
   llamaCloudApiKey?: string;
   /** Buckets that exist from the start (and after a reset). Default `["documents"]`. */
   buckets?: string[];
+  /**
+   * Limits of those buckets, as a deployment sets them (`file_size_limit` = UPLOAD_MAX_BYTES,
+   * `allowed_mime_types` = UPLOAD_ALLOWED_MIME). Default none, as Storage's default.
+   */
+  bucketLimits?: BucketLimits;
   /** The clock (ms). Default `Date.now`. */
   now?: () => number;
 }
@@ -81,6 +87,8 @@ export interface Mocks {
   /** Replaces the fault plan (validated) and restarts its clock. */
   setFaults(plan: unknown): FaultPlan;
   stats(): MockStatsSnapshot;
+  /** Every fault injected since the plan was set (requests and webhook deliveries). */
+  faultLog(): readonly FaultLogEntry[];
   /** Forgets jobs, objects, rate windows, counters and the webhook log; restarts the plan clock. */
   reset(): void;
   /** Resolves when no webhook delivery is pending. */
@@ -99,7 +107,7 @@ export function createMocks(options: MockOptions = {}): Mocks {
   const closing = new AbortController();
   const faults = new FaultEngine(seed, parseFaultPlan(options.faults ?? {}), now);
   const stats = new MockStats(now);
-  const ctx: MockContext = { faults, stats, now, closing: closing.signal };
+  const ctx: MockContext = { faults, stats, now, closing: closing.signal, instance: randomUUID() };
   const keys = {
     openai: options.openaiApiKey ?? DEFAULT_OPENAI_API_KEY,
     llamaCloud: options.llamaCloudApiKey ?? DEFAULT_LLAMA_CLOUD_API_KEY,
@@ -109,7 +117,7 @@ export function createMocks(options: MockOptions = {}): Mocks {
   const rateLimiter = new RateLimiter((model) => openAILimitsFor(faults.plan.openai, model), now);
   const webhooks = new WebhookSender(ctx, { ...options.webhook, webhookBaseUrl: options.webhookBaseUrl });
   const llamaparse = new LlamaParseState(ctx, webhooks, seededUuid(seed, "llamaparse-project"));
-  const storage = new StorageState(seed, now, options.buckets ?? ["documents"]);
+  const storage = new StorageState(seed, now, options.buckets ?? ["documents"], options.bucketLimits);
   const state: MockState = { faults, stats, rateLimiter, llamaparse, storage, webhooks };
 
   const setFaults = (plan: unknown): FaultPlan => {
@@ -146,6 +154,7 @@ export function createMocks(options: MockOptions = {}): Mocks {
     keys,
     setFaults,
     stats: snapshot,
+    faultLog: () => faults.log,
     reset,
     webhooksIdle: () => webhooks.idle(),
     async close() {

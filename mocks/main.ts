@@ -8,6 +8,8 @@
  *   --faults <file.json>     initial fault plan (see mocks/README.md)
  *   --webhook-base-url <url> deliver webhooks to this origin instead of the registered one
  *   --bucket <name>          a bucket that exists from the start (repeatable; default documents)
+ *   --bucket-max-bytes <n>   those buckets' file_size_limit (default none; set UPLOAD_MAX_BYTES)
+ *   --bucket-mime <a,b,…>    those buckets' allowed_mime_types (default any; set UPLOAD_ALLOWED_MIME)
  *   --help                   this text
  *
  * The JWT secret comes from SUPABASE_JWT_SECRET (default: the Supabase CLI's local secret).
@@ -18,7 +20,7 @@ import { parseArgs } from "node:util";
 import { FaultPlanError, parseFaultPlan, type FaultPlanInput } from "./shared/faults.ts";
 import { startMockServer } from "./server.ts";
 
-const USAGE = `usage: npm run mocks -- [--port 4010] [--host 127.0.0.1] [--seed 1] [--faults plan.json] [--webhook-base-url http://127.0.0.1:3000] [--bucket documents]...`;
+const USAGE = `usage: npm run mocks -- [--port 4010] [--host 127.0.0.1] [--seed 1] [--faults plan.json] [--webhook-base-url http://127.0.0.1:3000] [--bucket documents]... [--bucket-max-bytes n] [--bucket-mime a,b]`;
 
 class UsageError extends Error {}
 
@@ -44,6 +46,8 @@ function parse(argv: string[]) {
         faults: { type: "string" },
         "webhook-base-url": { type: "string" },
         bucket: { type: "string", multiple: true },
+        "bucket-max-bytes": { type: "string" },
+        "bucket-mime": { type: "string" },
         help: { type: "boolean" },
       },
     }));
@@ -81,6 +85,10 @@ function parse(argv: string[]) {
     if (!/^[A-Za-z0-9_.-]{1,63}$/.test(bucket)) throw new UsageError(`--bucket must be 1-63 letters, digits, '_', '.', '-', got ${JSON.stringify(bucket)}`);
   }
   if (values.host !== undefined && values.host.trim() === "") throw new UsageError("--host must not be empty");
+  const mimes = values["bucket-mime"]?.split(",").map((m) => m.trim()).filter(Boolean);
+  if (mimes && (mimes.length === 0 || !mimes.every((m) => /^[a-z0-9!#$&^_.+-]+\/[a-z0-9!#$&^_.+*-]+$/i.test(m)))) {
+    throw new UsageError(`--bucket-mime must be comma-separated MIME types such as application/pdf,text/markdown, got ${JSON.stringify(values["bucket-mime"])}`);
+  }
   return {
     help: false as const,
     port: integer("port", values.port, 0, 65535, 4010),
@@ -89,6 +97,10 @@ function parse(argv: string[]) {
     faults,
     webhookBaseUrl: base,
     buckets: values.bucket,
+    bucketLimits: {
+      fileSizeLimit: values["bucket-max-bytes"] === undefined ? null : integer("bucket-max-bytes", values["bucket-max-bytes"], 1, 5 * 1024 ** 3, 0),
+      allowedMimeTypes: mimes ?? null,
+    },
   };
 }
 

@@ -38,9 +38,13 @@ export const configSchema = z.object({
   EMBED_DIMENSIONS: int(1, 3072).optional(),
   /** Inputs per embeddings request (the API allows 2048; the pipeline caps at 256). */
   EMBED_BATCH_SIZE: int(1, 256).default(256),
-  /** OpenAI budget this deployment may use (the account's tier limits). */
+  /** OpenAI budget this deployment may use: the ceiling for the whole fleet (the key's reported limits may lower it). */
   OPENAI_RPM: int(1, 1_000_000).default(3_000),
   OPENAI_TPM: int(1, 100_000_000).default(1_000_000),
+  /** LlamaParse submissions per minute this deployment may make (paced by the same governor). */
+  LLAMA_CLOUD_RPM: int(1, 1_000_000).default(600),
+  /** `shared`: one budget per key for the whole fleet, in Postgres; `local`: each process its own. */
+  RATE_GOVERNOR: oneOf(["shared", "local"]).default("shared"),
 
   /** The chunker's limits: 64 ≤ max ≤ 8191 (one embedding input), overlap ≤ max / 2. */
   CHUNK_MAX_TOKENS: int(64, 8191).default(512),

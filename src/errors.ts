@@ -113,6 +113,17 @@ export class StageStalledError extends PipelineError {
   }
 }
 
+/**
+ * An unleased writer (webhook handler, operator) found the job no longer in the expected state,
+ * or held under a live lease: someone else moved it first. Nothing was written; callers decide
+ * whether that is an answer ("not applicable", 409) rather than a failure.
+ */
+export class TransitionConflict extends PipelineError {
+  constructor(jobId: string, from: string) {
+    super("transition_conflict", "transient", `job ${jobId} is not in ${from} without a live lease; nothing was written`);
+  }
+}
+
 /** A transition the state machine table does not allow. A programming error, never retried. */
 export class IllegalTransitionError extends PipelineError {
   constructor(from: string | null, to: string) {

@@ -75,6 +75,12 @@ export interface ScenarioResult {
   throughput: ThroughputSeries | null;
   /** Only for the scaling scenario. */
   scaling?: ScalingCurve;
+  /** The fault-log and database digests a replay must reproduce (see harness/replay.ts). */
+  replay?: { faultLogDigest: string; faults: number; databaseDigest: string };
+  /** The scenario exactly as run (seed and overrides applied): what `--replay` runs again. */
+  definition?: unknown;
+  /** The command that replays this scenario. */
+  replayCommand?: string;
 }
 
 export interface RunSummary {

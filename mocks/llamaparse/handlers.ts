@@ -5,7 +5,8 @@
  * Errors are FastAPI's: `{"detail": "..."}`, and 422 `{"detail": [{type, loc, msg}]}`.
  */
 import { http } from "msw";
-import { faulted, gatewayPage, json, type MockContext } from "../shared/http.ts";
+import { faulted, gatewayPage, json, pathFingerprint, type MockContext } from "../shared/http.ts";
+import { sha256Hex } from "../shared/rng.ts";
 import { joinPages, plainText } from "./markdown.ts";
 import type { LlamaParseState, ParseJob } from "./jobs.ts";
 import type { WebhookConfiguration } from "./webhook.ts";
@@ -129,8 +130,21 @@ export function readExpand(url: URL): Set<string> {
 export function createLlamaParseHandlers(ctx: MockContext, state: LlamaParseState, options: LlamaParseMockOptions) {
   const R = LLAMAPARSE_ROUTES;
   type Resolver = (info: { request: Request; params: Record<string, unknown> }) => Promise<Response>;
+  // What a request is: a parse of some bytes (the file's hash, never the multipart boundary),
+  // or a read of a job (its content key, never its per-instance id).
+  const fingerprint = async (request: Request, params: Record<string, unknown>): Promise<string> => {
+    if (typeof params.jobId === "string") return state.jobs.get(params.jobId)?.key ?? params.jobId;
+    if (request.method !== "POST") return pathFingerprint(request);
+    if ((request.headers.get("content-type") ?? "").startsWith("multipart/form-data")) {
+      const file = await request.formData().then((f) => f.get("file"), () => null);
+      return file instanceof File ? sha256Hex(new Uint8Array(await file.arrayBuffer())) : "no-file";
+    }
+    const body = (await request.json().catch(() => ({}))) as { file_id?: unknown; source_url?: unknown };
+    const file = typeof body.file_id === "string" ? state.files.get(body.file_id) : undefined;
+    return file ? sha256Hex(file.bytes) : `url:${String(body.source_url)}`;
+  };
   const route = (id: string, resolver: Resolver) =>
-    faulted({ ctx, service: "llamaparse", route: id, errorResponse }, async (info) => {
+    faulted({ ctx, service: "llamaparse", route: id, errorResponse, fingerprint }, async (info) => {
       const auth = info.request.headers.get("authorization");
       const key = auth ? /^Bearer\s+(.+)$/i.exec(auth)?.[1]?.trim() : undefined;
       if (!key) return detail("Not authenticated", 401);

@@ -94,7 +94,7 @@ export class LlamaParseState {
   }
 
   addFile(input: JobInput, purpose: string): UploadedFile {
-    const file: UploadedFile = { ...input, purpose, id: seededUuid(this.ctx.faults.seed, "llamaparse-file", ++this.#counter), createdAt: this.#iso() };
+    const file: UploadedFile = { ...input, purpose, id: seededUuid(this.ctx.faults.seed, "llamaparse-file", this.ctx.instance, ++this.#counter), createdAt: this.#iso() };
     this.files.set(file.id, file);
     return file;
   }
@@ -107,7 +107,8 @@ export class LlamaParseState {
     const key = `${contentKey}:${occurrence}`;
     const at = this.#iso();
     const job: ParseJob = {
-      id: seededUuid(this.ctx.faults.seed, "llamaparse-job", key),
+      // Ids are unique per mock instance; the job's draws stay keyed by its content (`key`).
+      id: seededUuid(this.ctx.faults.seed, "llamaparse-job", this.ctx.instance, key),
       projectId: this.projectId,
       status: "PENDING",
       createdAt: at,

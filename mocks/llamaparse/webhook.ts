@@ -134,7 +134,9 @@ export class WebhookSender {
 
   #prepare(jobId: string, key: string, eventType: WebhookEventType, config: WebhookConfiguration, timestampSeconds: number): Prepared {
     const payload = {
-      event_id: seededUuid(this.ctx.faults.seed, "webhook-event", key, eventType),
+      // Unique per mock instance (a restarted mock must not repeat a delivery key the database
+      // already holds); the same within one instance, so duplicates and replays share it.
+      event_id: seededUuid(this.ctx.faults.seed, "webhook-event", this.ctx.instance, key, eventType),
       event_type: eventType,
       timestamp: timestampSeconds,
       data: { id: jobId, job_id: jobId },
@@ -170,6 +172,10 @@ export class WebhookSender {
     const reorder = hit(plan.reorder);
     const replay = hit(plan.replay);
     const delayMs = delay && plan.delay ? drawLatency(plan.delay.latency, rng) : 0;
+    const decided = { drop, forge, duplicate, delay, reorder, replay };
+    for (const [fault, yes] of Object.entries(decided)) {
+      if (yes) this.ctx.faults.record({ service: "webhooks", route: eventType, fingerprint: key, occurrence: 1, fault, source: "webhook" });
+    }
 
     const prepared = this.#prepare(jobId, key, eventType, config, this.ctx.now() / 1000);
     if (!this.#allowed(prepared.url)) {

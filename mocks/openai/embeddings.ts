@@ -4,7 +4,7 @@
  */
 import { createHash } from "node:crypto";
 import { decode, encode, vocabularySize } from "gpt-tokenizer/encoding/cl100k_base";
-import { gaussian, mulberry32 } from "../shared/rng.ts";
+import { gaussian, rngFromDigest } from "../shared/rng.ts";
 
 /** The embedding models the mock serves, with their native sizes. */
 export const EMBEDDING_MODELS: Readonly<Record<string, { nativeDimensions: number; supportsDimensions: boolean }>> = {
@@ -67,7 +67,7 @@ export function expectedEmbedding(model: string, input: string | readonly number
     throw new Error(`expectedEmbedding: ${model} does not support dimensions`);
   }
   const digest = createHash("sha256").update(model).update("\u0000").update(inputText(input)).digest();
-  const rng = mulberry32(digest.readUInt32LE(0) ^ digest.readUInt32LE(4) ^ digest.readUInt32LE(8));
+  const rng = rngFromDigest(digest);
   const raw = new Float64Array(size);
   let norm = 0;
   for (let i = 0; i < size; i++) {

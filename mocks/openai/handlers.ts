@@ -16,6 +16,7 @@ import {
   validTokenIds,
 } from "./embeddings.ts";
 import { DEFAULT_LIMITS, RateLimiter } from "./rate-limits.ts";
+import { sha256Hex } from "../shared/rng.ts";
 
 /** The route id of the embeddings endpoint in stats and fault plans. */
 export const OPENAI_ROUTES = { embeddings: "openai.embeddings" } as const;
@@ -77,6 +78,17 @@ function readInputs(raw: unknown): { inputs: Input[]; single: boolean } | Respon
     if (raw.every(isTokens)) return { inputs: raw, single: false };
   }
   return invalid(INVALID_INPUT);
+}
+
+/** An embeddings request is its model, dimensions and inputs (hashed); a body that is not JSON is its bytes. */
+async function embeddingsFingerprint(request: Request): Promise<string> {
+  const text = await request.text();
+  try {
+    const body = JSON.parse(text) as { model?: unknown; input?: unknown; dimensions?: unknown };
+    return `${String(body.model)}:${String(body.dimensions ?? "")}:${sha256Hex(JSON.stringify(body.input ?? null)).slice(0, 16)}`;
+  } catch {
+    return `raw:${sha256Hex(text).slice(0, 16)}`;
+  }
 }
 
 /** Builds the OpenAI handlers over `state`. */
@@ -142,7 +154,7 @@ export function createOpenAIHandlers(ctx: MockContext, state: OpenAIState, optio
     return new Response(response.body, { status: response.status, statusText: response.statusText, headers });
   };
 
-  const embeddings = faulted({ ctx, service: "openai", route, errorResponse, decorate }, async ({ request }) => {
+  const embeddings = faulted({ ctx, service: "openai", route, errorResponse, decorate, fingerprint: embeddingsFingerprint }, async ({ request }) => {
     const started = ctx.now();
     const auth = request.headers.get("authorization") ?? "";
     const key = /^Bearer\s+(.+)$/i.exec(auth)?.[1]?.trim();

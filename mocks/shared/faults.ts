@@ -4,9 +4,17 @@
  * `POST /__admin/faults`. All draws are seeded (see `rng.ts`): with the same seed and the same
  * requests, the same requests fail, hang or slow down.
  *
- * Decision order for one request: outage (time window since the plan was set) → burst
- * (the n-th to (n+count-1)-th matching request) → error rates (one draw per rule, first hit
- * wins) → none. A latency is drawn for every request, faulted or not.
+ * Every decision is keyed by what the request *is*, not when it came: its route, a fingerprint
+ * of its content (the embeddings' inputs, the parsed file's hash, the Storage object path) and
+ * its occurrence (how many times that same request has been seen). So with several worker
+ * processes the same request gets the same answer whatever the scheduling, and a seed replays
+ * a run. Two things stay tied to timing and are documented as such: outage windows (measured
+ * on the plan clock, which the scenario runner starts when its uploads begin) and bursts
+ * counted `of: "route"` (the n-th arrival on a route).
+ *
+ * Decision order for one request: outage → burst → error rates (one draw per rule, first hit
+ * wins) → none. A latency is drawn for every request, faulted or not. Every injected fault is
+ * appended to the fault log (route, fingerprint, occurrence, fault, source).
  */
 import { z } from "zod";
 import { gaussian, rngFor, type Rng } from "./rng.ts";
@@ -38,7 +46,9 @@ const LatencyRuleSchema = latencyUnion({ routes });
 const connectionFaults = ["reset", "hang", "malformed"] as const;
 /** The answers a service can be made to give (statuses, named errors), plus the connection faults. */
 const faultsOf = <const S extends readonly [number | string, ...Array<number | string>]>(...answers: S) =>
-  z.union([z.literal(answers), z.enum(connectionFaults)]);
+  z.union([z.literal(answers), z.enum(connectionFaults)], {
+    error: `must be one of ${[...answers, ...connectionFaults].map((a) => JSON.stringify(a)).join(", ")}`,
+  });
 const OpenAIFault = faultsOf(429, 500, 502, 503, 504, "insufficient_quota");
 const LlamaParseFault = faultsOf(402, 429, 500, 502, 503, 504);
 const StorageFault = faultsOf(429, 500, 502, 503, 504);
@@ -49,11 +59,26 @@ function serviceSchema<F extends z.ZodType<string | number>>(fault: F) {
     latency: z.union([LatencyRuleSchema, z.array(LatencyRuleSchema)]).optional(),
     /** Each matching request fails with `fault` with probability `rate`. */
     errors: z.array(z.strictObject({ fault, rate, routes })).default([]),
-    /** Matching requests number `start` … `start + count - 1` (1-based, since the plan was set) fail. */
+    /**
+     * `of: "request"` (default): occurrences `start` … `start + count - 1` of each matching request
+     * fail (the same request, by fingerprint: "the first two tries of every request get a 429"),
+     * for the seeded fraction `rate` of requests (default all). `of: "route"`: the matching
+     * requests number `start` … `start + count - 1` in arrival order since the plan was set fail,
+     * which depends on scheduling when several processes call the mock.
+     */
     bursts: z
-      .array(z.strictObject({ fault, start: z.number().int().min(1), count: z.number().int().min(1), routes }))
+      .array(
+        z.strictObject({
+          fault,
+          start: z.number().int().min(1),
+          count: z.number().int().min(1),
+          of: z.enum(["request", "route"], { message: 'must be "request" (occurrences of the same request) or "route" (arrival order on the route)' }).default("request"),
+          rate: rate.default(1),
+          routes,
+        }),
+      )
       .default([]),
-    /** Every matching request between `startMs` and `endMs` after the plan was set fails. */
+    /** Every matching request between `startMs` and `endMs` on the plan clock (started when the plan is set, or by the scenario runner when its uploads begin) fails. */
     outages: z
       .array(
         z
@@ -201,10 +226,32 @@ export function routeMatches(route: string, patterns: readonly string[] | undefi
   return patterns.some((p) => (p.endsWith("*") ? route.startsWith(p.slice(0, -1)) : p === route));
 }
 
+/** One injected fault, as the fault log records it: what the request was and what it got. */
+export interface FaultLogEntry {
+  service: ServiceName | "webhooks";
+  route: string;
+  /** What the request is (see {@link FaultEngine.decide}). */
+  fingerprint: string;
+  /** 1-based: how many times this same request (route + fingerprint) has been seen. */
+  occurrence: number;
+  fault: FaultKind | string;
+  source: "outage" | "burst" | "error" | "webhook";
+}
+
+/**
+ * The fault log as sorted lines: arrival order depends on scheduling, the set of decisions must
+ * not. Two runs with the same seed must give the same lines.
+ */
+export function faultLogLines(log: readonly FaultLogEntry[]): string[] {
+  return log.map((e) => `${e.service} ${e.route} ${e.fingerprint} #${e.occurrence} → ${e.fault} (${e.source})`).sort();
+}
+
 /** The outcome of {@link FaultEngine.decide} for one request. */
 export interface FaultDecision {
-  /** 1-based count of requests to this route since the plan was set. */
+  /** 1-based count of requests to this route since the plan was set (arrival order). */
   n: number;
+  /** 1-based count of this same request (route + fingerprint) since the plan was set. */
+  occurrence: number;
   /** The fault to inject, if any. */
   fault: FaultKind | undefined;
   /** Where the fault came from (`outage`, `burst`, `error`). */
@@ -220,14 +267,17 @@ export interface FaultDecision {
 type ServiceSection = NonNullable<FaultPlan["openai" | "llamaparse" | "storage"]>;
 
 /**
- * Holds the current plan and the per-route request counters, and decides each request's fault.
- * Counters and the plan clock restart whenever the plan is replaced or the mocks are reset.
+ * Holds the current plan, the per-route and per-request counters and the fault log, and decides
+ * each request's fault. Counters, the log and the plan clock restart whenever the plan is
+ * replaced or the mocks are reset.
  */
 export class FaultEngine {
   #plan: FaultPlan;
   #startedAt: number;
   #routeCounters = new Map<string, number>();
+  #occurrences = new Map<string, number>();
   #burstCounters = new Map<string, number>();
+  #log: FaultLogEntry[] = [];
   readonly #seed: number;
   readonly #now: () => number;
 
@@ -247,31 +297,55 @@ export class FaultEngine {
     return this.#plan;
   }
 
-  /** Milliseconds since the plan was set (the clock outage windows use). */
+  /** Every fault injected since the plan was set, in the order they were decided. */
+  get log(): readonly FaultLogEntry[] {
+    return this.#log;
+  }
+
+  /** Milliseconds since the plan clock started (the clock outage windows use). */
   elapsedMs(): number {
     return this.#now() - this.#startedAt;
   }
 
-  /** Replaces the plan and restarts its clock and counters. */
+  /** Replaces the plan and restarts its clock, counters and log. */
   setPlan(plan: FaultPlan): void {
     this.#plan = plan;
     this.restart();
   }
 
-  /** Restarts the plan clock and the request counters, keeping the plan. */
+  /** Restarts the plan clock, the request counters and the log, keeping the plan. */
   restart(): void {
-    this.#startedAt = this.#now();
+    this.startClock();
     this.#routeCounters.clear();
+    this.#occurrences.clear();
     this.#burstCounters.clear();
+    this.#log = [];
   }
 
-  /** Decides what happens to the next request to `route` of `service`. */
-  decide(service: ServiceName, route: string): FaultDecision {
+  /** Starts the plan clock now (outage windows count from here), keeping counters and log. */
+  startClock(): void {
+    this.#startedAt = this.#now();
+  }
+
+  /** Appends a fault decided elsewhere (webhook deliveries) to the log. */
+  record(entry: FaultLogEntry): void {
+    this.#log.push(entry);
+  }
+
+  /**
+   * Decides what happens to a request to `route` of `service`. `fingerprint` says what the
+   * request is (same content, same fingerprint); its draws come from a PRNG keyed by the seed,
+   * the route, the fingerprint and the occurrence, so they do not depend on arrival order.
+   */
+  decide(service: ServiceName, route: string, fingerprint = ""): FaultDecision {
     const n = (this.#routeCounters.get(route) ?? 0) + 1;
     this.#routeCounters.set(route, n);
-    const rng = rngFor(this.seed, route, n);
+    const requestKey = `${route}\u0000${fingerprint}`;
+    const occurrence = (this.#occurrences.get(requestKey) ?? 0) + 1;
+    this.#occurrences.set(requestKey, occurrence);
+    const rng = rngFor(this.seed, route, fingerprint, occurrence);
     const section: ServiceSection | undefined = this.#plan[service];
-    if (!section) return { n, fault: undefined, source: undefined, latencyMs: 0, hangMs: 60_000, rng };
+    if (!section) return { n, occurrence, fault: undefined, source: undefined, latencyMs: 0, hangMs: 60_000, rng };
 
     let fault: FaultKind | undefined;
     let source: FaultDecision["source"];
@@ -285,10 +359,15 @@ export class FaultEngine {
     }
     section.bursts.forEach((burst, i) => {
       if (!routeMatches(route, burst.routes)) return;
-      const key = `${service}:${i}`;
-      const count = (this.#burstCounters.get(key) ?? 0) + 1;
-      this.#burstCounters.set(key, count);
-      if (fault === undefined && count >= burst.start && count < burst.start + burst.count) {
+      let count = occurrence;
+      if (burst.of === "route") {
+        const key = `${service}:${i}`;
+        count = (this.#burstCounters.get(key) ?? 0) + 1;
+        this.#burstCounters.set(key, count);
+      }
+      // Which requests a partial burst picks is a draw of its own, per request, not per try.
+      const picked = burst.rate >= 1 || rngFor(this.seed, "burst", i, route, fingerprint)() < burst.rate;
+      if (fault === undefined && picked && count >= burst.start && count < burst.start + burst.count) {
         fault = burst.fault;
         source = "burst";
       }
@@ -305,6 +384,7 @@ export class FaultEngine {
     const rules = section.latency === undefined ? [] : Array.isArray(section.latency) ? section.latency : [section.latency];
     const rule = rules.find((r) => routeMatches(route, r.routes));
     if (rule) latencyMs = drawLatency(rule, rng);
-    return { n, fault, source, latencyMs, hangMs: section.hangMs, rng };
+    if (fault !== undefined && source !== undefined) this.#log.push({ service, route, fingerprint, occurrence, fault, source });
+    return { n, occurrence, fault, source, latencyMs, hangMs: section.hangMs, rng };
   }
 }

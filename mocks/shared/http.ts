@@ -15,6 +15,8 @@ export interface MockContext {
   now: () => number;
   /** Aborted when the mocks close, to cut sleeps and hangs short. */
   closing: AbortSignal;
+  /** Random per mock instance: ids the service would never repeat include it; fault draws never do. */
+  instance: string;
 }
 
 /** Resolves after `ms`, or at once when either signal aborts. */
@@ -69,6 +71,17 @@ export interface FaultedOptions {
   errorResponse: (fault: Exclude<FaultKind, "reset" | "hang" | "malformed">, decision: FaultDecision, request: Request) => Response | Promise<Response>;
   /** Adds service-wide headers to every answer (e.g. OpenAI's `x-ratelimit-*`); gets an untouched copy of the request. */
   decorate?: (response: Response, request: Request, decision: FaultDecision) => Response | Promise<Response>;
+  /**
+   * What the request is, for the fault decision (gets an untouched copy of the request): the
+   * same content must give the same fingerprint whatever the ids, times or multipart boundaries.
+   * Default: the URL path (a Storage object path, say).
+   */
+  fingerprint?: (request: Request, params: Record<string, unknown>) => string | Promise<string>;
+}
+
+/** The default request fingerprint: the URL path, without the query (signed tokens change). */
+export function pathFingerprint(request: Request): string {
+  return decodeURIComponent(new URL(request.url).pathname);
 }
 
 type Resolver = (info: { request: Request; params: Record<string, unknown> }, decision: FaultDecision) => Response | Promise<Response>;
@@ -82,8 +95,9 @@ type Resolver = (info: { request: Request; params: Record<string, unknown> }, de
 export function faulted(options: FaultedOptions, resolver: Resolver) {
   const { ctx, service, route } = options;
   return async (info: { request: Request; params: Record<string, unknown> }): Promise<Response> => {
-    const decision = ctx.faults.decide(service, route);
     const request = info.request;
+    const fingerprint = options.fingerprint ? await options.fingerprint(request.clone(), info.params) : pathFingerprint(request);
+    const decision = ctx.faults.decide(service, route, fingerprint);
     const peek = options.decorate ? request.clone() : request;
     if (decision.latencyMs > 0) await sleep(decision.latencyMs, request.signal, ctx.closing);
     const fault = decision.fault;

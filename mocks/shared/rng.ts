@@ -22,6 +22,31 @@ export function mulberry32(seed: number): Rng {
   };
 }
 
+/**
+ * sfc32 seeded from the first 128 bits of a digest: a PRNG whose stream depends on all of them,
+ * so two different texts share a stream with probability ~2^-128 (a 32-bit seed collides at
+ * ~1 % for 10k texts, ~69 % for 100k, and the vector invariant could not tell).
+ */
+export function rngFromDigest(digest: Uint8Array): Rng {
+  if (digest.length < 16) throw new Error("rngFromDigest: needs at least 16 bytes");
+  const view = new DataView(digest.buffer, digest.byteOffset, digest.byteLength);
+  let a = view.getUint32(0, true);
+  let b = view.getUint32(4, true);
+  let c = view.getUint32(8, true);
+  let d = view.getUint32(12, true);
+  const next = () => {
+    const t = (((a + b) | 0) + d) | 0;
+    d = (d + 1) | 0;
+    a = b ^ (b >>> 9);
+    b = (c + (c << 3)) | 0;
+    c = (c << 21) | (c >>> 11);
+    c = (c + t) | 0;
+    return (t >>> 0) / 4294967296;
+  };
+  for (let i = 0; i < 12; i++) next(); // mix the seed words before the first draw
+  return next;
+}
+
 /** FNV-1a over the UTF-16 code units of `text`, then murmur3's finalizer to spread the bits. */
 export function hash32(text: string): number {
   let h = 0x811c9dc5;

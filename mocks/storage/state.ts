@@ -32,6 +32,12 @@ export interface StoredBucket {
   objects: Map<string, StoredObject>;
 }
 
+/** A bucket's upload limits, as `createBucket` takes them (`file_size_limit`, `allowed_mime_types`). */
+export interface BucketLimits {
+  fileSizeLimit?: number | null;
+  allowedMimeTypes?: string[] | null;
+}
+
 /** Buckets and objects, with deterministic ids. */
 export class StorageState {
   readonly buckets = new Map<string, StoredBucket>();
@@ -40,23 +46,26 @@ export class StorageState {
   private readonly seed: number;
   private readonly now: () => number;
   private readonly initialBuckets: readonly string[];
+  private readonly initialLimits: BucketLimits;
 
   constructor(
     seed: number,
     now: () => number,
     initialBuckets: readonly string[] = [],
+    initialLimits: BucketLimits = {},
   ) {
     this.seed = seed;
     this.now = now;
     this.initialBuckets = initialBuckets;
+    this.initialLimits = initialLimits;
     this.reset();
   }
 
-  /** Drops everything and re-creates the initial buckets. */
+  /** Drops everything and re-creates the initial buckets (with their limits). */
   reset(): void {
     this.buckets.clear();
     this.#counter = 0;
-    for (const name of this.initialBuckets) this.createBucket({ name });
+    for (const name of this.initialBuckets) this.createBucket({ name, ...this.initialLimits });
   }
 
   #iso(): string {

@@ -26,6 +26,7 @@ import type { EmbedResult, EmbeddingsClient, RateLimitInfo } from "../clients/op
 import { countBatchTokens } from "../clients/tokens.ts";
 import { coerceError } from "../errors.ts";
 import type { ServiceBreaker } from "./breakers.ts";
+import { LocalGovernor, type Governor } from "./governor.ts";
 import { abortedError, systemClock, type Clock } from "./clock.ts";
 
 const MINUTE_MS = 60_000;
@@ -355,7 +356,8 @@ function untilOrAbort(promise: Promise<void>, signal: AbortSignal | undefined): 
 
 export interface RateLimitedEmbedderOptions {
   client: EmbeddingsClient;
-  limiter: OpenAIRateLimiter;
+  /** The fleet's shared governor, or this process's own bucket. */
+  limiter: Governor | OpenAIRateLimiter;
   /** Optional breaker around the call itself (waiting for budget happens outside it). */
   breaker?: ServiceBreaker | undefined;
   /** Token estimate for a batch; defaults to cl100k_base counting (what OpenAI bills). */
@@ -378,14 +380,14 @@ export interface RateLimitedEmbedderOptions {
  */
 export class RateLimitedEmbedder implements EmbeddingsClient {
   readonly #client: EmbeddingsClient;
-  readonly #limiter: OpenAIRateLimiter;
+  readonly #governor: Governor;
   readonly #breaker: ServiceBreaker | undefined;
   readonly #count: (inputs: readonly string[]) => number;
   readonly #rateLimitRetries: number;
 
   constructor(options: RateLimitedEmbedderOptions) {
     this.#client = options.client;
-    this.#limiter = options.limiter;
+    this.#governor = options.limiter instanceof OpenAIRateLimiter ? new LocalGovernor(options.limiter) : options.limiter;
     this.#breaker = options.breaker;
     this.#count = options.countTokens ?? countBatchTokens;
     this.#rateLimitRetries = options.rateLimitRetries ?? 0;
@@ -403,25 +405,23 @@ export class RateLimitedEmbedder implements EmbeddingsClient {
   async embed(inputs: string[], signal?: AbortSignal, options: { tokens?: number } = {}): Promise<EmbedResult> {
     const tokens = options.tokens ?? this.#count(inputs);
     for (let attempt = 0; ; attempt++) {
-      const reservation = await this.#limiter.acquire(tokens, signal);
+      const grant = await this.#governor.acquire({ requests: 1, tokens }, signal);
+      let result: EmbedResult;
       try {
-        const result = this.#breaker
+        result = this.#breaker
           ? await this.#breaker.execute((s) => this.#client.embed(inputs, s), signal)
           : await this.#client.embed(inputs, signal);
-        this.#limiter.observe(result.rateLimit, reservation);
-        this.#limiter.settle(reservation, result.usage.totalTokens);
-        return result;
       } catch (err) {
         const e = coerceError(err);
+        const rateLimited = e.status === 429 && e.transient;
         // An open circuit rejected the call before anything was sent: give the budget back, or
         // every fast failure during an outage would drain it for when the service returns.
-        this.#limiter.release(reservation, { notSent: e.code === "circuit_open" });
-        if (e.status === 429 && e.transient) {
-          this.#limiter.pause(e.retryAfterMs);
-          if (attempt < this.#rateLimitRetries) continue;
-        }
+        await this.#governor.fail(grant, { notSent: e.code === "circuit_open", rateLimited, retryAfterMs: e.retryAfterMs });
+        if (rateLimited && attempt < this.#rateLimitRetries) continue;
         throw e;
       }
+      await this.#governor.settle(grant, { usedTokens: result.usage.totalTokens, rateLimit: result.rateLimit });
+      return result;
     }
   }
 }

@@ -9,7 +9,7 @@ import type pg from "pg";
 import { pageMarker } from "../chunking/markdownChunker.ts";
 import type { LlamaParseClient } from "../clients/llamaparse.ts";
 import type { ObjectStorage } from "../clients/storage.ts";
-import { PipelineError } from "../errors.ts";
+import { PipelineError, TransitionConflict } from "../errors.ts";
 import { withTransaction } from "../db/transaction.ts";
 import { sha256 } from "../ids.ts";
 import type { Logger } from "../logger.ts";
@@ -123,7 +123,7 @@ export async function ingestParseResult(
 
 /** Another writer (webhook vs reconciler) moved the job first: not an error for an unleased writer. */
 function raced(err: unknown, to: string): ParseIntakeResult {
-  if (err instanceof PipelineError && err.code === "transition_conflict") return { outcome: "not_applicable", status: `raced to ${to}` };
+  if (err instanceof TransitionConflict) return { outcome: "not_applicable", status: `raced to ${to}` };
   throw err;
 }
 

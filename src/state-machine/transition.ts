@@ -5,7 +5,7 @@
  * the lease is someone else's; nothing was written.
  */
 import type pg from "pg";
-import { IllegalTransitionError, LeaseLostError, PipelineError } from "../errors.ts";
+import { IllegalTransitionError, LeaseLostError, TransitionConflict } from "../errors.ts";
 import type { Lane } from "../scheduling/lanes.ts";
 import { findEdge, type Actor, type JobStatus } from "./table.ts";
 
@@ -85,7 +85,7 @@ RETURNING id`;
  * Move a job from `from` to `to`, or throw:
  * - `IllegalTransitionError` when the table has no such edge for this actor (nothing is written);
  * - `LeaseLostError` when a lease fence no longer holds (another worker owns the job);
- * - `PipelineError("transition_conflict")` when an unleased writer finds the job elsewhere or leased.
+ * - `TransitionConflict` when an unleased writer finds the job elsewhere or leased.
  */
 export async function transition(db: Queryable, req: TransitionRequest): Promise<TransitionResult> {
   const edge = findEdge(req.from, req.to);
@@ -115,11 +115,7 @@ export async function transition(db: Queryable, req: TransitionRequest): Promise
   ]);
   if (rows[0]) return { eventId: rows[0].id };
   if (token) throw new LeaseLostError(req.jobId);
-  throw new PipelineError(
-    "transition_conflict",
-    "transient",
-    `job ${req.jobId} is not in ${req.from} without a live lease; nothing was written`,
-  );
+  throw new TransitionConflict(req.jobId, req.from);
 }
 
 export interface NewJob {

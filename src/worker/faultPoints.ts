@@ -5,9 +5,10 @@
  * pause a worker exactly there.
  *
  * Point names: `claim.after`, `stage.<stage>.before`, `stage.<stage>.after`,
- * `call.<service>.<op>.before|after`, `commit.<what>.before|after`.
+ * `call.<service>.<op>.before|after`, `commit.<what>.before|after` ({@link FAULT_POINTS}).
  */
-import { writeSync } from "node:fs";
+import { mkdirSync, writeSync } from "node:fs";
+import { join } from "node:path";
 
 export interface FaultPoints {
   hit(point: string, info?: { jobId?: string; [k: string]: unknown }): Promise<void> | void;
@@ -65,34 +66,110 @@ export class FaultInjector implements FaultPoints {
 export const FREEZE_LINE = "frozen at fault point";
 
 /**
+ * Every fault point the worker passes (a test greps the sources to keep this list exact), so a
+ * scenario naming a point that does not exist is refused before anything starts.
+ */
+export const FAULT_POINTS = [
+  "claim.after",
+  ...["submit_parse", "reconcile_parse", "validate", "chunk", "embed", "finish"].flatMap((s) => [`stage.${s}.before`, `stage.${s}.after`]),
+  "call.llamaparse.find.before",
+  "call.llamaparse.submit.before",
+  "call.llamaparse.submit.after",
+  "call.llamaparse.get.before",
+  "call.llamaparse.get.after",
+  "call.storage.download.before",
+  "call.storage.upload.before",
+  "call.storage.upload.after",
+  "call.openai.embed.before",
+  "call.openai.embed.after",
+  "commit.parse_intent.before",
+  "commit.parse_queued.before",
+  "commit.parsed.before",
+  "commit.parsed.after",
+  "commit.parse_validated.before",
+  "commit.parse_validated.after",
+  "commit.chunks.before",
+  "commit.chunks.after",
+  "commit.chunks_stored.before",
+  "commit.embedding_queued.after",
+  "commit.vectors.before",
+  "commit.vectors.after",
+  "commit.complete.before",
+  "commit.complete.after",
+] as const;
+
+/** One crash or freeze spec: a point, its nth hit, and optionally the job the worker must be holding. */
+export interface CrashSpec {
+  point: string;
+  nth: number;
+  jobId?: string | undefined;
+}
+
+/** `point[#n][@jobId]` → its parts; `undefined` when the text is not of that form. */
+export function parseCrashSpec(text: string): CrashSpec | undefined {
+  const m = /^([a-z_.]+)(?:#(\d+))?(?:@([0-9a-f-]{36}))?$/.exec(text.trim());
+  if (!m || Number(m[2] ?? 1) < 1) return undefined;
+  return { point: m[1]!, nth: Number(m[2] ?? 1), jobId: m[3] };
+}
+
+/** Claims a crash for this process: the first `mkdir` of its marker wins (atomic across processes). */
+function claimOnce(dir: string, spec: string): boolean {
+  try {
+    mkdirSync(join(dir, spec.replace(/[^a-z0-9._-]/gi, "_")), { recursive: false });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The line a worker writes (synchronously) just before it kills itself, so the runner knows which crash fired. */
+export const CRASH_LINE = "upload-pipeline crash point";
+
+/**
  * For real worker processes (the scenario runner):
- * - `UPLOAD_PIPELINE_CRASH_AT=point[#n]` makes the process SIGKILL itself on the nth hit of
- *   that point, a real crash with no cleanup at all;
+ * - `UPLOAD_PIPELINE_CRASH_AT=spec[,spec…]`, each `point[#n][@jobId]`, makes the process SIGKILL
+ *   itself on the nth hit of that point (counting only hits while working on `jobId` when
+ *   given), a real crash with no cleanup at all, after the line
+ *   `{"msg":"upload-pipeline crash point","point","jobId"}` on stdout;
  * - `UPLOAD_PIPELINE_FREEZE_AT=point[#n],…` makes it SIGSTOP itself there (a long GC pause, a VM
  *   migration), after one line on stdout that tells the runner to SIGCONT it later.
+ * Both lines are written synchronously, so they are out before the process stops.
+ * With `onceDir` (`UPLOAD_PIPELINE_CRASH_ONCE_DIR`), a targeted crash fires once across every
+ * process of a run: processes started before it fired still carry it, and the job they resume
+ * passes the point again.
  */
-export function faultPointsFromEnv(crashAt: string | undefined, freezeAt?: string | undefined): FaultPoints {
+export function faultPointsFromEnv(crashAt: string | undefined, freezeAt?: string | undefined, onceDir?: string | undefined): FaultPoints {
+  const parse = (list: string | undefined) =>
+    (list ?? "").split(",").filter((s) => s.trim()).flatMap((text) => {
+      const spec = parseCrashSpec(text);
+      return spec ? [{ text: text.trim(), spec }] : [];
+    });
   const rules = [
-    ...(crashAt ? [{ spec: crashAt, act: () => process.kill(process.pid, "SIGKILL") }] : []),
-    ...(freezeAt ?? "").split(",").filter(Boolean).map((spec) => ({
+    ...parse(crashAt).map(({ text, spec }) => ({
+      spec,
+      act: (point: string, jobId: string | undefined) => {
+        if (spec.jobId && onceDir && !claimOnce(onceDir, text)) return;
+        writeSync(1, `${JSON.stringify({ msg: CRASH_LINE, point, jobId: jobId ?? null })}\n`);
+        process.kill(process.pid, "SIGKILL");
+      },
+    })),
+    ...parse(freezeAt).map(({ text, spec }) => ({
       spec,
       act: (point: string) => {
-        // Synchronously, so the line is out before the process stops.
-        writeSync(1, `${JSON.stringify({ msg: FREEZE_LINE, point: spec, pid: process.pid, at: point })}\n`);
+        writeSync(1, `${JSON.stringify({ msg: FREEZE_LINE, point: text, pid: process.pid, at: point })}\n`);
         process.kill(process.pid, "SIGSTOP");
       },
     })),
   ];
   if (rules.length === 0) return NO_FAULTS;
-  const counts = new Map<string, number>();
+  const counts = new Map<CrashSpec, number>();
   return {
-    hit(p: string) {
+    hit(p: string, info?: { jobId?: string }) {
       for (const { spec, act } of rules) {
-        const [point, nth] = spec.split("#");
-        if (p !== point) continue;
+        if (p !== spec.point || (spec.jobId && info?.jobId !== spec.jobId)) continue;
         const n = (counts.get(spec) ?? 0) + 1;
         counts.set(spec, n);
-        if (n === Number(nth ?? 1)) act(p);
+        if (n === spec.nth) act(p, info?.jobId);
       }
     },
   };

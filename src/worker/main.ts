@@ -3,6 +3,7 @@
  * table), connects to DATABASE_URL (or starts an embedded PostgreSQL when it is unset, for local
  * trials), and runs WORKER_CONCURRENCY slots until SIGTERM/SIGINT.
  */
+import { hostname } from "node:os";
 import { loadConfigOrExit } from "../config.ts";
 import { createPool } from "../db/pool.ts";
 import { migrate } from "../db/migrate.ts";
@@ -11,6 +12,7 @@ import { createLogger } from "../logger.ts";
 import { createPipelineServices } from "../services.ts";
 import { PIPELINE_STAGES } from "../stages/index.ts";
 import { BaseWorker } from "./BaseWorker.ts";
+import { reportServiceConditions } from "./serviceConditions.ts";
 import { faultPointsFromEnv } from "./faultPoints.ts";
 import { reportWakeUp } from "./listenProbe.ts";
 import { createWorkerMetrics, serveMetrics } from "./metrics.ts";
@@ -27,7 +29,7 @@ const pool = createPool(db.url, config.WORKER_CONCURRENCY + 4, config);
 // A dropped idle connection (Postgres restart) must not kill the process; the next query reconnects.
 pool.on("error", (err) => log.warn({ err: err.message }, "idle database connection lost"));
 
-const services = createPipelineServices(config);
+const services = createPipelineServices(config, { db: pool, holder: config.WORKER_ID ?? `${hostname()}:${process.pid}`, log });
 const metrics = createWorkerMetrics(services.breakers, { defaultMetrics: true });
 const metricsServer = config.METRICS_PORT ? await serveMetrics(metrics, config.METRICS_PORT, undefined, config.METRICS_TOKEN) : undefined;
 const worker = new BaseWorker({
@@ -44,12 +46,13 @@ const worker = new BaseWorker({
   pollIntervalMs: config.POLL_INTERVAL_MS,
   shutdownTimeoutMs: config.SHUTDOWN_TIMEOUT_MS,
   stageDeadlineMs: config.STAGE_DEADLINE_SECONDS * 1000,
-  faults: faultPointsFromEnv(process.env.UPLOAD_PIPELINE_CRASH_AT, process.env.UPLOAD_PIPELINE_FREEZE_AT),
+  faults: faultPointsFromEnv(process.env.UPLOAD_PIPELINE_CRASH_AT, process.env.UPLOAD_PIPELINE_FREEZE_AT, process.env.UPLOAD_PIPELINE_CRASH_ONCE_DIR),
   onJobDone: ({ outcome }) => metrics.jobRun(outcome),
 });
 for (const breaker of Object.values(services.breakers)) {
   breaker.onStateChange((state, service) => log.warn({ service, state }, "circuit breaker changed state"));
 }
+reportServiceConditions(services.breakers, { pool, log, metrics, workerId: worker.workerId });
 await worker.start();
 // Says at start-up whether idle slots wake on NOTIFY or fall back to polling (not awaited: the
 // signal handlers below must be in place at once).

@@ -5,7 +5,9 @@
  *
  * - `upload_pipeline_breaker_state{service}`: 0 closed, 1 open, 2 half-open, 3 isolated;
  * - `upload_pipeline_worker_job_runs_total{outcome}`: how each claimed run ended (released,
- *   retry, parked, failed, terminal, snoozed, lost, crashed, stalled).
+ *   retry, parked, failed, terminal, snoozed, lost, crashed, stalled);
+ * - `upload_pipeline_service_refusing{service}`: 1 while the service refuses the account;
+ * - `upload_pipeline_service_condition_changes_total{service,state}`: each start and end of a refusal.
  */
 import { createServer, type Server } from "node:http";
 import { Counter, Gauge, Registry, collectDefaultMetrics } from "prom-client";
@@ -15,6 +17,8 @@ import { BREAKER_STATE_VALUE, SERVICES, type Breakers } from "../resilience/brea
 export interface WorkerMetrics {
   registry: Registry;
   jobRun(outcome: string): void;
+  /** A service started (`refusing`) or stopped (`ok`) refusing the account. */
+  serviceConditionChanged(service: string, state: "refusing" | "ok"): void;
   render(): Promise<string>;
 }
 
@@ -30,6 +34,21 @@ export function createWorkerMetrics(breakers: Breakers, options: { defaultMetric
       for (const service of SERVICES) this.set({ service }, BREAKER_STATE_VALUE[breakers[service].state]);
     },
   });
+  new Gauge({
+    name: "upload_pipeline_service_refusing",
+    help: "1 while the service refuses the account (wrong key, no quota or credits, missing bucket): jobs that need it are parked.",
+    labelNames: ["service"],
+    registers: [registry],
+    collect() {
+      for (const service of SERVICES) this.set({ service }, breakers[service].refusal ? 1 : 0);
+    },
+  });
+  const conditionChanges = new Counter({
+    name: "upload_pipeline_service_condition_changes_total",
+    help: "Times a service started (refusing) or stopped (ok) refusing the account, as this worker saw it.",
+    labelNames: ["service", "state"],
+    registers: [registry],
+  });
   const runs = new Counter({
     name: "upload_pipeline_worker_job_runs_total",
     help: "Claimed job runs by how they ended.",
@@ -39,6 +58,7 @@ export function createWorkerMetrics(breakers: Breakers, options: { defaultMetric
   return {
     registry,
     jobRun: (outcome) => runs.inc({ outcome }),
+    serviceConditionChanged: (service, state) => conditionChanges.inc({ service, state }),
     render: () => registry.metrics(),
   };
 }

@@ -3,7 +3,7 @@
  * coverage below the requirement (naming what broke), 2 for a bad flag or scenario file.
  */
 import { spawnSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -12,7 +12,7 @@ import { loadSuite, SuiteError } from "../../harness/scenario.ts";
 function scenario(...args: string[]) {
   const env: NodeJS.ProcessEnv = { ...process.env };
   delete env.DATABASE_URL;
-  return spawnSync(process.execPath, ["harness/main.ts", ...args], { encoding: "utf8", env, timeout: 120_000 });
+  return spawnSync(process.execPath, ["harness/main.ts", ...args], { encoding: "utf8", env, timeout: 200_000 });
 }
 
 describe("npm run scenario", () => {
@@ -62,6 +62,62 @@ describe("npm run scenario", () => {
     expect(result.stderr).toContain("expect.documents: must be a terminal state");
     expect(result.stderr).not.toMatch(/\n\s+at /);
   });
+
+  it("checks fault points, worker settings and crash forms before anything starts: exit 2 naming the field and the valid values", () => {
+    const dir = mkdtempSync(join(tmpdir(), "scn-"));
+    const file = join(dir, "typos.json");
+    writeFileSync(
+      file,
+      JSON.stringify({
+        name: "typos",
+        description: "every mistake a new user makes",
+        crashPoints: ["commit.vector.after#2"],
+        workerEnv: { EMBED_BATCH_SIZE: "9999", EMBED_BATCH: "8" },
+        crashes: [{}, { document: 0 }],
+        faults: { openai: { bursts: [{ fault: 418, start: 1, count: 1 }] } },
+      }),
+    );
+    const started = Date.now();
+    const result = scenario(file);
+    expect(result.status).toBe(2);
+    expect(result.stderr).toMatch(/crashPoints\.0: must be a fault point the worker defines.*commit\.vectors\.after/);
+    expect(result.stderr).toMatch(/workerEnv\.EMBED_BATCH_SIZE: is invalid; expected/);
+    expect(result.stderr).toMatch(/workerEnv\.EMBED_BATCH: not a worker setting the scenario may set; valid: .*EMBED_BATCH_SIZE/);
+    expect(result.stderr).toMatch(/crashes\.0: give exactly one form: \{"atMs"/);
+    expect(result.stderr).toContain("crashes.1.at: document and at go together");
+    expect(result.stderr).toMatch(/faults\.openai\.bursts\.0\.fault: must be one of 429, 500, 502, 503, 504, "insufficient_quota", "reset", "hang", "malformed"/);
+    expect(result.stderr).not.toContain("Invalid input");
+    // Refused before PostgreSQL or any worker started.
+    expect(result.stdout).not.toContain("PostgreSQL:");
+    expect(Date.now() - started).toBeLessThan(60_000);
+  });
+
+  it("refuses a targeted crash on a document the corpus does not have, before anything starts", () => {
+    const dir = mkdtempSync(join(tmpdir(), "scn-"));
+    const file = join(dir, "far-document.json");
+    writeFileSync(file, JSON.stringify({ name: "far-document", description: "x", corpus: { documents: 3 }, crashes: [{ document: 7, at: "commit.vectors.after" }] }));
+    const result = scenario(file);
+    expect(result.status).toBe(2);
+    expect(result.stderr).toContain("crashes.0.document: 7 is not in the corpus; give an index 0..2 or one of doc-0.md, doc-1.md, doc-2.md");
+    expect(result.stdout).not.toContain("PostgreSQL:");
+  });
+
+  it("--replay runs a report's scenarios again and says the fault log and final database are identical", () => {
+    const first = mkdtempSync(join(tmpdir(), "scn-report-"));
+    const run = scenario("test/harness/fixtures/replay-small.json", "--report", first);
+    expect(run.status, run.stderr).toBe(0);
+    const recorded = JSON.parse(readFileSync(join(first, "summary.json"), "utf8")) as { scenarios: Array<{ replay: { faults: number; faultLogDigest: string }; replayCommand: string }> };
+    expect(recorded.scenarios[0]!.replay.faults).toBeGreaterThan(0);
+    expect(recorded.scenarios[0]!.replayCommand).toBe(`npm run scenario -- --replay ${join(first, "summary.json")}`);
+    expect(readFileSync(join(first, "faults", "replay-small.log"), "utf8")).toContain("webhooks ");
+
+    const again = mkdtempSync(join(tmpdir(), "scn-report-"));
+    const replay = scenario("--replay", join(first, "summary.json"), "--report", again);
+    expect(replay.status, replay.stderr).toBe(0);
+    expect(replay.stdout).toMatch(/replay of replay-small: identical fault log \(\d+ faults\) and final database/);
+    const replayed = JSON.parse(readFileSync(join(again, "summary.json"), "utf8")) as typeof recorded;
+    expect(replayed.scenarios[0]!.replay).toEqual(recorded.scenarios[0]!.replay);
+  }, 240_000);
 
   it("exits 1 naming the violated invariant and the unmet coverage, and still writes the report", () => {
     const report = mkdtempSync(join(tmpdir(), "scn-report-"));

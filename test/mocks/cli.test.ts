@@ -55,6 +55,15 @@ describe("npm run mocks", () => {
     expect(stderr).toContain("--port must be an integer from 0 to 65535");
   });
 
+  it("rejects bad bucket limits, naming the flag", () => {
+    const size = runBad(["--bucket-max-bytes", "0"]);
+    expect(size.code).toBe(2);
+    expect(size.stderr).toContain("--bucket-max-bytes must be an integer from 1");
+    const mime = runBad(["--bucket-mime", "pdf, text"]);
+    expect(mime.code).toBe(2);
+    expect(mime.stderr).toContain("--bucket-mime must be comma-separated MIME types");
+  });
+
   it("rejects an invalid fault plan file, naming the field", () => {
     const dir = mkdtempSync(join(tmpdir(), "mocks-cli-"));
     const file = join(dir, "plan.json");

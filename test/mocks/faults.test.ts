@@ -7,7 +7,8 @@ import fc from "fast-check";
 import { setupServer } from "msw/node";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { createMocks, goDuration, parseFaultPlan, FaultPlanError, type FaultPlanInput } from "../../mocks/index.ts";
-import { FaultEngine } from "../../mocks/shared/faults.ts";
+import { FaultEngine, faultLogLines } from "../../mocks/shared/faults.ts";
+import { rngFromDigest, sha256Hex } from "../../mocks/shared/rng.ts";
 import { startMockServer, type MockServer } from "../../mocks/server.ts";
 
 let server: MockServer;
@@ -212,5 +213,84 @@ describe("plan validation", () => {
 describe("goDuration", () => {
   it("formats like Go's time.Duration", () => {
     expect([360_000, 1_000, 12, 1_200, 2_812, 0, 3_600_000, 90_500, 0.5].map(goDuration)).toEqual(["6m0s", "1s", "12ms", "1.2s", "2.812s", "0s", "1h0m0s", "1m30.5s", "500µs"]);
+  });
+});
+
+describe("decisions keyed by what the request is", () => {
+  // 12 distinct requests, each tried 3 times; two interleavings that keep each request's own order.
+  const requests = Array.from({ length: 12 }, (_, i) => `inputs-${i}`);
+  const inOrder = requests.flatMap((r) => [r, r, r]);
+  const interleaved = [1, 2, 3].flatMap(() => [...requests].reverse());
+  const logOf = (plan: FaultPlanInput, order: string[]) => {
+    const engine = new FaultEngine(5, parseFaultPlan(plan));
+    for (const fingerprint of order) engine.decide("openai", "openai.embeddings", fingerprint);
+    return faultLogLines(engine.log);
+  };
+
+  it("gives the same request the same fault whatever the arrival order, and logs it", () => {
+    const plan: FaultPlanInput = { openai: { errors: [{ fault: 500, rate: 0.3 }], bursts: [{ fault: 429, start: 1, count: 2, rate: 0.5 }] } };
+    const log = logOf(plan, inOrder);
+    expect(log).toEqual(logOf(plan, interleaved));
+    expect(log.some((l) => l.includes("→ 429 (burst)"))).toBe(true);
+    expect(log.some((l) => l.includes("→ 500 (error)"))).toBe(true);
+    // A partial burst picks requests, not tries: a picked request fails its first two tries.
+    const burst = log.filter((l) => l.includes("(burst)"));
+    for (const line of burst.filter((l) => l.includes("#1 "))) expect(burst).toContain(line.replace("#1 ", "#2 "));
+  });
+
+  it("a burst counted in arrival order (of: route) changes with the order: the fault-log comparison catches it", () => {
+    const plan: FaultPlanInput = { openai: { bursts: [{ fault: 503, start: 3, count: 4, of: "route" }] } };
+    expect(logOf(plan, inOrder)).toHaveLength(4);
+    expect(logOf(plan, inOrder)).not.toEqual(logOf(plan, interleaved));
+  });
+
+  it("keys embeddings by their inputs over HTTP: the same inputs fail the same way in any order", async () => {
+    const run = async (order: number[]) => {
+      server.mocks.setFaults({ seed: 3, openai: { errors: [{ fault: 503, rate: 0.5 }] } });
+      const statuses: Record<number, number> = {};
+      for (const i of order) statuses[i] = (await embed(`input ${i}`)).status;
+      return { statuses, log: faultLogLines(server.mocks.faultLog()) };
+    };
+    const forward = await run([0, 1, 2, 3, 4, 5, 6, 7]);
+    const backward = await run([7, 6, 5, 4, 3, 2, 1, 0]);
+    expect(backward).toEqual(forward);
+    expect(Object.values(forward.statuses)).toContain(503);
+    expect(Object.values(forward.statuses)).toContain(200);
+  });
+
+  it("the embedding PRNG is seeded from 128 bits of the digest, not a 32-bit fold of it", () => {
+    const a = Buffer.from(sha256Hex("some chunk text"), "hex");
+    // Same XOR of the first three words (the old 32-bit seed), different digest.
+    const b = Buffer.from(a);
+    b.writeUInt32LE((a.readUInt32LE(0) ^ 0xdeadbeef) >>> 0, 0);
+    b.writeUInt32LE((a.readUInt32LE(4) ^ 0xdeadbeef) >>> 0, 4);
+    const draws = (d: Buffer) => Array.from({ length: 4 }, rngFromDigest(d));
+    expect(draws(a)).toEqual(draws(Buffer.from(a)));
+    expect(draws(b)).not.toEqual(draws(a));
+    const c = Buffer.from(a);
+    c.writeUInt32LE((a.readUInt32LE(12) ^ 1) >>> 0, 12); // the fourth word counts too
+    expect(draws(c)).not.toEqual(draws(a));
+  });
+});
+
+describe("ids unique per mock instance", () => {
+  it("a restarted mock gives new parse job and webhook event ids for the same file, with the same draws", () => {
+    const job = (mocks: ReturnType<typeof createMocks>) =>
+      mocks.state.llamaparse.create({ input: { bytes: new TextEncoder().encode("# same file\n"), filename: "a.md", mime: "text/markdown" }, tier: "fast", version: "latest", name: null, userMetadata: null, webhooks: [] });
+    const plan: FaultPlanInput = { llamaparse: { errors: [{ fault: 500, rate: 0.5 }] } };
+    const first = createMocks({ seed: 4, faults: plan });
+    const second = createMocks({ seed: 4, faults: plan });
+    try {
+      const a = job(first);
+      const b = job(second);
+      expect(a.key).toBe(b.key);
+      expect(a.id).not.toBe(b.id);
+      // Decisions stay seeded: the same request gets the same answer from both instances.
+      const decisions = (m: ReturnType<typeof createMocks>) => Array.from({ length: 16 }, (_, i) => m.state.faults.decide("llamaparse", "llamaparse.get", `${a.key}-${i}`).fault);
+      expect(decisions(first)).toEqual(decisions(second));
+    } finally {
+      void first.close();
+      void second.close();
+    }
   });
 });

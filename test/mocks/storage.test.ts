@@ -232,3 +232,22 @@ describe("raw wire format", () => {
     expect(((await res.json()) as { statusCode: string }).statusCode).toBe("400");
   });
 });
+
+describe("bucket limits given at start-up", () => {
+  it("the initial bucket refuses objects over file_size_limit (413) and types outside allowed_mime_types (415), also after a reset", async () => {
+    const limited = await startMockServer({ port: 0, bucketLimits: { fileSizeLimit: 8, allowedMimeTypes: ["application/pdf", "text/markdown"] } });
+    try {
+      const client = new StorageClient(limited.urls.storage, { apikey: limited.env.SUPABASE_SERVICE_ROLE_KEY!, Authorization: `Bearer ${limited.env.SUPABASE_SERVICE_ROLE_KEY!}` });
+      const bucket = await client.getBucket("documents");
+      expect(bucket.data).toMatchObject({ file_size_limit: 8, allowed_mime_types: ["application/pdf", "text/markdown"] });
+      const files = client.from("documents");
+      expectApiError((await files.upload("a.md", "# more than eight", { contentType: "text/markdown" })).error, "413", "EntityTooLarge");
+      expectApiError((await files.upload("a.exe", "MZ", { contentType: "application/x-msdownload" })).error, "415", "InvalidMimeType");
+      expect((await files.upload("a.md", "# ok", { contentType: "text/markdown" })).error).toBeNull();
+      limited.mocks.reset();
+      expect((await client.getBucket("documents")).data).toMatchObject({ file_size_limit: 8 });
+    } finally {
+      await limited.close();
+    }
+  });
+});

@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { IllegalTransitionError, LeaseLostError } from "../../src/errors.ts";
+import { IllegalTransitionError, LeaseLostError, TransitionConflict } from "../../src/errors.ts";
 import { ALL_STATES, EDGES, FAILURE_OF, findEdge, type Actor, type JobStatus } from "../../src/state-machine/table.ts";
 import { transition, type Fence } from "../../src/state-machine/transition.ts";
 import { createTestDatabase, type TestDatabase } from "../support/db.ts";
@@ -98,7 +98,7 @@ describe("transition()", () => {
     await lease(job.jobId);
     await expect(
       transition(db.pool, { jobId: job.jobId, from: "parse_queued", to: "parsed", actor: "webhook", fence: { kind: "unleased" } }),
-    ).rejects.toMatchObject({ code: "transition_conflict" });
+    ).rejects.toBeInstanceOf(TransitionConflict);
     expect((await jobRow(db.pool, job.jobId)).status).toBe("parse_queued");
   });
 

@@ -7,7 +7,7 @@
  */
 import type { FastifyInstance } from "fastify";
 import type pg from "pg";
-import { PipelineError } from "../../errors.ts";
+import { TransitionConflict } from "../../errors.ts";
 import { jobId as makeJobId } from "../../ids.ts";
 import { FAILURE_OF, findEdge, isFailed, isJobStatus, PIPELINE_STATES, type FailedState, type JobStatus, type PipelineState } from "../../state-machine/table.ts";
 import { transition } from "../../state-machine/transition.ts";
@@ -84,7 +84,7 @@ export async function jobRoutes(app: FastifyInstance): Promise<void> {
         detail: { retried_from: from, requested_by: who.isService ? "service_role" : "owner" },
       });
     } catch (err) {
-      if (err instanceof PipelineError && err.code === "transition_conflict") {
+      if (err instanceof TransitionConflict) {
         throw new ApiError(409, "conflict", "The job changed while retrying (another retry won); GET /jobs/{document_id} to see its state.");
       }
       throw err;

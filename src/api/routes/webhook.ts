@@ -35,7 +35,7 @@ import { createHmac, timingSafeEqual } from "node:crypto";
 import type { FastifyError, FastifyInstance, FastifyRequest } from "fastify";
 import type pg from "pg";
 import { z } from "zod";
-import { PipelineError } from "../../errors.ts";
+import { TransitionConflict } from "../../errors.ts";
 import { sha256 } from "../../ids.ts";
 import { transition } from "../../state-machine/transition.ts";
 import { ApiError, describeIssues, sendError } from "../errors.ts";
@@ -262,7 +262,7 @@ async function failParse(client: pg.PoolClient, job: JobRow, event: WebhookBody)
     return "failed_parse";
   } catch (err) {
     // The job moved on or a live lease holds it (the reconciler): leave it to them.
-    if (err instanceof PipelineError && err.code === "transition_conflict") return "not_applicable";
+    if (err instanceof TransitionConflict) return "not_applicable";
     throw err;
   }
 }
