@@ -2,11 +2,50 @@
  * The scenario corpus: deterministic markdown documents generated from the seed, so the same
  * scenario always uploads the same bytes (and a reference run can be compared row for row).
  */
+import { existsSync, globSync, readdirSync, readFileSync, statSync, type Dirent } from "node:fs";
+import { basename, extname, join } from "node:path";
 import { mulberry32, type Rng } from "../mocks/shared/rng.ts";
 import type { Scenario } from "./scenario.ts";
 import { deterministicId } from "../src/ids.ts";
 
-export type CorpusKind = "document" | "large" | "poison" | "empty" | "reupload";
+export type CorpusKind = "document" | "large" | "poison" | "empty" | "reupload" | "file";
+
+/** The MIME type each supported extension of `corpus.files` is uploaded as. */
+export const FILE_TYPES: Record<string, string> = {
+  ".pdf": "application/pdf",
+  ".docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+  ".html": "text/html",
+  ".htm": "text/html",
+  ".md": "text/markdown",
+  ".markdown": "text/markdown",
+  ".txt": "text/plain",
+};
+
+/** A `corpus.files` that names no usable file (a user mistake, refused before anything starts). */
+export class CorpusFilesError extends Error {
+  override name = "CorpusFilesError";
+}
+
+/**
+ * The files of `corpus.files`, sorted: every supported file under a folder (recursively), or
+ * every match of a glob. Nothing found, or a file of a type the pipeline does not take, is an
+ * error naming the files and the supported extensions.
+ */
+export function listCorpusFiles(pattern: string): string[] {
+  let paths: string[];
+  if (existsSync(pattern) && statSync(pattern).isDirectory()) {
+    paths = (readdirSync(pattern, { recursive: true, withFileTypes: true }) as Dirent[])
+      .filter((d) => d.isFile() && !d.name.startsWith(".") && d.name !== "README.md")
+      .map((d) => join(d.parentPath, d.name));
+  } else {
+    paths = globSync(pattern).filter((p) => statSync(p).isFile());
+  }
+  const supported = Object.keys(FILE_TYPES).join(", ");
+  if (paths.length === 0) throw new CorpusFilesError(`corpus.files: ${pattern} matches no file (give a folder or a glob of ${supported} files)`);
+  const unsupported = paths.filter((p) => !FILE_TYPES[extname(p).toLowerCase()]);
+  if (unsupported.length > 0) throw new CorpusFilesError(`corpus.files: ${unsupported.slice(0, 5).join(", ")} ${unsupported.length > 1 ? "are" : "is"} not of a supported type (${supported})`);
+  return paths.sort();
+}
 
 export interface CorpusFile {
   kind: CorpusKind;
@@ -73,6 +112,10 @@ export function buildCorpus(scenario: Scenario): CorpusFile[] {
   }
   for (let i = 0; i < c.empty; i++) {
     files.push({ kind: "empty", userId: user(), filename: `empty-${i}.txt`, mime: "text/plain", bytes: encode(`   \n\n\t\n${" ".repeat(i)}\n`) });
+  }
+  // The team's own files after the synthetic ones, so adding them never changes the seeded corpus.
+  for (const path of c.files ? listCorpusFiles(c.files) : []) {
+    files.push({ kind: "file", userId: user(), filename: basename(path), mime: FILE_TYPES[extname(path).toLowerCase()]!, bytes: new Uint8Array(readFileSync(path)) });
   }
   const originals = files.filter((f) => f.kind === "document");
   for (let i = 0; i < c.reuploads && originals.length > 0; i++) {

@@ -15,12 +15,15 @@ import { collectCoverage, coveragePercent, meetsCoverage, mergeCoverage, type Co
 import { fingerprint, type Fingerprint } from "./invariants/index.ts";
 import { formatResultsTable, scalingCurve, throughputSeries, writeReport, type RunSummary, type ScenarioResult, type ScalingCurve } from "./report/index.ts";
 import { checkRun, crashTargets, runScenario, type RunOutcome } from "./runner.ts";
-import { buildCorpus } from "./corpus.ts";
+import { buildCorpus, CorpusFilesError } from "./corpus.ts";
 import { replayDifferences, type ReplayRecord } from "./replay.ts";
+import { EnvFileError, loadEnvFile } from "./envFile.ts";
+import { StarterExistsError, writeStarter } from "./init.ts";
 import { loadScenarioFile, loadSuite, parseScenario, ScenarioFileError, SuiteError, type Scenario } from "./scenario.ts";
 import { createProgress } from "./progress.ts";
 
 const USAGE = `usage: npm run scenario -- [name|file.json ...] [options]
+       npm run scenario -- init [DIR]     write a starter my-scenario.json and scenario.env (with comments)
 
   name ...                 scenarios to run (default: every file of the suite); a path to a .json file also works
   --suite NAME             the suite to run or pick names from: "default" (scenarios/*.json) or a folder
@@ -29,6 +32,8 @@ const USAGE = `usage: npm run scenario -- [name|file.json ...] [options]
   --replay FILE            run again the failed scenarios of a report (its summary.json; all of them if none
                            failed) with the same definitions and seeds, and say whether the fault log and the
                            final database came out identical
+  --env-file FILE          the worker and API settings you deploy (KEY=value lines), under every scenario's own
+                           workerEnv; checked by the worker's config schema before anything starts
   --workers N              worker processes for every scenario (default: each scenario's own)
   --seed N                 seed every scenario with N: the same seed replays the same corpus, faults and kills
   --report DIR             where to write summary.json, report.md and report.html (default: reports/latest)
@@ -57,6 +62,7 @@ async function main(): Promise<number> {
         list: { type: "boolean" },
         suite: { type: "string" },
         replay: { type: "string" },
+        "env-file": { type: "string" },
         help: { type: "boolean" },
         workers: { type: "string" },
         seed: { type: "string" },
@@ -77,6 +83,12 @@ async function main(): Promise<number> {
   }
   const { suite, workers, seed, report, "require-coverage": requiredCoverage } = flags.data;
 
+  if (args.positionals[0] === "init") {
+    const files = await writeStarter(resolve(args.positionals[1] ?? "."));
+    process.stdout.write(`wrote ${files.join(" and ")}\nrun it: npm run scenario -- ${files[0]} --env-file ${files[1]}\n`);
+    return 0;
+  }
+  const envFile = args.values["env-file"] ? await loadEnvFile(resolve(args.values["env-file"])) : undefined;
   const replaying = args.values.replay ? await loadReplay(resolve(args.values.replay)) : undefined;
   const builtIns = replaying ? [] : await loadSuite(suite);
   if (args.values.list) {
@@ -92,7 +104,13 @@ async function main(): Promise<number> {
       selected.push(found);
     }
   }
-  const scenarios = replaying?.map((r) => r.scenario) ?? (selected.length > 0 ? selected : orderSuite(builtIns)).map((s) => (seed === undefined ? s : { ...s, seed }));
+  const scenarios = (replaying?.map((r) => r.scenario) ?? (selected.length > 0 ? selected : orderSuite(builtIns)).map((s) => (seed === undefined ? s : { ...s, seed }))).map((s) =>
+    envFile ? { ...s, workerEnv: { ...envFile.env, ...s.workerEnv } } : s,
+  );
+  if (envFile) {
+    process.stdout.write(`settings from ${args.values["env-file"]}: ${Object.keys(envFile.env).join(", ") || "none"}\n`);
+    if (envFile.ignored.length > 0) process.stdout.write(`ignored (the runner wires them): ${envFile.ignored.join(", ")}\n`);
+  }
   // Everything a scenario names is checked before anything starts (exit 2 on a mistake).
   for (const scenario of scenarios) crashTargets(scenario, buildCorpus(scenario));
 
@@ -322,7 +340,7 @@ function pick(record: Record<string, string>, keys: string[]): Record<string, st
 main().then(
   (code) => process.exit(code),
   (err: Error) => {
-    if (err instanceof ScenarioFileError || err instanceof SuiteError) process.stderr.write(`scenario: ${err.message}\n`);
+    if (err instanceof ScenarioFileError || err instanceof SuiteError || err instanceof CorpusFilesError || err instanceof EnvFileError || err instanceof StarterExistsError) process.stderr.write(`scenario: ${err.message}\n`);
     else process.stderr.write(`scenario: ${err.stack ?? err.message}\n`);
     process.exit(2);
   },

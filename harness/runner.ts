@@ -80,6 +80,7 @@ const EXPECT_KEY: Record<CorpusKind, "documents" | "poison" | "empty"> = {
   document: "documents",
   large: "documents",
   reupload: "documents",
+  file: "documents",
   poison: "poison",
   empty: "empty",
 };

@@ -4,7 +4,7 @@
  * with zod; a bad file gets an error naming the field and the fix.
  */
 import { readdir, readFile } from "node:fs/promises";
-import { basename, join } from "node:path";
+import { basename, dirname, isAbsolute, join } from "node:path";
 import { z } from "zod";
 import { FaultPlanSchema } from "../mocks/shared/faults.ts";
 import { configForLocalMocks, configSchema } from "../src/config.ts";
@@ -57,7 +57,7 @@ const CrashSchema = z
 export type Crash = { atMs: number; worker?: number | undefined } | { when: { status: JobStatus; batchesDone?: number | undefined } } | { document: number | string; at: string };
 
 /** Environment variables a scenario may set: the worker's own configuration, minus what the runner wires. */
-const RUNNER_WIRED = new Set(["DATABASE_URL", "OPENAI_BASE_URL", "OPENAI_API_KEY", "LLAMA_CLOUD_BASE_URL", "LLAMA_CLOUD_API_KEY", "SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY", "SUPABASE_JWT_SECRET", "WEBHOOK_BASE_URL", "WORKER_ID"]);
+export const RUNNER_WIRED = new Set(["DATABASE_URL", "DATABASE_LISTEN_URL", "OPENAI_BASE_URL", "OPENAI_API_KEY", "LLAMA_CLOUD_BASE_URL", "LLAMA_CLOUD_API_KEY", "SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY", "SUPABASE_JWT_SECRET", "WEBHOOK_BASE_URL", "WORKER_ID"]);
 export const SETTABLE_WORKER_ENV = Object.keys(configSchema.shape).filter((k) => !RUNNER_WIRED.has(k));
 
 /** workerEnv checked by the worker's own config schema: unknown names and bad values are named before anything starts. */
@@ -97,6 +97,11 @@ export const ScenarioSchema = z.strictObject({
     empty: z.number().int().min(0).max(100).default(0),
     /** Re-uploads of documents already in the corpus (upload must be idempotent). */
     reuploads: z.number().int().min(0).max(100).default(0),
+    /**
+     * Real files uploaded after the synthetic ones: a folder (every PDF, DOCX, HTML, Markdown and
+     * text file under it) or a glob, relative to the scenario file.
+     */
+    files: z.string().min(1).optional(),
   }).default({ documents: 8, minKiB: 2, maxKiB: 24, large: { count: 0, kib: 512 }, poison: 0, empty: 0, reuploads: 0 })
     .refine((c) => c.minKiB <= c.maxKiB, { message: "minKiB must be <= maxKiB", path: ["maxKiB"] }),
   workers: z.strictObject({
@@ -167,14 +172,20 @@ export function parseScenario(input: unknown, file = "<scenario>"): Scenario {
   );
 }
 
+/** Scenario files may hold whole-line `//` comments (the starter from `init` does). */
+function stripLineComments(text: string): string {
+  return text.split("\n").map((line) => (line.trimStart().startsWith("//") ? "" : line)).join("\n");
+}
+
 export async function loadScenarioFile(path: string): Promise<Scenario> {
   let json: unknown;
   try {
-    json = JSON.parse(await readFile(path, "utf8"));
+    json = JSON.parse(stripLineComments(await readFile(path, "utf8")));
   } catch (err) {
     throw new ScenarioFileError(path, [`not readable JSON: ${(err as Error).message}`]);
   }
   const scenario = parseScenario(json, path);
+  if (scenario.corpus.files && !isAbsolute(scenario.corpus.files)) scenario.corpus.files = join(dirname(path), scenario.corpus.files);
   if (`${scenario.name}.json` !== basename(path)) {
     throw new ScenarioFileError(path, [`name: "${scenario.name}" must match the file name (${basename(path)})`]);
   }

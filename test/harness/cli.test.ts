@@ -7,7 +7,8 @@ import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { loadSuite, SuiteError } from "../../harness/scenario.ts";
+import { loadEnvFile } from "../../harness/envFile.ts";
+import { loadScenarioFile, loadSuite, SuiteError } from "../../harness/scenario.ts";
 
 function scenario(...args: string[]) {
   const env: NodeJS.ProcessEnv = { ...process.env };
@@ -118,6 +119,39 @@ describe("npm run scenario", () => {
     const replayed = JSON.parse(readFileSync(join(again, "summary.json"), "utf8")) as typeof recorded;
     expect(replayed.scenarios[0]!.replay).toEqual(recorded.scenarios[0]!.replay);
   }, 240_000);
+
+  it("init writes a starter scenario and env file that load and validate, and never overwrites them", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "scn-init-"));
+    const result = scenario("init", dir);
+    expect(result.status, result.stderr).toBe(0);
+    expect(result.stdout).toContain(`--env-file ${join(dir, "scenario.env")}`);
+    const starter = await loadScenarioFile(join(dir, "my-scenario.json"));
+    expect(starter.crashes).toEqual([{ document: 0, at: "commit.vectors.after" }]);
+    const { env } = await loadEnvFile(join(dir, "scenario.env"));
+    expect(env).toMatchObject({ EMBED_MODEL: "text-embedding-3-small", MAX_ATTEMPTS: "5" });
+    const again = scenario("init", dir);
+    expect(again.status).toBe(2);
+    expect(again.stderr).toContain("my-scenario.json already exists");
+  });
+
+  it("--env-file and corpus.files are checked before anything starts, naming the variable or the file (values never printed)", () => {
+    const dir = mkdtempSync(join(tmpdir(), "scn-env-"));
+    const env = join(dir, "team.env");
+    writeFileSync(env, "# ours\nOPENAI_API_KEY=sk-live-secret-value\nEMBED_BATCH_SIZE=9999\nEMBED_BATCHES=4\n");
+    const bad = scenario("happy-path", "--env-file", env);
+    expect(bad.status).toBe(2);
+    expect(bad.stderr).toMatch(/EMBED_BATCH_SIZE: is invalid; expected/);
+    expect(bad.stderr).toMatch(/EMBED_BATCHES: not a worker or API setting; valid: .*EMBED_BATCH_SIZE/);
+    expect(bad.stderr + bad.stdout).not.toContain("sk-live-secret-value");
+
+    mkdirSync(join(dir, "samples"));
+    writeFileSync(join(dir, "samples", "notes.xlsx"), "not a supported type");
+    writeFileSync(join(dir, "own-files.json"), JSON.stringify({ name: "own-files", description: "x", corpus: { files: "./samples" } }));
+    const files = scenario(join(dir, "own-files.json"));
+    expect(files.status).toBe(2);
+    expect(files.stderr).toMatch(/corpus\.files: .*notes\.xlsx is not of a supported type \(\.pdf, \.docx, \.html/);
+    expect(files.stdout).not.toContain("PostgreSQL:");
+  });
 
   it("exits 1 naming the violated invariant and the unmet coverage, and still writes the report", () => {
     const report = mkdtempSync(join(tmpdir(), "scn-report-"));
