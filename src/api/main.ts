@@ -21,6 +21,14 @@ async function main(): Promise<void> {
     );
     process.exit(2);
   }
+  if (!config.DATABASE_URL && config.TEST_DB !== "container" && config.ALLOW_PRIVATE_DATABASE !== "true") {
+    process.stderr.write(
+      "api: DATABASE_URL is not set, so the API would start its own private embedded PostgreSQL, which no worker can see " +
+        "(an upload would stay 'uploaded' forever). Run `npm run stack` for the whole local stack, or `npm run db` and export " +
+        "the DATABASE_URL it prints for the API and the workers; set ALLOW_PRIVATE_DATABASE=true if a private database is what you want.\n",
+    );
+    process.exit(2);
+  }
   const log = createLogger({ level: config.LOG_LEVEL, name: "api" });
 
   const db = await provisionDatabase({ databaseUrl: config.DATABASE_URL, testDb: config.TEST_DB });

@@ -16,6 +16,8 @@
  * - `upload_pipeline_job_failures_total{state}`, `upload_pipeline_manual_retries_total`: from
  *   the same event stream. `upload_pipeline_jobs_retry_scheduled`: jobs waiting on backoff
  *   after a transient error (non-terminal with a `last_error`).
+ * - `upload_pipeline_dead_letter_jobs{state,code}`: jobs dead-lettered now, by failed state and
+ *   `last_error.code` (a stable error code, so the label set stays small).
  * - `upload_pipeline_embedding_tokens`, `upload_pipeline_cost_usd`: sums of `progress.tokens`
  *   and `progress.cost_usd` over all jobs.
  * - `upload_pipeline_webhook_deliveries_total{reason}`: counted here, as this process answers
@@ -65,6 +67,12 @@ export function createMetrics(pool: pg.Pool, options: { defaultMetrics?: boolean
   });
   const failures = new Counter({ name: "upload_pipeline_job_failures_total", help: "Transitions into a failed_* state, from job_events.", labelNames: ["state"], registers: [registry] });
   const manualRetries = new Counter({ name: "upload_pipeline_manual_retries_total", help: "Operator retries (POST /jobs/{id}/retry), from job_events.", registers: [registry] });
+  const deadLetters = new Gauge({
+    name: "upload_pipeline_dead_letter_jobs",
+    help: "Jobs in a failed_* state now, by state and last_error.code (read from the database at scrape).",
+    labelNames: ["state", "code"],
+    registers: [registry],
+  });
   const retryScheduled = new Gauge({ name: "upload_pipeline_jobs_retry_scheduled", help: "Non-terminal jobs waiting on backoff after a transient error.", registers: [registry] });
   const tokens = new Gauge({ name: "upload_pipeline_embedding_tokens", help: "Embedding tokens used, summed over all jobs (progress.tokens).", registers: [registry] });
   const cost = new Gauge({ name: "upload_pipeline_cost_usd", help: "Cost in USD, summed over all jobs (progress.cost_usd).", registers: [registry] });
@@ -81,8 +89,12 @@ export function createMetrics(pool: pg.Pool, options: { defaultMetrics?: boolean
   let refreshing: Promise<void> | undefined;
 
   async function refresh(): Promise<void> {
-    const [byState, totals, events] = await Promise.all([
+    const [byState, byCode, totals, events] = await Promise.all([
       pool.query<{ status: string; n: string }>("SELECT status, count(*) AS n FROM upload_pipeline.upload_jobs GROUP BY status"),
+      pool.query<{ status: string; code: string; n: string }>(
+        `SELECT status, coalesce(last_error->>'code', 'unknown') AS code, count(*) AS n FROM upload_pipeline.upload_jobs
+          WHERE status IN ('failed_parse', 'failed_chunking', 'failed_embedding') GROUP BY 1, 2`,
+      ),
       pool.query<{ tokens: string | null; cost: string | null; scheduled: string }>(
         `SELECT sum((progress->>'tokens')::numeric) AS tokens, sum((progress->>'cost_usd')::numeric) AS cost,
                 count(*) FILTER (WHERE last_error IS NOT NULL
@@ -103,6 +115,8 @@ export function createMetrics(pool: pg.Pool, options: { defaultMetrics?: boolean
     jobs.reset();
     for (const state of ALL_STATES) jobs.set({ state }, 0);
     for (const row of byState.rows) jobs.set({ state: row.status }, Number(row.n));
+    deadLetters.reset();
+    for (const row of byCode.rows) deadLetters.set({ state: row.status, code: row.code }, Number(row.n));
     const t = totals.rows[0];
     tokens.set(Number(t?.tokens ?? 0));
     cost.set(Number(t?.cost ?? 0));

@@ -7,10 +7,10 @@
  */
 import type { FastifyInstance } from "fastify";
 import type pg from "pg";
-import { TransitionConflict } from "../../errors.ts";
+import { PipelineError } from "../../errors.ts";
 import { jobId as makeJobId } from "../../ids.ts";
-import { FAILURE_OF, findEdge, isFailed, isJobStatus, PIPELINE_STATES, type FailedState, type JobStatus, type PipelineState } from "../../state-machine/table.ts";
-import { transition } from "../../state-machine/transition.ts";
+import { isFailed, PIPELINE_STATES, type FailedState, type JobStatus, type PipelineState } from "../../state-machine/table.ts";
+import { retryFailedJob } from "../../state-machine/retry.ts";
 import { principalOf, requireAuth, type Principal } from "../auth.ts";
 import { ApiError, notFound, parseOr400 } from "../errors.ts";
 import { DocumentParams } from "../documents.ts";
@@ -66,50 +66,18 @@ export async function jobRoutes(app: FastifyInstance): Promise<void> {
     if (!row.job_id || !row.status) {
       throw new ApiError(409, "no_job", "This document has no job yet: finish the upload (POST /upload/{document_id}/finalize) first.");
     }
-    const from = row.status;
-    if (!isFailed(from)) {
-      throw new ApiError(409, "not_failed", `The job is in '${from}'; only a job in failed_parse, failed_chunking or failed_embedding can be retried.`);
-    }
-    const to = await retryTarget(pool, row.job_id, from, row.last_error);
+    let retried;
     try {
-      await transition(pool, {
-        jobId: row.job_id,
-        from,
-        to,
-        actor: "operator",
-        fence: { kind: "unleased", by: "operator" },
-        setAttempts: 0,
-        lastError: null,
-        releaseLease: true,
-        detail: { retried_from: from, requested_by: who.isService ? "service_role" : "owner" },
-      });
+      retried = await retryFailedJob(pool, { jobId: row.job_id, status: row.status, lastError: row.last_error }, who.isService ? "service_role" : "owner");
     } catch (err) {
-      if (err instanceof TransitionConflict) {
-        throw new ApiError(409, "conflict", "The job changed while retrying (another retry won); GET /jobs/{document_id} to see its state.");
-      }
+      if (err instanceof PipelineError && err.code === "not_failed") throw new ApiError(409, err.code, err.message);
+      if (err instanceof PipelineError && err.code === "conflict") throw new ApiError(409, err.code, `${err.message.slice(0, -1)}; GET /jobs/{document_id} to see its state.`);
       throw err;
     }
+    const { from, to } = retried;
     request.log.info({ job_id: row.job_id, from, to }, "operator retry");
     return reply.send({ document_id: docId, job_id: row.job_id, status: to, retried_from: from, attempts: 0 });
   });
-}
-
-/**
- * The state a failed job goes back to: the `from_status` of the event that failed it (the
- * last state it reached), which the state machine's retry edges allow by construction. Falls
- * back to `last_error.stage`, then to the first state of the failed stage; every stage resumes
- * from what the buffers hold, so an earlier state loses nothing but time.
- */
-async function retryTarget(pool: pg.Pool, jobId: string, failed: FailedState, lastError: Record<string, unknown> | null): Promise<PipelineState> {
-  const { rows } = await pool.query<{ from_status: string | null }>(
-    "SELECT from_status FROM upload_pipeline.job_events WHERE job_id = $1 AND to_status = $2 ORDER BY id DESC LIMIT 1",
-    [jobId, failed],
-  );
-  const candidates = [rows[0]?.from_status, typeof lastError?.stage === "string" ? lastError.stage : undefined];
-  for (const c of candidates) {
-    if (c && isJobStatus(c) && findEdge(failed, c)?.kind === "retry") return c as PipelineState;
-  }
-  return (Object.keys(FAILURE_OF) as PipelineState[]).find((s) => FAILURE_OF[s as keyof typeof FAILURE_OF] === failed)!;
 }
 
 async function loadStatus(pool: pg.Pool, documentId: string, who: Principal): Promise<StatusRow | undefined> {
