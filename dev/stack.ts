@@ -36,7 +36,7 @@ function parse(argv: string[]) {
 
 /** Start a child with its output prefixed by its name. */
 function child(name: string, script: string, env: NodeJS.ProcessEnv): ChildProcess {
-  const proc = spawn(process.execPath, ["--import", "tsx", script], { env, stdio: ["ignore", "pipe", "pipe"] });
+  const proc = spawn(process.execPath, [script], { env, stdio: ["ignore", "pipe", "pipe"] });
   for (const stream of [proc.stdout!, proc.stderr!]) {
     createInterface({ input: stream }).on("line", (line) => process.stdout.write(`[${name}] ${line}\n`));
   }

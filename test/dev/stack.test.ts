@@ -20,7 +20,7 @@ describe("npm run stack", () => {
   it("prints what a first upload needs, runs it to complete, and stops everything on Ctrl-C", async () => {
     const env: NodeJS.ProcessEnv = { ...process.env, LOG_LEVEL: "warn" };
     delete env.DATABASE_URL;
-    const stack = spawn(process.execPath, ["--import", "tsx", "dev/stack.ts", "--workers", "1", "--api-port", "0", "--mocks-port", "0"], {
+    const stack = spawn(process.execPath, ["dev/stack.ts", "--workers", "1", "--api-port", "0", "--mocks-port", "0"], {
       env,
       stdio: ["ignore", "pipe", "pipe"],
     });
@@ -67,7 +67,7 @@ describe("npm run stack", () => {
   }, 240_000);
 
   it("refuses a bad flag, naming it", () => {
-    const result = spawnSync(process.execPath, ["--import", "tsx", "dev/stack.ts", "--workers", "0"], { encoding: "utf8", timeout: 30_000 });
+    const result = spawnSync(process.execPath, ["dev/stack.ts", "--workers", "0"], { encoding: "utf8", timeout: 30_000 });
     expect(result.status).toBe(2);
     expect(result.stderr).toContain("--workers takes a whole number from 1 to 32 (got '0')");
   });
@@ -77,7 +77,7 @@ describe("npm run api without DATABASE_URL", () => {
   it("refuses to start on a private embedded database, saying what to run instead", () => {
     const env: NodeJS.ProcessEnv = { ...process.env, ...REQUIRED };
     delete env.DATABASE_URL;
-    const result = spawnSync(process.execPath, ["--import", "tsx", "src/api/main.ts"], { env, encoding: "utf8", timeout: 30_000 });
+    const result = spawnSync(process.execPath, ["src/api/main.ts"], { env, encoding: "utf8", timeout: 30_000 });
     expect(result.status).toBe(2);
     expect(result.stderr).toContain("DATABASE_URL is not set");
     expect(result.stderr).toContain("npm run stack");

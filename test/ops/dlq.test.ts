@@ -113,7 +113,7 @@ describe("npm run dlq", () => {
     await expect(run(["frobnicate"])).rejects.toThrow(/unknown command 'frobnicate'/);
     await expect(dlqMain(["list"], {})).rejects.toThrow(/DATABASE_URL is not set/);
 
-    const child = spawnSync(process.execPath, ["--import", "tsx", "src/ops/dlq.ts", "list", "--bogus"], { env: { ...process.env, DATABASE_URL: ctx.db.url }, encoding: "utf8", timeout: 30_000 });
+    const child = spawnSync(process.execPath, ["src/ops/dlq.ts", "list", "--bogus"], { env: { ...process.env, DATABASE_URL: ctx.db.url }, encoding: "utf8", timeout: 30_000 });
     expect(child.status).toBe(2);
     expect(child.stderr).toContain("Unknown option '--bogus'");
     expect(child.stderr).toContain("Usage:");

@@ -103,7 +103,7 @@ describe("npm run worker", () => {
       DATABASE_LISTEN_URL: proxyUrl,
       LOG_LEVEL: "info",
     };
-    const child = spawn(process.execPath, ["--import", "tsx", "src/worker/main.ts"], { env, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, ["src/worker/main.ts"], { env, stdio: ["ignore", "pipe", "pipe"] });
     let out = "";
     const line = await new Promise<string>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`no fallback line within 60 s; output:\n${out}`)), 60_000);
