@@ -19,11 +19,14 @@ import { buildCorpus, CorpusFilesError } from "./corpus.ts";
 import { replayDifferences, type ReplayRecord } from "./replay.ts";
 import { EnvFileError, loadEnvFile } from "./envFile.ts";
 import { StarterExistsError, writeStarter } from "./init.ts";
+import { drawScenario } from "./soak.ts";
 import { loadScenarioFile, loadSuite, parseScenario, ScenarioFileError, SuiteError, type Scenario } from "./scenario.ts";
 import { createProgress } from "./progress.ts";
 
 const USAGE = `usage: npm run scenario -- [name|file.json ...] [options]
        npm run scenario -- init [DIR]     write a starter my-scenario.json and scenario.env (with comments)
+       npm run scenario -- soak [--minutes N] [--rounds N] [--seed N]
+                                          random scenarios from a seed stream until a violation or the time is up
 
   name ...                 scenarios to run (default: every file of the suite); a path to a .json file also works
   --suite NAME             the suite to run or pick names from: "default" (scenarios/*.json) or a folder
@@ -46,6 +49,8 @@ const Flags = z.object({
   seed: z.coerce.number().int().optional(),
   report: z.string().min(1).default("reports/latest"),
   "require-coverage": z.coerce.number().min(0).max(100).optional(),
+  minutes: z.coerce.number().positive().max(24 * 60).default(5),
+  rounds: z.coerce.number().int().min(1).optional(),
 });
 
 function fail(message: string): never {
@@ -63,6 +68,8 @@ async function main(): Promise<number> {
         suite: { type: "string" },
         replay: { type: "string" },
         "env-file": { type: "string" },
+        minutes: { type: "string" },
+        rounds: { type: "string" },
         help: { type: "boolean" },
         workers: { type: "string" },
         seed: { type: "string" },
@@ -88,6 +95,7 @@ async function main(): Promise<number> {
     process.stdout.write(`wrote ${files.join(" and ")}\nrun it: npm run scenario -- ${files[0]} --env-file ${files[1]}\n`);
     return 0;
   }
+  if (args.positionals[0] === "soak") return soak(flags.data);
   const envFile = args.values["env-file"] ? await loadEnvFile(resolve(args.values["env-file"])) : undefined;
   const replaying = args.values.replay ? await loadReplay(resolve(args.values.replay)) : undefined;
   const builtIns = replaying ? [] : await loadSuite(suite);
@@ -190,6 +198,79 @@ async function main(): Promise<number> {
   if (!coverageOk) process.stdout.write(`FAIL: coverage below the required ${requiredCoverage}%\n`);
   process.stdout.write(`report: ${Object.values(files).join(", ")}\n`);
   return summary.passed ? 0 : 1;
+}
+
+/**
+ * `soak`: rounds drawn from a seed stream until the time (or the round cap) is up, or a round
+ * violates an invariant or does not finish: then it stops and prints the round's seed and the
+ * command that replays it exactly.
+ */
+async function soak(flags: z.output<typeof Flags>): Promise<number> {
+  const seed = flags.seed ?? Math.floor(Math.random() * 2 ** 31);
+  const reportDir = resolve(flags.report === "reports/latest" ? "reports/soak" : flags.report);
+  const progress = createProgress(process.stdout);
+  const db = await provisionDatabase({ databaseUrl: process.env.DATABASE_URL });
+  const env = { serverUrl: db.url, restartPostgres: db.restart, logDir: join(reportDir, "logs"), onProgress: progress.update, onEvent: progress.line };
+  progress.line(`soak: seed ${seed}, ${flags.minutes} min${flags.rounds ? `, at most ${flags.rounds} rounds` : ""}; PostgreSQL restarts ${db.restart ? "in some rounds" : "off (DATABASE_URL)"}; report → ${reportDir}`);
+  const startedAt = new Date();
+  const stopAt = Date.now() + flags.minutes * 60_000;
+  const results: ScenarioResult[] = [];
+  const totals = { kills: 0, restarts: 0, faults: 0 };
+  let violation: ScenarioResult | undefined;
+  try {
+    for (let round = 0; Date.now() < stopAt && (flags.rounds === undefined || round < flags.rounds); round++) {
+      const scenario = drawScenario(seed, round, { postgresRestarts: Boolean(db.restart) });
+      progress.start(`${scenario.name} (seed ${scenario.seed})`);
+      let result: ScenarioResult;
+      try {
+        const run = await runScenario(scenario, env);
+        result = await summarise(scenario, run, undefined);
+        await writeFaultLog(reportDir, scenario.name, run.faultLog);
+        await run.dropDatabase();
+        totals.kills += run.kills;
+        totals.restarts += run.postgresRestarts;
+        totals.faults += run.faultLog.length;
+      } catch (err) {
+        result = crashedResult(scenario, err as Error);
+      }
+      result.definition = scenario;
+      result.replayCommand = `npm run scenario -- --replay ${join(reportDir, "summary.json")}`;
+      progress.finish(result);
+      results.push(result);
+      // A kill that never came is not a violation of the pipeline; a broken invariant or a stuck job is.
+      if (result.invariants?.ok === false || result.errors.some((e) => !/never (happened|reached)/.test(e))) {
+        violation = result;
+        break;
+      }
+    }
+  } finally {
+    await db.stop();
+  }
+  const finishedAt = new Date();
+  const summary: RunSummary = {
+    startedAt: startedAt.toISOString(),
+    finishedAt: finishedAt.toISOString(),
+    durationMs: finishedAt.getTime() - startedAt.getTime(),
+    seed,
+    passed: violation === undefined,
+    requiredCoverage: null,
+    coverage: null,
+    scenarios: results,
+    scaling: null,
+    environment: { node: process.version, platform: process.platform, cpus: cpus().length },
+  };
+  await writeReport(reportDir, summary);
+  process.stdout.write(`\nsoak: ${results.length} round(s) in ${(summary.durationMs / 60_000).toFixed(1)} min, ${totals.kills} kills, ${totals.restarts} PostgreSQL restarts, ${totals.faults} injected faults\n`);
+  if (!violation) {
+    process.stdout.write(`no violation (seed ${seed}); report: ${join(reportDir, "summary.json")}\n`);
+    return 0;
+  }
+  const definition = violation.definition as Scenario;
+  process.stdout.write(
+    `VIOLATION in ${violation.name} (round seed ${definition.seed}):\n${[...violation.errors, ...(violation.invariants?.checks.filter((c) => !c.ok).map((c) => `${c.name}: ${c.violations.slice(0, 3).join("; ")}`) ?? [])].map((e) => `  ${e}`).join("\n")}\n` +
+      `replay it exactly: ${violation.replayCommand}\n`,
+  );
+  return 1;
 }
 
 /** True when a scenario injects any fault, crash, freeze or restart (so it needs a clean reference run). */

@@ -153,6 +153,18 @@ describe("npm run scenario", () => {
     expect(files.stdout).not.toContain("PostgreSQL:");
   });
 
+  it("soak runs seeded rounds and reports rounds, kills and restarts, with the seed", () => {
+    const report = mkdtempSync(join(tmpdir(), "scn-soak-"));
+    const result = scenario("soak", "--rounds", "1", "--seed", "7", "--report", report);
+    expect(result.status, result.stderr).toBe(0);
+    expect(result.stdout).toContain("soak: seed 7");
+    expect(result.stdout).toMatch(/soak: 1 round\(s\) in [\d.]+ min, \d+ kills, \d+ PostgreSQL restarts, \d+ injected faults/);
+    expect(result.stdout).toContain("no violation (seed 7)");
+    const summary = JSON.parse(readFileSync(join(report, "summary.json"), "utf8")) as { seed: number; scenarios: Array<{ name: string; definition: { seed: number } }> };
+    expect(summary.seed).toBe(7);
+    expect(summary.scenarios[0]!.name).toBe("soak-7-0");
+  }, 240_000);
+
   it("exits 1 naming the violated invariant and the unmet coverage, and still writes the report", () => {
     const report = mkdtempSync(join(tmpdir(), "scn-report-"));
     const result = scenario("test/harness/fixtures/wrong-expectation.json", "--require-coverage", "100", "--report", report);
