@@ -25,7 +25,14 @@ export const OCTET_STREAM = "application/octet-stream";
  * @example await sniffFile("/tmp/x") // "application/pdf"
  */
 export async function sniffFile(path: string): Promise<string> {
-  const found = await fileTypeFromFile(path);
+  let found: Awaited<ReturnType<typeof fileTypeFromFile>>;
+  try {
+    found = await fileTypeFromFile(path);
+  } catch (err) {
+    // A parser tripping over hostile bytes says only that they are no format it knows.
+    if (typeof (err as { syscall?: unknown }).syscall === "string") throw err;
+    return OCTET_STREAM;
+  }
   if (found) return found.mime;
   const handle = await open(path, "r");
   let head: Uint8Array;
