@@ -66,6 +66,10 @@ export const configSchema = z.object({
   // within 3 s with 5xx) costs the document this long: measured, 120 s held every document of the
   // postgres-restart scenario for two minutes. One GET per in-flight parse per 30 s is cheap.
   WEBHOOK_DEADLINE_SECONDS: int(1, 86_400).default(30),
+  /** How long a parse may take from its submission before the job ends in failed_parse. */
+  PARSE_DEADLINE_SECONDS: int(1, 7 * 86_400).default(3_600),
+  /** A parse some of whose pages failed: `fail` the job (naming the pages) or `accept` the rest. */
+  PARTIAL_PARSE: oneOf(["fail", "accept"]).default("fail"),
   SHUTDOWN_TIMEOUT_MS: int(100, 600_000).default(30_000),
   /**
    * Per-service call timeouts: no call waits longer (a hung connection becomes a transient

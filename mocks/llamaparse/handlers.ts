@@ -253,8 +253,10 @@ export function createLlamaParseHandlers(ctx: MockContext, state: LlamaParseStat
       const done = job.status === "COMPLETED" && job.pages !== null;
       const pages = job.pages ?? [];
       const body: Record<string, unknown> = { job: jobJson(job, expand.has("usage")) };
-      if (expand.has("markdown")) body.markdown = done ? { pages: pages.map((markdown, i) => ({ page_number: i + 1, markdown, success: true })) } : null;
-      if (expand.has("markdown_full")) body.markdown_full = done ? joinPages(pages) : null;
+      const pageJson = (markdown: string, i: number) =>
+        job.failedPages.has(i + 1) ? { page_number: i + 1, success: false, error: "Failed to parse page: the page could not be processed." } : { page_number: i + 1, markdown, success: true };
+      if (expand.has("markdown")) body.markdown = done ? { pages: pages.map(pageJson) } : null;
+      if (expand.has("markdown_full")) body.markdown_full = done ? joinPages(pages.filter((_, i) => !job.failedPages.has(i + 1))) : null;
       if (expand.has("text")) body.text = done ? { pages: pages.map((md, i) => ({ page_number: i + 1, text: plainText(md) })) } : null;
       if (expand.has("text_full")) body.text_full = done ? joinPages(pages.map(plainText)) : null;
       if (expand.has("metadata")) {

@@ -41,6 +41,8 @@ export interface ParseJob {
   /** Seeds this job's draws and webhooks: `{sha256 or url}:{occurrence}`. */
   key: string;
   pages: string[] | null;
+  /** Page numbers (1-based) that failed in a partial result (`partialResults` fault). */
+  failedPages: ReadonlySet<number>;
   credits: number | null;
   timers: Set<NodeJS.Timeout>;
 }
@@ -122,6 +124,7 @@ export class LlamaParseState {
       input: init.input,
       key,
       pages: null,
+      failedPages: new Set(),
       credits: null,
       timers: new Set(),
     };
@@ -164,6 +167,7 @@ export class LlamaParseState {
     const runningMs = drawLatency(schedule.running, rng);
     const failDraw = rng();
     const failRate = plan?.jobFailureRate ?? 0;
+    const partialDraw = rng();
     this.#after(job, 0, () => this.#emit(job, "parse.pending"));
     this.#after(job, pendingMs, async () => {
       this.#set(job, "RUNNING");
@@ -178,8 +182,10 @@ export class LlamaParseState {
         }
         if (failDraw < failRate) return this.#finish(job, "FAILED", "Internal error while parsing the document. Please retry.");
         job.pages = pages;
-        job.credits = pages.length * (CREDITS_PER_PAGE[job.tier] ?? 1);
-        this.ctx.stats.llamaparse.pagesParsed += pages.length;
+        if (plan?.partialResults && partialDraw < plan.partialResults.rate) job.failedPages = drawPages(pages.length, plan.partialResults.pages, rng);
+        const parsed = pages.length - job.failedPages.size;
+        job.credits = parsed * (CREDITS_PER_PAGE[job.tier] ?? 1);
+        this.ctx.stats.llamaparse.pagesParsed += parsed;
         this.#finish(job, "COMPLETED", null);
       });
     });
@@ -215,6 +221,15 @@ export class LlamaParseState {
     job.errorMessage = errorMessage;
     const finished = this.ctx.stats.llamaparse.jobsFinished;
     finished[status] = (finished[status] ?? 0) + 1;
-    this.#emit(job, status === "COMPLETED" ? "parse.success" : status === "FAILED" ? "parse.error" : "parse.cancelled");
+    const success = job.failedPages.size > 0 ? "parse.partial_success" : "parse.success";
+    this.#emit(job, status === "COMPLETED" ? success : status === "FAILED" ? "parse.error" : "parse.cancelled");
   }
+}
+
+/** `count` distinct page numbers out of 1..`total` (all of them when `count` ≥ `total`). */
+function drawPages(total: number, count: number, rng: () => number): Set<number> {
+  const remaining = Array.from({ length: total }, (_, i) => i + 1);
+  const failed = new Set<number>();
+  while (failed.size < Math.min(count, total)) failed.add(remaining.splice(Math.floor(rng() * remaining.length), 1)[0]!);
+  return failed;
 }

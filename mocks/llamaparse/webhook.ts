@@ -204,10 +204,8 @@ export class WebhookSender {
     }
     if (replay && plan.replay) {
       await sleep(plan.replay.afterMs, this.ctx.closing);
-      const copy =
-        plan.replay.staleSeconds === undefined
-          ? prepared
-          : this.#prepare(jobId, key, eventType, config, prepared.payload.timestamp - plan.replay.staleSeconds);
+      const timestamp = plan.replay.resign ? this.ctx.now() / 1000 : prepared.payload.timestamp - (plan.replay.staleSeconds ?? 0);
+      const copy = plan.replay.resign || plan.replay.staleSeconds !== undefined ? this.#prepare(jobId, key, eventType, config, timestamp) : prepared;
       await this.#send(jobId, copy, "replay", 1);
     }
   }

@@ -114,6 +114,11 @@ export const LlamaParseFaultsSchema = z.strictObject({
     .default({ pending: { dist: "fixed", ms: 20 }, running: { dist: "fixed", ms: 50 }, msPerPage: 0 }),
   /** Probability that a job ends FAILED (besides documents containing `%%POISON%%`). */
   jobFailureRate: rate.default(0),
+  /**
+   * Probability that a job completes with `pages` of its pages failed (`success: false`,
+   * drawn per job) and emits `parse.partial_success` instead of `parse.success`.
+   */
+  partialResults: z.strictObject({ rate, pages: z.number().int().min(1).default(1) }).optional(),
 });
 
 export const StorageFaultsSchema = z.strictObject(serviceSchema(StorageFault));
@@ -144,10 +149,12 @@ export const WebhookFaultsSchema = z.strictObject({
     .optional(),
   /**
    * Re-send a delivery `afterMs` after the genuine one: the identical bytes, or, with
-   * `staleSeconds`, a validly signed copy whose `timestamp` is that many seconds old.
+   * `staleSeconds`, a validly signed copy whose `timestamp` is that many seconds old, or, with
+   * `resign`, one re-signed with the time of the re-send (what LlamaParse sends when it retries
+   * a delivery whose answer it did not see).
    */
   replay: z
-    .strictObject({ rate, afterMs: ms.default(1_000), staleSeconds: z.number().min(0).optional(), events })
+    .strictObject({ rate, afterMs: ms.default(1_000), staleSeconds: z.number().min(0).optional(), resign: z.boolean().default(false), events })
     .optional(),
 });
 

@@ -33,7 +33,7 @@ import { ALL_STATES, FAILED_STATES } from "../state-machine/table.ts";
 export const WEBHOOK_REASONS = [
   "accepted",
   "duplicate",
-  "replay",
+  "early",
   "forged",
   "stale",
   "malformed",

@@ -7,18 +7,18 @@ import type pg from "pg";
 import type { Config } from "../config.ts";
 import type { Logger } from "../logger.ts";
 import { createPipelineServices } from "../services.ts";
-import { ingestParseResult } from "../stages/parseIntake.ts";
+import { webhookIntake } from "../stages/parseIntake.ts";
 import { buildApp } from "./app.ts";
 
 export async function buildWiredApp(options: { pool: pg.Pool; config: Config; log: Logger; defaultMetrics?: boolean }) {
   const { storage, llamaparse } = createPipelineServices(options.config);
-  const intake = { pool: options.pool, log: options.log.child({ component: "parse-intake" }), storage, llamaparse };
+  const intake = { pool: options.pool, log: options.log.child({ component: "parse-intake" }), storage, llamaparse, partialParse: options.config.PARTIAL_PARSE };
   return buildApp({
     pool: options.pool,
     config: options.config,
     store: storage,
     log: options.log,
     defaultMetrics: options.defaultMetrics ?? false,
-    onParseEvent: (event) => ingestParseResult(intake, { jobId: event.jobId, actor: "webhook", fence: { kind: "unleased" } }),
+    onParseEvent: (event) => webhookIntake(intake, event.jobId),
   });
 }

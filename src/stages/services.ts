@@ -5,6 +5,7 @@
 import type { EmbedResult } from "../clients/openai.ts";
 import type { LlamaParseClient } from "../clients/llamaparse.ts";
 import type { ObjectStorage } from "../clients/storage.ts";
+import type { PartialParsePolicy } from "./parseIntake.ts";
 
 export interface Embedder {
   readonly model: string;
@@ -19,6 +20,10 @@ export interface PipelineSettings {
   webhookDeadlineMs: number;
   /** How often the reconciler polls again while LlamaParse is still working. */
   reconcilePollMs: number;
+  /** PARSE_DEADLINE_SECONDS: a parse still unfinished this long after its submission fails the job. */
+  parseDeadlineMs: number;
+  /** PARTIAL_PARSE: what a parse with failed pages does to the job. */
+  partialParse: PartialParsePolicy;
   embedModel: string;
   /** Recorded as `embed_version`: changes whenever vectors for the same text could change. */
   embedVersion: string;

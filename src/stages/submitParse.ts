@@ -3,21 +3,35 @@
  * and a per-job signing secret; record `parse_job_id`.
  *
  * A crash between LlamaParse accepting the file and our record of its id must not leave a second,
- * silently billed parse job. So the intent is recorded first (secret and start time, fenced), the
- * submission is tagged with our job id, and a retry looks the job up by tag before submitting
- * again; it also reuses the recorded secret, so the first submission's webhook still verifies.
+ * silently billed parse job. So the intent is recorded first (secret, start time and a fresh
+ * submission id, fenced), the submission is tagged with our job id and that submission id, and a
+ * retry looks the job up by both tags before submitting again; it also reuses the recorded
+ * secret, so the first submission's webhook still verifies. An operator's retry clears the
+ * intent (`POST /jobs/{id}/retry`), so it gets a new submission id and a new secret: the lookup
+ * cannot mistake the earlier, failed parse for this one.
+ *
+ * Deliveries carry our job id in a header (LlamaParse's `webhook_headers`), so one that arrives
+ * before `parse_queued` commits is recognised and kept (see `routes/webhook.ts`); the commit
+ * then looks for such an early delivery and, if one came, goes on to fetch the result at once.
  *
  * The file travels through a temporary file (`rawFile.ts`): never whole in memory, capped at
  * `UPLOAD_MAX_BYTES` and checked against the document's SHA-256 before LlamaParse bills it.
  */
-import { randomBytes } from "node:crypto";
+import { randomBytes, randomUUID } from "node:crypto";
 import { LeaseLostError } from "../errors.ts";
+import type { ClaimedJob } from "../worker/queries.ts";
 import type { Stage, StageContext } from "../worker/stage.ts";
 import { withRawFile } from "./rawFile.ts";
 import type { PipelineServices } from "./services.ts";
 
+/** The header every delivery carries our job id in (LlamaParse's `webhook_headers`). */
+export const JOB_ID_HEADER = "x-upload-pipeline-job-id";
+
+/** Recorded in `progress.parse_submit` before anything is sent; `null` after an operator's retry. */
 interface SubmitIntent {
   started_at: string;
+  /** Tags this submission at LlamaParse (absent in intents recorded before it existed). */
+  submission?: string;
 }
 
 export const submitParse: Stage<PipelineServices> = {
@@ -26,23 +40,25 @@ export const submitParse: Stage<PipelineServices> = {
   async run(ctx) {
     const { storage, llamaparse, settings } = ctx.services;
     const job = ctx.job;
-    const previous = (job.progress as Record<string, unknown>).parse_submit as SubmitIntent | undefined;
+    const recorded = submitIntent(job);
+    const intent = recorded && job.webhook_secret ? recorded : { started_at: (ctx.now() ?? new Date()).toISOString(), submission: randomUUID() };
+    const tags = { pipeline_job_id: job.job_id, ...(intent.submission ? { pipeline_submission: intent.submission } : {}) };
 
     let parseJobId: string | undefined;
-    if (previous && job.webhook_secret) {
+    let secret: string;
+    if (intent === recorded && job.webhook_secret) {
       // An earlier attempt may have submitted: find it rather than paying twice.
+      secret = job.webhook_secret;
       await ctx.faults.hit("call.llamaparse.find.before", { jobId: job.job_id });
-      const found = await llamaparse.findParseJobs(
-        { createdAfter: new Date(Date.parse(previous.started_at) - 60_000), tags: { pipeline_job_id: job.job_id } },
-        ctx.signal,
-      );
+      const found = await llamaparse.findParseJobs({ createdAfter: new Date(Date.parse(intent.started_at) - 60_000), tags }, ctx.signal);
       parseJobId = found[0]?.id;
       if (parseJobId) ctx.log.info({ parse_job_id: parseJobId }, "found the parse job an earlier attempt submitted");
+    } else {
+      secret = randomBytes(32).toString("hex");
+      await recordIntent(ctx, secret, intent);
     }
 
-    const secret = previous && job.webhook_secret ? job.webhook_secret : randomBytes(32).toString("hex");
     if (!parseJobId) {
-      if (!previous || !job.webhook_secret) await recordIntent(ctx, secret);
       await ctx.faults.hit("call.storage.download.before", { jobId: job.job_id });
       const raw = { path: job.raw_path, sha256: job.file_sha256, maxBytes: settings.uploadMaxBytes };
       const submitted = await withRawFile(storage, raw, ctx.signal, async (file) => {
@@ -54,7 +70,8 @@ export const submitParse: Stage<PipelineServices> = {
             mime: job.mime,
             webhookUrl: settings.webhookUrl,
             webhookSecret: secret,
-            tags: { pipeline_job_id: job.job_id },
+            webhookHeaders: { [JOB_ID_HEADER]: job.job_id },
+            tags,
           },
           ctx.signal,
         );
@@ -64,19 +81,32 @@ export const submitParse: Stage<PipelineServices> = {
     }
 
     await ctx.faults.hit("commit.parse_queued.before", { jobId: job.job_id });
-    await ctx.transition("parse_queued", {
-      parseJobId,
-      // Wait for the webhook; the reconciler looks after the deadline.
-      dueInMs: settings.webhookDeadlineMs,
-      releaseLease: true,
-      detail: { parse_job_id: parseJobId },
+    // The job row is locked before looking for an early delivery, and the webhook handler locks
+    // it too before it decides a delivery is early: either the delivery is seen here, or the
+    // handler sees parse_queued.
+    const early = await ctx.fenced(async (tx) => {
+      const found = await earlyDelivery(tx.client, job.job_id, parseJobId);
+      await tx.transition("parse_queued", {
+        parseJobId,
+        // Wait for the webhook; the reconciler looks after the deadline. An early delivery says
+        // the result is ready: keep the lease and fetch it now.
+        dueInMs: Math.min(settings.webhookDeadlineMs, settings.parseDeadlineMs),
+        releaseLease: !found,
+        detail: { parse_job_id: parseJobId, ...(found ? { early_event_id: found } : {}) },
+      });
+      return found;
     });
+    if (early) ctx.log.info({ parse_job_id: parseJobId, event_id: early }, "the webhook came before parse_queued committed; fetching the result now");
   },
 };
 
-/** Fenced: record the secret and the attempt's start before anything is sent. */
-async function recordIntent(ctx: StageContext<PipelineServices>, secret: string): Promise<void> {
-  const intent: SubmitIntent = { started_at: (ctx.now() ?? new Date()).toISOString() };
+function submitIntent(job: ClaimedJob): SubmitIntent | undefined {
+  const intent = (job.progress as Record<string, unknown>).parse_submit;
+  return intent && typeof intent === "object" ? (intent as SubmitIntent) : undefined;
+}
+
+/** Fenced: record the secret and the intent before anything is sent. */
+async function recordIntent(ctx: StageContext<PipelineServices>, secret: string, intent: SubmitIntent): Promise<void> {
   await ctx.faults.hit("commit.parse_intent.before", { jobId: ctx.job.job_id });
   const { rowCount } = await ctx.pool.query(
     `UPDATE upload_pipeline.upload_jobs
@@ -85,6 +115,21 @@ async function recordIntent(ctx: StageContext<PipelineServices>, secret: string)
     [ctx.job.job_id, ctx.job.lease_token, secret, JSON.stringify(intent)],
   );
   if (rowCount !== 1) throw new LeaseLostError(ctx.job.job_id);
-  ctx.job.webhook_secret = secret;
-  (ctx.job.progress as Record<string, unknown>).parse_submit = intent;
+}
+
+/** The event id of a verified terminal delivery for this parse job that came while the job was still `uploaded`. */
+async function earlyDelivery(client: import("pg").PoolClient, jobId: string, parseJobId: string): Promise<string | undefined> {
+  const { rows } = await client.query<{ delivery_key: string }>(
+    `SELECT delivery_key FROM upload_pipeline.webhook_log
+      WHERE job_id = $1 AND parse_job_id = $2 AND outcome = 'early' ORDER BY id LIMIT 1`,
+    [jobId, parseJobId],
+  );
+  return rows[0]?.delivery_key;
+}
+
+/** Milliseconds left before PARSE_DEADLINE_SECONDS ends this job's parse (from its submission's start). */
+export function parseDeadlineLeftMs(job: ClaimedJob, deadlineMs: number, now: Date): number {
+  const startedAt = submitIntent(job)?.started_at;
+  if (!startedAt) return deadlineMs;
+  return Date.parse(startedAt) + deadlineMs - now.getTime();
 }

@@ -1,6 +1,7 @@
 /**
  * The operator's retry of a dead-lettered job, shared by `POST /jobs/{document_id}/retry` and
- * `npm run dlq -- retry`: only a job in a failed_* state, back to the last state it reached,
+ * `npm run dlq -- retry`: only a job in a failed_* state, back to the last state it reached (a
+ * failed parse: to `uploaded`, a new parse),
  * attempts reset, last_error cleared, one fenced statement with its event.
  */
 import type pg from "pg";
@@ -43,6 +44,9 @@ export async function retryFailedJob(
       setAttempts: 0,
       lastError: null,
       releaseLease: true,
+      // A retried parse is a new submission (new LlamaParse job, new webhook secret): forget
+      // the old one's intent so the submit stage cannot find the failed job by its tags.
+      ...(from === "failed_parse" ? { progress: { parse_submit: null } } : {}),
       detail: { retried_from: from, requested_by: requestedBy },
     });
   } catch (err) {
@@ -58,7 +62,8 @@ export async function retryFailedJob(
  * The state a failed job goes back to: the `from_status` of the event that failed it (the
  * last state it reached), which the state machine's retry edges allow by construction. Falls
  * back to `last_error.stage`, then to the first state of the failed stage; every stage resumes
- * from what the buffers hold, so an earlier state loses nothing but time.
+ * from what the buffers hold, so an earlier state loses nothing but time. A failed parse always
+ * goes back to `uploaded` (the table has no other retry edge for it): a retry re-parses.
  */
 export async function retryTarget(pool: pg.Pool, jobId: string, failed: FailedState, lastError: Record<string, unknown> | null): Promise<PipelineState> {
   const { rows } = await pool.query<{ from_status: string | null }>(

@@ -82,13 +82,16 @@ export const EDGES: readonly Edge[] = [
     kind: "failure",
   })),
   // Manual retry: back to the state the job failed from (the last successful one; every stage
-  // resumes from what the buffers already hold).
-  ...Object.entries(FAILURE_OF).map(([back, failed]): Edge => ({
-    from: failed,
-    to: back as PipelineState,
-    actors: ["operator"],
-    kind: "retry",
-  })),
+  // resumes from what the buffers already hold). A failed parse goes back to `uploaded` only:
+  // retrying re-parses (a new LlamaParse job), since polling the old one fails the same way.
+  ...Object.entries(FAILURE_OF)
+    .filter(([back, failed]) => failed !== "failed_parse" || back === "uploaded")
+    .map(([back, failed]): Edge => ({
+      from: failed,
+      to: back as PipelineState,
+      actors: ["operator"],
+      kind: "retry",
+    })),
 ];
 
 const EDGE_INDEX = new Map(EDGES.map((e) => [`${e.from ?? ""}->${e.to}`, e]));

@@ -48,8 +48,22 @@ export interface TransitionRequest {
   now?: Date;
 }
 
+/** The job as the move left it: what a worker's view of the job must follow. */
+export interface MovedJob {
+  status: JobStatus;
+  attempts: number;
+  progress: Record<string, unknown>;
+  parse_job_id: string | null;
+  webhook_secret: string | null;
+  last_error: Record<string, unknown> | null;
+  /** The document's, as written earlier in the same transaction (parse intake). */
+  parsed_path: string | null;
+  parsed_sha256: string | null;
+}
+
 export interface TransitionResult {
   eventId: string;
+  job: MovedJob;
 }
 
 export type Queryable = Pick<pg.Pool | pg.PoolClient, "query">;
@@ -74,12 +88,15 @@ WITH moved AS (
              THEN j.lease_token = $4::uuid
              ELSE j.lease_token IS NULL OR j.lease_expires_at <= coalesce($14::timestamptz, now())
         END
-  RETURNING j.job_id, j.attempts, j.correlation_id
+  RETURNING j.*
+), event AS (
+  INSERT INTO upload_pipeline.job_events (job_id, from_status, to_status, worker_id, lease_token, attempt, correlation_id, detail)
+  SELECT job_id, $2, $3, $5, $4::uuid, coalesce($15::int, attempts), correlation_id, coalesce($16::jsonb, '{}'::jsonb)
+    FROM moved
+  RETURNING id
 )
-INSERT INTO upload_pipeline.job_events (job_id, from_status, to_status, worker_id, lease_token, attempt, correlation_id, detail)
-SELECT job_id, $2, $3, $5, $4::uuid, coalesce($15::int, attempts), correlation_id, coalesce($16::jsonb, '{}'::jsonb)
-  FROM moved
-RETURNING id`;
+SELECT event.id, m.status, m.attempts, m.progress, m.parse_job_id, m.webhook_secret, m.last_error, d.parsed_path, d.parsed_sha256
+  FROM moved m CROSS JOIN event JOIN upload_pipeline.documents d USING (document_id)`;
 
 /**
  * Move a job from `from` to `to`, or throw:
@@ -95,7 +112,7 @@ export async function transition(db: Queryable, req: TransitionRequest): Promise
   }
   const token = req.fence.kind === "lease" ? req.fence.token : null;
   const by = req.fence.kind === "lease" ? req.fence.workerId : (req.fence.by ?? req.actor);
-  const { rows } = await db.query<{ id: string }>(TRANSITION_SQL, [
+  const { rows } = await db.query<MovedJob & { id: string }>(TRANSITION_SQL, [
     req.jobId,
     req.from,
     req.to,
@@ -113,7 +130,10 @@ export async function transition(db: Queryable, req: TransitionRequest): Promise
     req.attempt ?? null,
     req.detail ? JSON.stringify({ actor: req.actor, ...req.detail }) : JSON.stringify({ actor: req.actor }),
   ]);
-  if (rows[0]) return { eventId: rows[0].id };
+  if (rows[0]) {
+    const { id, ...job } = rows[0];
+    return { eventId: id, job };
+  }
   if (token) throw new LeaseLostError(req.jobId);
   throw new TransitionConflict(req.jobId, req.from);
 }

@@ -24,7 +24,7 @@ import { coerceError, LeaseLostError, PipelineError, ServiceConditionError, Stag
 import type { Logger } from "../logger.ts";
 import { ACTIONABLE_STATES, FAILURE_OF, isTerminal, type JobStatus, type PipelineState } from "../state-machine/table.ts";
 import { withTransaction } from "../db/transaction.ts";
-import { transition, type Queryable } from "../state-machine/transition.ts";
+import { transition, type MovedJob, type Queryable } from "../state-machine/transition.ts";
 import { backoffDelayMs } from "./backoff.ts";
 import { NO_FAULTS, SimulatedCrash, type FaultPoints } from "./faultPoints.ts";
 import { reapDeadWorkers, registerWorker, unregisterWorker } from "./liveness.ts";
@@ -282,7 +282,7 @@ export class BaseWorker<Services> {
     const move = async (db: Queryable, to: JobStatus, options: StageTransitionOptions = {}) => {
       const { actor = "worker", ...rest } = options;
       const releaseLease = rest.releaseLease ?? isTerminal(to);
-      await transition(db, {
+      const moved = await transition(db, {
         jobId: job.job_id,
         from: job.status,
         to,
@@ -296,13 +296,12 @@ export class BaseWorker<Services> {
         ...rest,
         releaseLease,
       });
-      job.status = to;
-      job.attempts = releaseLease ? 0 : 1;
+      follow(moved.job);
       run.progressed();
       if (releaseLease) run.released = true;
-      if (rest.parseJobId) job.parse_job_id = rest.parseJobId;
-      if (rest.webhookSecret) job.webhook_secret = rest.webhookSecret;
     };
+    /** The job's view follows each move this context makes, and nothing else writes it. */
+    const follow = (moved: MovedJob) => Object.assign(job, moved);
     return {
       job,
       workerId: this.workerId,

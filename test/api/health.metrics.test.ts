@@ -73,7 +73,7 @@ describe("GET /metrics", () => {
     expect(text).toContain('upload_pipeline_webhook_deliveries_total{reason="accepted"} 1');
     expect(text).toContain('upload_pipeline_webhook_deliveries_total{reason="forged"} 1');
     expect(text).toContain('upload_pipeline_webhook_deliveries_total{reason="wrong_content_type"} 1');
-    expect(text).toContain('upload_pipeline_webhook_deliveries_total{reason="replay"} 0');
+    expect(text).toContain('upload_pipeline_webhook_deliveries_total{reason="early"} 0');
     expect(text).toContain('upload_pipeline_job_failures_total{state="failed_embedding"} 1');
     expect(text).toContain("upload_pipeline_embedding_tokens 500");
     expect(text).toContain("upload_pipeline_cost_usd 0.01");

@@ -117,7 +117,6 @@ describe("GET /jobs/{document_id}", () => {
 
 describe("POST /jobs/{document_id}/retry", () => {
   it.each([
-    ["failed_parse", "parse_queued"],
     ["failed_chunking", "chunking"],
     ["failed_embedding", "embedding_in_progress"],
   ] as const)("from %s goes back to %s, resets attempts, clears last_error, keeps the buffers", async (failed, from) => {
@@ -132,6 +131,18 @@ describe("POST /jobs/{document_id}/retry", () => {
     expect(ev.rows[0]).toMatchObject({ from_status: failed, to_status: from, lease_token: null, detail: { actor: "operator", retried_from: failed } });
     const chunks = await ctx.db.pool.query("SELECT count(*) FROM upload_pipeline.document_chunk_buffer WHERE document_id = $1", [job.documentId]);
     expect(chunks.rows[0].count).toBe("3");
+  });
+
+  it.each(["uploaded", "parse_queued", "parsed"] as const)("a manual retry after failed parse re-parses: from failed_parse (failed in %s) back to uploaded, the old submission forgotten", async (failedFrom) => {
+    const job = await seedJob(ctx.db.pool, { status: "failed_parse", failedFrom });
+    const intent = { started_at: new Date().toISOString(), submission: randomUUID() };
+    await ctx.db.pool.query("UPDATE upload_pipeline.upload_jobs SET progress = progress || jsonb_build_object('parse_submit', $2::jsonb) WHERE job_id = $1", [job.jobId, intent]);
+    const res = await retry(job.documentId, job.userId);
+    expect(res.statusCode, res.body).toBe(200);
+    expect(res.json()).toMatchObject({ status: "uploaded", retried_from: "failed_parse", attempts: 0 });
+    const { rows } = await ctx.db.pool.query("SELECT status, attempts, last_error, progress FROM upload_pipeline.upload_jobs WHERE job_id = $1", [job.jobId]);
+    expect(rows[0]).toMatchObject({ status: "uploaded", attempts: 0, last_error: null });
+    expect(rows[0].progress.parse_submit).toBeNull();
   });
 
   it("is refused with 409 unless the job is in a failed_* state, and changes nothing", async () => {

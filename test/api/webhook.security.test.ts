@@ -2,8 +2,10 @@
  * The webhook's security matrix (SPEC §6): every refused delivery gets its status, and the
  * database (documents, jobs, events, webhook_log) is exactly as it was before.
  */
+import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { signWebhook } from "../../src/api/routes/webhook.ts";
+import { JOB_ID_HEADER } from "../../src/stages/submitParse.ts";
 import { useTestApp, parseEvent, seedJob, snapshot, webhookRequest, type SeededJob } from "./helpers.ts";
 
 const ctx = useTestApp();
@@ -69,8 +71,21 @@ describe("webhook: refused deliveries change nothing", () => {
     expect(res.statusCode).toBe(200);
   });
 
-  it("an unknown parse job is 404", async () => {
-    await expectRefused(webhookRequest(parseEvent("pjob-nobody"), job.secret), 404, "unknown_job");
+  it("an unknown job is refused exactly like a forged signature, so ids cannot be probed", async () => {
+    const forged = await ctx.t.app.inject(webhookRequest(parseEvent(job.parseJobId), job.secret, { signature: `sha256=${"ab".repeat(32)}` }));
+    const unknown = [
+      webhookRequest(parseEvent("pjob-nobody"), job.secret),
+      webhookRequest(parseEvent(job.parseJobId), job.secret, { headers: { [JOB_ID_HEADER]: randomUUID() } }),
+      webhookRequest(parseEvent(job.parseJobId), job.secret, { headers: { [JOB_ID_HEADER]: "not-a-uuid" } }),
+    ];
+    for (const request of unknown) {
+      const body = await expectRefused(request, 401, "unauthorized");
+      expect(body).toEqual(forged.json());
+    }
+  });
+
+  it("our job id header picks the secret to verify with: another job's header fails the signature", async () => {
+    await expectRefused(webhookRequest(parseEvent(job.parseJobId), job.secret, { headers: { [JOB_ID_HEADER]: other.jobId } }), 401, "unauthorized");
   });
 
   it("malformed JSON is 400", async () => {
@@ -139,13 +154,15 @@ describe("webhook: duplicates and replays", () => {
     expect(ctx.t.intake).toHaveLength(1);
   });
 
-  it("the same event_id with other bytes is a replay: 409, nothing changes", async () => {
-    const event = parseEvent(job.parseJobId, { event_type: "parse.pending" });
-    expect((await ctx.t.app.inject(webhookRequest(event, job.secret))).statusCode).toBe(200);
+  it("early and re-signed webhooks: a validly signed re-delivery of an applied event_id with a new timestamp is a duplicate: 200, nothing changes", async () => {
+    const event = parseEvent(job.parseJobId, { event_type: "parse.error" });
+    const first = await ctx.t.app.inject(webhookRequest(event, job.secret, { headers: { [JOB_ID_HEADER]: job.jobId } }));
+    expect(first.json()).toEqual({ received: true, outcome: "failed_parse" });
     const before = await snapshot(ctx.db.pool);
-    const replay = await ctx.t.app.inject(webhookRequest({ ...event, event_type: "parse.error" }, job.secret));
-    expect(replay.statusCode).toBe(409);
-    expect(replay.json().error.code).toBe("replayed_event");
+    // LlamaParse did not see our answer and retries: same event_id, re-signed with a new timestamp.
+    const resigned = await ctx.t.app.inject(webhookRequest({ ...event, timestamp: event.timestamp + 3 }, job.secret, { headers: { [JOB_ID_HEADER]: job.jobId } }));
+    expect(resigned.statusCode).toBe(200);
+    expect(resigned.json()).toEqual({ received: true, duplicate: true });
     expect(await snapshot(ctx.db.pool)).toEqual(before);
   });
 

@@ -94,14 +94,15 @@ describe("npm run dlq", () => {
     const before = await Promise.all(jobs.map((j) => jobRow(ctx.db.pool, j.jobId)));
     const dry = await run(["retry", "--all", "--stage", "parse", "--dry-run"]);
     expect(dry.code).toBe(0);
-    expect(dry.out).toContain(`${jobs[0]!.documentId}: would retry failed_parse → parsed`);
+    // A failed parse is retried from uploaded whatever state it failed in: a new parse.
+    expect(dry.out).toContain(`${jobs[0]!.documentId}: would retry failed_parse → uploaded`);
     expect(dry.out).toContain(`${jobs[1]!.documentId}: would retry failed_parse → uploaded`);
     expect(await Promise.all(jobs.map((j) => jobRow(ctx.db.pool, j.jobId)))).toEqual(before);
 
     const real = await run(["retry", "--all", "--stage", "parse"]);
     expect(real.code).toBe(0);
     expect((await listDeadLetters(ctx.db.pool, { stage: "parse" })).length).toBe(0);
-    expect((await jobRow(ctx.db.pool, jobs[0]!.jobId)).status).toBe("parsed");
+    expect((await jobRow(ctx.db.pool, jobs[0]!.jobId)).status).toBe("uploaded");
     expect((await retryJobs(ctx.db.pool, [jobs[1]!.documentId])).map((l) => l.ok)).toEqual([false]);
   });
 

@@ -24,7 +24,7 @@ import { documentId, jobId, sha256 } from "../../src/ids.ts";
 import { createLogger } from "../../src/logger.ts";
 import { createPipelineServices, type WiredServices } from "../../src/services.ts";
 import { PIPELINE_STAGES } from "../../src/stages/index.ts";
-import { ingestParseResult } from "../../src/stages/parseIntake.ts";
+import { webhookIntake } from "../../src/stages/parseIntake.ts";
 import { EDGES, isTerminal, type JobStatus } from "../../src/state-machine/table.ts";
 import { createJob } from "../../src/state-machine/transition.ts";
 import { BaseWorker, type WorkerOptions } from "../../src/worker/BaseWorker.ts";
@@ -185,7 +185,7 @@ export async function startPropertyEnv(seed: number): Promise<PropertyEnv> {
     log,
     onParseEvent(event) {
       const s = holder.services;
-      const p = ingestParseResult({ pool: db.pool, log, storage: s.storage, llamaparse: s.llamaparse }, { jobId: event.jobId, actor: "webhook", fence: { kind: "unleased" } });
+      const p = webhookIntake({ pool: db.pool, log, storage: s.storage, llamaparse: s.llamaparse, partialParse: "fail" }, event.jobId);
       const tracked = p.catch(() => {}).finally(() => inflight.delete(tracked));
       inflight.add(tracked);
       return p;

@@ -135,7 +135,7 @@ async function snapshot(ids: Ids): Promise<unknown> {
     [ids.jobId],
   );
   const progress = { ...job.rows[0].progress };
-  if (progress.parse_submit) progress.parse_submit = { ...progress.parse_submit, started_at: "<time>" };
+  if (progress.parse_submit) progress.parse_submit = { ...progress.parse_submit, started_at: "<time>", submission: "<random>" };
   // A batch id names the batch by its first chunk: show it as that chunk's ord.
   const batchFirst = new Map<string, number>();
   for (const v of vectors.rows) if (!batchFirst.has(v.batch_id)) batchFirst.set(v.batch_id, v.chunk_ord);

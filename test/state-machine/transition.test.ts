@@ -30,8 +30,11 @@ describe("the state machine table", () => {
     expect(ALL_STATES).toHaveLength(13);
     for (const [from, failed] of Object.entries(FAILURE_OF)) {
       expect(findEdge(from as JobStatus, failed)?.kind).toBe("failure");
-      expect(findEdge(failed, from as JobStatus)?.kind).toBe("retry");
+      // A failed parse is retried from the start: a new submission to LlamaParse.
+      expect(findEdge(failed, failed === "failed_parse" ? "uploaded" : (from as JobStatus))?.kind).toBe("retry");
     }
+    expect(findEdge("failed_parse", "parse_queued")).toBeUndefined();
+    expect(findEdge("failed_parse", "parsed")).toBeUndefined();
   });
 });
 

@@ -160,6 +160,8 @@ export function statusBody(row: StatusRow, events: EventRow[], operator: boolean
     last_error: row.last_error,
     progress: {
       stages,
+      /** Pages LlamaParse could not parse (PARTIAL_PARSE decides whether the job went on without them). */
+      parse: { failed_pages: Array.isArray(p.parse_failed_pages) ? p.parse_failed_pages.map(num) : [], pages_total: num(p.parse_pages_total) },
       chunks: { stored: chunksStored, total: chunksTotal, percent: percent(chunksStored, chunksTotal, stageState("chunking") === "done") },
       vectors: { stored: vectorsStored, total: vectorsTotal, percent: percent(vectorsStored, vectorsTotal, stageState("embedding") === "done") },
       batches_done: num(p.batches_done),

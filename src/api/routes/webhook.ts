@@ -7,18 +7,28 @@
  * | body ≤ WEBHOOK_MAX_BYTES (read as raw bytes, never re-serialised) | 413 | `oversized` |
  * | `Content-Type: application/json` | 415 | `wrong_content_type` |
  * | JSON, and the zod schema `{event_id, event_type, timestamp, data: {job_id | id}}` | 400 | `malformed` |
- * | a job whose `parse_job_id` is `data.job_id` (else `data.id`) | 404 | `unknown_job` |
+ * | the job named by our `X-Upload-Pipeline-Job-Id` header (else the one whose `parse_job_id` is `data.job_id`/`data.id`) | 401 (same body as forged) | `unknown_job` |
  * | `LC-Signature: sha256=<hex>` = HMAC-SHA256(job's webhook_secret, raw body), constant time | 401 | `forged` |
  * | body `timestamp` within ±300 s of our clock | 401 (same body as forged) | `stale` |
- * | `event_id` new in `webhook_log` | 200 same bytes / 409 other bytes | `duplicate` / `replay` |
+ * | `event_id` new in `webhook_log` | 200, nothing changes | `duplicate` |
  *
- * Stale answers 401 with the forged body: the caller learns only that the delivery was not
- * accepted; the log line and the metric say which check failed. The timestamp is checked after
- * the signature, so only the genuine sender (whose clock may drift) ever sees `stale` counted.
- * Headers other than LC-Signature (`X-Webhook-Event-ID`, `X-Webhook-Event-Type`) are not
- * signed and are ignored; the signed body is the only source of truth.
+ * Accepted deliveries count as `accepted`, or `early` when kept for a job not yet `parse_queued`.
  *
- * An accepted delivery is recorded in `webhook_log` in the same transaction as its effect:
+ * Deliveries are routed by our own job id, which the submit stage gives LlamaParse as a
+ * `webhook_headers` entry: a delivery can then be verified before `parse_job_id` is recorded.
+ * (The header is not signed; it only picks the secret to verify with, so a wrong one fails the
+ * signature.) Deliveries without it (jobs submitted before it existed) are found by parse job id.
+ * An unknown job, a forged signature and a stale timestamp all answer the same 401, so job ids
+ * cannot be probed; the log line and the metric say which check failed. The timestamp is checked
+ * after the signature, so only the genuine sender (whose clock may drift) ever sees `stale`.
+ * A validly signed re-delivery of a recorded `event_id` is a duplicate whatever its bytes
+ * (LlamaParse re-signs a retry with a new `timestamp`): only the secret's holder can sign one.
+ *
+ * An accepted delivery is recorded in `webhook_log` in the same transaction as its effect, with
+ * the job row locked (so it serialises with the submit stage's commit of `parse_queued`):
+ * - the job is still `uploaded` (LlamaParse finished before our commit): a terminal event is kept
+ *   as outcome `early` and answered 202; the submit stage finds it when it commits
+ *   `parse_queued` and fetches the result at once;
  * - `parse.error` / `parse.cancelled`: `parse_queued → failed_parse` (actor `webhook`, no lease);
  * - `parse.success` / `parse.partial_success`: recorded, then handed to parse intake
  *   (`deps.onParseEvent`) after the commit, without holding up the answer. Parse intake is the
@@ -26,9 +36,9 @@
  *   process dies, the worker's reconciler finds the job still `parse_queued` and polls LlamaParse
  *   itself: at once after a failed intake, past the webhook deadline after a crash;
  * - `parse.pending` / `parse.running`: recorded only.
- * A job that is no longer `parse_queued` (or is leased by the reconciler right now) is left as
- * it is: the event is recorded with outcome `not_applicable` and answered 200, so LlamaParse
- * stops retrying.
+ * A job that is elsewhere, waits for another parse job (an earlier submission's late event), or
+ * is leased by the reconciler right now is left as it is: the event is recorded with outcome
+ * `not_applicable` and answered 200, so LlamaParse stops retrying.
  */
 import { withTransaction } from "../../db/transaction.ts";
 import { createHmac, timingSafeEqual } from "node:crypto";
@@ -38,6 +48,7 @@ import { z } from "zod";
 import { TransitionConflict } from "../../errors.ts";
 import { sha256 } from "../../ids.ts";
 import { transition } from "../../state-machine/transition.ts";
+import { JOB_ID_HEADER } from "../../stages/submitParse.ts";
 import { ApiError, describeIssues, sendError } from "../errors.ts";
 import type { WebhookReason } from "../metrics.ts";
 
@@ -68,9 +79,15 @@ interface JobRow {
   document_id: string;
   status: string;
   attempts: number;
+  parse_job_id: string | null;
   webhook_secret: string | null;
   correlation_id: string;
 }
+
+const TERMINAL_EVENTS: ReadonlySet<string> = new Set(["parse.success", "parse.partial_success", "parse.error", "parse.cancelled"]);
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+/** Verifying against this when no job matched costs what a real check costs. */
+const NO_SECRET = "no-job-matched-this-delivery";
 
 /** Expected `LC-Signature` value for `raw` under `secret`: `sha256=<hex>`. */
 export function signWebhook(secret: string, raw: string | Uint8Array): string {
@@ -78,11 +95,11 @@ export function signWebhook(secret: string, raw: string | Uint8Array): string {
 }
 
 function signatureValid(header: unknown, secret: string | null, raw: Buffer): boolean {
+  const expected = createHmac("sha256", secret ?? NO_SECRET).update(raw).digest();
   if (!secret || typeof header !== "string") return false;
   const match = SIGNATURE.exec(header.trim());
   if (!match) return false;
   const given = Buffer.from(match[1]!, "hex");
-  const expected = createHmac("sha256", secret).update(raw).digest();
   return given.length === expected.length && timingSafeEqual(given, expected);
 }
 
@@ -139,28 +156,23 @@ export async function webhookRoutes(app: FastifyInstance): Promise<void> {
     const event = parsed.data!;
     const parseJobId = event.data.job_id ?? event.data.id!;
 
-    const job = await findJobByParseId(pool, parseJobId);
-    if (!job) reject(request, "unknown_job", new ApiError(404, "unknown_job", "No job is waiting for this parse job; nothing was changed."));
+    const job = await findJob(pool, request.headers[JOB_ID_HEADER], parseJobId);
+    const signed = signatureValid(request.headers["lc-signature"], job?.webhook_secret ?? null, raw!);
+    if (!job) reject(request, "unknown_job", notAccepted());
+    if (!signed) reject(request, "forged", notAccepted(), { job_id: job!.job_id });
     const log = request.log.child({ job_id: job!.job_id, correlation_id: job!.correlation_id, event_type: event.event_type });
-
-    if (!signatureValid(request.headers["lc-signature"], job!.webhook_secret, raw!)) {
-      reject(request, "forged", notAccepted(), { job_id: job!.job_id });
-    }
     const skew = now() / 1000 - event.timestamp;
     if (!(Math.abs(skew) <= WEBHOOK_TOLERANCE_SECONDS)) {
       reject(request, "stale", notAccepted(), { job_id: job!.job_id, skew_seconds: Math.round(skew) });
     }
 
-    const result = await record(pool, job!, event, parseJobId, sha256(raw!));
+    const result = await record(pool, job!.job_id, event, parseJobId, sha256(raw!));
     if (result === "duplicate") {
       metrics.webhook("duplicate");
       log.info("duplicate webhook delivery; nothing changed");
       return reply.code(200).send({ received: true, duplicate: true });
     }
-    if (result === "replay") {
-      reject(request, "replay", new ApiError(409, "replayed_event", "This event_id was already delivered with a different body; refused."), { job_id: job!.job_id });
-    }
-    metrics.webhook("accepted");
+    metrics.webhook(result === "early" ? "early" : "accepted");
     log.info({ outcome: result }, "webhook accepted");
     if (result === "handed_off") {
       const ev = { jobId: job!.job_id, documentId: job!.document_id, parseJobId, eventId: event.event_id, eventType: event.event_type as "parse.success" | "parse.partial_success", correlationId: job!.correlation_id };
@@ -176,7 +188,7 @@ export async function webhookRoutes(app: FastifyInstance): Promise<void> {
         .finally(() => inflight.delete(p));
       inflight.add(p);
     }
-    return reply.code(200).send({ received: true, outcome: result });
+    return reply.code(result === "early" ? 202 : 200).send({ received: true, outcome: result });
   });
 }
 
@@ -194,49 +206,62 @@ async function reconcileNow(pool: pg.Pool, jobId: string): Promise<void> {
   );
 }
 
-async function findJobByParseId(pool: pg.Pool, parseJobId: string): Promise<JobRow | undefined> {
+/** The job a delivery is for: by our job id header, else (older submissions) by parse job id. */
+async function findJob(pool: pg.Pool, header: unknown, parseJobId: string): Promise<JobRow | undefined> {
+  const columns = "job_id, document_id, status, attempts, parse_job_id, webhook_secret, correlation_id";
+  if (header !== undefined) {
+    if (typeof header !== "string" || !UUID.test(header)) return undefined;
+    const { rows } = await pool.query<JobRow>(`SELECT ${columns} FROM upload_pipeline.upload_jobs WHERE job_id = $1`, [header]);
+    return rows[0];
+  }
   const { rows } = await pool.query<JobRow>(
-    `SELECT job_id, document_id, status, attempts, webhook_secret, correlation_id
-       FROM upload_pipeline.upload_jobs WHERE parse_job_id = $1 ORDER BY created_at DESC LIMIT 1`,
+    `SELECT ${columns} FROM upload_pipeline.upload_jobs WHERE parse_job_id = $1 ORDER BY created_at DESC LIMIT 1`,
     [parseJobId],
   );
   return rows[0];
 }
 
-type RecordResult = "duplicate" | "replay" | "handed_off" | "failed_parse" | "recorded" | "not_applicable";
+type RecordResult = "duplicate" | "early" | "handed_off" | "failed_parse" | "recorded" | "not_applicable";
 
 /**
- * Record the delivery and apply its effect in one transaction. The unique `delivery_key` is the
- * gate: of two concurrent copies of one event exactly one inserts, the other sees the row.
+ * Record the delivery and apply its effect in one transaction, with the job row locked. The
+ * unique `delivery_key` is the gate: of two concurrent copies of one event exactly one inserts;
+ * the other (and any later, validly signed re-delivery) is a duplicate.
  */
-async function record(pool: pg.Pool, job: JobRow, event: WebhookBody, parseJobId: string, bodySha: string): Promise<RecordResult> {
-  const outcome = await withTransaction(pool, async (client): Promise<RecordResult | null> => {
+async function record(pool: pg.Pool, jobId: string, event: WebhookBody, parseJobId: string, bodySha: string): Promise<RecordResult> {
+  return withTransaction(pool, async (client): Promise<RecordResult> => {
+    const locked = await client.query<JobRow>(
+      `SELECT job_id, document_id, status, attempts, parse_job_id, webhook_secret, correlation_id
+         FROM upload_pipeline.upload_jobs WHERE job_id = $1 FOR UPDATE`,
+      [jobId],
+    );
+    const job = locked.rows[0]!;
     const inserted = await client.query<{ id: string }>(
       `INSERT INTO upload_pipeline.webhook_log (delivery_key, job_id, parse_job_id, event_type, event_ts, body_sha256, outcome)
        VALUES ($1, $2, $3, $4, $5, $6, 'received')
        ON CONFLICT (delivery_key) DO NOTHING RETURNING id`,
       [event.event_id, job.job_id, parseJobId, event.event_type, event.timestamp, bodySha],
     );
-    if (!inserted.rows[0]) return null; // seen before: nothing was written
-    let result: RecordResult;
-    switch (event.event_type) {
-      case "parse.success":
-      case "parse.partial_success":
-        result = job.status === "parse_queued" ? "handed_off" : "not_applicable";
-        break;
-      case "parse.error":
-      case "parse.cancelled":
-        result = job.status === "parse_queued" ? await failParse(client, job, event) : "not_applicable";
-        break;
-      default:
-        result = "recorded";
-    }
+    if (!inserted.rows[0]) return "duplicate"; // seen before: nothing was written
+    const result = await apply(client, job, event, parseJobId);
     await client.query("UPDATE upload_pipeline.webhook_log SET outcome = $2 WHERE id = $1", [inserted.rows[0].id, result]);
     return result;
   });
-  if (outcome !== null) return outcome;
-  const { rows } = await pool.query<{ body_sha256: string }>("SELECT body_sha256 FROM upload_pipeline.webhook_log WHERE delivery_key = $1", [event.event_id]);
-  return rows[0]?.body_sha256 === bodySha ? "duplicate" : "replay";
+}
+
+async function apply(client: pg.PoolClient, job: JobRow, event: WebhookBody, parseJobId: string): Promise<RecordResult> {
+  if (job.status === "uploaded" && TERMINAL_EVENTS.has(event.event_type)) return "early";
+  const waiting = job.status === "parse_queued" && job.parse_job_id === parseJobId;
+  switch (event.event_type) {
+    case "parse.success":
+    case "parse.partial_success":
+      return waiting ? "handed_off" : "not_applicable";
+    case "parse.error":
+    case "parse.cancelled":
+      return waiting ? failParse(client, job, event) : "not_applicable";
+    default:
+      return "recorded";
+  }
 }
 
 async function failParse(client: pg.PoolClient, job: JobRow, event: WebhookBody): Promise<RecordResult> {
