@@ -19,6 +19,8 @@ export const configSchema = z.object({
   /** The worker's LISTEN connection (default DATABASE_URL): a direct or session-mode URL, since
    * LISTEN does not work through Supavisor's transaction mode. */
   DATABASE_LISTEN_URL: z.url({ protocol: /^postgres(ql)?$/ }).optional(),
+  /** OTLP/HTTP endpoint (e.g. http://localhost:4318) for traces; unset → tracing off. */
+  OTEL_EXPORTER_OTLP_ENDPOINT: url().optional(),
   /** `true`: the API may start on its own private embedded PostgreSQL (no worker can see it). */
   ALLOW_PRIVATE_DATABASE: oneOf(["true", "false"]).default("false"),
   /** `container`: the tests use testcontainers (needs a Docker engine). */

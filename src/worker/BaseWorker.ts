@@ -27,6 +27,7 @@ import { withTransaction } from "../db/transaction.ts";
 import { transition, type MovedJob, type Queryable } from "../state-machine/transition.ts";
 import { backoffDelayMs } from "./backoff.ts";
 import { NO_FAULTS, SimulatedCrash, type FaultPoints } from "./faultPoints.ts";
+import { traceStage } from "../tracing.ts";
 import { reapDeadWorkers, registerWorker, unregisterWorker } from "./liveness.ts";
 import { IdleSlots } from "./idleSlots.ts";
 import { claimNextJob, heartbeat, lockLeasedJob, releaseJob, type ClaimedJob } from "./queries.ts";
@@ -257,7 +258,7 @@ export class BaseWorker<Services> {
       const started = performance.now();
       ctx.log.info({ status: before, attempt: job.attempts }, "stage started");
       await this.faults.hit(`stage.${stage.name}.before`, { jobId: job.job_id, status: before });
-      const outcome = await stage.run(ctx);
+      const outcome = await traceStage(this.opts.pool, job, stage.name, this.workerId, () => stage.run(ctx));
       await this.faults.hit(`stage.${stage.name}.after`, { jobId: job.job_id, status: job.status });
       const durationMs = Math.round(performance.now() - started);
       if (outcome?.next === "snooze") {

@@ -17,9 +17,11 @@ import { faultPointsFromEnv } from "./faultPoints.ts";
 import { reportWakeUp } from "./listenProbe.ts";
 import { createWorkerMetrics, serveMetrics } from "./metrics.ts";
 import { stopOnSignals } from "../signals.ts";
+import { startTracing } from "../tracing.ts";
 
 const config = loadConfigOrExit("worker");
 const log = createLogger({ level: config.LOG_LEVEL, name: "worker" });
+const tracing = startTracing({ endpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT });
 const db = await provisionDatabase({ databaseUrl: config.DATABASE_URL });
 if (db.kind === "embedded") {
   log.warn("DATABASE_URL is not set: using a private embedded PostgreSQL (nothing else can see its jobs)");
@@ -65,6 +67,7 @@ stopOnSignals(
     await worker.stop();
     metricsServer?.close();
     await pool.end();
+    await tracing?.shutdown();
     await db.stop();
   },
   log,
