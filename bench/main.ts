@@ -15,6 +15,7 @@ import { migrate } from "../src/db/migrate.ts";
 import { provisionDatabase, withDatabase } from "../src/db/provision.ts";
 import { runCpuBench } from "./cpu.ts";
 import { runMemoryBench } from "./memory.ts";
+import { runPeersBench } from "./peers.ts";
 import { runQueueBench } from "./queue.ts";
 import { runRateLimitBench } from "./ratelimit.ts";
 import { runStartupBench } from "./startup.ts";
@@ -36,6 +37,7 @@ Benchmarks (SPEC §9), in this order:
   webhook     POST /webhooks/llamaparse with autocannon (signature verified): req/s, p50/p99
   startup     a worker process from spawn to "worker started": node (type stripping) vs the tsx loader
   cpu         worker CPU-seconds per MiB of document, per stage
+  peers       our transitions/s beside graphile-worker and pg-boss (no-op jobs and the 9-stage pipeline)
 
 Multi-worker scaling: npm run scenario -- multi-worker-scaling
 PostgreSQL: DATABASE_URL when set (a database per run is created on it), else an embedded one.
@@ -48,6 +50,7 @@ const RUNNERS: Record<BenchName, (ctx: BenchContext) => Promise<BenchResult>> = 
   webhook: runWebhookBench,
   startup: runStartupBench,
   cpu: runCpuBench,
+  peers: runPeersBench,
 };
 
 function usageError(message: string): never {

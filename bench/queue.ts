@@ -108,7 +108,7 @@ async function runOnce(ctx: BenchContext, slots: number, jobs: number, capMs: nu
 }
 
 /** Documents in one statement, then a job for each through `createJob` (the API's own path). */
-async function seedJobs(pool: import("pg").Pool, count: number): Promise<void> {
+export async function seedJobs(pool: import("pg").Pool, count: number): Promise<void> {
   const userId = randomUUID();
   const docs = Array.from({ length: count }, (_, i) => {
     const fileSha = sha256(`bench document ${userId} ${i}`);
