@@ -13,7 +13,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
-import pg from "pg";
+import type pg from "pg";
 import { buildWiredApp } from "../src/api/wiring.ts";
 import { configForLocalMocks } from "../src/config.ts";
 import { documentId, jobId, sha256 } from "../src/ids.ts";

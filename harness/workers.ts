@@ -117,7 +117,9 @@ export class WorkerFleet {
       s.child!.kill("SIGCONT"); // a frozen process cannot handle SIGTERM
       s.child!.kill("SIGTERM");
     }
-    const timer = setTimeout(() => live.forEach((s) => s.child?.kill("SIGKILL")), timeoutMs);
+    const timer = setTimeout(() => {
+      for (const s of live) s.child?.kill("SIGKILL");
+    }, timeoutMs);
     await Promise.all(live.map((s) => s.exited));
     clearTimeout(timer);
     rmSync(this.onceDir, { recursive: true, force: true });

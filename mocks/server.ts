@@ -86,7 +86,9 @@ export async function startMockServer(options: MockServerOptions = {}): Promise<
       return;
     }
     const out: string[] = [];
-    response.headers.forEach((value, name) => out.push(name, value));
+    response.headers.forEach((value, name) => {
+      out.push(name, value);
+    });
     const bytes = Buffer.from(await response.arrayBuffer());
     if (!response.headers.has("content-length") && method !== "HEAD" && response.status !== 304) out.push("content-length", String(bytes.length));
     res.writeHead(response.status, response.statusText || undefined, out);

@@ -63,5 +63,5 @@ export function renderMarkdown(summary: RunSummary): string {
     const checks = s.invariants?.checks ?? [];
     out.push(`- ${s.name}: ${checks.length === 0 ? "not checked" : checks.map((c) => `${c.ok ? "✓" : "✗"} ${c.name}`).join(", ")}`);
   }
-  return out.join("\n") + "\n";
+  return `${out.join("\n")}\n`;
 }

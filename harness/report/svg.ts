@@ -100,7 +100,9 @@ export function renderStateDiagram(coverage: CoverageReport | null): string {
     parts.push(edgeLine(find(failed, from), cx + 12, Y_FAIL, cx + 12, top + 2, { x: cx + 17, y: mid + 14, anchor: "start" }));
   }
 
-  PIPELINE_STATES.forEach((s, i) => box(s, boxX(i), Y_PIPE, BOX_W, false));
+  PIPELINE_STATES.forEach((s, i) => {
+    box(s, boxX(i), Y_PIPE, BOX_W, false);
+  });
   for (const f of FAILED_STATES) {
     const { x, w } = failedBox(f);
     box(f, x, Y_FAIL, w, true);

@@ -26,7 +26,7 @@ export async function writeReport(dir: string, summary: RunSummary): Promise<Rep
     reportHtml: path.join(dir, "report.html"),
   };
   await Promise.all([
-    writeFile(files.summaryJson, JSON.stringify(summary, null, 2) + "\n"),
+    writeFile(files.summaryJson, `${JSON.stringify(summary, null, 2)}\n`),
     writeFile(files.reportMd, renderMarkdown(summary)),
     writeFile(files.reportHtml, renderHtml(summary)),
   ]);

@@ -82,6 +82,8 @@ export function expectedEmbedding(model: string, input: string | readonly number
 /** A vector as the API's `base64` encoding: little-endian float32 bytes, base64. */
 export function toBase64Float32(vector: readonly number[]): string {
   const buf = Buffer.alloc(vector.length * 4);
-  vector.forEach((v, i) => buf.writeFloatLE(v, i * 4));
+  vector.forEach((v, i) => {
+    buf.writeFloatLE(v, i * 4);
+  });
   return buf.toString("base64");
 }

@@ -15,7 +15,7 @@ import {
   toBase64Float32,
   validTokenIds,
 } from "./embeddings.ts";
-import { DEFAULT_LIMITS, RateLimiter } from "./rate-limits.ts";
+import { DEFAULT_LIMITS, type RateLimiter } from "./rate-limits.ts";
 import { sha256Hex } from "../shared/rng.ts";
 
 /** The route id of the embeddings endpoint in stats and fault plans. */

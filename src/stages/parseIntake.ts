@@ -66,7 +66,7 @@ export async function ingestParseResult(
     [args.jobId],
   );
   const job = rows[0];
-  if (!job || job.status !== "parse_queued" || !job.parse_job_id) return { outcome: "not_applicable", status: job?.status ?? "missing" };
+  if (job?.status !== "parse_queued" || !job.parse_job_id) return { outcome: "not_applicable", status: job?.status ?? "missing" };
 
   await faults.hit("call.llamaparse.get.before", { jobId: args.jobId });
   const parse = await deps.llamaparse.getParseJob(job.parse_job_id, { expand: ["markdown"] }, args.signal);

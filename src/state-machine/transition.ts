@@ -106,7 +106,7 @@ SELECT event.id, m.status, m.attempts, m.progress, m.parse_job_id, m.webhook_sec
  */
 export async function transition(db: Queryable, req: TransitionRequest): Promise<TransitionResult> {
   const edge = findEdge(req.from, req.to);
-  if (!edge || !edge.actors.includes(req.actor)) throw new IllegalTransitionError(req.from, req.to);
+  if (!edge?.actors.includes(req.actor)) throw new IllegalTransitionError(req.from, req.to);
   if (req.actor === "worker" || req.actor === "reconciler") {
     if (req.fence.kind !== "lease") throw new IllegalTransitionError(req.from, req.to);
   }

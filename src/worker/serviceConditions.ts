@@ -25,5 +25,9 @@ export function reportServiceConditions(breakers: Breakers, deps: { pool: pg.Poo
       );
     }),
   );
-  return { dispose: () => subscriptions.forEach((s) => s.dispose()) };
+  return {
+    dispose: () => {
+      for (const s of subscriptions) s.dispose();
+    },
+  };
 }

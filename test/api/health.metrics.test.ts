@@ -4,7 +4,7 @@
  */
 import { randomUUID } from "node:crypto";
 import pg from "pg";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { useTestApp, bearer, makeApp, parseEvent, seedJob, webhookRequest } from "./helpers.ts";
 
 const ctx = useTestApp();

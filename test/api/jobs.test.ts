@@ -4,7 +4,7 @@
  * buffers kept).
  */
 import { randomUUID } from "node:crypto";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { chunkId, sha256 } from "../../src/ids.ts";
 import { useTestApp, bearer, seedJob, serviceBearer, snapshot } from "./helpers.ts";
 

@@ -3,7 +3,7 @@
  * per user and bytes, limits from configuration, the raw object where the pipeline expects it.
  */
 import { randomUUID } from "node:crypto";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { documentId, jobId, sha256 } from "../../src/ids.ts";
 import { useTestApp, bearer, multipartBody, serviceBearer, snapshot } from "./helpers.ts";
 

@@ -3,7 +3,7 @@
  * answer, error/cancelled fail the parse, pending/running are only recorded, and a job that
  * has moved on is left alone.
  */
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { createLogger } from "../../src/logger.ts";
 import { useTestApp, makeApp, parseEvent, seedJob, webhookRequest } from "./helpers.ts";
 

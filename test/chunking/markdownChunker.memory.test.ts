@@ -26,7 +26,7 @@ async function* generatedDoc(totalChars: number): AsyncGenerator<string> {
       const sentencesInPara = 3 + (k % 9);
       for (let s = 0; s < sentencesInPara; s++) {
         const len = 5 + ((k + s) % 14);
-        piece += Array.from({ length: len }, word).join(" ") + ". ";
+        piece += `${Array.from({ length: len }, word).join(" ")}. `;
       }
       piece += "\n\n";
     }

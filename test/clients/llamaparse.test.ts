@@ -89,7 +89,7 @@ describe("submitParse", () => {
     await createLlamaParseClient({ apiKey: API_KEY, baseURL: BASE }).submitParse(submitInput);
     expect(received?.configuration).toMatchObject({ tier: "cost_effective", version: "latest" });
     expect(received?.configuration).not.toHaveProperty("user_metadata");
-    expect((received?.configuration?.webhook_configurations as Array<Record<string, unknown>>)[0]!.webhook_headers).toEqual({});
+    expect((received!.configuration!.webhook_configurations as Array<Record<string, unknown>>)[0]!.webhook_headers).toEqual({});
   });
 
   it("passes project_id as a query parameter when configured", async () => {

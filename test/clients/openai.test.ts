@@ -84,6 +84,7 @@ describe("embed", () => {
   });
 
   it("decodes float32 values exactly (no float64 rounding drift)", async () => {
+    // biome-ignore lint/suspicious/noApproximativeNumericConstant: an arbitrary value with many digits, not e
     const values = [0.1, 1 / 3, -2.718281828];
     server.use(
       http.post(`${BASE}/embeddings`, () =>

@@ -244,7 +244,9 @@ describe("properties", () => {
         const body = (await res.json()) as { data: Array<{ embedding: number[] }>; usage: { prompt_tokens: number; total_tokens: number } };
         const expected = inputs.reduce((n, s) => n + encode(s, { disallowedSpecial: new Set() }).length, 0);
         expect(body.usage).toEqual({ prompt_tokens: expected, total_tokens: expected });
-        body.data.forEach((row, i) => expect(row.embedding).toEqual(expectedEmbedding(MODEL, inputs[i]!, d)));
+        body.data.forEach((row, i) => {
+          expect(row.embedding).toEqual(expectedEmbedding(MODEL, inputs[i]!, d));
+        });
       }),
       { numRuns: 25 },
     );

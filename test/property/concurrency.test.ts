@@ -8,8 +8,8 @@
  */
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { LeaseLostError, PipelineError } from "../../src/errors.ts";
-import { isTerminal, NEXT_STATE, type JobStatus, type PipelineState } from "../../src/state-machine/table.ts";
+import { LeaseLostError, type PipelineError } from "../../src/errors.ts";
+import { isTerminal, NEXT_STATE, type JobStatus, } from "../../src/state-machine/table.ts";
 import { transition } from "../../src/state-machine/transition.ts";
 import { claimNextJob, heartbeat, releaseJob } from "../../src/worker/queries.ts";
 import { createTestDatabase, type TestDatabase } from "../support/db.ts";

@@ -95,7 +95,9 @@ describe("vectors", () => {
     await checkProperty(
       fc.asyncProperty(fc.float32Array({ noNaN: true, noDefaultInfinity: true, minLength: 1, maxLength: 64 }), async (v) => {
         const le = Buffer.alloc(v.length * 4);
-        v.forEach((x, i) => le.writeFloatLE(x, i * 4));
+        v.forEach((x, i) => {
+          le.writeFloatLE(x, i * 4);
+        });
         const sha = vectorSha(v);
         expect(sha).toBe(createHash("sha256").update(le).digest("hex"));
         expect(vectorSha(Array.from(v))).toBe(sha);
@@ -120,7 +122,9 @@ describe("vectors", () => {
         expect(usage.totalTokens).toBeGreaterThan(0);
         // Equal texts, equal vectors; and so equal vector_sha, the key the invariants compare.
         const again = await services.embedder.embed([...inputs].reverse());
-        inputs.forEach((_, i) => expect(vectorSha(again.vectors[inputs.length - 1 - i]!)).toBe(vectorSha(vectors[i]!)));
+        inputs.forEach((_, i) => {
+          expect(vectorSha(again.vectors[inputs.length - 1 - i]!)).toBe(vectorSha(vectors[i]!));
+        });
       }),
       { name: "the worker's embedder returns each text's own deterministic vector", file: FILE, defaultRuns: 30 },
     );

@@ -19,7 +19,7 @@ import {
   eventPathProblems,
   fingerprint,
   forgetUsers,
-  ManualClock,
+  type ManualClock,
   PAST_LEASE_MS,
   parseJobsFor,
   parseOutcome,

@@ -89,7 +89,13 @@ describe("shared budget", () => {
 describe("SharedGovernor", () => {
   it("with the database unreachable it warns once, paces with the process's own bucket, and tries the database again later", async () => {
     const lines: string[] = [];
-    const log = createLogger({ level: "warn", destination: new Writable({ write: (c, _e, cb) => (lines.push(String(c)), cb()) }) });
+    const destination = new Writable({
+      write: (c, _e, cb) => {
+        lines.push(String(c));
+        cb();
+      },
+    });
+    const log = createLogger({ level: "warn", destination });
     const dead = new pg.Pool({ connectionString: "postgres://nobody@127.0.0.1:9/none", connectionTimeoutMillis: 500 });
     dead.on("error", () => {});
     const clock = new ManualClock(1_000_000);
@@ -124,7 +130,10 @@ describe("SharedGovernor", () => {
     expect(first.kind).toBe("shared");
     await governor.settle(first, { usedTokens: 59_000 });
     let granted = false;
-    const second = governor.acquire({ requests: 1, tokens: 2_000 }).then((g) => ((granted = true), g));
+    const second = governor.acquire({ requests: 1, tokens: 2_000 }).then((g) => {
+      granted = true;
+      return g;
+    });
     await vi.waitFor(() => expect(clock.pendingSleeps).toBe(1)); // reserved; sleeping until its send time
     await clock.advance(999);
     expect(granted).toBe(false); // 1,000 tokens given back, 1,000 more refill in 1 s

@@ -235,7 +235,7 @@ describe("RateLimitedEmbedder", () => {
       model: "text-embedding-3-small",
       dimensions: undefined,
       calls: 0,
-      async embed(inputs: string[]) {
+      async embed(_inputs: string[]) {
         const answer = answers[client.calls++];
         if (!answer) throw new Error("no more answers");
         return answer();

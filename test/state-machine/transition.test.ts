@@ -53,7 +53,7 @@ describe("transition()", () => {
 
   // Generated from the table: every pair of states with no edge is refused and nothing is written.
   const illegal = ALL_STATES.flatMap((from) => ALL_STATES.filter((to) => !findEdge(from, to)).map((to) => [from, to] as const));
-  it("refuses every one of the " + illegal.length + " illegal state pairs without writing", async () => {
+  it(`refuses every one of the ${illegal.length} illegal state pairs without writing`, async () => {
     for (const [from, to] of illegal) {
       const job = await seedJob(db.pool, { status: from });
       const fence = await lease(job.jobId);
