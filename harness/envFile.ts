@@ -23,7 +23,10 @@ export function parseEnvText(text: string, file: string): Record<string, string>
     const line = raw.trim();
     if (!line || line.startsWith("#")) return;
     const m = /^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$/.exec(line);
-    if (!m) return void problems.push(`line ${i + 1}: not KEY=value`);
+    if (!m) {
+      problems.push(`line ${i + 1}: not KEY=value`);
+      return;
+    }
     const value = m[2]!.replace(/\s+#.*$/, "");
     env[m[1]!] = /^(["']).*\1$/.test(value) ? value.slice(1, -1) : value;
   });
