@@ -3,7 +3,7 @@
  * database (documents, jobs, events, webhook_log) is exactly as it was before.
  */
 import { randomUUID } from "node:crypto";
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { beforeEach, describe, expect, it } from "vitest";
 import { signWebhook } from "../../src/api/routes/webhook.ts";
 import { JOB_ID_HEADER } from "../../src/stages/submitParse.ts";
 import { useTestApp, parseEvent, seedJob, snapshot, webhookRequest, type SeededJob } from "./helpers.ts";
