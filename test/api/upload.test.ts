@@ -176,6 +176,31 @@ describe("POST /upload (signed URL) and finalize", () => {
     expect(after.json()).toMatchObject({ document_id: doc, status: "uploaded", upload: null });
   });
 
+  it("finalize racing another finalize that removed the object: 409 upload_missing, nothing written", async () => {
+    const user = randomUUID();
+    const content = `%PDF-1.7 raced ${randomUUID()}`;
+    const body = { filename: "r.pdf", mime: "application/pdf", bytes: content.length, sha256: sha256(content) };
+    const signed = await request(user, body);
+    const doc = signed.json().document_id as string;
+    ctx.t.store.put(signed.json().upload.path, content);
+    const store = ctx.t.store;
+    const download = store.download.bind(store);
+    // info() saw the object; by the time it is read, someone else removed it.
+    store.download = async (path: string) => {
+      store.objects.delete(path);
+      return download(path);
+    };
+    try {
+      const before = await snapshot(ctx.db.pool);
+      const res = await ctx.t.app.inject({ method: "POST", url: `/upload/${doc}/finalize`, headers: await bearer(user) });
+      expect(res.statusCode, res.body).toBe(409);
+      expect(res.json().error.code).toBe("upload_missing");
+      expect(await snapshot(ctx.db.pool)).toEqual(before);
+    } finally {
+      store.download = download;
+    }
+  });
+
   it("validates the request: 400 naming the field, 413 and 415 naming the limit", async () => {
     const user = randomUUID();
     const good = { filename: "a.pdf", mime: "application/pdf", bytes: 10, sha256: sha256("a") };

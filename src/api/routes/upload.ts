@@ -256,7 +256,7 @@ export async function uploadRoutes(app: FastifyInstance): Promise<void> {
     if (existingJob) return reply.code(200).send({ document_id: docId, job_id: jobId, status: existingJob.status });
     const info = await storageCall(() => store.info(doc.raw_path));
     if (!info) {
-      throw new ApiError(409, "upload_missing", `No object at ${doc.raw_path} yet: PUT the file to the signed URL from POST /upload, then call finalize again.`);
+      throw uploadMissing(doc.raw_path);
     }
     await verifyStored(store, rules, doc, info, request.log);
     const { created } = await createJob(pool, { jobId, documentId: docId, correlationId: randomUUID(), maxAttempts: config.MAX_ATTEMPTS, lane: doc.lane });
@@ -285,7 +285,7 @@ async function verifyStored(store: ObjectStore, rules: UploadRules, doc: Documen
     }
     await withTempDir(async (dir) => {
       const path = join(dir, "object");
-      const spooled = await spoolToFile(await storageCall(() => store.download(doc.raw_path)), path, Math.min(rules.maxBytes, declaredBytes), largerThanDeclared);
+      const spooled = await spoolToFile(await download(store, doc.raw_path), path, Math.min(rules.maxBytes, declaredBytes), largerThanDeclared);
       if (spooled.bytes !== declaredBytes) {
         throw new ApiError(400, "size_mismatch", `bytes: ${declaredBytes} were declared but ${spooled.bytes} were stored; PUT the whole file again.`);
       }
@@ -298,6 +298,8 @@ async function verifyStored(store: ObjectStore, rules: UploadRules, doc: Documen
     // A local file-system failure (ENOSPC) is ours: a 500, and the object stays for a retry.
     if (typeof (err as { syscall?: unknown }).syscall === "string") throw err;
     if (!(err instanceof ApiError) || err.statusCode >= 500) throw storageFailure(err);
+    // Gone already: nothing to remove (and a new PUT may be arriving).
+    if (err.code === "upload_missing") throw err;
     try {
       await store.remove([doc.raw_path]);
     } catch (removal) {
@@ -306,6 +308,19 @@ async function verifyStored(store: ObjectStore, rules: UploadRules, doc: Documen
     throw err;
   }
 }
+
+/** The stored object as a stream; gone since `info()` (a concurrent finalize removed it) is 409 `upload_missing`. */
+async function download(store: ObjectStore, path: string): Promise<ReadableStream<Uint8Array>> {
+  try {
+    return await store.download(path);
+  } catch (err) {
+    if (err instanceof PipelineError && err.code === "storage_not_found") throw uploadMissing(path);
+    throw storageFailure(err);
+  }
+}
+
+const uploadMissing = (path: string) =>
+  new ApiError(409, "upload_missing", `No object at ${path} yet: PUT the file to the signed URL from POST /upload, then call finalize again.`);
 
 /** Sign an upload URL that can write the object once (no upsert). */
 async function signUpload(store: ObjectStore, path: string, docId: string) {
