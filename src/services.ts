@@ -14,6 +14,7 @@ import { OpenAIRateLimiter, RateLimitedEmbedder } from "./resilience/rateLimiter
 import type { Logger } from "./logger.ts";
 import type pg from "pg";
 import type { PipelineServices } from "./stages/services.ts";
+import { embedVersionOf } from "./stages/settings.ts";
 
 /** The API allows 300,000 tokens in one embeddings request. */
 const OPENAI_MAX_TOKENS_PER_REQUEST = 300_000;
@@ -79,6 +80,7 @@ export function createPipelineServices(config: Config, wiring: ServiceWiring = {
       parseDeadlineMs: config.PARSE_DEADLINE_SECONDS * 1000,
       partialParse: config.PARTIAL_PARSE,
       embedModel: config.EMBED_MODEL,
+      embedDimensions: config.EMBED_DIMENSIONS,
       embedVersion: embedVersion(config),
       embedBatchSize: config.EMBED_BATCH_SIZE,
       embedMaxTokensPerRequest: OPENAI_MAX_TOKENS_PER_REQUEST,
@@ -90,10 +92,9 @@ export function createPipelineServices(config: Config, wiring: ServiceWiring = {
   };
 }
 
-/** `embed_version`: what, besides the model name, decides the vectors (here the dimensions). */
+/** `embed_version` of the configured model and dimensions. */
 export function embedVersion(config: Pick<Config, "EMBED_MODEL" | "EMBED_DIMENSIONS">): string {
-  const defaults: Record<string, number> = { "text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536 };
-  return `d${config.EMBED_DIMENSIONS ?? defaults[config.EMBED_MODEL] ?? 0}`;
+  return embedVersionOf(config.EMBED_MODEL, config.EMBED_DIMENSIONS);
 }
 
 function createGovernor(

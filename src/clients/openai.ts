@@ -54,6 +54,12 @@ export interface EmbedResult {
   model: string;
 }
 
+/** A model and its output dimensions (`undefined`: the model's default). */
+export interface EmbedTarget {
+  model: string;
+  dimensions: number | undefined;
+}
+
 export interface EmbeddingsClient {
   readonly model: string;
   readonly dimensions: number | undefined;
@@ -61,7 +67,7 @@ export interface EmbeddingsClient {
    * Embed a batch. Throws a `PipelineError` (never a raw SDK error).
    * @param inputs 1..2048 non-empty strings (the API rejects an empty string anywhere).
    */
-  embed(inputs: string[], signal?: AbortSignal): Promise<EmbedResult>;
+  embed(inputs: string[], signal?: AbortSignal, options?: { target?: EmbedTarget }): Promise<EmbedResult>;
 }
 
 /**
@@ -84,8 +90,8 @@ export function createEmbeddingsClient(options: EmbeddingsClientOptions): Embedd
   return {
     model,
     dimensions,
-    async embed(inputs, signal) {
-      if (inputs.length === 0) return { vectors: [], usage: { promptTokens: 0, totalTokens: 0 }, rateLimit: undefined, model };
+    async embed(inputs, signal, { target = { model, dimensions } } = {}) {
+      if (inputs.length === 0) return { vectors: [], usage: { promptTokens: 0, totalTokens: 0 }, rateLimit: undefined, model: target.model };
       // The API fails the whole request on an empty string (whitespace is fine); say which one
       // here instead of spending a request and a rate-limit slot to learn it.
       const empty = inputs.findIndex((text) => text.length === 0);
@@ -99,16 +105,16 @@ export function createEmbeddingsClient(options: EmbeddingsClientOptions): Embedd
         // decodes it itself. In openai v7 the decoded `embedding` is a plain `number[]` built from
         // a little-endian Float32Array view, so the values are exact float32s.
         ({ data, response } = await sdk.embeddings
-          .create({ model, input: inputs, ...(dimensions !== undefined ? { dimensions } : {}) }, { signal })
+          .create({ model: target.model, input: inputs, ...(target.dimensions !== undefined ? { dimensions: target.dimensions } : {}) }, { signal })
           .withResponse());
       } catch (err) {
         throw mapOpenAIError(err, apiKey);
       }
       return {
-        vectors: toVectors(data, inputs.length, dimensions),
+        vectors: toVectors(data, inputs.length, target.dimensions),
         usage: { promptTokens: data.usage?.prompt_tokens ?? 0, totalTokens: data.usage?.total_tokens ?? 0 },
         rateLimit: parseRateLimitHeaders(response.headers),
-        model: data.model ?? model,
+        model: data.model ?? target.model,
       };
     },
   };

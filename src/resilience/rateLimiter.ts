@@ -22,7 +22,7 @@
  * A request larger than the whole capacity waits for a full bucket and then drives it negative
  * (it is paid for by the requests that follow).
  */
-import type { EmbedResult, EmbeddingsClient, RateLimitInfo } from "../clients/openai.ts";
+import type { EmbedResult, EmbedTarget, EmbeddingsClient, RateLimitInfo } from "../clients/openai.ts";
 import { countBatchTokens } from "../clients/tokens.ts";
 import { coerceError } from "../errors.ts";
 import type { ServiceBreaker } from "./breakers.ts";
@@ -402,15 +402,15 @@ export class RateLimitedEmbedder implements EmbeddingsClient {
   }
 
   /** `options.tokens`: the inputs' token count when the caller has it stored; otherwise they are counted here. */
-  async embed(inputs: string[], signal?: AbortSignal, options: { tokens?: number } = {}): Promise<EmbedResult> {
+  async embed(inputs: string[], signal?: AbortSignal, options: { tokens?: number; target?: EmbedTarget } = {}): Promise<EmbedResult> {
     const tokens = options.tokens ?? this.#count(inputs);
     for (let attempt = 0; ; attempt++) {
       const grant = await this.#governor.acquire({ requests: 1, tokens }, signal);
       let result: EmbedResult;
       try {
         result = this.#breaker
-          ? await this.#breaker.execute((s) => this.#client.embed(inputs, s), signal)
-          : await this.#client.embed(inputs, signal);
+          ? await this.#breaker.execute((s) => this.#client.embed(inputs, s, { target: options.target }), signal)
+          : await this.#client.embed(inputs, signal, { target: options.target });
       } catch (err) {
         const e = coerceError(err);
         const rateLimited = e.status === 429 && e.transient;

@@ -10,6 +10,7 @@ import { PermanentError } from "../errors.ts";
 import { chunkId, sha256 } from "../ids.ts";
 import type { Stage, StageContext } from "../worker/stage.ts";
 import type { PipelineServices } from "./services.ts";
+import { jobSettings } from "./settings.ts";
 
 export const chunkDocument: Stage<PipelineServices> = {
   name: "chunk",
@@ -21,14 +22,16 @@ export const chunkDocument: Stage<PipelineServices> = {
     const job = ctx.job;
     if (!job.parsed_path) throw new PermanentError("parsed_path_missing", "the job reached chunking without a parsed_path");
     const { settings, storage } = ctx.services;
+    // The chunk size and overlap the job began with, whatever this worker is configured with.
+    const pinned = await jobSettings(ctx);
 
     await ctx.faults.hit("call.storage.download.before", { jobId: job.job_id });
     const body = await storage.download(job.parsed_path, ctx.signal);
     // The chunker normalizes as it reads (the same rules validate hashed), so offsets point
     // into the normalized document.
     const chunks = chunkMarkdown(body, {
-      maxTokens: settings.chunkMaxTokens,
-      overlapTokens: settings.chunkOverlapTokens,
+      maxTokens: pinned.chunkMaxTokens,
+      overlapTokens: pinned.chunkOverlapTokens,
     });
 
     const digest = createHash("sha256");

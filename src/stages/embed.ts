@@ -11,6 +11,7 @@ import { PermanentError } from "../errors.ts";
 import { deterministicId, vectorSha } from "../ids.ts";
 import type { Stage, StageContext } from "../worker/stage.ts";
 import type { PipelineServices } from "./services.ts";
+import { jobSettings, type JobSettings } from "./settings.ts";
 
 /**
  * One batch of vectors and the job's counters, in one statement (so in one transaction):
@@ -47,12 +48,15 @@ export const embedChunks: Stage<PipelineServices> = {
       await ctx.faults.hit("commit.embedding_queued.after", { jobId: ctx.job.job_id });
     }
     if (ctx.job.status === "embedding_queued") await ctx.transition("embedding_in_progress");
-    const { embedder, settings } = ctx.services;
+    const { embedder } = ctx.services;
+    // The model and dimensions the job began with, whatever this worker is configured with.
+    const pinned = await jobSettings(ctx);
+    const target = { model: pinned.embedModel, dimensions: pinned.embedDimensions };
     let batchNo = 0;
     let after = -1; // every chunk up to here has its vector: the next page starts past it
     for (;;) {
       ctx.checkpoint(); // a shutdown stops here, between batches: the stored ones are kept
-      const batch = await nextBatch(ctx, after);
+      const batch = await nextBatch(ctx, pinned, after);
       if (batch.length === 0) break;
       after = batch.at(-1)!.chunk_ord;
       batchNo += 1;
@@ -60,25 +64,25 @@ export const embedChunks: Stage<PipelineServices> = {
       if (inputs.some((t) => t.length === 0)) throw new PermanentError("empty_chunk", "a stored chunk is empty; the embeddings API refuses empty inputs");
       await ctx.faults.hit("call.openai.embed.before", { jobId: ctx.job.job_id, batch: batchNo, inputs: inputs.length });
       // The chunker stored each chunk's cl100k token count: the rate limiter's estimate needs no second tokenization.
-      const result = await embedder.embed(inputs, ctx.signal, { tokens: batch.reduce((sum, c) => sum + c.token_count, 0) });
+      const result = await embedder.embed(inputs, ctx.signal, { tokens: batch.reduce((sum, c) => sum + c.token_count, 0), target });
       await ctx.faults.hit("call.openai.embed.after", { jobId: ctx.job.job_id, batch: batchNo });
       if (result.vectors.length !== batch.length) {
         throw new PermanentError("embedding_count_mismatch", `asked for ${batch.length} embeddings, got ${result.vectors.length}`);
       }
       const tokens = result.usage.totalTokens;
-      const batchId = deterministicId(ctx.job.document_id, "batch", settings.embedModel, settings.embedVersion, batch[0]!.chunk_ord);
+      const batchId = deterministicId(ctx.job.document_id, "batch", pinned.embedModel, pinned.embedVersion, batch[0]!.chunk_ord);
       await ctx.faults.hit("commit.vectors.before", { jobId: ctx.job.job_id, batch: batchNo });
       await ctx.fenced(({ client }) =>
         client.query(INSERT_VECTORS, [
           ctx.job.job_id,
-          settings.embedModel,
-          settings.embedVersion,
+          pinned.embedModel,
+          pinned.embedVersion,
           batchId,
           batch.map((c) => c.chunk_id),
           result.vectors.map(realArrayLiteral),
           result.vectors.map((v) => vectorSha(v)),
           tokens,
-          costUsd(settings.embedModel, tokens).toFixed(10),
+          costUsd(pinned.embedModel, tokens).toFixed(10),
         ]),
       );
       await ctx.faults.hit("commit.vectors.after", { jobId: ctx.job.job_id, batch: batchNo });
@@ -100,7 +104,7 @@ export function realArrayLiteral(v: Float32Array): string {
 }
 
 /** The next chunks after `after` without a vector, in order: ≤ embedBatchSize inputs and ≤ the token cap. */
-async function nextBatch(ctx: StageContext<PipelineServices>, after: number): Promise<PendingChunk[]> {
+async function nextBatch(ctx: StageContext<PipelineServices>, pinned: JobSettings, after: number): Promise<PendingChunk[]> {
   const { settings } = ctx.services;
   const { rows } = await ctx.pool.query<PendingChunk>(
     `SELECT c.chunk_id, c.chunk_ord, c.text, c.token_count
@@ -110,7 +114,7 @@ async function nextBatch(ctx: StageContext<PipelineServices>, after: number): Pr
                          WHERE v.chunk_id = c.chunk_id AND v.embed_model = $4 AND v.embed_version = $5)
       ORDER BY c.chunk_ord
       LIMIT $6`,
-    [ctx.job.document_id, CHUNKER_NAME, CHUNKER_VERSION, settings.embedModel, settings.embedVersion, settings.embedBatchSize, after],
+    [ctx.job.document_id, CHUNKER_NAME, CHUNKER_VERSION, pinned.embedModel, pinned.embedVersion, settings.embedBatchSize, after],
   );
   let budget = settings.embedMaxTokensPerRequest;
   const batch: PendingChunk[] = [];

@@ -8,6 +8,7 @@ import { PermanentError } from "../errors.ts";
 import { vectorSha } from "../ids.ts";
 import type { Stage } from "../worker/stage.ts";
 import type { PipelineServices } from "./services.ts";
+import { jobSettings } from "./settings.ts";
 
 /**
  * Vectors re-hashed per query while verifying: memory holds one page, read back as text (a
@@ -20,9 +21,10 @@ export const finishDocument: Stage<PipelineServices> = {
   name: "finish",
   handles: ["embeddings_stored"],
   async run(ctx) {
-    const { settings } = ctx.services;
     const job = ctx.job;
-    const key = [job.document_id, CHUNKER_NAME, CHUNKER_VERSION, settings.embedModel, settings.embedVersion];
+    // The model and version the job was embedded with, whatever this worker is configured with.
+    const pinned = await jobSettings(ctx);
+    const key = [job.document_id, CHUNKER_NAME, CHUNKER_VERSION, pinned.embedModel, pinned.embedVersion];
     const counts = await ctx.pool.query<{ chunks: number; vectors: number; vector_rows: number }>(
       `SELECT count(*)::int AS chunks,
               count(*) FILTER (WHERE v.n = 1)::int AS vectors,

@@ -2,7 +2,7 @@
  * What the stages need from the outside world, passed in (never imported as globals), so the
  * same stages run against the real services, the mocks, or a test's stand-ins.
  */
-import type { EmbedResult } from "../clients/openai.ts";
+import type { EmbedResult, EmbedTarget } from "../clients/openai.ts";
 import type { LlamaParseClient } from "../clients/llamaparse.ts";
 import type { ObjectStorage } from "../clients/storage.ts";
 import type { PartialParsePolicy } from "./parseIntake.ts";
@@ -10,7 +10,8 @@ import type { PartialParsePolicy } from "./parseIntake.ts";
 export interface Embedder {
   readonly model: string;
   /** `options.tokens`: the inputs' cl100k token count when the caller knows it (spares a tokenization). */
-  embed(inputs: string[], signal?: AbortSignal, options?: { tokens?: number }): Promise<EmbedResult>;
+  /** `options.target`: embed with this model and dimensions instead of the configured ones (a job's pinned settings). */
+  embed(inputs: string[], signal?: AbortSignal, options?: { tokens?: number; target?: EmbedTarget }): Promise<EmbedResult>;
 }
 
 export interface PipelineSettings {
@@ -25,6 +26,8 @@ export interface PipelineSettings {
   /** PARTIAL_PARSE: what a parse with failed pages does to the job. */
   partialParse: PartialParsePolicy;
   embedModel: string;
+  /** EMBED_DIMENSIONS; `undefined`: the model's default. */
+  embedDimensions: number | undefined;
   /** Recorded as `embed_version`: changes whenever vectors for the same text could change. */
   embedVersion: string;
   /** Inputs per embeddings request (≤ 256). */

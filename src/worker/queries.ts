@@ -20,6 +20,8 @@ export interface ClaimedJob {
   webhook_secret: string | null;
   parse_job_id: string | null;
   correlation_id: string;
+  /** The settings pinned on the job (migration 0004); `null` until a stage pins them. */
+  settings: Record<string, unknown> | null;
   user_id: string;
   filename: string;
   mime: string;
@@ -57,7 +59,7 @@ export const CLAIM_NEXT_JOB_SQL = `WITH candidate AS (
    RETURNING j.*
  )
  SELECT c.job_id, c.document_id, c.status, c.progress, c.attempts, c.max_attempts, c.lease_token,
-        c.lease_expires_at, c.locked_by, c.last_error, c.webhook_secret, c.parse_job_id, c.correlation_id,
+        c.lease_expires_at, c.locked_by, c.last_error, c.webhook_secret, c.parse_job_id, c.correlation_id, c.settings,
         d.user_id, d.filename, d.mime, d.bytes, d.file_sha256, d.raw_path, d.parsed_path, d.parsed_sha256
    FROM claimed c JOIN upload_pipeline.documents d USING (document_id)`;
 
