@@ -90,7 +90,9 @@ export async function runMemoryBench(ctx: BenchContext): Promise<BenchResult> {
     title: "Memory: peak RSS of a worker process vs document size",
     figures: [
       figure("peak_rss_small_mib", `peak RSS, ${formatBytes(small)} document`, round(peakS, 1), "MiB"),
-      figure("peak_rss_large_mib", `peak RSS, ${formatBytes(large)} document`, round(peakL, 1), "MiB"),
+      figure("peak_rss_large_mib", `peak RSS, ${formatBytes(large)} document`, round(peakL, 1), "MiB", { op: "<=", bound: 200 }),
+      figure("steady_rss_large_mib", `steady RSS (median sample), ${formatBytes(large)} document`, round(mean(large, (r) => median(r.rss.map(([, v]) => v))), 1), "MiB", { op: "<=", bound: 150 }),
+      figure("idle_rss_mib", "idle RSS before the upload", round(mean(large, (r) => r.idleRssMiB), 1), "MiB"),
       figure("peak_rss_ratio", "peak RSS, 10× document ÷ 1× document", round(ratio, 3), "ratio", { op: "<", bound: 1.2 }),
     ],
     notes: [
@@ -305,6 +307,11 @@ function procStatus(pid: number): { rssMiB: number; hwmMiB: number } | undefined
   } catch {
     return undefined;
   }
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? s[Math.floor(s.length / 2)]! : Number.NaN;
 }
 
 export function formatBytes(n: number): string {

@@ -12,6 +12,7 @@
  * comparison only.
  */
 import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { createDatabase, figure, round, type BenchContext, type BenchResult } from "./support.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -24,15 +25,24 @@ const MODES = {
 } as const;
 type Mode = keyof typeof MODES;
 
-/** Spawn → the "worker started" line, in ms; then SIGTERM and wait for the exit. */
-async function startOnce(mode: Mode, env: NodeJS.ProcessEnv): Promise<number> {
+/** VmRSS of a process, MiB. */
+function rssMiB(pid: number): number {
+  const status = readFileSync(`/proc/${pid}/status`, "utf8");
+  return Number(/^VmRSS:\s+(\d+) kB/m.exec(status)?.[1] ?? Number.NaN) / 1024;
+}
+
+/**
+ * Spawn → the "worker started" line, in ms, and the RSS of the process that logged it (the
+ * worker itself, whatever started it) 1 s later; then SIGTERM and wait for the exit.
+ */
+async function startOnce(mode: Mode, env: NodeJS.ProcessEnv): Promise<{ ms: number; rssMiB: number }> {
   const { command, args } = MODES[mode];
   const t0 = performance.now();
   const child = spawn(command, args, { cwd: ROOT, env, stdio: ["ignore", "pipe", "pipe"] });
   let output = "";
   const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
   try {
-    return await new Promise<number>((resolve, reject) => {
+    const ms = await new Promise<number>((resolve, reject) => {
       const onData = (chunk: Buffer) => {
         output += chunk.toString("utf8");
         if (output.includes('"worker started"')) resolve(performance.now() - t0);
@@ -42,6 +52,9 @@ async function startOnce(mode: Mode, env: NodeJS.ProcessEnv): Promise<number> {
       void exited.then((code) => reject(new Error(`${MODES[mode].label}: the worker exited (${code}) before it started:\n${output.slice(-2000)}`)));
       setTimeout(() => reject(new Error(`${MODES[mode].label}: no "worker started" within 60 s:\n${output.slice(-2000)}`)), 60_000).unref();
     });
+    const started = JSON.parse(output.split("\n").find((l) => l.includes('"worker started"'))!) as { pid: number };
+    await new Promise((r) => setTimeout(r, 1_000));
+    return { ms, rssMiB: rssMiB(started.pid) };
   } finally {
     child.kill("SIGTERM");
     await exited;
@@ -73,17 +86,23 @@ export async function runStartupBench(ctx: BenchContext): Promise<BenchResult> {
     UPLOAD_PIPELINE_CRASH_AT: "",
   };
   const times: Record<Mode, number[]> = { tsxCli: [], tsxLoader: [], native: [] };
+  const rss: Record<Mode, number[]> = { tsxCli: [], tsxLoader: [], native: [] };
   try {
     // One warm-up each (file cache), not counted; then the modes in turn.
     for (const mode of Object.keys(MODES) as Mode[]) await startOnce(mode, env);
     for (let i = 0; i < repeats; i++) {
-      for (const mode of Object.keys(MODES) as Mode[]) times[mode].push(await startOnce(mode, env));
+      for (const mode of Object.keys(MODES) as Mode[]) {
+        const r = await startOnce(mode, env);
+        times[mode].push(r.ms);
+        rss[mode].push(r.rssMiB);
+      }
       ctx.log(`startup: round ${i + 1}/${repeats}: ${(Object.keys(MODES) as Mode[]).map((m) => `${MODES[m].label} ${Math.round(times[m].at(-1)!)} ms`).join(", ")}`);
     }
   } finally {
     await db.drop();
   }
   const med = Object.fromEntries((Object.keys(MODES) as Mode[]).map((m) => [m, median(times[m])])) as Record<Mode, number>;
+  const medRss = Object.fromEntries((Object.keys(MODES) as Mode[]).map((m) => [m, median(rss[m])])) as Record<Mode, number>;
   return {
     name: "startup",
     title: "Worker start-up: spawn → \"worker started\"",
@@ -92,12 +111,14 @@ export async function runStartupBench(ctx: BenchContext): Promise<BenchResult> {
       figure("startup_tsx_loader_ms", `median, ${MODES.tsxLoader.label}`, Math.round(med.tsxLoader), "ms"),
       figure("startup_tsx_cli_ms", `median, ${MODES.tsxCli.label}`, Math.round(med.tsxCli), "ms"),
       figure("startup_speedup", "tsx CLI ÷ node (type stripping)", round(med.tsxCli / med.native, 2), "ratio"),
+      figure("idle_rss_native_mib", `idle RSS 1 s after start, ${MODES.native.label}`, round(medRss.native, 1), "MiB"),
+      figure("idle_rss_tsx_mib", `idle RSS 1 s after start, ${MODES.tsxLoader.label}`, round(medRss.tsxLoader, 1), "MiB"),
     ],
     notes: [
       `${repeats} starts per way, interleaved, after one warm-up start each; each worker connects to a fresh database, LISTENs and starts 1 slot, then gets SIGTERM.`,
       "npm run worker|api|mocks|migrate|scenario|bench run node directly (type stripping); tsx is kept only as this benchmark's baseline.",
     ],
-    details: { repeats, times },
+    details: { repeats, times, rss },
     durationMs: Date.now() - started,
   };
 }
