@@ -20,6 +20,8 @@ import { replayDifferences, type ReplayRecord } from "./replay.ts";
 import { EnvFileError, loadEnvFile } from "./envFile.ts";
 import { StarterExistsError, writeStarter } from "./init.ts";
 import { drawScenario } from "./soak.ts";
+import { formatJepsen, jepsenCounts, sumJepsen } from "./jepsen.ts";
+import { REACHABLE, reachedEvents } from "./reachability.ts";
 import { loadScenarioFile, loadSuite, parseScenario, ScenarioFileError, SuiteError, type Scenario } from "./scenario.ts";
 import { createProgress } from "./progress.ts";
 
@@ -196,6 +198,8 @@ async function main(): Promise<number> {
     process.stdout.write(coverage.unexercised.length ? `; never exercised: ${coverage.unexercised.join(", ")}\n` : "\n");
   }
   if (!coverageOk) process.stdout.write(`FAIL: coverage below the required ${requiredCoverage}%\n`);
+  const counted = results.flatMap((r) => (r.figures.jepsen ? [r.figures.jepsen] : []));
+  if (counted.length > 0) process.stdout.write(`all scenarios: ${formatJepsen(sumJepsen(counted))}\n`);
   process.stdout.write(`report: ${Object.values(files).join(", ")}\n`);
   return summary.passed ? 0 : 1;
 }
@@ -344,7 +348,11 @@ async function summarise(scenario: Scenario, run: RunOutcome, reference?: Map<st
     `SELECT status, coalesce((progress->>'tokens')::bigint, 0) AS tokens, coalesce((progress->>'cost_usd')::numeric, 0) AS cost
        FROM upload_pipeline.upload_jobs`,
   );
-  const errors = [...(run.timedOut ? [`not quiet within ${scenario.deadlineMs} ms`, ...run.stuck] : []), ...run.missed];
+  const reached = await reachedEvents({ ...run, documentIds: run.documentIds });
+  const never = scenario.sometimes.filter((e) => !reached.includes(e)).map((e) => `sometimes: ${e} never happened (${REACHABLE[e]})`);
+  const completeIds = run.documentIds.filter((id) => run.expected.get(id) === "complete");
+  const jepsen = await jepsenCounts(run.pool, { ...run, completeIds }, reference);
+  const errors = [...(run.timedOut ? [`not quiet within ${scenario.deadlineMs} ms`, ...run.stuck] : []), ...run.missed, ...never];
   return {
     name: scenario.name,
     description: scenario.description,
@@ -363,6 +371,8 @@ async function summarise(scenario: Scenario, run: RunOutcome, reference?: Map<st
       faults: faultCounts(run),
       tokens: rows.reduce((a, r) => a + Number(r.tokens), 0),
       costUsd: rows.reduce((a, r) => a + Number(r.cost), 0),
+      reached,
+      jepsen,
     },
     invariants,
     coverage,

@@ -6,6 +6,7 @@
 import type { JobStatus } from "../src/state-machine/table.ts";
 import type { ScenarioResult } from "./report/index.ts";
 import type { Progress } from "./runner.ts";
+import { formatJepsen } from "./jepsen.ts";
 
 const SHORT: Partial<Record<JobStatus, string>> = {
   uploaded: "up",
@@ -62,6 +63,8 @@ export function createProgress(out: NodeJS.WriteStream) {
       const figures = `${result.figures.documents} docs in ${(result.figures.durationMs / 1000).toFixed(1)}s`;
       out.write(`${result.passed ? "✔" : "✘"} ${current}: ${result.passed ? "passed" : "FAILED"} (${figures})\n`);
       for (const e of result.errors) out.write(`    ${e}\n`);
+      if (result.figures.jepsen) out.write(`    ${formatJepsen(result.figures.jepsen)}\n`);
+      if (result.figures.reached?.length) out.write(`    reached: ${result.figures.reached.join(", ")}\n`);
       for (const c of result.invariants?.checks ?? []) if (!c.ok) out.write(`    ✘ ${c.name}: ${c.violations.slice(0, 5).join("; ")}\n`);
     },
   };

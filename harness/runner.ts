@@ -60,6 +60,10 @@ export interface RunOutcome {
   /** Faults the scenario scheduled that never happened (a pass would prove nothing about them). */
   missed: string[];
   mockStats: ReturnType<MockServer["mocks"]["stats"]>;
+  /** Worker lives that were SIGKILLed (by us or at a fault point). */
+  killedWorkers: string[];
+  /** This run's worker logs. */
+  logDir: string;
   /** Every fault the mocks injected, as sorted lines (see harness/replay.ts). */
   faultLog: string[];
   /** The fault-log and database digests a replay must reproduce. */
@@ -114,6 +118,7 @@ class ScenarioRun {
   private pool?: pg.Pool;
   private services?: Partial<Services>;
   private documentIds: string[] = [];
+  private readonly killedWorkers: string[] = [];
   private readonly corpus: CorpusFile[];
   /** Targeted crashes (`point#n@jobId`) not yet fired: every new worker process carries them. */
   private readonly targeted: Array<{ spec: string; point: string; jobId: string; label: string; fired: boolean }>;
@@ -216,6 +221,7 @@ class ScenarioRun {
       this.note(`${e.workerId} killed at ${e.point} holding ${target?.label ?? `job ${e.jobId}`}`);
     }
     if (e.kind === "crashed" && !e.jobId) this.note(`${e.workerId} died at its fault point ${e.point}`);
+    if (e.kind === "exited" && e.signal === "SIGKILL") this.killedWorkers.push(e.workerId);
     if (e.kind === "exited" && e.signal === null && e.code !== 0) this.note(`${e.workerId} exited with code ${e.code} (see its log)`);
   }
 
@@ -368,6 +374,8 @@ class ScenarioRun {
       stuck: quiet.ok ? [] : await describeStuck(pool, quiet.rows),
       mockStats,
       faultLog: faults.lines,
+      killedWorkers: this.killedWorkers,
+      logDir: join(env.logDir, scenario.name),
       replay: { faultLogDigest: faults.digest, faults: faults.lines.length, databaseDigest: await databaseDigest(pool, this.documentIds) },
       events: this.events,
       pool,

@@ -11,6 +11,7 @@ import { configForLocalMocks, configSchema } from "../src/config.ts";
 import { ConfigError } from "../src/errors.ts";
 import { ALL_STATES, isTerminal, type JobStatus } from "../src/state-machine/table.ts";
 import { FAULT_POINTS, parseCrashSpec } from "../src/worker/faultPoints.ts";
+import { REACHABLE_EVENTS } from "./reachability.ts";
 
 const terminalState = z
   .enum(ALL_STATES)
@@ -133,6 +134,11 @@ export const ScenarioSchema = z.strictObject({
       }),
     )
     .default([]),
+  /**
+   * Rare events that must have happened (Antithesis-style `sometimes`), or the scenario fails:
+   * see harness/reachability.ts for the names.
+   */
+  sometimes: z.array(z.enum(REACHABLE_EVENTS, { message: `must be one of ${REACHABLE_EVENTS.join(", ")}` })).default([]),
   /** Restart the PostgreSQL server this many ms after the uploads finished. */
   postgresRestartAtMs: z.number().int().min(0).optional(),
   /** After the first quiet point, retry every dead-lettered job through the API, then wait again. */

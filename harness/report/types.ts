@@ -4,6 +4,7 @@
  */
 import type { CoverageReport } from "../coverage.ts";
 import type { InvariantReport } from "../invariants/types.ts";
+import type { JepsenCounts } from "../jepsen.ts";
 
 /** Completed jobs in one time bucket. */
 export interface ThroughputPoint {
@@ -61,6 +62,10 @@ export interface ScenarioFigures {
   faults?: Record<string, number>;
   tokens?: number;
   costUsd?: number;
+  /** Rare events the run reached (harness/reachability.ts). */
+  reached?: string[];
+  /** Lost, duplicated, recovered and unexpected chunks and vectors, and repeated external work (harness/jepsen.ts). */
+  jepsen?: JepsenCounts;
 }
 
 export interface ScenarioResult {
