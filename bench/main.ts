@@ -18,6 +18,7 @@ import { runMemoryBench } from "./memory.ts";
 import { runPeersBench } from "./peers.ts";
 import { runQueueBench } from "./queue.ts";
 import { runRateLimitBench } from "./ratelimit.ts";
+import { runFleetBench } from "./fleet.ts";
 import { runStartupBench } from "./startup.ts";
 import { adminQuery, BENCH_NAMES, type BenchContext, type BenchName, type BenchResult, type Figure } from "./support.ts";
 import { runWebhookBench } from "./webhook.ts";
@@ -38,6 +39,7 @@ Benchmarks (SPEC §9), in this order:
   startup     a worker process from spawn to "worker started": node (type stripping) vs the tsx loader
   cpu         worker CPU-seconds per MiB of document, per stage
   peers       our transitions/s beside graphile-worker and pg-boss (no-op jobs and the 9-stage pipeline)
+  fleet       1, 2, 4, 8 processes on one key: tokens/min vs TPM and 429s, shared governor on and off
 
 Multi-worker scaling: npm run scenario -- multi-worker-scaling
 PostgreSQL: DATABASE_URL when set (a database per run is created on it), else an embedded one.
@@ -51,6 +53,7 @@ const RUNNERS: Record<BenchName, (ctx: BenchContext) => Promise<BenchResult>> = 
   startup: runStartupBench,
   cpu: runCpuBench,
   peers: runPeersBench,
+  fleet: runFleetBench,
 };
 
 function usageError(message: string): never {

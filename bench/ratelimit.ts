@@ -19,7 +19,7 @@ import { configForLocalMocks } from "../src/config.ts";
 import { coerceError } from "../src/errors.ts";
 import { createPipelineServices } from "../src/services.ts";
 import { mulberry32, type Rng } from "../mocks/shared/rng.ts";
-import { startMockServer } from "../mocks/server.ts";
+import { startMockServer, type MockServer } from "../mocks/server.ts";
 import { figure, round, sleep, type BenchContext, type BenchResult, type Figure } from "./support.ts";
 import { WORDS } from "../harness/corpus.ts";
 
@@ -28,7 +28,7 @@ const ROUTE = "openai.embeddings";
 const TPM = 150_000;
 const CALLERS = 8;
 
-interface Sample {
+export interface Sample {
   /** ms since the run started */
   t: number;
   tokens: number;
@@ -130,14 +130,7 @@ async function runOnce(
     let embedCalls = 0;
 
     const t0 = performance.now();
-    const sample = (): Sample => {
-      const s = mock.mocks.stats();
-      const byStatus = s.requests[ROUTE] ?? {};
-      const ok = byStatus["200"] ?? 0;
-      const rateLimited = byStatus["429"] ?? 0;
-      const all = Object.values(byStatus).reduce((a, b) => a + b, 0);
-      return { t: Math.round(performance.now() - t0), tokens: s.openai.usage[MODEL]?.prompt_tokens ?? 0, ok, rateLimited, otherStatus: all - ok - rateLimited };
-    };
+    const sample = (): Sample => ({ t: Math.round(performance.now() - t0), ...embeddingsCounters(mock, MODEL) });
     const remaining = () => Number(mock.state.rateLimiter.headers(MODEL)["x-ratelimit-remaining-tokens"]);
 
     const timeline: Sample[] = [sample()];
@@ -212,8 +205,18 @@ async function runOnce(
   }
 }
 
+/** What the OpenAI mock billed for `model` and how it answered, so far. */
+export function embeddingsCounters(mock: MockServer, model: string): { tokens: number; ok: number; rateLimited: number; otherStatus: number } {
+  const s = mock.mocks.stats();
+  const byStatus = s.requests[ROUTE] ?? {};
+  const ok = byStatus["200"] ?? 0;
+  const rateLimited = byStatus["429"] ?? 0;
+  const all = Object.values(byStatus).reduce((a, b) => a + b, 0);
+  return { tokens: s.openai.usage[model]?.prompt_tokens ?? 0, ok, rateLimited, otherStatus: all - ok - rateLimited };
+}
+
 /** `count` batches of 2–10 distinct chunk-like texts (40–90 words each). */
-function buildBatches(rng: Rng, count: number): string[][] {
+export function buildBatches(rng: Rng, count: number): string[][] {
   let serial = 0;
   return Array.from({ length: count }, () =>
     Array.from({ length: 2 + Math.floor(rng() * 9) }, () => {

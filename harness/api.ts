@@ -44,6 +44,7 @@ export class ApiClient {
 
   private async uploadOnce(file: CorpusFile): Promise<{ documentId: string; jobId: string; status: number }> {
     const form = new FormData();
+    if (file.priority) form.append("priority", file.priority);
     form.append("file", new Blob([file.bytes as BlobPart], { type: file.mime }), file.filename);
     const res = await fetch(`${this.baseUrl}/upload`, {
       method: "POST",

@@ -7,6 +7,7 @@ import { basename, extname, join } from "node:path";
 import { mulberry32, type Rng } from "../mocks/shared/rng.ts";
 import type { Scenario } from "./scenario.ts";
 import { deterministicId } from "../src/ids.ts";
+import type { Lane } from "../src/scheduling/lanes.ts";
 
 export type CorpusKind = "document" | "large" | "poison" | "empty" | "reupload" | "file";
 
@@ -50,6 +51,9 @@ export function listCorpusFiles(pattern: string): string[] {
 export interface CorpusFile {
   kind: CorpusKind;
   userId: string;
+  /** Set for the files of a tenant wave (`corpus.tenants`). */
+  tenant?: string | undefined;
+  priority?: Lane | undefined;
   filename: string;
   mime: string;
   bytes: Uint8Array;
@@ -123,4 +127,21 @@ export function buildCorpus(scenario: Scenario): CorpusFile[] {
     files.push({ ...original, kind: "reupload" });
   }
   return files;
+}
+
+/** The tenant waves of `corpus.tenants`, in upload order: one list of files per wave. */
+export function buildTenantWaves(scenario: Scenario): CorpusFile[][] {
+  const rng = mulberry32(scenario.seed ^ 0x7e4a47);
+  return scenario.corpus.tenants.map((wave) => {
+    const userId = deterministicId("scenario-tenant", scenario.seed, wave.name);
+    return Array.from({ length: wave.documents }, (_, i) => ({
+      kind: "document" as const,
+      userId,
+      tenant: wave.name,
+      priority: wave.priority,
+      filename: `${wave.name}-${i}.md`,
+      mime: "text/markdown",
+      bytes: new TextEncoder().encode(markdownDocument(rng, `Tenant ${wave.name} document ${i}`, wave.kib * 1024)),
+    }));
+  });
 }

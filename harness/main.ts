@@ -352,7 +352,7 @@ async function summarise(scenario: Scenario, run: RunOutcome, reference?: Map<st
   const never = scenario.sometimes.filter((e) => !reached.includes(e)).map((e) => `sometimes: ${e} never happened (${REACHABLE[e]})`);
   const completeIds = run.documentIds.filter((id) => run.expected.get(id) === "complete");
   const jepsen = await jepsenCounts(run.pool, { ...run, completeIds }, reference);
-  const errors = [...(run.timedOut ? [`not quiet within ${scenario.deadlineMs} ms`, ...run.stuck] : []), ...run.missed, ...never];
+  const errors = [...(run.timedOut ? [`not quiet within ${scenario.deadlineMs} ms`, ...run.stuck] : []), ...run.missed, ...never, ...run.boundsBroken];
   return {
     name: scenario.name,
     description: scenario.description,

@@ -18,7 +18,7 @@ import { expectedEmbedding } from "../mocks/index.ts";
 import { startMockServer, type MockServer } from "../mocks/server.ts";
 import { mulberry32 } from "../mocks/shared/rng.ts";
 import { ApiClient } from "./api.ts";
-import { buildCorpus, type CorpusFile, type CorpusKind } from "./corpus.ts";
+import { buildCorpus, buildTenantWaves, type CorpusFile, type CorpusKind } from "./corpus.ts";
 import { checkInvariants, fingerprint, type ExpectedOutcome, type Fingerprint, type InvariantReport } from "./invariants/index.ts";
 import { databaseDigest, faultLogDigest, type ReplayRecord } from "./replay.ts";
 import { ScenarioFileError, type Scenario } from "./scenario.ts";
@@ -59,6 +59,8 @@ export interface RunOutcome {
   stuck: string[];
   /** Faults the scenario scheduled that never happened (a pass would prove nothing about them). */
   missed: string[];
+  /** Bounds the scenario states (fairness, 429 share) that the run broke. */
+  boundsBroken: string[];
   mockStats: ReturnType<MockServer["mocks"]["stats"]>;
   /** Worker lives that were SIGKILLed (by us or at a fault point). */
   killedWorkers: string[];
@@ -127,6 +129,10 @@ class ScenarioRun {
   private timedCrashesDone = 0;
   private eventCrashes: Array<{ status: JobStatus; batchesDone?: number | undefined; done: boolean }> = [];
   private faultsSeen: Record<string, number> = {};
+  /** Tenant waves: each tenant's document ids and when its first upload started. */
+  private readonly tenants = new Map<string, { documentIds: string[]; firstUploadAt: Date }>();
+  /** OpenAI tokens billed by the mock, sampled every 2 s from the start of the uploads. */
+  private readonly tokenSamples: Array<{ t: number; tokens: number }> = [];
   private faultsPrintedAt = 0;
 
   private readonly scenario: Scenario;
@@ -232,12 +238,79 @@ class ScenarioRun {
     // started (worker start-up takes seconds more on a busy machine).
     mocks.mocks.state.faults.startClock();
     const corpus = this.corpus;
+    this.sampleTokens(mocks);
     const uploaded = await uploadAll(api, corpus);
+    for (const wave of buildTenantWaves(this.scenario)) {
+      const firstUploadAt = new Date();
+      const files = await uploadAll(api, wave);
+      this.tenants.set(wave[0]!.tenant!, { documentIds: files.map((f) => f.documentId), firstUploadAt });
+      uploaded.push(...files);
+      this.note(`tenant ${wave[0]!.tenant} uploaded ${wave.length} documents${wave[0]!.priority === "bulk" ? " (bulk)" : ""}`);
+    }
     const expected = new Map<string, ExpectedOutcome>();
     for (const { file, documentId } of uploaded) expected.set(documentId, this.scenario.expect[EXPECT_KEY[file.kind]] as ExpectedOutcome);
     this.documentIds = [...expected.keys()];
-    this.note(`uploaded ${corpus.length} files (${this.documentIds.length} distinct documents)`);
+    this.note(`uploaded ${uploaded.length} files (${this.documentIds.length} distinct documents)`);
     return expected;
+  }
+
+  /** Tokens/min over time for the report, from the OpenAI mock's billed usage. */
+  private sampleTokens(mocks: MockServer): void {
+    const t0 = Date.now();
+    const billed = () => Object.values(mocks.mocks.stats().openai.usage).reduce((a, u) => a + (u?.prompt_tokens ?? 0), 0);
+    this.tokenSamples.push({ t: 0, tokens: 0 });
+    this.timers.push(setInterval(() => this.tokenSamples.push({ t: Date.now() - t0, tokens: billed() }), 2_000));
+  }
+
+  /** The scenario's stated bounds, checked over the finished run; each broken one is named. */
+  private async checkBounds(pool: pg.Pool, mockStats: RunOutcome["mockStats"]): Promise<string[]> {
+    const broken: string[] = [];
+    const { scenario } = this;
+    if (this.tokenSamples.length > 1) {
+      // Per 2 s step: tokens/min in that step, and the tokens billed so far against what a key
+      // with this TPM allows from a full bucket (TPM + TPM/min × elapsed). Steps above the limit
+      // are the full bucket the key starts with being spent.
+      const tpm = scenario.faults.openai?.rateLimits?.tpm;
+      const steps = this.tokenSamples.slice(1).map((s, i) => {
+        const prev = this.tokenSamples[i]!;
+        const rate = Math.round(((s.tokens - prev.tokens) / (s.t - prev.t)) * 60_000).toLocaleString("en-US");
+        const envelope = tpm ? ` (${s.tokens.toLocaleString("en-US")} of ${Math.round(tpm + (tpm * s.t) / 60_000).toLocaleString("en-US")} allowed)` : "";
+        return `${Math.round(s.t / 1000)}s ${rate}/min${envelope}`;
+      });
+      this.note(`tokens over time${tpm ? ` (key limit ${tpm.toLocaleString("en-US")} TPM)` : ""}: ${steps.join(", ")}`);
+    }
+    if (scenario.maxRateLimitedPct !== undefined) {
+      const answers = mockStats.requests["openai.embeddings"] ?? {};
+      const all = Object.values(answers).reduce((a, b) => a + b, 0);
+      const pct = all ? (100 * (answers["429"] ?? 0)) / all : 0;
+      this.note(`OpenAI answers: ${all}, of them 429: ${answers["429"] ?? 0} (${pct.toFixed(2)} %)`);
+      if (pct >= scenario.maxRateLimitedPct) broken.push(`429s were ${pct.toFixed(2)} % of OpenAI answers, bound ${scenario.maxRateLimitedPct} %`);
+    }
+    for (const bound of scenario.fairness) {
+      const mine = this.tenants.get(bound.tenant);
+      const other = this.tenants.get(bound.completesWithin.other);
+      if (!mine || !other) {
+        broken.push(`fairness bound names a tenant that uploaded nothing: ${bound.tenant}, ${bound.completesWithin.other}`);
+        continue;
+      }
+      const { rows } = await pool.query<{ document_id: string; at: Date }>(
+        `SELECT j.document_id, e.at FROM upload_pipeline.job_events e JOIN upload_pipeline.upload_jobs j USING (job_id)
+          WHERE e.to_status = 'complete' AND j.document_id = ANY($1) ORDER BY e.id`,
+        [[...mine.documentIds, ...other.documentIds]],
+      );
+      const otherIds = new Set(other.documentIds);
+      const myLast = rows.filter((r) => !otherIds.has(r.document_id)).at(-1);
+      const otherAfter = rows.filter((r) => otherIds.has(r.document_id) && r.at >= mine.firstUploadAt);
+      const done = rows.filter((r) => !otherIds.has(r.document_id)).length;
+      const overtaken = myLast ? otherAfter.filter((r) => r.at <= myLast.at).length : Infinity;
+      this.note(`tenant ${bound.tenant}: all ${done} documents completed while ${bound.completesWithin.other} completed ${overtaken} (bound: fewer than ${bound.completesWithin.count})`);
+      if (done < mine.documentIds.length || overtaken >= bound.completesWithin.count) {
+        broken.push(`tenant ${bound.tenant} waited for ${overtaken} of ${bound.completesWithin.other}'s documents (bound ${bound.completesWithin.count})`);
+      }
+      // A bound met only because the other tenant had nothing left would prove nothing.
+      if (otherAfter.length < bound.completesWithin.count) broken.push(`tenant ${bound.completesWithin.other} completed only ${otherAfter.length} documents after ${bound.tenant} uploaded: the bound was not tested`);
+    }
+    return broken;
   }
 
   /** The crash schedule (timed and event-triggered kills) and the Postgres restart, from the end of the uploads. */
@@ -358,6 +431,7 @@ class ScenarioRun {
     await this.tearDown();
     const mockStats = mocks.mocks.stats();
     const faults = faultLogDigest(mocks.mocks.faultLog());
+    const boundsBroken = await this.checkBounds(pool, mockStats);
     const completeAt = await lastCompletion(pool, this.started);
     return {
       scenario: scenario.name,
@@ -371,6 +445,7 @@ class ScenarioRun {
       retried,
       timedOut: !quiet.ok,
       missed,
+      boundsBroken,
       stuck: quiet.ok ? [] : await describeStuck(pool, quiet.rows),
       mockStats,
       faultLog: faults.lines,

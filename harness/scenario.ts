@@ -9,6 +9,7 @@ import { z } from "zod";
 import { FaultPlanSchema } from "../mocks/shared/faults.ts";
 import { configForLocalMocks, configSchema } from "../src/config.ts";
 import { ConfigError } from "../src/errors.ts";
+import { Priority } from "../src/scheduling/lanes.ts";
 import { ALL_STATES, isTerminal, type JobStatus } from "../src/state-machine/table.ts";
 import { FAULT_POINTS, parseCrashSpec } from "../src/worker/faultPoints.ts";
 import { REACHABLE_EVENTS } from "./reachability.ts";
@@ -103,7 +104,21 @@ export const ScenarioSchema = z.strictObject({
      * text file under it) or a glob, relative to the scenario file.
      */
     files: z.string().min(1).optional(),
-  }).default({ documents: 8, minKiB: 2, maxKiB: 24, large: { count: 0, kib: 512 }, poison: 0, empty: 0, reuploads: 0 })
+    /**
+     * Tenants uploading in waves, after the documents above: each wave's uploads finish before
+     * the next one's start (tenant A uploads 300, then B uploads 3). Each tenant is one user.
+     */
+    tenants: z
+      .array(
+        z.strictObject({
+          name: z.string().regex(/^[a-z0-9][a-z0-9-]*$/, "use lower-case letters, digits and dashes"),
+          documents: z.number().int().min(1).max(1000),
+          kib: z.number().min(0.1).max(2048).default(0.3),
+          priority: Priority.default("interactive"),
+        }),
+      )
+      .default([]),
+  }).default({ documents: 8, minKiB: 2, maxKiB: 24, large: { count: 0, kib: 512 }, poison: 0, empty: 0, reuploads: 0, tenants: [] })
     .refine((c) => c.minKiB <= c.maxKiB, { message: "minKiB must be <= maxKiB", path: ["maxKiB"] }),
   workers: z.strictObject({
     processes: z.number().int().min(1).max(16).default(2),
@@ -149,6 +164,16 @@ export const ScenarioSchema = z.strictObject({
     poison: terminalState.default("failed_parse"),
     empty: terminalState.default("failed_parse"),
   }).default({ documents: "complete", poison: "failed_parse", empty: "failed_parse" }),
+  /**
+   * Fairness bounds the run must meet: every document of `tenant` completes before `other`'s
+   * `count`-th completion, counted from `tenant`'s first upload (so the bound is about the
+   * scheduler, not about how far `other` got while it was still uploading).
+   */
+  fairness: z
+    .array(z.strictObject({ tenant: z.string(), completesWithin: z.strictObject({ other: z.string(), count: z.number().int().min(1) }) }))
+    .default([]),
+  /** The OpenAI mock's 429s must stay under this share of its answers (percent). */
+  maxRateLimitedPct: z.number().min(0).max(100).optional(),
   /** The run fails, listing stuck jobs, if it is not quiet by then. */
   deadlineMs: z.number().int().min(1000).max(1_800_000).default(90_000),
   /** Measure throughput at these worker counts instead of checking one run (the scaling scenario). */
