@@ -110,7 +110,7 @@ function expectCleanCompletion(result: Awaited<ReturnType<typeof uploadAndRun>>)
 
 describe("OpenAI rate limits", () => {
   it("a burst of 429s pauses the embedder for the time the server asked, and every job completes without a failed attempt", async () => {
-    const { env, clock, events } = await setup({ openai: { bursts: [{ fault: 429, start: 3, count: 5 }] } });
+    const { env, clock, events } = await setup({ openai: { bursts: [{ fault: 429, start: 3, count: 5, of: "route" }] } });
     const start = clock.now();
     const result = await uploadAndRun(env, 6, 2_500);
 
