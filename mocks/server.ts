@@ -32,6 +32,26 @@ export interface MockServer {
   close(): Promise<void>;
 }
 
+/** An error in the shape of the service the path belongs to (OpenAI, Storage, LlamaParse's FastAPI). */
+export function serviceError(url: string, method: string, status: 404 | 413, message: string): { status: number; body: unknown } {
+  const path = url.split("?")[0] ?? "/";
+  if (path.startsWith("/v1/")) {
+    const text = status === 404 ? `Invalid URL (${method} ${path})` : `Request too large: ${message}`;
+    return { status, body: { error: { message: text, type: "invalid_request_error", param: null, code: null } } };
+  }
+  if (path.startsWith("/storage/v1/")) {
+    // Storage sends every error but a 500 as HTTP 400, the logical status in the body.
+    const body = status === 404 ? { statusCode: "404", error: "Not Found", message: `Route ${method}:${path} not found` } : { statusCode: "413", code: "EntityTooLarge", error: "Payload too large", message: "The object exceeded the maximum allowed size" };
+    return { status: 400, body };
+  }
+  return { status, body: { detail: status === 404 ? "Not Found" : "Request Entity Too Large" } };
+}
+
+function send(res: ServerResponse, answer: { status: number; body: unknown }): void {
+  res.writeHead(answer.status, { "content-type": "application/json", connection: "close" });
+  res.end(JSON.stringify(answer.body));
+}
+
 function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
@@ -39,8 +59,10 @@ function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
     req.on("data", (chunk: Buffer) => {
       size += chunk.length;
       if (size > limit) {
+        // Drain the rest unread so the 413 can still be answered on this connection.
+        req.removeAllListeners("data");
+        req.resume();
         reject(new Error("request body too large"));
-        req.destroy();
         return;
       }
       chunks.push(chunk);
@@ -73,14 +95,15 @@ export async function startMockServer(options: MockServerOptions = {}): Promise<
     const headers = new Headers();
     for (let i = 0; i < req.rawHeaders.length; i += 2) headers.append(req.rawHeaders[i]!, req.rawHeaders[i + 1]!);
     const method = req.method ?? "GET";
-    const body = method === "GET" || method === "HEAD" ? undefined : await readBody(req, limit);
+    let body: Buffer | undefined;
+    try {
+      body = method === "GET" || method === "HEAD" ? undefined : await readBody(req, limit);
+    } catch {
+      return void send(res, serviceError(req.url ?? "/", method, 413, `request body larger than ${limit} bytes`));
+    }
     const request = new Request(new URL(req.url ?? "/", origin), { method, headers, body: body ? new Uint8Array(body) : undefined, signal: abort.signal });
     const response = await getResponse(mocks.handlers, request);
-    if (!response) {
-      res.writeHead(404, { "content-type": "application/json" });
-      res.end(JSON.stringify({ error: `no mock serves ${method} ${new URL(request.url).pathname}` }));
-      return;
-    }
+    if (!response) return void send(res, serviceError(req.url ?? "/", method, 404, `no route ${method} ${new URL(request.url).pathname}`));
     if (response.type === "error") {
       req.socket.destroy();
       return;

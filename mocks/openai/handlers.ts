@@ -138,8 +138,8 @@ export function createOpenAIHandlers(ctx: MockContext, state: OpenAIState, optio
     headers.set("x-request-id", `req_${Math.floor(decision.rng() * 2 ** 32).toString(16).padStart(8, "0")}${decision.n.toString(16).padStart(8, "0")}`);
     // Answers from the limiter already carry the window headers; only errors raised before it
     // (validation, injected faults) need the body read again to know the model.
-    // A refused key never reaches the limiter: no window headers, as with the real API.
-    if (headers.has("x-ratelimit-limit-requests") || response.status === 401) {
+    // Every answer naming a known model carries the window headers, a refused key's 401 included.
+    if (headers.has("x-ratelimit-limit-requests")) {
       return new Response(response.body, { status: response.status, statusText: response.statusText, headers });
     }
     try {

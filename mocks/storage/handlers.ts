@@ -59,8 +59,9 @@ function decodeParam(value: unknown): string {
 
 function errorResponse(fault: number | string): Response {
   if (fault === 502 || fault === 504) return gatewayPage(fault);
-  if (fault === 429) return storageError("429", "SlowDown", "too_many_requests", "Too many requests, please slow down", 429);
-  if (fault === 503) return storageError("503", "ServiceUnavailable", "service_unavailable", "Service Unavailable", 503);
+  // The server sends every error but a 500 as HTTP 400 with the logical status in the body.
+  if (fault === 429) return storageError("429", "SlowDown", "too_many_requests", "Too many requests, please slow down");
+  if (fault === 503) return storageError("503", "LockTimeout", "Service Unavailable", "Resource is locked, please try again");
   return storageError("500", "InternalError", "internal", "Internal Server Error", 500);
 }
 
@@ -411,9 +412,8 @@ export function createStorageHandlers(ctx: MockContext, state: StorageState, opt
     http.put(`${base}/object/:bucket/:path+`, route(R.update, async ({ request, params }) => {
       const bucket = bucketOf(params);
       if (!bucket) return noSuchBucket();
-      const name = decodeParam(params.path);
-      if (!bucket.objects.has(name)) return noSuchKey();
-      const stored = await store(request, bucket, name, true);
+      // PUT creates a missing object (the server upserts on update).
+      const stored = await store(request, bucket, decodeParam(params.path), true);
       if (stored instanceof Response) return stored;
       return json({ Id: stored.id, Key: `${bucket.name}/${stored.name}` });
     })),

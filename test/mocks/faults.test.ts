@@ -102,8 +102,36 @@ describe("fault kinds", () => {
     server.mocks.setFaults({ storage: { bursts: [{ fault: 503, start: 2, count: 2, routes: ["storage.bucket.*"] }] } });
     const key = server.env.SUPABASE_SERVICE_ROLE_KEY!;
     const statuses = [];
-    for (let i = 0; i < 5; i++) statuses.push((await fetch(`${server.urls.storage}/bucket`, { headers: { authorization: `Bearer ${key}` } })).status);
-    expect(statuses).toEqual([200, 503, 503, 200, 200]);
+    for (let i = 0; i < 5; i++) {
+      const res = await fetch(`${server.urls.storage}/bucket`, { headers: { authorization: `Bearer ${key}` } });
+      const body = (await res.json()) as { statusCode?: string };
+      // As the server sends it: HTTP 400 with the logical 503 in the body.
+      statuses.push(res.status === 400 ? `400/${body.statusCode}` : String(res.status));
+    }
+    expect(statuses).toEqual(["200", "400/503", "400/503", "200", "200"]);
+  });
+
+  it("answers unknown routes and oversized bodies in each service's own error shape", async () => {
+    const openai = await fetch(`${server.urls.openai}/nothing-here`, { method: "POST" });
+    expect(openai.status).toBe(404);
+    expect(await openai.json()).toEqual({ error: { message: "Invalid URL (POST /v1/nothing-here)", type: "invalid_request_error", param: null, code: null } });
+    const storage = await fetch(`${server.urls.storage}/nothing-here`);
+    expect(storage.status).toBe(400);
+    expect(await storage.json()).toMatchObject({ statusCode: "404", error: "Not Found" });
+    const llamaparse = await fetch(`${server.urls.llamaparse}/api/v2/nothing-here`);
+    expect(llamaparse.status).toBe(404);
+    expect(await llamaparse.json()).toEqual({ detail: "Not Found" });
+    const small = await startMockServer({ port: 0, maxBodyBytes: 1024 });
+    try {
+      const big = await fetch(`${small.urls.openai}/embeddings`, { method: "POST", headers: { "content-type": "application/json" }, body: "x".repeat(4096) });
+      expect(big.status).toBe(413);
+      expect(((await big.json()) as { error: { type: string } }).error.type).toBe("invalid_request_error");
+      const put = await fetch(`${small.urls.storage}/object/documents/a.md`, { method: "PUT", body: "x".repeat(4096) });
+      expect(put.status).toBe(400);
+      expect(await put.json()).toMatchObject({ statusCode: "413", code: "EntityTooLarge" });
+    } finally {
+      await small.close();
+    }
   });
 
   it("latency delays the answer by the drawn amount", async () => {

@@ -141,13 +141,14 @@ describe("the official SDK", () => {
 });
 
 describe("the wire format", () => {
-  it("sends a 401 body when the key is missing, without rate-limit headers", async () => {
+  it("sends a 401 body when the key is missing, with the rate-limit headers of the model it names", async () => {
     const res = await post({ model: MODEL, input: "x" }, null);
     expect(res.status).toBe(401);
     const body = (await res.json()) as { error: Record<string, unknown> };
     expect(body.error).toMatchObject({ type: "invalid_request_error", param: null, code: null });
     expect(String(body.error.message)).toMatch(/^You didn't provide an API key/);
-    expect(res.headers.get("x-ratelimit-limit-requests")).toBeNull();
+    expect(res.headers.get("x-ratelimit-limit-requests")).not.toBeNull();
+    expect(res.headers.get("x-ratelimit-remaining-tokens")).not.toBeNull();
   });
 
   it("puts x-ratelimit-* (Go durations) on successes and errors alike", async () => {

@@ -72,6 +72,9 @@ describe("storage-js, unchanged", () => {
     expect(await (await files.download("k.txt")).data!.text()).toBe("two");
     expect((await files.update("k.txt", "three")).error).toBeNull();
     expect(await (await files.download("k.txt")).data!.text()).toBe("three");
+    // PUT on a missing key creates it, as the server does.
+    expect((await files.update("made-by-put.txt", "four")).error).toBeNull();
+    expect(await (await files.download("made-by-put.txt")).data!.text()).toBe("four");
   });
 
   it("reports a missing object as NoSuchKey and a missing bucket as NoSuchBucket", async () => {
