@@ -14,9 +14,9 @@ beforeAll(async () => {
     seed: 31,
     faults: {
       // The first call of each kind never answers (within the hour).
-      storage: { bursts: [{ fault: "hang", start: 1, count: 1, routes: ["storage.object.download"] }], hangMs: HOUR },
-      llamaparse: { bursts: [{ fault: "hang", start: 1, count: 1 }], hangMs: HOUR },
-      openai: { bursts: [{ fault: "hang", start: 1, count: 1 }], hangMs: HOUR },
+      storage: { bursts: [{ fault: "hang", start: 1, count: 1, of: "route", routes: ["storage.object.download"] }], hangMs: HOUR },
+      llamaparse: { bursts: [{ fault: "hang", start: 1, count: 1, of: "route" }], hangMs: HOUR },
+      openai: { bursts: [{ fault: "hang", start: 1, count: 1, of: "route" }], hangMs: HOUR },
     },
     env: { OPENAI_TIMEOUT_MS: "1000", LLAMAPARSE_TIMEOUT_MS: "1000", STORAGE_TIMEOUT_MS: "1000" },
   });
