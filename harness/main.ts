@@ -193,6 +193,7 @@ async function main(): Promise<number> {
   };
   const files = await writeReport(reportDir, summary);
   process.stdout.write(`\n${formatResultsTable(summary, { color: process.stdout.isTTY })}\n`);
+  process.stdout.write("(total: wall time, with PostgreSQL's start and the crash-free reference runs of scenarios with faults)\n");
   if (coverage) {
     process.stdout.write(`state-machine coverage: ${coveragePercent(coverage).toFixed(1)}% of ${coverage.totalEdges} edges`);
     process.stdout.write(coverage.unexercised.length ? `; never exercised: ${coverage.unexercised.join(", ")}\n` : "\n");

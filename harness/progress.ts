@@ -33,6 +33,7 @@ export function createProgress(out: NodeJS.WriteStream) {
     if (tty && drawn) out.write("\r\x1b[2K");
     drawn = false;
   };
+  out.write(`states: ${Object.entries(SHORT).map(([state, short]) => `${short}=${state}`).join(" ")}\n`);
   return {
     start(name: string) {
       current = name;
