@@ -14,7 +14,7 @@ import { createLogger } from "../src/logger.ts";
 import { documentId, jobId, sha256 } from "../src/ids.ts";
 import { embedVersion } from "../src/services.ts";
 import { isTerminal, type JobStatus } from "../src/state-machine/table.ts";
-import { expectedEmbedding } from "../mocks/index.ts";
+import { expectedEmbedding, type MockStatsSnapshot } from "../mocks/index.ts";
 import { startMockServer, type MockServer } from "../mocks/server.ts";
 import { mulberry32 } from "../mocks/shared/rng.ts";
 import { ApiClient } from "./api.ts";
@@ -53,6 +53,8 @@ export interface RunOutcome {
   /** Completed documents per second, from the first upload to the last completion. */
   throughput: number;
   kills: number;
+  /** Worker processes that froze (SIGSTOP) at a scheduled point. */
+  freezes: number;
   postgresRestarts: number;
   retried: number;
   timedOut: boolean;
@@ -432,6 +434,7 @@ class ScenarioRun {
     const mockStats = mocks.mocks.stats();
     const faults = faultLogDigest(mocks.mocks.faultLog());
     const boundsBroken = await this.checkBounds(pool, mockStats);
+    if (scenario.freezes.length > 0) missed.push(...(await frozenWorkersBilledTwice(pool, this.documentIds, mockStats, fleet.freezesReached.length)));
     const completeAt = await lastCompletion(pool, this.started);
     return {
       scenario: scenario.name,
@@ -441,6 +444,7 @@ class ScenarioRun {
       durationMs: finished - this.started,
       throughput: quiet.rows.filter((r) => r.status === "complete").length / (Math.max(1, completeAt - this.started) / 1000),
       kills: fleet.kills,
+      freezes: fleet.freezesReached.length,
       postgresRestarts: this.postgresRestarts,
       retried,
       timedOut: !quiet.ok,
@@ -549,6 +553,25 @@ async function describeStuck(pool: pg.Pool, rows: Array<{ document_id: string; s
   return out;
 }
 
+/**
+ * A frozen worker bills nothing twice: exactly one LlamaParse job per document, and at most one
+ * re-sent embeddings batch per freeze (the one a worker had in hand when it froze), counted as
+ * the mock's answered embeddings requests beyond the batches the jobs committed.
+ */
+async function frozenWorkersBilledTwice(pool: pg.Pool, documentIds: string[], stats: MockStatsSnapshot, freezes: number): Promise<string[]> {
+  const problems: string[] = [];
+  const answered = (route: string) => stats.requests[route]?.["200"] ?? 0;
+  const parseJobs = answered("llamaparse.upload");
+  if (parseJobs !== documentIds.length) problems.push(`${parseJobs} LlamaParse jobs were created for ${documentIds.length} documents (a frozen worker billed a parse twice)`);
+  const { rows } = await pool.query<{ batches: string }>(
+    "SELECT coalesce(sum((progress->>'batches_done')::int), 0) AS batches FROM upload_pipeline.upload_jobs WHERE document_id = ANY($1)",
+    [documentIds],
+  );
+  const resent = answered("openai.embeddings") - Number(rows[0]?.batches ?? 0);
+  if (resent > freezes) problems.push(`${resent} embeddings batches were sent again, more than one per freeze (${freezes})`);
+  return problems;
+}
+
 /** Check a finished run's invariants (SPEC §8), against a reference run's fingerprints when given. */
 export async function checkRun(run: RunOutcome, scenario: Scenario, reference?: Map<string, Fingerprint>): Promise<InvariantReport> {
   const config = configForLocalMocks("http://unused", scenario.workerEnv);
@@ -560,7 +583,7 @@ export async function checkRun(run: RunOutcome, scenario: Scenario, reference?: 
     expectedEmbedding: (model, input, dimensions) => expectedEmbedding(model, input, dimensions),
     embed: { model: config.EMBED_MODEL, version: embedVersion(config), dimensions: dims },
     mockUsage: { promptTokensByModel: Object.fromEntries(Object.entries(run.mockStats.openai.usage).map(([m, u]) => [m, u.prompt_tokens])) },
-    crashesHappened: run.kills > 0 || run.postgresRestarts > 0,
+    crashesHappened: run.kills > 0 || run.postgresRestarts > 0 || run.freezes > 0,
   });
 }
 

@@ -76,6 +76,7 @@ export function createPipelineServices(config: Config, wiring: ServiceWiring = {
     settings: {
       webhookUrl: new URL("/webhooks/llamaparse", config.WEBHOOK_BASE_URL).toString(),
       webhookDeadlineMs: config.WEBHOOK_DEADLINE_SECONDS * 1000,
+      llamaparseTimeoutMs: config.LLAMAPARSE_TIMEOUT_MS,
       reconcilePollMs: Math.max(1000, Math.min(30_000, config.WEBHOOK_DEADLINE_SECONDS * 250)),
       parseDeadlineMs: config.PARSE_DEADLINE_SECONDS * 1000,
       partialParse: config.PARTIAL_PARSE,

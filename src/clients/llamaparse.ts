@@ -107,6 +107,8 @@ export interface LlamaParseClient {
    * on a retry look it up first. `maxJobs` bounds the scan.
    */
   findParseJobs(query: { createdAfter: Date; tags: Record<string, string>; maxJobs?: number }, signal?: AbortSignal): Promise<ParseJobSummary[]>;
+  /** Cancel a job that has not finished (one already finished cannot be: `llamaparse_bad_request`). */
+  cancelParse(id: string, signal?: AbortSignal): Promise<void>;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -217,6 +219,14 @@ export function createLlamaParseClient(options: LlamaParseClientOptions): LlamaP
         failedPages,
         markdownFull: parsed.markdown_full ?? undefined,
       };
+    },
+
+    async cancelParse(id, signal) {
+      try {
+        await sdk.parsing.cancel(id, { ...scope }, { signal });
+      } catch (err) {
+        throw fail(err, `cancel parse job ${id}`);
+      }
     },
 
     async findParseJobs({ createdAfter, tags, maxJobs = 1000 }, signal) {

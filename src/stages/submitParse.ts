@@ -14,11 +14,17 @@
  * before `parse_queued` commits is recognised and kept (see `routes/webhook.ts`); the commit
  * then looks for such an early delivery and, if one came, goes on to fetch the result at once.
  *
+ * A worker frozen past its lease (a GC pause, SIGSTOP, a VM migration) must not bill a second
+ * parse either: it checks its lease right before it submits; a worker that takes the job over
+ * from a lease that ran out (rather than was released) waits out the previous holder's call
+ * timeout before it looks the job up, so a submission already on its way is found by tag; and a
+ * submission that returns to find its lease lost cancels its job if the job now records another.
+ *
  * The file travels through a temporary file (`rawFile.ts`): never whole in memory, capped at
  * `UPLOAD_MAX_BYTES` and checked against the document's SHA-256 before LlamaParse bills it.
  */
 import { randomBytes, randomUUID } from "node:crypto";
-import { LeaseLostError } from "../errors.ts";
+import { coerceError, LeaseLostError } from "../errors.ts";
 import type { ClaimedJob } from "../worker/queries.ts";
 import type { Stage, StageContext } from "../worker/stage.ts";
 import { withRawFile } from "./rawFile.ts";
@@ -47,6 +53,11 @@ export const submitParse: Stage<PipelineServices> = {
     let parseJobId: string | undefined;
     let secret: string;
     if (intent === recorded && job.webhook_secret) {
+      const waitMs = previousHolderCallLeftMs(ctx);
+      if (waitMs > 0) {
+        ctx.log.info({ wait_ms: waitMs }, "took over a submission from an expired lease: waiting out the previous holder's call before looking it up");
+        return { next: "snooze", delayMs: waitMs, reason: "the previous holder may still be submitting" };
+      }
       // An earlier attempt may have submitted: find it rather than paying twice.
       secret = job.webhook_secret;
       await ctx.faults.hit("call.llamaparse.find.before", { jobId: job.job_id });
@@ -63,6 +74,7 @@ export const submitParse: Stage<PipelineServices> = {
       const raw = { path: job.raw_path, sha256: job.file_sha256, maxBytes: settings.uploadMaxBytes };
       const submitted = await withRawFile(storage, raw, ctx.signal, async (file) => {
         await ctx.faults.hit("call.llamaparse.submit.before", { jobId: job.job_id });
+        await ctx.checkLease();
         return llamaparse.submitParse(
           {
             file,
@@ -84,21 +96,56 @@ export const submitParse: Stage<PipelineServices> = {
     // The job row is locked before looking for an early delivery, and the webhook handler locks
     // it too before it decides a delivery is early: either the delivery is seen here, or the
     // handler sees parse_queued.
-    const early = await ctx.fenced(async (tx) => {
-      const found = await earlyDelivery(tx.client, job.job_id, parseJobId);
-      await tx.transition("parse_queued", {
-        parseJobId,
-        // Wait for the webhook; the reconciler looks after the deadline. An early delivery says
-        // the result is ready: keep the lease and fetch it now.
-        dueInMs: Math.min(settings.webhookDeadlineMs, settings.parseDeadlineMs),
-        releaseLease: !found,
-        detail: { parse_job_id: parseJobId, ...(found ? { early_event_id: found } : {}) },
+    const submittedId = parseJobId;
+    const early = await ctx
+      .fenced(async (tx) => {
+        const found = await earlyDelivery(tx.client, job.job_id, submittedId);
+        await tx.transition("parse_queued", {
+          parseJobId: submittedId,
+          // Wait for the webhook; the reconciler looks after the deadline. An early delivery says
+          // the result is ready: keep the lease and fetch it now.
+          dueInMs: Math.min(settings.webhookDeadlineMs, settings.parseDeadlineMs),
+          releaseLease: !found,
+          detail: { parse_job_id: submittedId, ...(found ? { early_event_id: found } : {}) },
+        });
+        return found;
+      })
+      .catch(async (err: unknown) => {
+        if (err instanceof LeaseLostError) await cancelIfSuperseded(ctx, submittedId);
+        throw err;
       });
-      return found;
-    });
     if (early) ctx.log.info({ parse_job_id: parseJobId, event_id: early }, "the webhook came before parse_queued committed; fetching the result now");
   },
 };
+
+/**
+ * We took the job over from a holder whose lease ran out (not released, not reaped): it may be
+ * frozen between its lease check and its submission. Its call ends at most one LlamaParse call
+ * timeout after its lease did, so look for what it submitted only then. The job is snoozed
+ * (released, no attempt spent) until that moment; reclaimed, its previous lease was released.
+ */
+function previousHolderCallLeftMs(ctx: StageContext<PipelineServices>): number {
+  const expiredMs = ctx.job.previous_lease_expired_ms;
+  if (expiredMs === null || expiredMs === undefined) return 0;
+  return Math.ceil(ctx.services.settings.takeoverWaitMs - Number(expiredMs));
+}
+
+/**
+ * Our lease was lost after LlamaParse accepted the job. If the job now records another parse
+ * job, ours is a duplicate: cancel it. If it records ours, or none yet, leave it: the holder
+ * adopted it, or will find it by tag.
+ */
+async function cancelIfSuperseded(ctx: StageContext<PipelineServices>, ours: string): Promise<void> {
+  try {
+    const { rows } = await ctx.pool.query<{ parse_job_id: string | null }>("SELECT parse_job_id FROM upload_pipeline.upload_jobs WHERE job_id = $1", [ctx.job.job_id]);
+    const recorded = rows[0]?.parse_job_id ?? null;
+    if (recorded === null || recorded === ours) return;
+    await ctx.services.llamaparse.cancelParse(ours);
+    ctx.log.warn({ parse_job_id: ours, recorded_parse_job_id: recorded }, "lost the lease after submitting: cancelled the duplicate parse job");
+  } catch (err) {
+    ctx.log.warn({ parse_job_id: ours, err: coerceError(err).message }, "lost the lease after submitting; could not cancel the duplicate parse job");
+  }
+}
 
 function submitIntent(job: ClaimedJob): SubmitIntent | undefined {
   const intent = (job.progress as Record<string, unknown>).parse_submit;

@@ -30,7 +30,7 @@ import { NO_FAULTS, SimulatedCrash, type FaultPoints } from "./faultPoints.ts";
 import { traceStage } from "../tracing.ts";
 import { reapDeadWorkers, registerWorker, unregisterWorker } from "./liveness.ts";
 import { IdleSlots } from "./idleSlots.ts";
-import { claimNextJob, heartbeat, lockLeasedJob, releaseJob, type ClaimedJob } from "./queries.ts";
+import { claimNextJob, heartbeat, leaseRemainingMs, lockLeasedJob, releaseJob, type ClaimedJob } from "./queries.ts";
 import type { Stage, StageContext, StageOutcome, StageTransitionOptions } from "./stage.ts";
 
 /** How one claimed run of a job ended (the `outcome` label of `worker_job_runs_total`). */
@@ -313,6 +313,14 @@ export class BaseWorker<Services> {
       faults: this.faults,
       counts: {},
       now: () => clock?.(),
+      checkLease: async () => {
+        const asked = performance.now();
+        const left = await leaseRemainingMs(pool, { jobId: job.job_id, leaseToken: job.lease_token, now: clock?.() });
+        // Measured on our own clock too: a process frozen while the answer was on its way
+        // resumes with a stale "yes".
+        if (left === undefined || performance.now() - asked >= left) throw new LeaseLostError(job.job_id);
+        signal.throwIfAborted();
+      },
       checkpoint: () => {
         signal.throwIfAborted();
         if (this.stopping) throw new WorkerStoppingError();

@@ -30,6 +30,11 @@ export interface ClaimedJob {
   raw_path: string;
   parsed_path: string | null;
   parsed_sha256: string | null;
+  /**
+   * How long ago (ms) the previous holder's lease ran out, when it ran out rather than being
+   * released: that holder may be frozen mid-call and resume (see submitParse). Null otherwise.
+   */
+  previous_lease_expired_ms: number | null;
 }
 
 /**
@@ -41,7 +46,7 @@ export const NON_TERMINAL_SQL = `status NOT IN (${["complete", ...FAILED_STATES]
 
 /** The claim statement ($1 worker id, $2 lease seconds, $3 simulated now or null); see claimNextJob. */
 export const CLAIM_NEXT_JOB_SQL = `WITH candidate AS (
-   SELECT job_id FROM upload_pipeline.upload_jobs
+   SELECT job_id, lease_expires_at AS previous_lease_expires_at FROM upload_pipeline.upload_jobs
     WHERE ${NON_TERMINAL_SQL}
       AND next_attempt_at <= coalesce($3::timestamptz, now())
       AND (lease_expires_at IS NULL OR lease_expires_at <= coalesce($3::timestamptz, now()))
@@ -60,8 +65,9 @@ export const CLAIM_NEXT_JOB_SQL = `WITH candidate AS (
  )
  SELECT c.job_id, c.document_id, c.status, c.progress, c.attempts, c.max_attempts, c.lease_token,
         c.lease_expires_at, c.locked_by, c.last_error, c.webhook_secret, c.parse_job_id, c.correlation_id, c.settings,
-        d.user_id, d.filename, d.mime, d.bytes, d.file_sha256, d.raw_path, d.parsed_path, d.parsed_sha256
-   FROM claimed c JOIN upload_pipeline.documents d USING (document_id)`;
+        d.user_id, d.filename, d.mime, d.bytes, d.file_sha256, d.raw_path, d.parsed_path, d.parsed_sha256,
+        extract(epoch FROM coalesce($3::timestamptz, now()) - cand.previous_lease_expires_at) * 1000 AS previous_lease_expired_ms
+   FROM claimed c JOIN candidate cand USING (job_id) JOIN upload_pipeline.documents d USING (document_id)`;
 
 /**
  * Take the due, unleased job with the smallest fair tag and lease it, in one statement.

@@ -35,6 +35,12 @@ export interface StageContext<Services> {
    * queue with no attempt spent). Loops call it between batches.
    */
   checkpoint(): void;
+  /**
+   * Confirm, right before an external call with side effects (a billed parse or embedding), that
+   * the lease is still ours and unexpired; throws `LeaseLostError` otherwise. A worker frozen
+   * past its lease (GC pause, SIGSTOP, VM migration) thus does not send what its successor sends.
+   */
+  checkLease(): Promise<void>;
   /** Counters the stage keeps for its "stage finished" log line (e.g. `batches`, `inputs`). */
   readonly counts: Record<string, number>;
   /** Move this job (fenced by our lease, with its event, in one statement). */

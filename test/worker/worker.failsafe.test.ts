@@ -180,3 +180,26 @@ describe("nothing hangs forever: the stage deadline", () => {
     expect((await events(db.pool, job.jobId)).find((e) => e.from_status === "parse_validated")).toMatchObject({ to_status: "chunking", worker_id: "other" });
   });
 });
+
+describe("a frozen worker bills nothing twice", () => {
+  it("checkLease refuses a lease that ran out while the worker was frozen, so the billed call is never made", async () => {
+    const clock = new ManualClock(Date.parse("2042-01-01T00:00:00Z"));
+    const job = await seedJob(db.pool, { status: "chunks_stored" });
+    await dueAt(job.jobId, clock.now());
+    const billed: string[] = [];
+    const outcomes: JobRunOutcome[] = [];
+    const worker = testWorker(db.pool, noopStages({
+      async during(ctx) {
+        if (ctx.job.status !== "chunks_stored") return;
+        await ctx.checkLease(); // fresh: ours
+        clock.advance(31_000); // frozen past the 30 s lease (no heartbeat ran)
+        await ctx.checkLease();
+        billed.push(ctx.job.job_id);
+      },
+    }), { clock: clock.now, onJobDone: (e) => outcomes.push(e.outcome) });
+    await worker.runOnce();
+    expect(billed).toEqual([]);
+    expect(outcomes).toEqual(["lost"]);
+    expect(await jobRow(db.pool, job.jobId)).toMatchObject({ status: "chunks_stored" });
+  });
+});
