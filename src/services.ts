@@ -76,7 +76,7 @@ export function createPipelineServices(config: Config, wiring: ServiceWiring = {
     settings: {
       webhookUrl: new URL("/webhooks/llamaparse", config.WEBHOOK_BASE_URL).toString(),
       webhookDeadlineMs: config.WEBHOOK_DEADLINE_SECONDS * 1000,
-      llamaparseTimeoutMs: config.LLAMAPARSE_TIMEOUT_MS,
+      takeoverWaitMs: config.LLAMAPARSE_TIMEOUT_MS,
       reconcilePollMs: Math.max(1000, Math.min(30_000, config.WEBHOOK_DEADLINE_SECONDS * 250)),
       parseDeadlineMs: config.PARSE_DEADLINE_SECONDS * 1000,
       partialParse: config.PARTIAL_PARSE,
@@ -123,6 +123,7 @@ function paceSubmissions(client: LlamaParseClient, governor: Governor): LlamaPar
   return {
     getParseJob: (...args) => client.getParseJob(...args),
     findParseJobs: (...args) => client.findParseJobs(...args),
+    cancelParse: (...args) => client.cancelParse(...args),
     async submitParse(input, signal) {
       const grant = await governor.acquire({ requests: 1, tokens: 0 }, signal);
       try {

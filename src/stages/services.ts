@@ -19,8 +19,11 @@ export interface PipelineSettings {
   webhookUrl: string;
   /** How long a parse_queued job waits for its webhook before the reconciler polls. */
   webhookDeadlineMs: number;
-  /** The longest a LlamaParse call lasts (`LLAMAPARSE_TIMEOUT_MS`): a takeover of a submission waits it out. */
-  llamaparseTimeoutMs: number;
+  /**
+   * How long after an expired (not released) lease a takeover of `uploaded` waits before it looks
+   * for the previous holder's submission: the longest a LlamaParse call lasts (`LLAMAPARSE_TIMEOUT_MS`).
+   */
+  takeoverWaitMs: number;
   /** How often the reconciler polls again while LlamaParse is still working. */
   reconcilePollMs: number;
   /** PARSE_DEADLINE_SECONDS: a parse still unfinished this long after its submission fails the job. */

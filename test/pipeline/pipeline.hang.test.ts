@@ -33,7 +33,8 @@ describe("nothing hangs forever", () => {
     expect([...states.values()]).toEqual(["complete", "complete"]);
     const requests = env.mocks.stats().requests;
     const hangs = (service: string) => Object.entries(requests).filter(([route]) => route.startsWith(`${service}.`)).reduce((n, [, byStatus]) => n + (byStatus.hang ?? 0), 0);
-    expect({ storage: hangs("storage"), llamaparse: hangs("llamaparse"), openai: hangs("openai") }).toEqual({ storage: 1, llamaparse: 1, openai: 1 });
+    // Each service really hung at least once (bursts count per request key).
+    for (const service of ["storage", "llamaparse", "openai"]) expect(hangs(service), service).toBeGreaterThanOrEqual(1);
     const { rows } = await env.db.pool.query<{ code: string }>(
       "SELECT DISTINCT detail->>'code' AS code FROM upload_pipeline.job_events WHERE job_id = ANY($1) AND detail ? 'code'",
       [docs.map((d) => d.jobId)],

@@ -22,7 +22,7 @@ import { signWebhook } from "../../src/api/routes/webhook.ts";
 import { configForLocalMocks, type Config } from "../../src/config.ts";
 import { documentId, jobId, sha256 } from "../../src/ids.ts";
 import { createLogger } from "../../src/logger.ts";
-import { createPipelineServices, type WiredServices } from "../../src/services.ts";
+import type { WiredServices } from "../../src/services.ts";
 import { PIPELINE_STAGES } from "../../src/stages/index.ts";
 import { webhookIntake } from "../../src/stages/parseIntake.ts";
 import { EDGES, isTerminal, type JobStatus } from "../../src/state-machine/table.ts";
@@ -35,7 +35,7 @@ import { createMocks, POISON_MARKER, signServiceRoleKey, type FaultPlanInput, ty
 import { mulberry32 } from "../../mocks/shared/rng.ts";
 import { createTestDatabase, type TestDatabase } from "../support/db.ts";
 import { ManualClock } from "../support/fixtures.ts";
-import { fingerprint } from "../support/pipeline.ts";
+import { createTestServices, fingerprint } from "../support/pipeline.ts";
 
 /** No faults, except that webhooks are the history's to deliver and parses finish at once. */
 export const BASELINE_FAULTS: FaultPlanInput = {
@@ -139,7 +139,7 @@ export async function startPropertyEnv(seed: number): Promise<PropertyEnv> {
     MAX_ATTEMPTS: "100",
     LEASE_SECONDS: String(LEASE_SECONDS),
   });
-  const services = createPipelineServices(config);
+  const services = createTestServices(config);
   const parts: PipelineParts = {
     db,
     mocks,
@@ -177,7 +177,7 @@ export async function startPropertyEnv(seed: number): Promise<PropertyEnv> {
   };
 
   const inflight = new Set<Promise<unknown>>();
-  const holder: { services: WiredServices } = { services: createPipelineServices(config) };
+  const holder: { services: WiredServices } = { services: createTestServices(config) };
   const api = await buildApp({
     pool: db.pool,
     config,
@@ -307,8 +307,8 @@ export async function step(
  */
 export async function drain(p: PropertyEnv, clock: ManualClock, jobIds: string[], flags: { runaway?: string } = {}, maxSteps = 200): Promise<void> {
   p.env.mocks.setFaults(BASELINE_FAULTS);
-  const services = createPipelineServices(p.env.config);
-  p.apiServices = createPipelineServices(p.env.config);
+  const services = createTestServices(p.env.config);
+  p.apiServices = createTestServices(p.env.config);
   await p.intakeIdle();
   for (let i = 0; i < maxSteps; i++) {
     const { job } = await step(p, clock, { services, flags });

@@ -77,7 +77,7 @@ export async function startPipelineEnv(options: PipelineEnvOptions = {}): Promis
     EMBED_BATCH_SIZE: "16",
     ...options.env,
   });
-  const services = createPipelineServices(config);
+  const services = createTestServices(config);
   const workers: BaseWorker<WiredServices>[] = [];
 
   return {
@@ -127,6 +127,18 @@ export async function startPipelineEnv(options: PipelineEnvOptions = {}): Promis
       await db.drop();
     },
   };
+}
+
+/**
+ * The production services for an in-process test. In-process tests crash workers
+ * (SimulatedCrash) with no liveness reaper, so every crash leaves an expired lease; waiting out a
+ * frozen holder's LlamaParse call after each would only stall them on the simulated clock. That
+ * wait is proven by the frozen-worker scenario (real processes, SIGSTOP past the lease).
+ */
+export function createTestServices(config: Config): WiredServices {
+  const services = createPipelineServices(config);
+  services.settings.takeoverWaitMs = 0;
+  return services;
 }
 
 /** Wait until every listed job is terminal (or throw, listing the stuck ones). */
