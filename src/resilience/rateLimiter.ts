@@ -401,9 +401,8 @@ export class RateLimitedEmbedder implements EmbeddingsClient {
     return this.#client.dimensions;
   }
 
-  /** `options.tokens`: the inputs' token count when the caller has it stored; otherwise they are counted here. */
-  async embed(inputs: string[], signal?: AbortSignal, options: { tokens?: number; target?: EmbedTarget } = {}): Promise<EmbedResult> {
-    const tokens = options.tokens ?? this.#count(inputs);
+  async embed(inputs: string[], signal?: AbortSignal, options: { target?: EmbedTarget } = {}): Promise<EmbedResult> {
+    const tokens = this.#count(inputs);
     for (let attempt = 0; ; attempt++) {
       const grant = await this.#governor.acquire({ requests: 1, tokens }, signal);
       let result: EmbedResult;

@@ -64,8 +64,7 @@ export const embedChunks: Stage<PipelineServices> = {
       if (inputs.some((t) => t.length === 0)) throw new PermanentError("empty_chunk", "a stored chunk is empty; the embeddings API refuses empty inputs");
       await ctx.faults.hit("call.openai.embed.before", { jobId: ctx.job.job_id, batch: batchNo, inputs: inputs.length });
       await ctx.checkLease(); // a billed call: not after our lease has run out
-      // The chunker stored each chunk's cl100k token count: the rate limiter's estimate needs no second tokenization.
-      const result = await embedder.embed(inputs, ctx.signal, { tokens: batch.reduce((sum, c) => sum + c.token_count, 0), target });
+      const result = await embedder.embed(inputs, ctx.signal, { target });
       await ctx.faults.hit("call.openai.embed.after", { jobId: ctx.job.job_id, batch: batchNo });
       if (result.vectors.length !== batch.length) {
         throw new PermanentError("embedding_count_mismatch", `asked for ${batch.length} embeddings, got ${result.vectors.length}`);

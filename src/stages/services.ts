@@ -9,9 +9,8 @@ import type { PartialParsePolicy } from "./parseIntake.ts";
 
 export interface Embedder {
   readonly model: string;
-  /** `options.tokens`: the inputs' cl100k token count when the caller knows it (spares a tokenization). */
   /** `options.target`: embed with this model and dimensions instead of the configured ones (a job's pinned settings). */
-  embed(inputs: string[], signal?: AbortSignal, options?: { tokens?: number; target?: EmbedTarget }): Promise<EmbedResult>;
+  embed(inputs: string[], signal?: AbortSignal, options?: { target?: EmbedTarget }): Promise<EmbedResult>;
 }
 
 export interface PipelineSettings {

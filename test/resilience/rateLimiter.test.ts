@@ -275,25 +275,6 @@ describe("RateLimitedEmbedder", () => {
     expect(spentBefore).toBeCloseTo(2, 6);
   });
 
-  it("reserves the caller's stored token count without tokenizing the batch again", async () => {
-    const clock = new ManualClock();
-    const limiter = new OpenAIRateLimiter({ requestsPerMinute: 100, tokensPerMinute: 10_000, clock });
-    let counted = 0;
-    let spentBefore = 0;
-    const client: EmbeddingsClient = {
-      model: "m",
-      dimensions: undefined,
-      async embed() {
-        spentBefore = 10_000 - limiter.snapshot().tokensAvailable;
-        return { ...ok(1), usage: { promptTokens: 37, totalTokens: 37 } };
-      },
-    };
-    const countTokens = () => ++counted;
-    await new RateLimitedEmbedder({ client, limiter, countTokens }).embed(["hello world"], undefined, { tokens: 37 });
-    expect(counted).toBe(0);
-    expect(spentBefore).toBeCloseTo(37, 6);
-  });
-
   it("on a 429 pauses every caller for retryAfterMs and throws it to the worker (no retry by default)", async () => {
     const clock = new ManualClock();
     const limiter = new OpenAIRateLimiter({ requestsPerMinute: 100, tokensPerMinute: 10_000, clock });
