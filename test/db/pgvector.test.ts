@@ -93,7 +93,9 @@ describe("pgvector, on a real vector extension", () => {
   it("a document re-embedded with another model is searchable under that model only", async () => {
     const doc = docsA[1]!;
     const others = (await snapshot()).filter((r) => r.document_id !== doc.documentId);
-    await env.db.pool.query("UPDATE upload_pipeline.upload_jobs SET status = 'chunks_stored' WHERE job_id = $1", [doc.jobId]);
+    // Re-embedding with another model: back to chunks_stored with the job's pinned settings cleared
+    // (a job otherwise keeps the model it began with, migration 0004).
+    await env.db.pool.query("UPDATE upload_pipeline.upload_jobs SET status = 'chunks_stored', settings = NULL WHERE job_id = $1", [doc.jobId]);
     await runToComplete([doc.jobId], createPipelineServices({ ...env.config, EMBED_MODEL: "text-embedding-ada-002" }));
 
     const { rows } = await env.db.pool.query<{ embed_model: string; n: number }>(
