@@ -147,9 +147,10 @@ export function faultPointsFromEnv(crashAt: string | undefined, freezeAt?: strin
   const rules = [
     ...parse(crashAt).map(({ text, spec }) => ({
       spec,
-      act: (point: string, jobId: string | undefined) => {
+      act: (point: string) => {
         if (spec.jobId && onceDir && !claimOnce(onceDir, text)) return;
-        writeSync(1, `${JSON.stringify({ msg: CRASH_LINE, point, jobId: jobId ?? null })}\n`);
+        // The job only for a targeted crash: a life's own point must be counted as that life's.
+        writeSync(1, `${JSON.stringify({ msg: CRASH_LINE, point, jobId: spec.jobId ?? null })}\n`);
         process.kill(process.pid, "SIGKILL");
       },
     })),
@@ -169,7 +170,7 @@ export function faultPointsFromEnv(crashAt: string | undefined, freezeAt?: strin
         if (p !== spec.point || (spec.jobId && info?.jobId !== spec.jobId)) continue;
         const n = (counts.get(spec) ?? 0) + 1;
         counts.set(spec, n);
-        if (n === spec.nth) act(p, info?.jobId);
+        if (n === spec.nth) act(p);
       }
     },
   };
