@@ -116,8 +116,11 @@ describe("consecutive breaker", () => {
     const fail = async () => {
       throw serverError();
     };
-    // Closed: a 503 is the call's own transient failure (the job spends an attempt).
-    for (let i = 0; i < 2; i++) expect(await rejectionOf(b.execute(fail))).not.toBeInstanceOf(ServiceConditionError);
+    // Closed: the first 503 after a success is the call's own transient failure (an attempt).
+    expect(await rejectionOf(b.execute(fail))).not.toBeInstanceOf(ServiceConditionError);
+    // A second in a row is an outage though the circuit is still closed: other processes may
+    // have seen the rest of it. Parked at the worker's base delay, no attempt spent.
+    expect(await rejectionOf(b.execute(fail))).toMatchObject({ condition: "outage", code: "openai_unavailable", retryAfterMs: undefined });
     // The third opens the circuit: from here on the service is to blame.
     const tripping = await rejectionOf(b.execute(fail));
     expect(tripping).toBeInstanceOf(ServiceConditionError);
@@ -127,6 +130,11 @@ describe("consecutive breaker", () => {
     // The half-open probe fails: still an outage, parked until the next probe.
     advance(7000);
     expect(await rejectionOf(b.execute(fail))).toMatchObject({ condition: "outage", retryAfterMs: 10_000 });
+    // A success in between: the next failure is the call's own again.
+    const flaky = breaker();
+    expect(await rejectionOf(flaky.execute(fail))).not.toBeInstanceOf(ServiceConditionError);
+    await flaky.execute(async () => "ok");
+    expect(await rejectionOf(flaky.execute(fail))).not.toBeInstanceOf(ServiceConditionError);
     // A 429 is the service being busy, whatever the circuit says.
     const busy = breaker();
     const limited = await rejectionOf(busy.execute(async () => Promise.reject(new TransientError("openai_rate_limited", "429", { status: 429, retryAfterMs: 1500 }))));
