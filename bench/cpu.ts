@@ -20,7 +20,11 @@ export async function runCpuBench(ctx: BenchContext): Promise<BenchResult> {
   for (const bytes of sizes) {
     ctx.log(`cpu: worker process on a ${formatBytes(bytes)} document`);
     const run = await runWorkerOnDocument(ctx, bytes);
-    ctx.log(`cpu: ${formatBytes(bytes)}: ${Object.entries(run.cpuByStage).map(([k, v]) => `${k} ${v.toFixed(2)} s`).join(", ")}`);
+    ctx.log(
+      `cpu: ${formatBytes(bytes)}: ${Object.entries(run.cpuByStage)
+        .map(([k, v]) => `${k} ${v.toFixed(2)} s`)
+        .join(", ")}`,
+    );
     runs.push(run);
   }
   const perMiB = (run: WorkerRun, stage?: string) => {
@@ -34,19 +38,35 @@ export async function runCpuBench(ctx: BenchContext): Promise<BenchResult> {
     name: "cpu",
     title: "CPU per document: worker CPU-seconds per MiB of markdown, by stage",
     figures: [
-      ...STAGES.map((stage) => figure(`cpu_s_per_mib_${stage}`, `${stage}, ${formatBytes(large.documentBytes)} document`, round(perMiB(large, stage), 3), "CPU-s/MiB")),
+      ...STAGES.map((stage) =>
+        figure(`cpu_s_per_mib_${stage}`, `${stage}, ${formatBytes(large.documentBytes)} document`, round(perMiB(large, stage), 3), "CPU-s/MiB"),
+      ),
       figure("cpu_s_per_mib_total", `all stages, ${formatBytes(large.documentBytes)} document`, round(perMiB(large), 3), "CPU-s/MiB"),
       figure("cpu_s_per_mib_total_small", `all stages, ${formatBytes(small.documentBytes)} document`, round(perMiB(small), 3), "CPU-s/MiB"),
       figure("postgres_cpu_s_per_mib", `PostgreSQL, ${formatBytes(large.documentBytes)} document`, round(postgresPerMiB(large), 3), "CPU-s/MiB"),
       figure("postgres_cpu_s_per_mib_small", `PostgreSQL, ${formatBytes(small.documentBytes)} document`, round(postgresPerMiB(small), 3), "CPU-s/MiB"),
-      figure("cpu_growth", `CPU per MiB, ${formatBytes(large.documentBytes)} ÷ ${formatBytes(small.documentBytes)}`, round(perMiB(large) / perMiB(small), 2), "ratio"),
+      figure(
+        "cpu_growth",
+        `CPU per MiB, ${formatBytes(large.documentBytes)} ÷ ${formatBytes(small.documentBytes)}`,
+        round(perMiB(large) / perMiB(small), 2),
+        "ratio",
+      ),
     ],
     notes: [
       "One worker process (1 slot, EMBED_BATCH_SIZE=64, other settings at their defaults) against the mocks over HTTP; its CPU sampled from /proc every 100 ms and attributed to the stage whose state the job was in. Parse intake runs in the API (the webhook hands it over), so it is not in the worker's figures.",
-      ...runs.map((r) => `${formatBytes(r.documentBytes)}: ${r.chunks} chunks, ${r.batches} batches, ${r.status} in ${r.seconds.toFixed(1)} s; worker ${Object.entries(r.cpuByStage).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(", ")} CPU-s.`),
+      ...runs.map(
+        (r) =>
+          `${formatBytes(r.documentBytes)}: ${r.chunks} chunks, ${r.batches} batches, ${r.status} in ${r.seconds.toFixed(1)} s; worker ${Object.entries(
+            r.cpuByStage,
+          )
+            .map(([k, v]) => `${k} ${v.toFixed(2)}`)
+            .join(", ")} CPU-s.`,
+      ),
       `At ${round(perMiB(large), 2)} CPU-s/MiB, one core keeps up with about ${round(1 / perMiB(large), 2)} MiB of markdown per second in the worker.`,
     ],
-    details: { runs: runs.map((r) => ({ documentBytes: r.documentBytes, chunks: r.chunks, batches: r.batches, seconds: r.seconds, cpuByStage: r.cpuByStage })) },
+    details: {
+      runs: runs.map((r) => ({ documentBytes: r.documentBytes, chunks: r.chunks, batches: r.batches, seconds: r.seconds, cpuByStage: r.cpuByStage })),
+    },
     durationMs: Date.now() - started,
   };
 }

@@ -59,7 +59,10 @@ export async function runFleetBench(ctx: BenchContext): Promise<BenchResult> {
     const off = runs.find((r) => r.processes === n && r.mode === "local")!;
     return [
       figure(`tpm_ratio_${n}p`, `${n} process${n > 1 ? "es" : ""}: tokens/min ÷ TPM, governor on`, round(on.tpmRatio, 3), "ratio", { op: ">=", bound: 0.95 }),
-      figure(`rate_limited_pct_${n}p`, `${n} process${n > 1 ? "es" : ""}: 429s, % of requests, governor on`, round(on.rateLimitedPct, 2), "%", { op: "<", bound: 1 }),
+      figure(`rate_limited_pct_${n}p`, `${n} process${n > 1 ? "es" : ""}: 429s, % of requests, governor on`, round(on.rateLimitedPct, 2), "%", {
+        op: "<",
+        bound: 1,
+      }),
       figure(`tpm_ratio_${n}p_off`, `${n} process${n > 1 ? "es" : ""}: tokens/min ÷ TPM, governor off`, round(off.tpmRatio, 3), "ratio"),
       figure(`rate_limited_pct_${n}p_off`, `${n} process${n > 1 ? "es" : ""}: 429s, % of requests, governor off`, round(off.rateLimitedPct, 2), "%"),
     ];
@@ -81,10 +84,7 @@ export async function runFleetBench(ctx: BenchContext): Promise<BenchResult> {
   };
 }
 
-async function runOnce(
-  ctx: BenchContext,
-  o: { processes: number; mode: Mode; rpm: number; windowMs: number },
-): Promise<FleetRun> {
+async function runOnce(ctx: BenchContext, o: { processes: number; mode: Mode; rpm: number; windowMs: number }): Promise<FleetRun> {
   ctx.log(`fleet: ${o.processes} process(es), governor ${o.mode === "shared" ? "on" : "off"}`);
   const db = await createDatabase(ctx, "fleet", 2);
   const mock = await startMockServer({ seed: 9, faults: { openai: { rateLimits: { rpm: o.rpm, tpm: TPM } } } });
@@ -155,12 +155,19 @@ async function runOnce(
       rateLimited,
       rateLimitedPct: requests ? (100 * rateLimited) / requests : 0,
       callers: outputs.map((out) => {
-        const line = out.trim().split("\n").findLast((l) => l.startsWith("{"));
+        const line = out
+          .trim()
+          .split("\n")
+          .findLast((l) => l.startsWith("{"));
         return line ? JSON.parse(line) : null;
       }),
-      timeline: timeline.slice(1).map((s, i) => ({ t: Math.round(s.t), tokensPerMinute: Math.round(((s.tokens - timeline[i]!.tokens) / ((s.t - timeline[i]!.t) / 1000)) * 60) })),
+      timeline: timeline
+        .slice(1)
+        .map((s, i) => ({ t: Math.round(s.t), tokensPerMinute: Math.round(((s.tokens - timeline[i]!.tokens) / ((s.t - timeline[i]!.t) / 1000)) * 60) })),
     };
-    ctx.log(`fleet: ${o.processes} process(es), governor ${o.mode === "shared" ? "on" : "off"}: ${round(run.tpmRatio, 3)}× TPM, ${round(run.rateLimitedPct, 2)} % 429s (${rateLimited}/${requests})`);
+    ctx.log(
+      `fleet: ${o.processes} process(es), governor ${o.mode === "shared" ? "on" : "off"}: ${round(run.tpmRatio, 3)}× TPM, ${round(run.rateLimitedPct, 2)} % 429s (${rateLimited}/${requests})`,
+    );
     return run;
   } finally {
     for (const c of children) if (c.exitCode === null) c.kill("SIGKILL");

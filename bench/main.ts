@@ -140,7 +140,9 @@ async function main(): Promise<number> {
   writeFileSync(out, `${JSON.stringify(report, null, 2)}\n`);
   if (results.length) process.stdout.write(`${formatTable(results)}\n`);
   for (const f of failures) process.stdout.write(`\n${f.name}: the benchmark broke: ${f.error}\n`);
-  process.stdout.write(`\nMulti-worker scaling: npm run scenario -- multi-worker-scaling\nWritten: ${REPORT_PATH} (${(report.durationMs / 1000).toFixed(0)} s)\n`);
+  process.stdout.write(
+    `\nMulti-worker scaling: npm run scenario -- multi-worker-scaling\nWritten: ${REPORT_PATH} (${(report.durationMs / 1000).toFixed(0)} s)\n`,
+  );
   return failures.length ? 1 : 0;
 }
 
@@ -168,7 +170,11 @@ export function formatTable(results: BenchResult[]): string {
     });
   }
   const widths = rows[0]!.map((_, c) => Math.max(...rows.map((row) => row[c]!.length)));
-  const line = (row: string[]) => row.map((cell, c) => (c === 2 ? cell.padStart(widths[c]!) : cell.padEnd(widths[c]!))).join("  ").trimEnd();
+  const line = (row: string[]) =>
+    row
+      .map((cell, c) => (c === 2 ? cell.padStart(widths[c]!) : cell.padEnd(widths[c]!)))
+      .join("  ")
+      .trimEnd();
   const out = [line(rows[0]!), widths.map((w) => "─".repeat(w)).join("  ")];
   let first = true;
   for (const row of rows.slice(1)) {

@@ -23,7 +23,18 @@ import { createJob } from "../src/state-machine/transition.ts";
 import { markdownDocument } from "../harness/corpus.ts";
 import { mulberry32 } from "../mocks/shared/rng.ts";
 import { startMockServer } from "../mocks/server.ts";
-import { cpuWindow, createDatabase, processCpuSeconds, figure, round, sleep, waitUntil, type BenchContext, type BenchResult, type CpuWindow } from "./support.ts";
+import {
+  cpuWindow,
+  createDatabase,
+  processCpuSeconds,
+  figure,
+  round,
+  sleep,
+  waitUntil,
+  type BenchContext,
+  type BenchResult,
+  type CpuWindow,
+} from "./support.ts";
 
 const WORKER_ENTRY = new URL("../src/worker/main.ts", import.meta.url).pathname;
 const KiB = 1024;
@@ -72,7 +83,9 @@ export async function runMemoryBench(ctx: BenchContext): Promise<BenchResult> {
     for (const bytes of [small, large]) {
       ctx.log(`memory: worker process on a ${formatBytes(bytes)} document${repeats > 1 ? ` (${i + 1}/${repeats})` : ""}`);
       const run = await runWorkerOnDocument(ctx, bytes);
-      ctx.log(`memory: ${formatBytes(bytes)}: peak RSS ${run.peakMiB.toFixed(1)} MiB (idle ${run.idleRssMiB.toFixed(1)} MiB), ${run.chunks} chunks, ${run.seconds.toFixed(1)} s, ${run.status}`);
+      ctx.log(
+        `memory: ${formatBytes(bytes)}: peak RSS ${run.peakMiB.toFixed(1)} MiB (idle ${run.idleRssMiB.toFixed(1)} MiB), ${run.chunks} chunks, ${run.seconds.toFixed(1)} s, ${run.status}`,
+      );
       runs.push(run);
     }
   }
@@ -83,7 +96,11 @@ export async function runMemoryBench(ctx: BenchContext): Promise<BenchResult> {
   const peakS = mean(small, (r) => r.peakMiB);
   const peakL = mean(large, (r) => r.peakMiB);
   const ratio = peakL / peakS;
-  const peaks = (bytes: number) => runs.filter((r) => r.documentBytes === bytes).map((r) => r.peakMiB.toFixed(0)).join(" and ");
+  const peaks = (bytes: number) =>
+    runs
+      .filter((r) => r.documentBytes === bytes)
+      .map((r) => r.peakMiB.toFixed(0))
+      .join(" and ");
   const first = (bytes: number) => runs.find((r) => r.documentBytes === bytes)!;
   return {
     name: "memory",
@@ -91,15 +108,36 @@ export async function runMemoryBench(ctx: BenchContext): Promise<BenchResult> {
     figures: [
       figure("peak_rss_small_mib", `peak RSS, ${formatBytes(small)} document`, round(peakS, 1), "MiB"),
       figure("peak_rss_large_mib", `peak RSS, ${formatBytes(large)} document`, round(peakL, 1), "MiB", { op: "<=", bound: 200 }),
-      figure("steady_rss_large_mib", `steady RSS (median sample), ${formatBytes(large)} document`, round(mean(large, (r) => median(r.rss.map(([, v]) => v))), 1), "MiB", { op: "<=", bound: 150 }),
-      figure("idle_rss_mib", "idle RSS before the upload", round(mean(large, (r) => r.idleRssMiB), 1), "MiB"),
+      figure(
+        "steady_rss_large_mib",
+        `steady RSS (median sample), ${formatBytes(large)} document`,
+        round(
+          mean(large, (r) => median(r.rss.map(([, v]) => v))),
+          1,
+        ),
+        "MiB",
+        { op: "<=", bound: 150 },
+      ),
+      figure(
+        "idle_rss_mib",
+        "idle RSS before the upload",
+        round(
+          mean(large, (r) => r.idleRssMiB),
+          1,
+        ),
+        "MiB",
+      ),
       figure("peak_rss_ratio", "peak RSS, 10× document ÷ 1× document", round(ratio, 3), "ratio", { op: "<", bound: 1.2 }),
     ],
     notes: [
       `One worker process (1 slot, EMBED_BATCH_SIZE=${EMBED_BATCH_SIZE}, other settings at their defaults) per run, started and idle before the upload; every stage runs in it except parse intake, which the webhook hands to the API. ${repeats > 1 ? `Each size ran ${repeats} times; the figures are means (peaks ${peaks(small)} MiB and ${peaks(large)} MiB).` : ""}`,
       ...[first(small), first(large)].map(
         (r) =>
-          `${formatBytes(r.documentBytes)}: ${r.chunks} chunks in ${r.batches} embedding batches, ${r.status} in ${r.seconds.toFixed(1)} s; RSS idle ${r.idleRssMiB.toFixed(1)} MiB → peak ${r.peakMiB.toFixed(1)} MiB; highest RSS sampled per stage: ${Object.entries(r.peakByStage).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(", ")} MiB.`,
+          `${formatBytes(r.documentBytes)}: ${r.chunks} chunks in ${r.batches} embedding batches, ${r.status} in ${r.seconds.toFixed(1)} s; RSS idle ${r.idleRssMiB.toFixed(1)} MiB → peak ${r.peakMiB.toFixed(1)} MiB; highest RSS sampled per stage: ${Object.entries(
+            r.peakByStage,
+          )
+            .map(([k, v]) => `${k} ${v.toFixed(0)}`)
+            .join(", ")} MiB.`,
       ),
       `The 10× document added ${(peakL - peakS).toFixed(1)} MiB to the peak (${round((ratio - 1) * 100, 1)} %). Peak RSS of a Node process includes garbage V8 has not collected yet, so it also grows with how long a stage keeps allocating, not only with what it holds.`,
     ],
@@ -145,10 +183,7 @@ export async function runWorkerOnDocument(ctx: BenchContext, bytes: number): Pro
     const pid = child.pid!;
     const describe = () => `worker output (last lines):\n${output.join("").split("\n").slice(-15).join("\n")}`;
 
-    const startedUp = await Promise.race([
-      waitUntil(() => output.join("").includes("worker started"), 60_000, 50),
-      exited.then(() => false),
-    ]);
+    const startedUp = await Promise.race([waitUntil(() => output.join("").includes("worker started"), 60_000, 50), exited.then(() => false)]);
     if (!startedUp) throw new Error(`the worker did not start. ${describe()}`);
     await sleep(1_500); // let start-up garbage settle before the idle reading
     const idle = procStatus(pid);
@@ -187,7 +222,9 @@ export async function runWorkerOnDocument(ctx: BenchContext, bytes: number): Pro
     const seconds = (performance.now() - t0) / 1000;
     const end = procStatus(pid);
     if (!done) {
-      const { rows } = await db.pool.query("SELECT progress, attempts, last_error, lease_expires_at FROM upload_pipeline.upload_jobs WHERE job_id = $1", [upload.jobId]);
+      const { rows } = await db.pool.query("SELECT progress, attempts, last_error, lease_expires_at FROM upload_pipeline.upload_jobs WHERE job_id = $1", [
+        upload.jobId,
+      ]);
       const openai = mock.mocks.stats().requests["openai.embeddings"];
       const activity = await db.pool.query(
         "SELECT pid, state, wait_event_type, wait_event, left(query, 100) AS query, round(extract(epoch FROM now() - query_start)) AS seconds FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",

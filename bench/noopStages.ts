@@ -8,7 +8,6 @@
 import { NEXT_STATE, type PipelineState } from "../src/state-machine/table.ts";
 import type { Stage } from "../src/worker/stage.ts";
 
-
 /** Transitions from `uploaded` to `complete`. */
 export const TRANSITIONS_PER_JOB = Object.keys(NEXT_STATE).length;
 

@@ -118,7 +118,10 @@ async function pgBoss(ctx: BenchContext, shape: PeerRun["shape"], settings: Peer
     await boss.start();
     const names = shape === "plain" ? ["noop"] : Array.from({ length: STAGES }, (_, i) => `stage${i + 1}`);
     for (const name of names) await boss.createQueue(name);
-    await boss.insert(names[0]!, Array.from({ length: jobs }, (_, i) => ({ data: { doc: i } })));
+    await boss.insert(
+      names[0]!,
+      Array.from({ length: jobs }, (_, i) => ({ data: { doc: i } })),
+    );
     const total = shape === "plain" ? jobs : jobs * STAGES;
     let done = 0;
     const options = settings === "batched" ? { batchSize: 100, burstWhenBatchFull: true, pollingIntervalSeconds: 0.5 } : {};
@@ -127,7 +130,11 @@ async function pgBoss(ctx: BenchContext, shape: PeerRun["shape"], settings: Peer
       // `localConcurrency` workers per queue, like the slots of the other two.
       await boss.work(name, { ...options, localConcurrency: CONCURRENCY }, async (batch) => {
         const next = names[i + 1];
-        if (next) await boss.insert(next, batch.map((job) => ({ data: job.data as object })));
+        if (next)
+          await boss.insert(
+            next,
+            batch.map((job) => ({ data: job.data as object })),
+          );
         done += batch.length;
       });
     }
@@ -168,12 +175,31 @@ export async function runPeersBench(ctx: BenchContext): Promise<BenchResult> {
     title: "Queue vs graphile-worker and pg-boss (same PostgreSQL, same run)",
     figures: [
       ...runs.map((r) =>
-        figure(`${r.system}_${r.shape}_${r.settings}`.replaceAll("-", "_"), `${r.system}, ${r.system === "ours" ? "9-stage pipeline" : r.shape}, ${r.settings}`, round(r.perSecond, 0), unit(r)),
+        figure(
+          `${r.system}_${r.shape}_${r.settings}`.replaceAll("-", "_"),
+          `${r.system}, ${r.system === "ours" ? "9-stage pipeline" : r.shape}, ${r.settings}`,
+          round(r.perSecond, 0),
+          unit(r),
+        ),
       ),
-      figure("ratio_graphile_plain", "ours ÷ graphile-worker no-op jobs/s (default)", round(own / rate("graphile-worker", "plain", "default"), 2), "ratio", { op: ">=", bound: 1.2 }),
-      figure("ratio_pgboss_plain", "ours ÷ pg-boss no-op jobs/s (default)", round(own / rate("pg-boss", "plain", "default"), 2), "ratio", { op: ">=", bound: 2 }),
-      figure("ratio_graphile_pipeline", "ours ÷ graphile-worker pipeline (batched)", round(own / rate("graphile-worker", "pipeline", "batched"), 2), "ratio", { op: ">=", bound: 2 }),
-      figure("ratio_graphile_plain_batched", "ours ÷ graphile-worker no-op jobs/s (batched)", round(own / rate("graphile-worker", "plain", "batched"), 2), "ratio"),
+      figure("ratio_graphile_plain", "ours ÷ graphile-worker no-op jobs/s (default)", round(own / rate("graphile-worker", "plain", "default"), 2), "ratio", {
+        op: ">=",
+        bound: 1.2,
+      }),
+      figure("ratio_pgboss_plain", "ours ÷ pg-boss no-op jobs/s (default)", round(own / rate("pg-boss", "plain", "default"), 2), "ratio", {
+        op: ">=",
+        bound: 2,
+      }),
+      figure("ratio_graphile_pipeline", "ours ÷ graphile-worker pipeline (batched)", round(own / rate("graphile-worker", "pipeline", "batched"), 2), "ratio", {
+        op: ">=",
+        bound: 2,
+      }),
+      figure(
+        "ratio_graphile_plain_batched",
+        "ours ÷ graphile-worker no-op jobs/s (batched)",
+        round(own / rate("graphile-worker", "plain", "batched"), 2),
+        "ratio",
+      ),
       figure("ratio_pgboss_pipeline", "ours ÷ pg-boss pipeline (batched)", round(own / rate("pg-boss", "pipeline", "batched"), 2), "ratio"),
     ],
     notes: [

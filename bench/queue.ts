@@ -120,9 +120,7 @@ export async function seedJobs(pool: import("pg").Pool, count: number): Promise<
      SELECT d, $1, 'doc.md', 'text/markdown', 1024, s, p FROM unnest($2::uuid[], $3::text[], $4::text[]) AS t(d, s, p)`,
     [userId, docs.map((d) => d.docId), docs.map((d) => d.fileSha), docs.map((d) => d.rawPath)],
   );
-  await inParallel(count, 8, (i) =>
-    createJob(pool, { jobId: jobId(docs[i]!.docId), documentId: docs[i]!.docId, correlationId: randomUUID(), maxAttempts: 5 }),
-  );
+  await inParallel(count, 8, (i) => createJob(pool, { jobId: jobId(docs[i]!.docId), documentId: docs[i]!.docId, correlationId: randomUUID(), maxAttempts: 5 }));
   // Fresh statistics, as a long-running queue table would have.
   await pool.query("ANALYZE upload_pipeline.upload_jobs");
 }

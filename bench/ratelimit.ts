@@ -111,7 +111,14 @@ export async function runRateLimitBench(ctx: BenchContext): Promise<BenchResult>
 
 async function runOnce(
   ctx: BenchContext,
-  opts: { label: string; account: { rpm: number; tpm: number }; budget: { rpm: number; tpm: number }; durationMs: number; warmupMs: number; batches: string[][] },
+  opts: {
+    label: string;
+    account: { rpm: number; tpm: number };
+    budget: { rpm: number; tpm: number };
+    durationMs: number;
+    warmupMs: number;
+    batches: string[][];
+  },
 ): Promise<RateRun> {
   ctx.log(`ratelimit: ${opts.label}: ${opts.durationMs / 1000} s of demand from ${CALLERS} callers`);
   const mock = await startMockServer({ seed: 9, faults: { openai: { rateLimits: { rpm: opts.account.rpm, tpm: opts.account.tpm } } } });

@@ -96,7 +96,9 @@ export async function runStartupBench(ctx: BenchContext): Promise<BenchResult> {
         times[mode].push(r.ms);
         rss[mode].push(r.rssMiB);
       }
-      ctx.log(`startup: round ${i + 1}/${repeats}: ${(Object.keys(MODES) as Mode[]).map((m) => `${MODES[m].label} ${Math.round(times[m].at(-1)!)} ms`).join(", ")}`);
+      ctx.log(
+        `startup: round ${i + 1}/${repeats}: ${(Object.keys(MODES) as Mode[]).map((m) => `${MODES[m].label} ${Math.round(times[m].at(-1)!)} ms`).join(", ")}`,
+      );
     }
   } finally {
     await db.drop();
@@ -105,7 +107,7 @@ export async function runStartupBench(ctx: BenchContext): Promise<BenchResult> {
   const medRss = Object.fromEntries((Object.keys(MODES) as Mode[]).map((m) => [m, median(rss[m])])) as Record<Mode, number>;
   return {
     name: "startup",
-    title: "Worker start-up: spawn → \"worker started\"",
+    title: 'Worker start-up: spawn → "worker started"',
     figures: [
       figure("startup_native_ms", `median, ${MODES.native.label}`, Math.round(med.native), "ms"),
       figure("startup_tsx_loader_ms", `median, ${MODES.tsxLoader.label}`, Math.round(med.tsxLoader), "ms"),

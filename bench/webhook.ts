@@ -89,7 +89,10 @@ export async function runWebhookBench(ctx: BenchContext): Promise<BenchResult> {
       notes: [
         `API in its own process (production wiring, LOG_LEVEL=silent, pool of 20) on loopback; autocannon with ${CONNECTIONS} connections, no pipelining, in the benchmark process; ${warmup} deliveries of warm-up first.`,
         `Each request: parse job lookup, constant-time HMAC-SHA256 over the raw body, ±5 min timestamp check, zod, and one transaction writing webhook_log. webhook_log holds ${recorded} rows for the job afterwards (expected ${warmup + distinct}); the job is still ${rows[0]?.status}.`,
-        ...[fresh, dupes].map((p) => `${p.label}: ${describeCpu(p.cpu, { label: "API process", cores: p.cpu.childCores ?? 0 })}; load generator ${Math.round(p.cpu.benchProcessCores * 100)} % of a core.`),
+        ...[fresh, dupes].map(
+          (p) =>
+            `${p.label}: ${describeCpu(p.cpu, { label: "API process", cores: p.cpu.childCores ?? 0 })}; load generator ${Math.round(p.cpu.benchProcessCores * 100)} % of a core.`,
+        ),
       ],
       details: { connections: CONNECTIONS, warmup, recorded, passes: [fresh, dupes] },
       durationMs: Date.now() - started,
@@ -190,7 +193,14 @@ async function fire(url: string, deliveries: Delivery[]): Promise<Fired> {
   }
 }
 
-async function measure(ctx: BenchContext, pool: import("pg").Pool, serverPid: number, label: string, url: string, deliveries: Delivery[]): Promise<WebhookPass> {
+async function measure(
+  ctx: BenchContext,
+  pool: import("pg").Pool,
+  serverPid: number,
+  label: string,
+  url: string,
+  deliveries: Delivery[],
+): Promise<WebhookPass> {
   const cpu = await cpuWindow(pool, [serverPid]);
   const fired = await fire(url, deliveries);
   const window = cpu.stop();

@@ -9,10 +9,7 @@ export class ApiClient {
   readonly baseUrl: string;
   private readonly jwtSecret: string;
 
-  constructor(
-    baseUrl: string,
-    jwtSecret: string,
-  ) {
+  constructor(baseUrl: string, jwtSecret: string) {
     this.baseUrl = baseUrl;
     this.jwtSecret = jwtSecret;
   }

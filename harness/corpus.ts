@@ -44,7 +44,10 @@ export function listCorpusFiles(pattern: string): string[] {
   const supported = Object.keys(FILE_TYPES).join(", ");
   if (paths.length === 0) throw new CorpusFilesError(`corpus.files: ${pattern} matches no file (give a folder or a glob of ${supported} files)`);
   const unsupported = paths.filter((p) => !FILE_TYPES[extname(p).toLowerCase()]);
-  if (unsupported.length > 0) throw new CorpusFilesError(`corpus.files: ${unsupported.slice(0, 5).join(", ")} ${unsupported.length > 1 ? "are" : "is"} not of a supported type (${supported})`);
+  if (unsupported.length > 0)
+    throw new CorpusFilesError(
+      `corpus.files: ${unsupported.slice(0, 5).join(", ")} ${unsupported.length > 1 ? "are" : "is"} not of a supported type (${supported})`,
+    );
   return paths.sort();
 }
 
@@ -106,20 +109,44 @@ export function buildCorpus(scenario: Scenario): CorpusFile[] {
   const files: CorpusFile[] = [];
   for (let i = 0; i < c.documents; i++) {
     const kib = c.minKiB + rng() * (c.maxKiB - c.minKiB);
-    files.push({ kind: "document", userId: user(), filename: `doc-${i}.md`, mime: "text/markdown", bytes: encode(markdownDocument(rng, `Document ${i}`, kib * 1024)) });
+    files.push({
+      kind: "document",
+      userId: user(),
+      filename: `doc-${i}.md`,
+      mime: "text/markdown",
+      bytes: encode(markdownDocument(rng, `Document ${i}`, kib * 1024)),
+    });
   }
   for (let i = 0; i < c.large.count; i++) {
-    files.push({ kind: "large", userId: user(), filename: `large-${i}.md`, mime: "text/markdown", bytes: encode(markdownDocument(rng, `Large document ${i}`, c.large.kib * 1024)) });
+    files.push({
+      kind: "large",
+      userId: user(),
+      filename: `large-${i}.md`,
+      mime: "text/markdown",
+      bytes: encode(markdownDocument(rng, `Large document ${i}`, c.large.kib * 1024)),
+    });
   }
   for (let i = 0; i < c.poison; i++) {
-    files.push({ kind: "poison", userId: user(), filename: `poison-${i}.md`, mime: "text/markdown", bytes: encode(`# Poison ${i}\n\n%%POISON%% ${sentence(rng)}\n`) });
+    files.push({
+      kind: "poison",
+      userId: user(),
+      filename: `poison-${i}.md`,
+      mime: "text/markdown",
+      bytes: encode(`# Poison ${i}\n\n%%POISON%% ${sentence(rng)}\n`),
+    });
   }
   for (let i = 0; i < c.empty; i++) {
     files.push({ kind: "empty", userId: user(), filename: `empty-${i}.txt`, mime: "text/plain", bytes: encode(`   \n\n\t\n${" ".repeat(i)}\n`) });
   }
   // The team's own files after the synthetic ones, so adding them never changes the seeded corpus.
   for (const path of c.files ? listCorpusFiles(c.files) : []) {
-    files.push({ kind: "file", userId: user(), filename: basename(path), mime: FILE_TYPES[extname(path).toLowerCase()]!, bytes: new Uint8Array(readFileSync(path)) });
+    files.push({
+      kind: "file",
+      userId: user(),
+      filename: basename(path),
+      mime: FILE_TYPES[extname(path).toLowerCase()]!,
+      bytes: new Uint8Array(readFileSync(path)),
+    });
   }
   const originals = files.filter((f) => f.kind === "document");
   for (let i = 0; i < c.reuploads && originals.length > 0; i++) {

@@ -66,7 +66,10 @@ export class StarterExistsError extends Error {
 export async function writeStarter(dir: string): Promise<string[]> {
   const files = [join(dir, "my-scenario.json"), join(dir, "scenario.env")];
   for (const file of files) {
-    const exists = await access(file).then(() => true, () => false);
+    const exists = await access(file).then(
+      () => true,
+      () => false,
+    );
     if (exists) throw new StarterExistsError(`${file} already exists; remove it or run init in another folder`);
   }
   await mkdir(dir, { recursive: true });

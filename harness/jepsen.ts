@@ -46,7 +46,8 @@ export async function jepsenCounts(
   const stored = new Set(chunks.map((c) => c.chunk_id));
   const withVector = new Set(chunks.filter((c) => c.vectors > 0).map((c) => c.chunk_id));
   const expectedIds = new Set<string>();
-  for (const id of run.completeIds) for (const chunk of reference?.get(id)?.chunkIds ?? chunks.filter((c) => c.document_id === id).map((c) => c.chunk_id)) expectedIds.add(chunk);
+  for (const id of run.completeIds)
+    for (const chunk of reference?.get(id)?.chunkIds ?? chunks.filter((c) => c.document_id === id).map((c) => c.chunk_id)) expectedIds.add(chunk);
   const takenOver = await takenOverJobs(pool, run.documentIds, run.killedWorkers);
   const recoveredChunks = chunks.filter((c) => takenOver.has(c.document_id) && expectedIds.has(c.chunk_id));
   const usage = Object.values(run.mockStats.openai.usage);

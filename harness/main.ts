@@ -46,12 +46,19 @@ const USAGE = `usage: npm run scenario -- [name|file.json ...] [options]
   --help                   this text`;
 
 const Flags = z.object({
-  suite: z.string().regex(/^[a-z0-9][a-z0-9-]*$/, "a suite name such as production (a folder under scenarios/)").default("default"),
+  suite: z
+    .string()
+    .regex(/^[a-z0-9][a-z0-9-]*$/, "a suite name such as production (a folder under scenarios/)")
+    .default("default"),
   workers: z.coerce.number().int().min(1).max(16).optional(),
   seed: z.coerce.number().int().optional(),
   report: z.string().min(1).default("reports/latest"),
   "require-coverage": z.coerce.number().min(0).max(100).optional(),
-  minutes: z.coerce.number().positive().max(24 * 60).default(5),
+  minutes: z.coerce
+    .number()
+    .positive()
+    .max(24 * 60)
+    .default(5),
   rounds: z.coerce.number().int().min(1).optional(),
 });
 
@@ -114,9 +121,9 @@ async function main(): Promise<number> {
       selected.push(found);
     }
   }
-  const scenarios = (replaying?.map((r) => r.scenario) ?? (selected.length > 0 ? selected : orderSuite(builtIns)).map((s) => (seed === undefined ? s : { ...s, seed }))).map((s) =>
-    envFile ? { ...s, workerEnv: { ...envFile.env, ...s.workerEnv } } : s,
-  );
+  const scenarios = (
+    replaying?.map((r) => r.scenario) ?? (selected.length > 0 ? selected : orderSuite(builtIns)).map((s) => (seed === undefined ? s : { ...s, seed }))
+  ).map((s) => (envFile ? { ...s, workerEnv: { ...envFile.env, ...s.workerEnv } } : s));
   if (envFile) {
     process.stdout.write(`settings from ${args.values["env-file"]}: ${Object.keys(envFile.env).join(", ") || "none"}\n`);
     if (envFile.ignored.length > 0) process.stdout.write(`ignored (the runner wires them): ${envFile.ignored.join(", ")}\n`);
@@ -160,7 +167,11 @@ async function main(): Promise<number> {
           const recorded = replaying?.find((r) => r.scenario.name === scenario.name)?.record;
           if (recorded && result.replay) {
             const differences = replayDifferences(recorded, result.replay);
-            progress.line(differences.length === 0 ? `replay of ${scenario.name}: identical fault log (${result.replay.faults} faults) and final database` : `replay of ${scenario.name}: ${differences.join("; ")}`);
+            progress.line(
+              differences.length === 0
+                ? `replay of ${scenario.name}: identical fault log (${result.replay.faults} faults) and final database`
+                : `replay of ${scenario.name}: ${differences.join("; ")}`,
+            );
             if (differences.length > 0) result.errors.push(`replay: ${differences.join("; ")}`);
           }
           if (result.coverage) coverages.push(result.coverage);
@@ -216,7 +227,9 @@ async function soak(flags: z.output<typeof Flags>): Promise<number> {
   const progress = createProgress(process.stdout);
   const db = await provisionDatabase({ databaseUrl: process.env.DATABASE_URL });
   const env = { serverUrl: db.url, restartPostgres: db.restart, logDir: join(reportDir, "logs"), onProgress: progress.update, onEvent: progress.line };
-  progress.line(`soak: seed ${seed}, ${flags.minutes} min${flags.rounds ? `, at most ${flags.rounds} rounds` : ""}; PostgreSQL restarts ${db.restart ? "in some rounds" : "off (DATABASE_URL)"}; report → ${reportDir}`);
+  progress.line(
+    `soak: seed ${seed}, ${flags.minutes} min${flags.rounds ? `, at most ${flags.rounds} rounds` : ""}; PostgreSQL restarts ${db.restart ? "in some rounds" : "off (DATABASE_URL)"}; report → ${reportDir}`,
+  );
   const startedAt = new Date();
   const stopAt = Date.now() + flags.minutes * 60_000;
   const results: ScenarioResult[] = [];
@@ -265,7 +278,9 @@ async function soak(flags: z.output<typeof Flags>): Promise<number> {
     environment: { node: process.version, platform: process.platform, cpus: cpus().length },
   };
   await writeReport(reportDir, summary);
-  process.stdout.write(`\nsoak: ${results.length} round(s) in ${(summary.durationMs / 60_000).toFixed(1)} min, ${totals.kills} kills, ${totals.restarts} PostgreSQL restarts, ${totals.faults} injected faults\n`);
+  process.stdout.write(
+    `\nsoak: ${results.length} round(s) in ${(summary.durationMs / 60_000).toFixed(1)} min, ${totals.kills} kills, ${totals.restarts} PostgreSQL restarts, ${totals.faults} injected faults\n`,
+  );
   if (!violation) {
     process.stdout.write(`no violation (seed ${seed}); report: ${join(reportDir, "summary.json")}\n`);
     return 0;
@@ -316,7 +331,11 @@ function orderSuite(all: Scenario[]): Scenario[] {
  * against a real run rather than a second implementation of the pipeline.
  */
 async function referenceFor(scenario: Scenario, env: Parameters<typeof runScenario>[1], cache: Map<string, Map<string, Fingerprint>>) {
-  const key = JSON.stringify([scenario.seed, scenario.corpus, pick(scenario.workerEnv, ["CHUNK_MAX_TOKENS", "CHUNK_OVERLAP_TOKENS", "EMBED_MODEL", "EMBED_DIMENSIONS"])]);
+  const key = JSON.stringify([
+    scenario.seed,
+    scenario.corpus,
+    pick(scenario.workerEnv, ["CHUNK_MAX_TOKENS", "CHUNK_OVERLAP_TOKENS", "EMBED_MODEL", "EMBED_DIMENSIONS"]),
+  ]);
   const cached = cache.get(key);
   if (cached) return cached;
   const reference: Scenario = {
@@ -405,7 +424,11 @@ function faultCounts(run: RunOutcome): Record<string, number> {
   const add = (k: string, n: number) => n > 0 && (out[k] = (out[k] ?? 0) + n);
   for (const byKind of Object.values(run.mockStats.faults)) for (const [kind, n] of Object.entries(byKind)) add(String(kind), n);
   for (const [kind, outcomes] of Object.entries(run.mockStats.webhooks.deliveries)) {
-    if (kind !== "genuine") add(`webhook_${kind}`, Object.values(outcomes).reduce((a, b) => a + (b ?? 0), 0));
+    if (kind !== "genuine")
+      add(
+        `webhook_${kind}`,
+        Object.values(outcomes).reduce((a, b) => a + (b ?? 0), 0),
+      );
   }
   add("postgres_restarts", run.postgresRestarts);
   add("operator_retries", run.retried);
@@ -432,7 +455,14 @@ function pick(record: Record<string, string>, keys: string[]): Record<string, st
 main().then(
   (code) => process.exit(code),
   (err: Error) => {
-    if (err instanceof ScenarioFileError || err instanceof SuiteError || err instanceof CorpusFilesError || err instanceof EnvFileError || err instanceof StarterExistsError) process.stderr.write(`scenario: ${err.message}\n`);
+    if (
+      err instanceof ScenarioFileError ||
+      err instanceof SuiteError ||
+      err instanceof CorpusFilesError ||
+      err instanceof EnvFileError ||
+      err instanceof StarterExistsError
+    )
+      process.stderr.write(`scenario: ${err.message}\n`);
     else process.stderr.write(`scenario: ${err.stack ?? err.message}\n`);
     process.exit(2);
   },

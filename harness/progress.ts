@@ -33,7 +33,11 @@ export function createProgress(out: NodeJS.WriteStream) {
     if (tty && drawn) out.write("\r\x1b[2K");
     drawn = false;
   };
-  out.write(`states: ${Object.entries(SHORT).map(([state, short]) => `${short}=${state}`).join(" ")}\n`);
+  out.write(
+    `states: ${Object.entries(SHORT)
+      .map(([state, short]) => `${short}=${state}`)
+      .join(" ")}\n`,
+  );
   return {
     start(name: string) {
       current = name;
@@ -48,7 +52,9 @@ export function createProgress(out: NodeJS.WriteStream) {
       const terminal = (p.byState.complete ?? 0) + (p.byState.failed_parse ?? 0) + (p.byState.failed_chunking ?? 0) + (p.byState.failed_embedding ?? 0);
       const width = 24;
       const filled = p.total ? Math.round((terminal / p.total) * width) : 0;
-      const states = Object.entries(p.byState).map(([s, n]) => `${SHORT[s as JobStatus] ?? s}:${n}`).join(" ");
+      const states = Object.entries(p.byState)
+        .map(([s, n]) => `${SHORT[s as JobStatus] ?? s}:${n}`)
+        .join(" ");
       const text = `  ${(p.elapsedMs / 1000).toFixed(1).padStart(6)}s [${"█".repeat(filled)}${"░".repeat(width - filled)}] ${terminal}/${p.total}  ${states}  kills:${p.kills}`;
       if (tty) {
         clear();

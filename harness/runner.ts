@@ -141,11 +141,7 @@ class ScenarioRun {
   private readonly env: RunEnvironment;
   private readonly options: { workers?: number };
 
-  constructor(
-    scenario: Scenario,
-    env: RunEnvironment,
-    options: { workers?: number },
-  ) {
+  constructor(scenario: Scenario, env: RunEnvironment, options: { workers?: number }) {
     this.scenario = scenario;
     this.env = env;
     this.options = options;
@@ -197,12 +193,24 @@ class ScenarioRun {
     const bucketLimits = { fileSizeLimit: limits.UPLOAD_MAX_BYTES, allowedMimeTypes: limits.UPLOAD_ALLOWED_MIME };
     const mocks = (services.mocks = await startMockServer({ seed: scenario.seed, faults: scenario.faults, bucketLimits }));
     // The API reads the scenario's settings too: MAX_ATTEMPTS, for one, is stamped on each job it creates.
-    const apiConfig = configForLocalMocks(mocks.baseUrl, { ...mocks.env, ...scenario.workerEnv, SUPABASE_JWT_SECRET: mocks.mocks.keys.jwtSecret, DATABASE_URL: this.databaseUrl });
+    const apiConfig = configForLocalMocks(mocks.baseUrl, {
+      ...mocks.env,
+      ...scenario.workerEnv,
+      SUPABASE_JWT_SECRET: mocks.mocks.keys.jwtSecret,
+      DATABASE_URL: this.databaseUrl,
+    });
     const app = (services.app = await buildWiredApp({ pool, config: apiConfig, log: createLogger({ level: "silent" }) }));
     const apiUrl = await app.listen({ port: 0, host: "127.0.0.1" });
     services.api = new ApiClient(apiUrl, mocks.mocks.keys.jwtSecret);
 
-    const workerEnv: Record<string, string> = { ...SCENARIO_WORKER_ENV, ...mocks.env, DATABASE_URL: this.databaseUrl, WEBHOOK_BASE_URL: apiUrl, WORKER_CONCURRENCY: String(scenario.workers.slots), ...scenario.workerEnv };
+    const workerEnv: Record<string, string> = {
+      ...SCENARIO_WORKER_ENV,
+      ...mocks.env,
+      DATABASE_URL: this.databaseUrl,
+      WEBHOOK_BASE_URL: apiUrl,
+      WORKER_CONCURRENCY: String(scenario.workers.slots),
+      ...scenario.workerEnv,
+    };
     // The fleet knows a worker is ready by its "worker started" line: keep info-level logs.
     if (!["info", "debug", "trace"].includes(workerEnv.LOG_LEVEL ?? "")) workerEnv.LOG_LEVEL = "info";
     const fleet = (services.fleet = new WorkerFleet({
@@ -305,12 +313,17 @@ class ScenarioRun {
       const otherAfter = rows.filter((r) => otherIds.has(r.document_id) && r.at >= mine.firstUploadAt);
       const done = rows.filter((r) => !otherIds.has(r.document_id)).length;
       const overtaken = myLast ? otherAfter.filter((r) => r.at <= myLast.at).length : Infinity;
-      this.note(`tenant ${bound.tenant}: all ${done} documents completed while ${bound.completesWithin.other} completed ${overtaken} (bound: fewer than ${bound.completesWithin.count})`);
+      this.note(
+        `tenant ${bound.tenant}: all ${done} documents completed while ${bound.completesWithin.other} completed ${overtaken} (bound: fewer than ${bound.completesWithin.count})`,
+      );
       if (done < mine.documentIds.length || overtaken >= bound.completesWithin.count) {
         broken.push(`tenant ${bound.tenant} waited for ${overtaken} of ${bound.completesWithin.other}'s documents (bound ${bound.completesWithin.count})`);
       }
       // A bound met only because the other tenant had nothing left would prove nothing.
-      if (otherAfter.length < bound.completesWithin.count) broken.push(`tenant ${bound.completesWithin.other} completed only ${otherAfter.length} documents after ${bound.tenant} uploaded: the bound was not tested`);
+      if (otherAfter.length < bound.completesWithin.count)
+        broken.push(
+          `tenant ${bound.completesWithin.other} completed only ${otherAfter.length} documents after ${bound.tenant} uploaded: the bound was not tested`,
+        );
     }
     return broken;
   }
@@ -387,7 +400,13 @@ class ScenarioRun {
       this.reportNewFaults(mocks);
       const byState: Partial<Record<JobStatus, number>> = {};
       for (const r of rows) byState[r.status] = (byState[r.status] ?? 0) + 1;
-      this.env.onProgress?.({ scenario: this.scenario.name, elapsedMs: Date.now() - this.started, total: this.documentIds.length, byState, kills: fleet.kills });
+      this.env.onProgress?.({
+        scenario: this.scenario.name,
+        elapsedMs: Date.now() - this.started,
+        total: this.documentIds.length,
+        byState,
+        kills: fleet.kills,
+      });
       if (rows.length === this.documentIds.length && rows.every((r) => isTerminal(r.status))) return { ok: true, rows };
       // Poll fast while an event-triggered crash is still waiting for its moment.
       await sleep(this.eventCrashes.some((c) => !c.done) ? 40 : 150);
@@ -414,7 +433,12 @@ class ScenarioRun {
   }
 
   /** Stops the schedule and the services, then gathers the outcome; a fault the scenario asked for that never happened is named. */
-  private async conclude(services: Services, expected: Map<string, ExpectedOutcome>, quiet: { ok: boolean; rows: JobRow[] }, retried: number): Promise<RunOutcome> {
+  private async conclude(
+    services: Services,
+    expected: Map<string, ExpectedOutcome>,
+    quiet: { ok: boolean; rows: JobRow[] },
+    retried: number,
+  ): Promise<RunOutcome> {
     const { scenario, env } = this;
     const { fleet, mocks } = services;
     const pool = this.pool!;
@@ -424,12 +448,15 @@ class ScenarioRun {
     const timed = scenario.crashes.filter((c) => "atMs" in c).length;
     if (this.timedCrashesDone < timed) missed.push(`${timed - this.timedCrashesDone} scheduled kill(s) never happened: the run was quiet first`);
     for (const c of this.eventCrashes) if (!c.done) missed.push(`the kill when a job entered ${c.status} never happened`);
-    const unreached = scenario.crashPoints.filter((p, i) => fleet.crashPointsReached.filter((q) => q === p).length < scenario.crashPoints.slice(0, i + 1).filter((q) => q === p).length);
+    const unreached = scenario.crashPoints.filter(
+      (p, i) => fleet.crashPointsReached.filter((q) => q === p).length < scenario.crashPoints.slice(0, i + 1).filter((q) => q === p).length,
+    );
     if (unreached.length > 0) missed.push(`crash points never reached: ${unreached.join(", ")}`);
     const unfrozen = scenario.freezes.filter((f) => !fleet.freezesReached.includes(f.point));
     if (unfrozen.length > 0) missed.push(`freezes never happened: ${unfrozen.map((f) => f.point).join(", ")}`);
     for (const t of this.targeted) if (!t.fired) missed.push(`the kill of the worker holding ${t.label} at ${t.point} never happened`);
-    if (scenario.postgresRestartAtMs !== undefined && env.restartPostgres && this.postgresRestarts === 0) missed.push("the PostgreSQL restart never happened: the run was quiet first");
+    if (scenario.postgresRestartAtMs !== undefined && env.restartPostgres && this.postgresRestarts === 0)
+      missed.push("the PostgreSQL restart never happened: the run was quiet first");
     await this.tearDown();
     const mockStats = mocks.mocks.stats();
     const faults = faultLogDigest(mocks.mocks.faultLog());
@@ -507,7 +534,10 @@ export function crashTargets(scenario: Scenario, corpus: CorpusFile[]): Array<{ 
     const file = typeof crash.document === "number" ? corpus[crash.document] : corpus.find((f) => f.filename === crash.document);
     if (!file) {
       throw new ScenarioFileError(`scenario ${scenario.name}`, [
-        `crashes.${i}.document: ${JSON.stringify(crash.document)} is not in the corpus; give an index 0..${corpus.length - 1} or one of ${corpus.slice(0, 8).map((f) => f.filename).join(", ")}${corpus.length > 8 ? ", …" : ""}`,
+        `crashes.${i}.document: ${JSON.stringify(crash.document)} is not in the corpus; give an index 0..${corpus.length - 1} or one of ${corpus
+          .slice(0, 8)
+          .map((f) => f.filename)
+          .join(", ")}${corpus.length > 8 ? ", …" : ""}`,
       ]);
     }
     const job = jobId(documentId(file.userId, sha256(file.bytes)));
@@ -544,7 +574,9 @@ async function describeStuck(pool: pg.Pool, rows: Array<{ document_id: string; s
          JOIN upload_pipeline.upload_jobs j USING (job_id) WHERE j.document_id = $1 ORDER BY e.id DESC LIMIT 3`,
       [row.document_id],
     );
-    const { rows: job } = await pool.query("SELECT attempts, locked_by, next_attempt_at, last_error FROM upload_pipeline.upload_jobs WHERE document_id = $1", [row.document_id]);
+    const { rows: job } = await pool.query("SELECT attempts, locked_by, next_attempt_at, last_error FROM upload_pipeline.upload_jobs WHERE document_id = $1", [
+      row.document_id,
+    ]);
     out.push(
       `${row.document_id} stuck in ${row.status} (attempts ${job[0]?.attempts}, locked_by ${job[0]?.locked_by ?? "-"}, last_error ${JSON.stringify(job[0]?.last_error?.code ?? null)}); last events: ` +
         evs.map((e) => `${e.from_status ?? "∅"}→${e.to_status} by ${e.worker_id ?? "-"}`).join(", "),
@@ -562,7 +594,8 @@ async function frozenWorkersBilledTwice(pool: pg.Pool, documentIds: string[], st
   const problems: string[] = [];
   const answered = (route: string) => stats.requests[route]?.["200"] ?? 0;
   const parseJobs = answered("llamaparse.upload");
-  if (parseJobs !== documentIds.length) problems.push(`${parseJobs} LlamaParse jobs were created for ${documentIds.length} documents (a frozen worker billed a parse twice)`);
+  if (parseJobs !== documentIds.length)
+    problems.push(`${parseJobs} LlamaParse jobs were created for ${documentIds.length} documents (a frozen worker billed a parse twice)`);
   const { rows } = await pool.query<{ batches: string }>(
     "SELECT coalesce(sum((progress->>'batches_done')::int), 0) AS batches FROM upload_pipeline.upload_jobs WHERE document_id = ANY($1)",
     [documentIds],

@@ -19,12 +19,18 @@ const terminalState = z
   .refine((s) => isTerminal(s), { message: "must be a terminal state: complete, failed_parse, failed_chunking or failed_embedding" });
 
 /** A fault point spec, `point[#n]`, checked against the points the worker defines. */
-const faultPoint = z.string().refine((text) => {
-  const spec = parseCrashSpec(text);
-  return spec !== undefined && !spec.jobId && (FAULT_POINTS as readonly string[]).includes(spec.point);
-}, { message: `must be a fault point the worker defines, optionally with #n (its nth hit), e.g. commit.vectors.after#2; the points: ${FAULT_POINTS.join(", ")}` });
+const faultPoint = z.string().refine(
+  (text) => {
+    const spec = parseCrashSpec(text);
+    return spec !== undefined && !spec.jobId && (FAULT_POINTS as readonly string[]).includes(spec.point);
+  },
+  {
+    message: `must be a fault point the worker defines, optionally with #n (its nth hit), e.g. commit.vectors.after#2; the points: ${FAULT_POINTS.join(", ")}`,
+  },
+);
 
-const CRASH_FORMS = '{"atMs", "worker"?} (a time), {"when": {"status", "batchesDone"?}} (a state), or {"document", "at"} (the worker holding that document\'s job at a fault point)';
+const CRASH_FORMS =
+  '{"atMs", "worker"?} (a time), {"when": {"status", "batchesDone"?}} (a state), or {"document", "at"} (the worker holding that document\'s job at a fault point)';
 
 /**
  * Kill a worker process with SIGKILL: at a time, when some job enters a state, or when the worker
@@ -40,7 +46,9 @@ const CrashSchema = z
     /** When some job enters this state (and, optionally, has stored at least `batchesDone` batches). */
     when: z.strictObject({ status: z.enum(ALL_STATES), batchesDone: z.number().int().min(0).optional() }).optional(),
     /** The document (0-based index in upload order, or its file name) whose job the killed worker holds… */
-    document: z.union([z.number().int().min(0), z.string().min(1)], { error: "must be a 0-based index in upload order or a file name of the corpus" }).optional(),
+    document: z
+      .union([z.number().int().min(0), z.string().min(1)], { error: "must be a 0-based index in upload order or a file name of the corpus" })
+      .optional(),
     /** …when it reaches this fault point (`point#n`: the nth time it passes there with that job). */
     at: faultPoint.optional(),
   })
@@ -48,7 +56,8 @@ const CrashSchema = z
     const forms = [c.atMs !== undefined, c.when !== undefined, c.document !== undefined].filter(Boolean).length;
     if (forms !== 1) ctx.addIssue({ code: "custom", message: `give exactly one form: ${CRASH_FORMS}` });
     if (c.worker !== undefined && c.atMs === undefined) ctx.addIssue({ code: "custom", path: ["worker"], message: "only goes with atMs" });
-    if ((c.document === undefined) !== (c.at === undefined)) ctx.addIssue({ code: "custom", path: [c.document === undefined ? "document" : "at"], message: "document and at go together" });
+    if ((c.document === undefined) !== (c.at === undefined))
+      ctx.addIssue({ code: "custom", path: [c.document === undefined ? "document" : "at"], message: "document and at go together" });
   })
   .transform((c): Crash => {
     if (c.when) return { when: c.when };
@@ -56,10 +65,25 @@ const CrashSchema = z
     return { atMs: c.atMs!, worker: c.worker };
   });
 
-export type Crash = { atMs: number; worker?: number | undefined } | { when: { status: JobStatus; batchesDone?: number | undefined } } | { document: number | string; at: string };
+export type Crash =
+  | { atMs: number; worker?: number | undefined }
+  | { when: { status: JobStatus; batchesDone?: number | undefined } }
+  | { document: number | string; at: string };
 
 /** Environment variables a scenario may set: the worker's own configuration, minus what the runner wires. */
-export const RUNNER_WIRED = new Set(["DATABASE_URL", "DATABASE_LISTEN_URL", "OPENAI_BASE_URL", "OPENAI_API_KEY", "LLAMA_CLOUD_BASE_URL", "LLAMA_CLOUD_API_KEY", "SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY", "SUPABASE_JWT_SECRET", "WEBHOOK_BASE_URL", "WORKER_ID"]);
+export const RUNNER_WIRED = new Set([
+  "DATABASE_URL",
+  "DATABASE_LISTEN_URL",
+  "OPENAI_BASE_URL",
+  "OPENAI_API_KEY",
+  "LLAMA_CLOUD_BASE_URL",
+  "LLAMA_CLOUD_API_KEY",
+  "SUPABASE_URL",
+  "SUPABASE_SERVICE_ROLE_KEY",
+  "SUPABASE_JWT_SECRET",
+  "WEBHOOK_BASE_URL",
+  "WORKER_ID",
+]);
 export const SETTABLE_WORKER_ENV = Object.keys(configSchema.shape).filter((k) => !RUNNER_WIRED.has(k));
 
 /** workerEnv checked by the worker's own config schema: unknown names and bad values are named before anything starts. */
@@ -85,45 +109,49 @@ export const ScenarioSchema = z.strictObject({
   description: z.string().min(1),
   /** Seeds the corpus, the mocks' fault draws and the random choices of the crash schedule. */
   seed: z.number().int().default(1),
-  corpus: z.strictObject({
-    /** Ordinary documents. */
-    documents: z.number().int().min(0).max(500).default(8),
-    /** Their size range in KiB (seeded uniform). */
-    minKiB: z.number().min(0.1).max(2048).default(2),
-    maxKiB: z.number().min(0.1).max(2048).default(24),
-    /** Extra large documents (at least one is the point of the large-document scenario). */
-    large: z.strictObject({ count: z.number().int().min(0).max(10), kib: z.number().min(1).max(20_480) }).default({ count: 0, kib: 512 }),
-    /** Documents LlamaParse reports FAILED (dead-letter candidates). */
-    poison: z.number().int().min(0).max(100).default(0),
-    /** Documents that parse to no text (validation failures). */
-    empty: z.number().int().min(0).max(100).default(0),
-    /** Re-uploads of documents already in the corpus (upload must be idempotent). */
-    reuploads: z.number().int().min(0).max(100).default(0),
-    /**
-     * Real files uploaded after the synthetic ones: a folder (every PDF, DOCX, HTML, Markdown and
-     * text file under it) or a glob, relative to the scenario file.
-     */
-    files: z.string().min(1).optional(),
-    /**
-     * Tenants uploading in waves, after the documents above: each wave's uploads finish before
-     * the next one's start (tenant A uploads 300, then B uploads 3). Each tenant is one user.
-     */
-    tenants: z
-      .array(
-        z.strictObject({
-          name: z.string().regex(/^[a-z0-9][a-z0-9-]*$/, "use lower-case letters, digits and dashes"),
-          documents: z.number().int().min(1).max(1000),
-          kib: z.number().min(0.1).max(2048).default(0.3),
-          priority: Priority.default("interactive"),
-        }),
-      )
-      .default([]),
-  }).default({ documents: 8, minKiB: 2, maxKiB: 24, large: { count: 0, kib: 512 }, poison: 0, empty: 0, reuploads: 0, tenants: [] })
+  corpus: z
+    .strictObject({
+      /** Ordinary documents. */
+      documents: z.number().int().min(0).max(500).default(8),
+      /** Their size range in KiB (seeded uniform). */
+      minKiB: z.number().min(0.1).max(2048).default(2),
+      maxKiB: z.number().min(0.1).max(2048).default(24),
+      /** Extra large documents (at least one is the point of the large-document scenario). */
+      large: z.strictObject({ count: z.number().int().min(0).max(10), kib: z.number().min(1).max(20_480) }).default({ count: 0, kib: 512 }),
+      /** Documents LlamaParse reports FAILED (dead-letter candidates). */
+      poison: z.number().int().min(0).max(100).default(0),
+      /** Documents that parse to no text (validation failures). */
+      empty: z.number().int().min(0).max(100).default(0),
+      /** Re-uploads of documents already in the corpus (upload must be idempotent). */
+      reuploads: z.number().int().min(0).max(100).default(0),
+      /**
+       * Real files uploaded after the synthetic ones: a folder (every PDF, DOCX, HTML, Markdown and
+       * text file under it) or a glob, relative to the scenario file.
+       */
+      files: z.string().min(1).optional(),
+      /**
+       * Tenants uploading in waves, after the documents above: each wave's uploads finish before
+       * the next one's start (tenant A uploads 300, then B uploads 3). Each tenant is one user.
+       */
+      tenants: z
+        .array(
+          z.strictObject({
+            name: z.string().regex(/^[a-z0-9][a-z0-9-]*$/, "use lower-case letters, digits and dashes"),
+            documents: z.number().int().min(1).max(1000),
+            kib: z.number().min(0.1).max(2048).default(0.3),
+            priority: Priority.default("interactive"),
+          }),
+        )
+        .default([]),
+    })
+    .default({ documents: 8, minKiB: 2, maxKiB: 24, large: { count: 0, kib: 512 }, poison: 0, empty: 0, reuploads: 0, tenants: [] })
     .refine((c) => c.minKiB <= c.maxKiB, { message: "minKiB must be <= maxKiB", path: ["maxKiB"] }),
-  workers: z.strictObject({
-    processes: z.number().int().min(1).max(16).default(2),
-    slots: z.number().int().min(1).max(32).default(2),
-  }).default({ processes: 2, slots: 2 }),
+  workers: z
+    .strictObject({
+      processes: z.number().int().min(1).max(16).default(2),
+      slots: z.number().int().min(1).max(32).default(2),
+    })
+    .default({ processes: 2, slots: 2 }),
   /** Environment overrides for the worker processes and the API (e.g. MAX_ATTEMPTS), checked by the worker's config schema. */
   workerEnv: WorkerEnvSchema.default({}),
   /** The mocks' fault plan (see mocks/README.md). */
@@ -158,20 +186,20 @@ export const ScenarioSchema = z.strictObject({
   postgresRestartAtMs: z.number().int().min(0).optional(),
   /** After the first quiet point, retry every dead-lettered job through the API, then wait again. */
   retryFailed: z.boolean().default(false),
-  expect: z.strictObject({
-    /** The state ordinary (and large, and re-uploaded) documents must end in. */
-    documents: terminalState.default("complete"),
-    poison: terminalState.default("failed_parse"),
-    empty: terminalState.default("failed_parse"),
-  }).default({ documents: "complete", poison: "failed_parse", empty: "failed_parse" }),
+  expect: z
+    .strictObject({
+      /** The state ordinary (and large, and re-uploaded) documents must end in. */
+      documents: terminalState.default("complete"),
+      poison: terminalState.default("failed_parse"),
+      empty: terminalState.default("failed_parse"),
+    })
+    .default({ documents: "complete", poison: "failed_parse", empty: "failed_parse" }),
   /**
    * Fairness bounds the run must meet: every document of `tenant` completes before `other`'s
    * `count`-th completion, counted from `tenant`'s first upload (so the bound is about the
    * scheduler, not about how far `other` got while it was still uploading).
    */
-  fairness: z
-    .array(z.strictObject({ tenant: z.string(), completesWithin: z.strictObject({ other: z.string(), count: z.number().int().min(1) }) }))
-    .default([]),
+  fairness: z.array(z.strictObject({ tenant: z.string(), completesWithin: z.strictObject({ other: z.string(), count: z.number().int().min(1) }) })).default([]),
   /** The OpenAI mock's 429s must stay under this share of its answers (percent). */
   maxRateLimitedPct: z.number().min(0).max(100).optional(),
   /** The run fails, listing stuck jobs, if it is not quiet by then. */
@@ -205,7 +233,10 @@ export function parseScenario(input: unknown, file = "<scenario>"): Scenario {
 
 /** Scenario files may hold whole-line `//` comments (the starter from `init` does). */
 function stripLineComments(text: string): string {
-  return text.split("\n").map((line) => (line.trimStart().startsWith("//") ? "" : line)).join("\n");
+  return text
+    .split("\n")
+    .map((line) => (line.trimStart().startsWith("//") ? "" : line))
+    .join("\n");
 }
 
 export async function loadScenarioFile(path: string): Promise<Scenario> {

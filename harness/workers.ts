@@ -194,7 +194,15 @@ export class WorkerFleet {
     slot.exited = new Promise((resolve) => {
       child.on("exit", (code, signal) => {
         slot.child = undefined;
-        this.opts.onEvent?.({ kind: "exited", worker: slot.index, workerId: slot.workerId, code, signal, byUs: Boolean(slot.killedByUs), crashAt: slot.crashAt });
+        this.opts.onEvent?.({
+          kind: "exited",
+          worker: slot.index,
+          workerId: slot.workerId,
+          code,
+          signal,
+          byUs: Boolean(slot.killedByUs),
+          crashAt: slot.crashAt,
+        });
         // A targeted crash (one with a job) is not this life's own point: that one is given back.
         const reachedPoint = signal === "SIGKILL" && !slot.killedByUs && !slot.crashed?.jobId;
         if (slot.crashAt) {

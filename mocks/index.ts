@@ -31,7 +31,16 @@ export { expectedEmbedding, EMBEDDING_MODELS, LIMITS as EMBEDDING_LIMITS, tokeni
 export { parsedPages, joinPages, isTextual, POISON_MARKER } from "./llamaparse/markdown.ts";
 export { signWebhook, type DeliveryRecord, type WebhookConfiguration, type WebhookEventType } from "./llamaparse/webhook.ts";
 export { DEFAULT_JWT_SECRET, signServiceRoleKey } from "./storage/jwt.ts";
-export { FaultPlanSchema, FaultPlanError, parseFaultPlan, faultLogLines, type FaultPlan, type FaultPlanInput, type FaultKind, type FaultLogEntry } from "./shared/faults.ts";
+export {
+  FaultPlanSchema,
+  FaultPlanError,
+  parseFaultPlan,
+  faultLogLines,
+  type FaultPlan,
+  type FaultPlanInput,
+  type FaultKind,
+  type FaultLogEntry,
+} from "./shared/faults.ts";
 export type { MockStatsSnapshot, WebhookKind, WebhookOutcome, ModelUsage } from "./shared/stats.ts";
 export { goDuration } from "./shared/duration.ts";
 

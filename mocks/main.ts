@@ -85,9 +85,14 @@ function parse(argv: string[]) {
     if (!/^[A-Za-z0-9_.-]{1,63}$/.test(bucket)) throw new UsageError(`--bucket must be 1-63 letters, digits, '_', '.', '-', got ${JSON.stringify(bucket)}`);
   }
   if (values.host !== undefined && values.host.trim() === "") throw new UsageError("--host must not be empty");
-  const mimes = values["bucket-mime"]?.split(",").map((m) => m.trim()).filter(Boolean);
+  const mimes = values["bucket-mime"]
+    ?.split(",")
+    .map((m) => m.trim())
+    .filter(Boolean);
   if (mimes && (mimes.length === 0 || !mimes.every((m) => /^[a-z0-9!#$&^_.+-]+\/[a-z0-9!#$&^_.+*-]+$/i.test(m)))) {
-    throw new UsageError(`--bucket-mime must be comma-separated MIME types such as application/pdf,text/markdown, got ${JSON.stringify(values["bucket-mime"])}`);
+    throw new UsageError(
+      `--bucket-mime must be comma-separated MIME types such as application/pdf,text/markdown, got ${JSON.stringify(values["bucket-mime"])}`,
+    );
   }
   return {
     help: false as const,

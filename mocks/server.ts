@@ -41,7 +41,10 @@ export function serviceError(url: string, method: string, status: 404 | 413, mes
   }
   if (path.startsWith("/storage/v1/")) {
     // Storage sends every error but a 500 as HTTP 400, the logical status in the body.
-    const body = status === 404 ? { statusCode: "404", error: "Not Found", message: `Route ${method}:${path} not found` } : { statusCode: "413", code: "EntityTooLarge", error: "Payload too large", message: "The object exceeded the maximum allowed size" };
+    const body =
+      status === 404
+        ? { statusCode: "404", error: "Not Found", message: `Route ${method}:${path} not found` }
+        : { statusCode: "413", code: "EntityTooLarge", error: "Payload too large", message: "The object exceeded the maximum allowed size" };
     return { status: 400, body };
   }
   return { status, body: { detail: status === 404 ? "Not Found" : "Request Entity Too Large" } };

@@ -6,12 +6,10 @@
 import { z } from "zod";
 import { ConfigError } from "./errors.ts";
 
-const int = (min: number, max: number) =>
-  z.coerce.number().int().min(min).max(max).describe(`a whole number from ${min} to ${max}`);
+const int = (min: number, max: number) => z.coerce.number().int().min(min).max(max).describe(`a whole number from ${min} to ${max}`);
 const url = () => z.url({ protocol: /^https?$/ }).describe("an http(s) URL");
 const secret = () => z.string().min(1).describe("a non-empty secret");
-const oneOf = <const T extends readonly [string, ...string[]]>(values: T) =>
-  z.enum(values).describe(`one of ${values.join(", ")}`);
+const oneOf = <const T extends readonly [string, ...string[]]>(values: T) => z.enum(values).describe(`one of ${values.join(", ")}`);
 
 export const configSchema = z.object({
   /** PostgreSQL to use; unset → an embedded PostgreSQL in a temporary directory. */
@@ -34,7 +32,10 @@ export const configSchema = z.object({
   SUPABASE_SERVICE_ROLE_KEY: secret(),
   /** Verifies users' bearer JWTs in the API (HS256). */
   SUPABASE_JWT_SECRET: z.string().min(32).optional(),
-  STORAGE_BUCKET: z.string().regex(/^[a-z0-9][a-z0-9._-]{1,62}$/).default("documents"),
+  STORAGE_BUCKET: z
+    .string()
+    .regex(/^[a-z0-9][a-z0-9._-]{1,62}$/)
+    .default("documents"),
   /** Public base URL of the API; LlamaParse posts to `${WEBHOOK_BASE_URL}/webhooks/llamaparse`. */
   WEBHOOK_BASE_URL: url(),
 
@@ -109,7 +110,12 @@ export const configSchema = z.object({
   UPLOAD_ALLOWED_MIME: z
     .string()
     .default("application/pdf,text/plain,text/markdown,application/vnd.openxmlformats-officedocument.wordprocessingml.document,text/html")
-    .transform((s) => s.split(",").map((m) => m.trim()).filter(Boolean)),
+    .transform((s) =>
+      s
+        .split(",")
+        .map((m) => m.trim())
+        .filter(Boolean),
+    ),
 
   LOG_LEVEL: oneOf(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
 });
@@ -119,7 +125,8 @@ export type Config = z.infer<typeof configSchema>;
 /** What each variable expects, for error messages (never the value: some are secrets). */
 const EXPECTS: Partial<Record<keyof Config, string>> = {
   DATABASE_URL: "a postgres:// or postgresql:// connection URL, or unset for the embedded PostgreSQL",
-  DATABASE_LISTEN_URL: "a postgres:// or postgresql:// URL of a direct or session-mode connection (LISTEN does not work in transaction mode), or unset to use DATABASE_URL",
+  DATABASE_LISTEN_URL:
+    "a postgres:// or postgresql:// URL of a direct or session-mode connection (LISTEN does not work in transaction mode), or unset to use DATABASE_URL",
   OPENAI_API_KEY: "your OpenAI API key (required)",
   LLAMA_CLOUD_API_KEY: "your LlamaCloud API key (required)",
   SUPABASE_URL: "your Supabase project URL, e.g. https://xyz.supabase.co (required)",

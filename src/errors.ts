@@ -19,12 +19,7 @@ export class PipelineError extends Error {
   /** How long the upstream asked us to wait before trying again (ms), when it said. */
   readonly retryAfterMs: number | undefined;
 
-  constructor(
-    code: string,
-    errorClass: ErrorClass,
-    message: string,
-    options: { cause?: unknown; status?: number; retryAfterMs?: number } = {},
-  ) {
+  constructor(code: string, errorClass: ErrorClass, message: string, options: { cause?: unknown; status?: number; retryAfterMs?: number } = {}) {
     super(message, { cause: options.cause });
     this.name = new.target.name;
     this.code = code;

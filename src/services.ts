@@ -43,7 +43,11 @@ export function createPipelineServices(config: Config, wiring: ServiceWiring = {
     storage: { callTimeoutMs: config.STORAGE_TIMEOUT_MS },
   });
   const governor = createGovernor(config, wiring, {
-    provider: "openai", apiKey: config.OPENAI_API_KEY, model: config.EMBED_MODEL, rpm: config.OPENAI_RPM, tpm: config.OPENAI_TPM,
+    provider: "openai",
+    apiKey: config.OPENAI_API_KEY,
+    model: config.EMBED_MODEL,
+    rpm: config.OPENAI_RPM,
+    tpm: config.OPENAI_TPM,
   });
   const embedder = new RateLimitedEmbedder({
     client: createEmbeddingsClient({
@@ -60,12 +64,26 @@ export function createPipelineServices(config: Config, wiring: ServiceWiring = {
     rateLimitRetries: 5,
   });
   const storage = guard(
-    createStorageClient({ supabaseUrl: config.SUPABASE_URL, serviceRoleKey: config.SUPABASE_SERVICE_ROLE_KEY, bucket: config.STORAGE_BUCKET, timeoutMs: config.STORAGE_TIMEOUT_MS }),
+    createStorageClient({
+      supabaseUrl: config.SUPABASE_URL,
+      serviceRoleKey: config.SUPABASE_SERVICE_ROLE_KEY,
+      bucket: config.STORAGE_BUCKET,
+      timeoutMs: config.STORAGE_TIMEOUT_MS,
+    }),
     breakers.storage,
   );
   const llamaparse = paceSubmissions(
-    guard(createLlamaParseClient({ apiKey: config.LLAMA_CLOUD_API_KEY, baseURL: config.LLAMA_CLOUD_BASE_URL, timeoutMs: config.LLAMAPARSE_TIMEOUT_MS }), breakers.llamaparse),
-    createGovernor(config, wiring, { provider: "llamaparse", apiKey: config.LLAMA_CLOUD_API_KEY, model: "parse", rpm: config.LLAMA_CLOUD_RPM, tpm: NO_TOKEN_LIMIT }),
+    guard(
+      createLlamaParseClient({ apiKey: config.LLAMA_CLOUD_API_KEY, baseURL: config.LLAMA_CLOUD_BASE_URL, timeoutMs: config.LLAMAPARSE_TIMEOUT_MS }),
+      breakers.llamaparse,
+    ),
+    createGovernor(config, wiring, {
+      provider: "llamaparse",
+      apiKey: config.LLAMA_CLOUD_API_KEY,
+      model: "parse",
+      rpm: config.LLAMA_CLOUD_RPM,
+      tpm: NO_TOKEN_LIMIT,
+    }),
   );
   return {
     storage,

@@ -16,7 +16,9 @@ let enabled = false;
 
 /** Register a provider exporting to `endpoint` (OTLP/HTTP), or with the given processors (tests). */
 export function startTracing(options: { endpoint?: string | undefined; processors?: SpanProcessor[] }): BasicTracerProvider | undefined {
-  const processors = options.processors ?? (options.endpoint ? [new BatchSpanProcessor(new OTLPTraceExporter({ url: `${options.endpoint.replace(/\/$/, "")}/v1/traces` }))] : []);
+  const processors =
+    options.processors ??
+    (options.endpoint ? [new BatchSpanProcessor(new OTLPTraceExporter({ url: `${options.endpoint.replace(/\/$/, "")}/v1/traces` }))] : []);
   if (processors.length === 0) return undefined;
   const provider = new BasicTracerProvider({ spanProcessors: processors });
   trace.setGlobalTracerProvider(provider);
@@ -52,11 +54,13 @@ export async function traceStage<T>(
 ): Promise<T> {
   if (!enabled) return fn();
   const parent = await documentContext(pool, job);
-  const span: Span = trace.getTracer(TRACER).startSpan(
-    `stage ${stage}`,
-    { attributes: { "job.id": job.job_id, "document.id": job.document_id, "job.status": job.status, "job.attempt": job.attempts, "worker.id": workerId } },
-    parent,
-  );
+  const span: Span = trace
+    .getTracer(TRACER)
+    .startSpan(
+      `stage ${stage}`,
+      { attributes: { "job.id": job.job_id, "document.id": job.document_id, "job.status": job.status, "job.attempt": job.attempts, "worker.id": workerId } },
+      parent,
+    );
   try {
     return await context.with(trace.setSpan(parent, span), fn);
   } catch (err) {

@@ -162,12 +162,30 @@ describe("the state machine is SPEC §4's, edge for edge", () => {
 
   it("has these 13 states, forward successors and failure states", () => {
     expect([...ALL_STATES]).toEqual([
-      "uploaded", "parse_queued", "parsed", "parse_validated", "chunking", "chunks_stored", "embedding_queued",
-      "embedding_in_progress", "embeddings_stored", "complete", "failed_parse", "failed_chunking", "failed_embedding",
+      "uploaded",
+      "parse_queued",
+      "parsed",
+      "parse_validated",
+      "chunking",
+      "chunks_stored",
+      "embedding_queued",
+      "embedding_in_progress",
+      "embeddings_stored",
+      "complete",
+      "failed_parse",
+      "failed_chunking",
+      "failed_embedding",
     ]);
     expect(NEXT_STATE).toEqual({
-      uploaded: "parse_queued", parse_queued: "parsed", parsed: "parse_validated", parse_validated: "chunking", chunking: "chunks_stored",
-      chunks_stored: "embedding_queued", embedding_queued: "embedding_in_progress", embedding_in_progress: "embeddings_stored", embeddings_stored: "complete",
+      uploaded: "parse_queued",
+      parse_queued: "parsed",
+      parsed: "parse_validated",
+      parse_validated: "chunking",
+      chunking: "chunks_stored",
+      chunks_stored: "embedding_queued",
+      embedding_queued: "embedding_in_progress",
+      embedding_in_progress: "embeddings_stored",
+      embeddings_stored: "complete",
     });
     expect(Object.keys(FAILURE_OF)).toHaveLength(9);
   });

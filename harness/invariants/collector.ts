@@ -9,10 +9,7 @@ export class Violations {
   readonly name: string;
   readonly spec: string;
 
-  constructor(
-    name: string,
-    spec: string,
-  ) {
+  constructor(name: string, spec: string) {
     this.name = name;
     this.spec = spec;
   }

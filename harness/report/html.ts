@@ -47,8 +47,14 @@ function coverageSection(summary: RunSummary): string {
     .filter(([, k]) => k)
     .map(([kind, k]) => `<tr><td>${kind}</td><td class="num">${k!.exercised}/${k!.total}</td><td class="num">${formatPercent(k!.percent)}</td></tr>`)
     .join("");
-  const unexercised = c.unexercised.length === 0 ? "<p class=\"ok\">Every edge was exercised.</p>" : `<p>Never exercised: ${c.unexercised.map((u) => `<code>${esc(u)}</code>`).join(", ")}</p>`;
-  const illegal = c.illegal.length === 0 ? "" : `<p class="bad">Events outside the table: ${c.illegal.map((i) => `<code>${esc(edgeLabel(i))}</code> ×${i.count}`).join(", ")}</p>`;
+  const unexercised =
+    c.unexercised.length === 0
+      ? '<p class="ok">Every edge was exercised.</p>'
+      : `<p>Never exercised: ${c.unexercised.map((u) => `<code>${esc(u)}</code>`).join(", ")}</p>`;
+  const illegal =
+    c.illegal.length === 0
+      ? ""
+      : `<p class="bad">Events outside the table: ${c.illegal.map((i) => `<code>${esc(edgeLabel(i))}</code> ×${i.count}`).join(", ")}</p>`;
   return (
     `<h2>State machine coverage: ${formatPercent(c.percent)} (${c.exercisedEdges}/${c.totalEdges} edges${req})</h2>` +
     `<div class="card">${renderStateDiagram(c)}</div>` +
@@ -65,7 +71,9 @@ function throughputSection(scenarios: readonly ScenarioResult[]): string {
         title: s.name,
         xLabel: "seconds since the first event",
         yLabel: "completed jobs / s",
-        series: [{ name: `completed/s (${t.bucketSeconds} s buckets)`, color: "#2563eb", points: [[0, 0], ...t.points.map((p) => [p.t, p.perSecond] as const)] }],
+        series: [
+          { name: `completed/s (${t.bucketSeconds} s buckets)`, color: "#2563eb", points: [[0, 0], ...t.points.map((p) => [p.t, p.perSecond] as const)] },
+        ],
         width: 600,
         height: 240,
       });
@@ -117,7 +125,11 @@ function scenarioDetails(s: ScenarioResult): string {
       return `<li><span class="${c.ok ? "ok" : "bad"}">${c.ok ? "✓" : "✗"}</span> <code>${esc(c.name)}</code> ${esc(c.spec)}${note}${list}</li>`;
     })
     .join("");
-  const faults = s.figures.faults ? Object.entries(s.figures.faults).map(([k, n]) => `${esc(k)} ${n}`).join(", ") : "";
+  const faults = s.figures.faults
+    ? Object.entries(s.figures.faults)
+        .map(([k, n]) => `${esc(k)} ${n}`)
+        .join(", ")
+    : "";
   return (
     `<details class="card"${s.passed ? "" : " open"}><summary><strong>${esc(s.name)}</strong> — ${s.passed ? '<span class="ok">PASS</span>' : '<span class="bad">FAIL</span>'}` +
     `${s.description ? ` <span class="meta">${esc(s.description)}</span>` : ""}</summary>` +

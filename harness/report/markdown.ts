@@ -13,7 +13,9 @@ export function renderMarkdown(summary: RunSummary): string {
   if (summary.coverage) {
     const c = summary.coverage;
     const req = summary.requiredCoverage !== null ? ` (required ${summary.requiredCoverage}%)` : "";
-    out.push(`- state-machine coverage ${formatPercent(c.percent)}${req}: ${c.exercisedEdges}/${c.totalEdges} edges${c.includesCreateEdge ? "" : " (∅ → uploaded not counted)"}`);
+    out.push(
+      `- state-machine coverage ${formatPercent(c.percent)}${req}: ${c.exercisedEdges}/${c.totalEdges} edges${c.includesCreateEdge ? "" : " (∅ → uploaded not counted)"}`,
+    );
   }
   out.push("", "| scenario | result | docs | workers | time | throughput | 429s | kills | coverage |", "|---|---|--:|--:|--:|--:|--:|--:|--:|");
   for (const s of summary.scenarios) {
@@ -45,7 +47,13 @@ export function renderMarkdown(summary: RunSummary): string {
     for (const [kind, k] of Object.entries(c.byKind)) if (k) out.push(`| ${kind} | ${k.exercised} | ${k.total} | ${formatPercent(k.percent)} |`);
     out.push("", "| edge | kind | taken | by |", "|---|---|--:|---|");
     for (const e of c.edges) {
-      out.push(`| ${edgeLabel(e)} | ${e.kind} | ${e.count} | ${Object.entries(e.byActor).map(([a, n]) => `${a} ${n}`).join(", ") || "—"} |`);
+      out.push(
+        `| ${edgeLabel(e)} | ${e.kind} | ${e.count} | ${
+          Object.entries(e.byActor)
+            .map(([a, n]) => `${a} ${n}`)
+            .join(", ") || "—"
+        } |`,
+      );
     }
     if (c.unexercised.length > 0) out.push("", `Never exercised: ${c.unexercised.map((u) => `\`${u}\``).join(", ")}.`);
     if (c.illegal.length > 0) out.push("", `Events outside the table: ${c.illegal.map((i) => `\`${edgeLabel(i)}\` ×${i.count}`).join(", ")}.`);
@@ -54,8 +62,14 @@ export function renderMarkdown(summary: RunSummary): string {
   if (summary.scaling) {
     const sc = summary.scaling;
     out.push("", "## Multi-worker scaling", "", "| workers | docs/s | linear ideal | efficiency |", "|--:|--:|--:|--:|");
-    for (const p of sc.points) out.push(`| ${p.workers} | ${p.docsPerSecond.toFixed(2)} | ${p.idealDocsPerSecond.toFixed(2)} | ${formatPercent(p.efficiencyPercent)} |`);
-    out.push("", sc.saturatesAt === null ? `Efficiency stays ≥ ${sc.targetEfficiencyPercent}% at every measured size.` : `Efficiency falls below ${sc.targetEfficiencyPercent}% at ${sc.saturatesAt} workers.`);
+    for (const p of sc.points)
+      out.push(`| ${p.workers} | ${p.docsPerSecond.toFixed(2)} | ${p.idealDocsPerSecond.toFixed(2)} | ${formatPercent(p.efficiencyPercent)} |`);
+    out.push(
+      "",
+      sc.saturatesAt === null
+        ? `Efficiency stays ≥ ${sc.targetEfficiencyPercent}% at every measured size.`
+        : `Efficiency falls below ${sc.targetEfficiencyPercent}% at ${sc.saturatesAt} workers.`,
+    );
   }
 
   out.push("", "## Invariants by scenario", "");

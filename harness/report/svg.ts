@@ -27,13 +27,17 @@ const centerX = (s: JobStatus) => boxX(PIPELINE_STATES.indexOf(s as (typeof PIPE
 
 /** The failed states' boxes span the pipeline states that fail into them. */
 function failedBox(state: (typeof FAILED_STATES)[number]): { x: number; w: number } {
-  const sources = Object.entries(FAILURE_OF).filter(([, f]) => f === state).map(([s]) => PIPELINE_STATES.indexOf(s as (typeof PIPELINE_STATES)[number]));
+  const sources = Object.entries(FAILURE_OF)
+    .filter(([, f]) => f === state)
+    .map(([s]) => PIPELINE_STATES.indexOf(s as (typeof PIPELINE_STATES)[number]));
   const x = boxX(Math.min(...sources));
   return { x, w: boxX(Math.max(...sources)) + BOX_W - x };
 }
 
 function edgeTitle(e: EdgeCoverage): string {
-  const actors = Object.entries(e.byActor).map(([a, n]) => `${a} ${n}`).join(", ");
+  const actors = Object.entries(e.byActor)
+    .map(([a, n]) => `${a} ${n}`)
+    .join(", ");
   return `${edgeLabel(e)} (${e.kind}): ${e.count === 0 ? "never taken" : `${e.count}× — ${actors}`}`;
 }
 
@@ -65,7 +69,10 @@ export function renderStateDiagram(coverage: CoverageReport | null): string {
   const parts: string[] = [];
 
   const markers = (Object.entries(COLORS) as Array<[string, string]>)
-    .map(([k, c]) => `<marker id="arrow-${k}" viewBox="0 0 10 10" refX="9" refY="5" markerUnits="userSpaceOnUse" markerWidth="10" markerHeight="10" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="${c}"/></marker>`)
+    .map(
+      ([k, c]) =>
+        `<marker id="arrow-${k}" viewBox="0 0 10 10" refX="9" refY="5" markerUnits="userSpaceOnUse" markerWidth="10" markerHeight="10" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="${c}"/></marker>`,
+    )
     .join("");
   parts.push(`<defs>${markers}</defs>`);
 
@@ -207,14 +214,19 @@ export function renderLineChart(opts: LineChartOptions): string {
 
   opts.series.forEach((s, i) => {
     const pts = s.points.map(([x, y]) => `${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(" ");
-    parts.push(`<polyline class="series" data-series="${escapeXml(s.name)}" points="${pts}" fill="none" stroke="${s.color}" stroke-width="2"${s.dashed ? ' stroke-dasharray="6 4"' : ""}/>`);
+    parts.push(
+      `<polyline class="series" data-series="${escapeXml(s.name)}" points="${pts}" fill="none" stroke="${s.color}" stroke-width="2"${s.dashed ? ' stroke-dasharray="6 4"' : ""}/>`,
+    );
     if (s.points.length <= 40) for (const [x, y] of s.points) parts.push(`<circle cx="${sx(x).toFixed(1)}" cy="${sy(y).toFixed(1)}" r="3" fill="${s.color}"/>`);
     s.labels?.forEach((label, k) => {
       const p = s.points[k];
       // The first and last labels lean inwards so they stay off the axis and inside the frame.
       const anchor = k === 0 ? "start" : k === s.points.length - 1 ? "end" : "middle";
       const dx = k === 0 ? 6 : 0;
-      if (p) parts.push(`<text x="${(sx(p[0]) + dx).toFixed(1)}" y="${(sy(p[1]) + 16).toFixed(1)}" text-anchor="${anchor}" class="tick" fill="${s.color}">${escapeXml(label)}</text>`);
+      if (p)
+        parts.push(
+          `<text x="${(sx(p[0]) + dx).toFixed(1)}" y="${(sy(p[1]) + 16).toFixed(1)}" text-anchor="${anchor}" class="tick" fill="${s.color}">${escapeXml(label)}</text>`,
+        );
     });
     const lx = m.left + pw - 150;
     const ly = m.top + 6 + i * 16;

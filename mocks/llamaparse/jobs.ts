@@ -67,11 +67,7 @@ export class LlamaParseState {
   private readonly webhooks: WebhookSender;
   readonly projectId: string;
 
-  constructor(
-    ctx: MockContext,
-    webhooks: WebhookSender,
-    projectId: string,
-  ) {
+  constructor(ctx: MockContext, webhooks: WebhookSender, projectId: string) {
     this.ctx = ctx;
     this.webhooks = webhooks;
     this.projectId = projectId;
@@ -96,13 +92,25 @@ export class LlamaParseState {
   }
 
   addFile(input: JobInput, purpose: string): UploadedFile {
-    const file: UploadedFile = { ...input, purpose, id: seededUuid(this.ctx.faults.seed, "llamaparse-file", this.ctx.instance, ++this.#counter), createdAt: this.#iso() };
+    const file: UploadedFile = {
+      ...input,
+      purpose,
+      id: seededUuid(this.ctx.faults.seed, "llamaparse-file", this.ctx.instance, ++this.#counter),
+      createdAt: this.#iso(),
+    };
     this.files.set(file.id, file);
     return file;
   }
 
   /** Creates a PENDING job and starts its schedule. */
-  create(init: { input: ParseJob["input"]; tier: string; version: string; name: string | null; userMetadata: Record<string, string> | null; webhooks: WebhookConfiguration[] }): ParseJob {
+  create(init: {
+    input: ParseJob["input"];
+    tier: string;
+    version: string;
+    name: string | null;
+    userMetadata: Record<string, string> | null;
+    webhooks: WebhookConfiguration[];
+  }): ParseJob {
     const contentKey = "bytes" in init.input ? sha256Hex(init.input.bytes) : `url:${init.input.sourceUrl}`;
     const occurrence = (this.#occurrences.get(contentKey) ?? 0) + 1;
     this.#occurrences.set(contentKey, occurrence);

@@ -82,10 +82,7 @@ export class WebhookSender {
   private readonly ctx: MockContext;
   private readonly options: WebhookSenderOptions;
 
-  constructor(
-    ctx: MockContext,
-    options: WebhookSenderOptions = {},
-  ) {
+  constructor(ctx: MockContext, options: WebhookSenderOptions = {}) {
     this.ctx = ctx;
     this.options = options;
     this.#retryDelays = options.retryDelaysMs ?? [1000, 2000];

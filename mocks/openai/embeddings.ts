@@ -28,7 +28,7 @@ export function tokenize(text: string): number[] {
 
 /** Number of tokens the API bills for one input (a string or an array of token ids). */
 export function countInputTokens(input: string | readonly number[]): number {
-  return typeof input === "string" ? tokenize(input) .length : input.length;
+  return typeof input === "string" ? tokenize(input).length : input.length;
 }
 
 /** True when every id is a token of cl100k_base that decodes. */

@@ -7,14 +7,7 @@ import { http } from "msw";
 import { goDuration } from "../shared/duration.ts";
 import type { FaultDecision, OpenAIFaults } from "../shared/faults.ts";
 import { faulted, gatewayPage, json, type MockContext } from "../shared/http.ts";
-import {
-  countInputTokens,
-  EMBEDDING_MODELS,
-  expectedEmbedding,
-  LIMITS,
-  toBase64Float32,
-  validTokenIds,
-} from "./embeddings.ts";
+import { countInputTokens, EMBEDDING_MODELS, expectedEmbedding, LIMITS, toBase64Float32, validTokenIds } from "./embeddings.ts";
 import { DEFAULT_LIMITS, type RateLimiter } from "./rate-limits.ts";
 import { sha256Hex } from "../shared/rng.ts";
 
@@ -135,7 +128,12 @@ export function createOpenAIHandlers(ctx: MockContext, state: OpenAIState, optio
     const headers = new Headers(response.headers);
     headers.set("openai-version", "2020-10-01");
     headers.set("openai-organization", MOCK_ORGANIZATION);
-    headers.set("x-request-id", `req_${Math.floor(decision.rng() * 2 ** 32).toString(16).padStart(8, "0")}${decision.n.toString(16).padStart(8, "0")}`);
+    headers.set(
+      "x-request-id",
+      `req_${Math.floor(decision.rng() * 2 ** 32)
+        .toString(16)
+        .padStart(8, "0")}${decision.n.toString(16).padStart(8, "0")}`,
+    );
     // Answers from the limiter already carry the window headers; only errors raised before it
     // (validation, injected faults) need the body read again to know the model.
     // Every answer naming a known model carries the window headers, a refused key's 401 included.
@@ -199,14 +197,23 @@ export function createOpenAIHandlers(ctx: MockContext, state: OpenAIState, optio
     const spec = EMBEDDING_MODELS[model];
     if (!spec) {
       return errorBody(
-        { message: `The model \`${model}\` does not exist or you do not have access to it.`, type: "invalid_request_error", param: null, code: "model_not_found" },
+        {
+          message: `The model \`${model}\` does not exist or you do not have access to it.`,
+          type: "invalid_request_error",
+          param: null,
+          code: "model_not_found",
+        },
         404,
       );
     }
 
     const format = body.encoding_format ?? "float";
     if (format !== "float" && format !== "base64") {
-      return invalid(`Invalid value for 'encoding_format': expected one of 'float' or 'base64', got ${JSON.stringify(format)}.`, "encoding_format", "invalid_value");
+      return invalid(
+        `Invalid value for 'encoding_format': expected one of 'float' or 'base64', got ${JSON.stringify(format)}.`,
+        "encoding_format",
+        "invalid_value",
+      );
     }
     let dimensions = spec.nativeDimensions;
     if (body.dimensions !== undefined && body.dimensions !== null) {
@@ -278,11 +285,11 @@ export function createOpenAIHandlers(ctx: MockContext, state: OpenAIState, optio
       return { object: "embedding", index, embedding: format === "base64" ? toBase64Float32(vector) : vector };
     });
     ctx.stats.recordUsage(model, inputs.length, total);
-    return json(
-      { object: "list", data, model, usage: { prompt_tokens: total, total_tokens: total } },
-      200,
-      { ...decision.headers, "openai-model": model, "openai-processing-ms": String(Math.max(1, Math.round(ctx.now() - started))) },
-    );
+    return json({ object: "list", data, model, usage: { prompt_tokens: total, total_tokens: total } }, 200, {
+      ...decision.headers,
+      "openai-model": model,
+      "openai-processing-ms": String(Math.max(1, Math.round(ctx.now() - started))),
+    });
   });
 
   return [http.post("*/v1/embeddings", embeddings)];

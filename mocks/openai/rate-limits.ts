@@ -13,10 +13,7 @@ class Bucket {
   readonly capacity: number;
   private updatedAt: number;
 
-  constructor(
-    capacity: number,
-    updatedAt: number,
-  ) {
+  constructor(capacity: number, updatedAt: number) {
     this.capacity = capacity;
     this.updatedAt = updatedAt;
     this.level = capacity;
@@ -63,10 +60,7 @@ export class RateLimiter {
   private limitsFor: (model: string) => { rpm: number; tpm: number };
   private now: () => number;
 
-  constructor(
-    limitsFor: (model: string) => { rpm: number; tpm: number },
-    now: () => number,
-  ) {
+  constructor(limitsFor: (model: string) => { rpm: number; tpm: number }, now: () => number) {
     this.limitsFor = limitsFor;
     this.now = now;
   }

@@ -72,7 +72,9 @@ function serviceSchema<F extends z.ZodType<string | number>>(fault: F) {
           fault,
           start: z.number().int().min(1),
           count: z.number().int().min(1),
-          of: z.enum(["request", "route"], { message: 'must be "request" (occurrences of the same request) or "route" (arrival order on the route)' }).default("request"),
+          of: z
+            .enum(["request", "route"], { message: 'must be "request" (occurrences of the same request) or "route" (arrival order on the route)' })
+            .default("request"),
           rate: rate.default(1),
           routes,
         }),
@@ -128,9 +130,7 @@ const events = z.array(z.string().min(1)).min(1).optional();
 /** Webhook delivery faults. Each rule may be limited to some event types (`events`). */
 export const WebhookFaultsSchema = z.strictObject({
   /** Send the genuine delivery `times` more times (same bytes, same signature). */
-  duplicate: z
-    .strictObject({ rate, times: z.number().int().min(1).default(1), gapMs: ms.default(0), events })
-    .optional(),
+  duplicate: z.strictObject({ rate, times: z.number().int().min(1).default(1), gapMs: ms.default(0), events }).optional(),
   /** Hold the delivery for a drawn delay before the first attempt. */
   delay: z.strictObject({ rate, latency: LatencySchema, events }).optional(),
   /** Hold the delivery until the next delivery has gone out (or `maxHoldMs`), so they arrive swapped. */

@@ -80,7 +80,9 @@ export function gaussian(rng: Rng): number {
 
 /** A deterministic RFC 4122-shaped (version 4 layout) UUID from the given parts. */
 export function seededUuid(seed: number, ...parts: Array<string | number>): string {
-  const hex = createHash("sha256").update(`${seed}\u0000${parts.join("\u0000")}`).digest("hex");
+  const hex = createHash("sha256")
+    .update(`${seed}\u0000${parts.join("\u0000")}`)
+    .digest("hex");
   const variant = ((parseInt(hex[16] ?? "0", 16) & 0x3) | 0x8).toString(16);
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-4${hex.slice(13, 16)}-${variant}${hex.slice(17, 20)}-${hex.slice(20, 32)}`;
 }

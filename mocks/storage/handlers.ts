@@ -119,7 +119,9 @@ export function createStorageHandlers(ctx: MockContext, state: StorageState, opt
   const bucketOf = (params: Record<string, unknown>): StoredBucket | undefined => state.buckets.get(decodeParam(params.bucket));
 
   /** Reads an upload body: raw bytes with headers, or multipart with the file in any part. */
-  async function readUpload(request: Request): Promise<{ bytes: Uint8Array; contentType: string; cacheControl: string; userMetadata: Record<string, unknown> | null } | Response> {
+  async function readUpload(
+    request: Request,
+  ): Promise<{ bytes: Uint8Array; contentType: string; cacheControl: string; userMetadata: Record<string, unknown> | null } | Response> {
     const type = request.headers.get("content-type") ?? "";
     const parseMeta = (text: string | null): Record<string, unknown> | null => {
       if (!text) return null;
@@ -168,7 +170,12 @@ export function createStorageHandlers(ctx: MockContext, state: StorageState, opt
     if (bucket.fileSizeLimit !== null && upload.bytes.byteLength > bucket.fileSizeLimit) {
       return storageError("413", "EntityTooLarge", "Payload too large", "The object exceeded the maximum allowed size");
     }
-    if (bucket.allowedMimeTypes && !bucket.allowedMimeTypes.some((m) => m === upload.contentType.split(";")[0]?.trim() || (m.endsWith("/*") && upload.contentType.startsWith(m.slice(0, -1))))) {
+    if (
+      bucket.allowedMimeTypes &&
+      !bucket.allowedMimeTypes.some(
+        (m) => m === upload.contentType.split(";")[0]?.trim() || (m.endsWith("/*") && upload.contentType.startsWith(m.slice(0, -1))),
+      )
+    ) {
       return storageError("415", "InvalidMimeType", "invalid_mime_type", `mime type ${upload.contentType} is not supported`);
     }
     return state.put(bucket, name, upload.bytes, upload);
@@ -185,7 +192,7 @@ export function createStorageHandlers(ctx: MockContext, state: StorageState, opt
     const verified = await verifyToken(options.jwtSecret, token, nowSeconds());
     if (!verified.ok) return storageError("400", "InvalidJWT", "InvalidJWT", verified.message);
     const claims = verified.payload as Record<string, unknown>;
-    const scoped = claims.scope === scope || (claims.scope === undefined && ("upsert" in claims) === (scope === "upload"));
+    const scoped = claims.scope === scope || (claims.scope === undefined && "upsert" in claims === (scope === "upload"));
     if (!scoped) return storageError("400", "InvalidSignature", "InvalidSignature", `Token is not scoped for ${scope}`);
     if (claims.url !== expectedUrl) return storageError("400", "InvalidSignature", "InvalidSignature", "Invalid signature");
     return claims;
@@ -224,206 +231,288 @@ export function createStorageHandlers(ctx: MockContext, state: StorageState, opt
   const R = STORAGE_ROUTES;
   return [
     // Buckets.
-    http.post(`${base}/bucket`, route(R.bucketCreate, async ({ request }) => {
-      const body = await readJson(request);
-      const name = typeof body.name === "string" ? body.name : typeof body.id === "string" ? body.id : "";
-      if (!/^[A-Za-z0-9_.-]{1,63}$/.test(name)) return storageError("400", "InvalidBucketName", "Invalid Input", "Bucket name invalid");
-      if (state.buckets.has(name)) return duplicate("BucketAlreadyExists");
-      state.createBucket({
-        name,
-        public: body.public === true,
-        fileSizeLimit: typeof body.file_size_limit === "number" ? body.file_size_limit : null,
-        allowedMimeTypes: Array.isArray(body.allowed_mime_types) ? (body.allowed_mime_types as string[]) : null,
-      });
-      return json({ name });
-    })),
-    http.get(`${base}/bucket`, route(R.bucketList, async () => json([...state.buckets.values()].map(bucketJson)))),
-    http.get(`${base}/bucket/:bucket`, route(R.bucketGet, async ({ params }) => {
-      const bucket = bucketOf(params);
-      return bucket ? json(bucketJson(bucket)) : noSuchBucket();
-    })),
-    http.post(`${base}/bucket/:bucket/empty`, route(R.bucketEmpty, async ({ params }) => {
-      const bucket = bucketOf(params);
-      if (!bucket) return noSuchBucket();
-      bucket.objects.clear();
-      return json({ message: "Successfully emptied" });
-    })),
-    http.delete(`${base}/bucket/:bucket`, route(R.bucketDelete, async ({ params }) => {
-      const bucket = bucketOf(params);
-      if (!bucket) return noSuchBucket();
-      if (bucket.objects.size > 0) return storageError("409", "InvalidRequest", "Bucket not empty", "The bucket you tried to delete is not empty");
-      state.buckets.delete(bucket.name);
-      return json({ message: "Successfully deleted" });
-    })),
+    http.post(
+      `${base}/bucket`,
+      route(R.bucketCreate, async ({ request }) => {
+        const body = await readJson(request);
+        const name = typeof body.name === "string" ? body.name : typeof body.id === "string" ? body.id : "";
+        if (!/^[A-Za-z0-9_.-]{1,63}$/.test(name)) return storageError("400", "InvalidBucketName", "Invalid Input", "Bucket name invalid");
+        if (state.buckets.has(name)) return duplicate("BucketAlreadyExists");
+        state.createBucket({
+          name,
+          public: body.public === true,
+          fileSizeLimit: typeof body.file_size_limit === "number" ? body.file_size_limit : null,
+          allowedMimeTypes: Array.isArray(body.allowed_mime_types) ? (body.allowed_mime_types as string[]) : null,
+        });
+        return json({ name });
+      }),
+    ),
+    http.get(
+      `${base}/bucket`,
+      route(R.bucketList, async () => json([...state.buckets.values()].map(bucketJson))),
+    ),
+    http.get(
+      `${base}/bucket/:bucket`,
+      route(R.bucketGet, async ({ params }) => {
+        const bucket = bucketOf(params);
+        return bucket ? json(bucketJson(bucket)) : noSuchBucket();
+      }),
+    ),
+    http.post(
+      `${base}/bucket/:bucket/empty`,
+      route(R.bucketEmpty, async ({ params }) => {
+        const bucket = bucketOf(params);
+        if (!bucket) return noSuchBucket();
+        bucket.objects.clear();
+        return json({ message: "Successfully emptied" });
+      }),
+    ),
+    http.delete(
+      `${base}/bucket/:bucket`,
+      route(R.bucketDelete, async ({ params }) => {
+        const bucket = bucketOf(params);
+        if (!bucket) return noSuchBucket();
+        if (bucket.objects.size > 0) return storageError("409", "InvalidRequest", "Bucket not empty", "The bucket you tried to delete is not empty");
+        state.buckets.delete(bucket.name);
+        return json({ message: "Successfully deleted" });
+      }),
+    ),
 
     // Signed URLs (before the generic object routes, which would also match).
-    http.post(`${base}/object/sign/:bucket/:path+`, route(R.sign, async ({ request, params }) => {
-      const bucket = bucketOf(params);
-      if (!bucket) return noSuchBucket();
-      const name = decodeParam(params.path);
-      if (!bucket.objects.has(name)) return noSuchKey();
-      const body = await readJson(request);
-      const expiresIn = typeof body.expiresIn === "number" ? Math.floor(body.expiresIn) : NaN;
-      if (!(expiresIn >= 1)) return invalidRequest("body/expiresIn must be >= 1");
-      const url = `${bucket.name}/${name}`;
-      const token = await signUrlToken(options.jwtSecret, { url, scope: "download" }, expiresIn, nowSeconds());
-      return json({ signedURL: `/object/sign/${url}?token=${token}` });
-    })),
-    http.get(`${base}/object/sign/:bucket/:path+`, route(R.signedDownload, async ({ request, params }) => {
-      const bucketName = decodeParam(params.bucket);
-      const name = decodeParam(params.path);
-      const checked = await checkUrlToken(request, `${bucketName}/${name}`, "download");
-      if (checked instanceof Response) return checked;
-      const object = state.buckets.get(bucketName)?.objects.get(name);
-      return object ? download(object, request) : noSuchKey();
-    }, false)),
-    http.post(`${base}/object/upload/sign/:bucket/:path+`, route(R.uploadSign, async ({ request, params }) => {
-      const bucket = bucketOf(params);
-      if (!bucket) return noSuchBucket();
-      const name = decodeParam(params.path);
-      const upsert = request.headers.get("x-upsert") === "true";
-      if (!upsert && bucket.objects.has(name)) return duplicate("KeyAlreadyExists");
-      const url = `${bucket.name}/${name}`;
-      const token = await signUrlToken(options.jwtSecret, { url, upsert, scope: "upload" }, 7200, nowSeconds());
-      return json({ url: `/object/upload/sign/${url}?token=${token}`, token });
-    })),
-    http.put(`${base}/object/upload/sign/:bucket/:path+`, route(R.signedUpload, async ({ request, params }) => {
-      const bucketName = decodeParam(params.bucket);
-      const name = decodeParam(params.path);
-      const claims = await checkUrlToken(request, `${bucketName}/${name}`, "upload");
-      if (claims instanceof Response) return claims;
-      const bucket = state.buckets.get(bucketName);
-      if (!bucket) return noSuchBucket();
-      // Upsert comes from the signed token only: storage-js sends `x-upsert` on this request too,
-      // and the server ignores it, so whoever holds a non-upsert URL cannot overwrite the object.
-      const stored = await store(request, bucket, name, claims.upsert === true);
-      if (stored instanceof Response) return stored;
-      return json({ Key: `${bucket.name}/${stored.name}` });
-    }, false)),
+    http.post(
+      `${base}/object/sign/:bucket/:path+`,
+      route(R.sign, async ({ request, params }) => {
+        const bucket = bucketOf(params);
+        if (!bucket) return noSuchBucket();
+        const name = decodeParam(params.path);
+        if (!bucket.objects.has(name)) return noSuchKey();
+        const body = await readJson(request);
+        const expiresIn = typeof body.expiresIn === "number" ? Math.floor(body.expiresIn) : NaN;
+        if (!(expiresIn >= 1)) return invalidRequest("body/expiresIn must be >= 1");
+        const url = `${bucket.name}/${name}`;
+        const token = await signUrlToken(options.jwtSecret, { url, scope: "download" }, expiresIn, nowSeconds());
+        return json({ signedURL: `/object/sign/${url}?token=${token}` });
+      }),
+    ),
+    http.get(
+      `${base}/object/sign/:bucket/:path+`,
+      route(
+        R.signedDownload,
+        async ({ request, params }) => {
+          const bucketName = decodeParam(params.bucket);
+          const name = decodeParam(params.path);
+          const checked = await checkUrlToken(request, `${bucketName}/${name}`, "download");
+          if (checked instanceof Response) return checked;
+          const object = state.buckets.get(bucketName)?.objects.get(name);
+          return object ? download(object, request) : noSuchKey();
+        },
+        false,
+      ),
+    ),
+    http.post(
+      `${base}/object/upload/sign/:bucket/:path+`,
+      route(R.uploadSign, async ({ request, params }) => {
+        const bucket = bucketOf(params);
+        if (!bucket) return noSuchBucket();
+        const name = decodeParam(params.path);
+        const upsert = request.headers.get("x-upsert") === "true";
+        if (!upsert && bucket.objects.has(name)) return duplicate("KeyAlreadyExists");
+        const url = `${bucket.name}/${name}`;
+        const token = await signUrlToken(options.jwtSecret, { url, upsert, scope: "upload" }, 7200, nowSeconds());
+        return json({ url: `/object/upload/sign/${url}?token=${token}`, token });
+      }),
+    ),
+    http.put(
+      `${base}/object/upload/sign/:bucket/:path+`,
+      route(
+        R.signedUpload,
+        async ({ request, params }) => {
+          const bucketName = decodeParam(params.bucket);
+          const name = decodeParam(params.path);
+          const claims = await checkUrlToken(request, `${bucketName}/${name}`, "upload");
+          if (claims instanceof Response) return claims;
+          const bucket = state.buckets.get(bucketName);
+          if (!bucket) return noSuchBucket();
+          // Upsert comes from the signed token only: storage-js sends `x-upsert` on this request too,
+          // and the server ignores it, so whoever holds a non-upsert URL cannot overwrite the object.
+          const stored = await store(request, bucket, name, claims.upsert === true);
+          if (stored instanceof Response) return stored;
+          return json({ Key: `${bucket.name}/${stored.name}` });
+        },
+        false,
+      ),
+    ),
 
     // Listing, info, move/copy, bulk delete.
-    http.post(`${base}/object/list/:bucket`, route(R.list, async ({ request, params }) => {
-      const bucket = bucketOf(params);
-      if (!bucket) return noSuchBucket();
-      const body = await readJson(request);
-      const limit = typeof body.limit === "number" ? body.limit : 100;
-      const offset = typeof body.offset === "number" ? body.offset : 0;
-      const search = typeof body.search === "string" ? body.search.toLowerCase() : "";
-      const sortBy = (body.sortBy ?? {}) as { column?: string; order?: string };
-      let prefix = typeof body.prefix === "string" ? body.prefix.replace(/^\/+/, "") : "";
-      if (prefix && !prefix.endsWith("/")) prefix += "/";
-      const folders = new Set<string>();
-      const files: StoredObject[] = [];
-      for (const o of bucket.objects.values()) {
-        if (!o.name.startsWith(prefix)) continue;
-        const rest = o.name.slice(prefix.length);
-        const slash = rest.indexOf("/");
-        const entry = slash === -1 ? rest : rest.slice(0, slash);
-        if (search && !entry.toLowerCase().startsWith(search)) continue;
-        if (slash === -1) files.push(o);
-        else folders.add(entry);
-      }
-      type Row = { name: string; object?: StoredObject };
-      const rows: Row[] = [...[...folders].map((name) => ({ name })), ...files.map((o) => ({ name: o.name.slice(prefix.length), object: o }))];
-      const column = sortBy.column ?? "name";
-      const key = (r: Row): string => (column === "name" || !r.object ? r.name : column === "created_at" ? r.object.createdAt : r.object.updatedAt);
-      rows.sort((a, b) => (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0));
-      if (sortBy.order === "desc") rows.reverse();
-      return json(
-        rows.slice(offset, offset + limit).map((r) =>
-          r.object
-            ? { name: r.name, id: r.object.id, updated_at: r.object.updatedAt, created_at: r.object.createdAt, last_accessed_at: r.object.updatedAt, metadata: fileMetadata(r.object) }
-            : { name: r.name, id: null, updated_at: null, created_at: null, last_accessed_at: null, metadata: null },
-        ),
-      );
-    })),
-    http.get(`${base}/object/info/:bucket/:path+`, route(R.info, async ({ params }) => {
-      const bucket = bucketOf(params);
-      if (!bucket) return noSuchBucket();
-      const o = bucket.objects.get(decodeParam(params.path));
-      if (!o) return noSuchKey();
-      return json({
-        id: o.id,
-        version: o.version,
-        name: o.name,
-        bucket_id: o.bucket,
-        size: o.bytes.byteLength,
-        content_type: o.contentType,
-        cache_control: o.cacheControl,
-        content_encoding: null,
-        etag: o.etag,
-        metadata: o.userMetadata,
-        last_modified: o.updatedAt,
-        created_at: o.createdAt,
-      });
-    })),
-    http.post(`${base}/object/move`, route(R.move, async ({ request }) => moveOrCopy(request, true))),
-    http.post(`${base}/object/copy`, route(R.copy, async ({ request }) => moveOrCopy(request, false))),
-    http.get(`${base}/object/public/:bucket/:path+`, route(R.download, async ({ request, params }) => {
-      const bucket = bucketOf(params);
-      const o = bucket?.public ? bucket.objects.get(decodeParam(params.path)) : undefined;
-      return o ? download(o, request) : bucket ? noSuchKey() : noSuchBucket();
-    }, false)),
-    http.get(`${base}/object/authenticated/:bucket/:path+`, route(R.download, async ({ request, params }) => {
-      const bucket = bucketOf(params);
-      if (!bucket) return noSuchBucket();
-      const o = bucket.objects.get(decodeParam(params.path));
-      return o ? download(o, request) : noSuchKey();
-    })),
-    http.delete(`${base}/object/:bucket`, route(R.remove, async ({ request, params }) => {
-      const bucket = bucketOf(params);
-      if (!bucket) return noSuchBucket();
-      const body = await readJson(request);
-      const prefixes = body.prefixes;
-      if (!Array.isArray(prefixes) || !prefixes.every((p) => typeof p === "string")) {
-        return invalidRequest("body must have required property 'prefixes'");
-      }
-      if (prefixes.length === 0 || prefixes.length > 1000) {
-        return invalidRequest("body/prefixes must NOT have more than 1000 items and NOT have fewer than 1 items");
-      }
-      const deleted: StoredObject[] = [];
-      for (const p of prefixes as string[]) {
-        const name = p.replace(/^\/+/, "");
-        const o = bucket.objects.get(name);
-        if (o && bucket.objects.delete(name)) deleted.push(o);
-      }
-      return json(deleted.map(objectRow));
-    })),
+    http.post(
+      `${base}/object/list/:bucket`,
+      route(R.list, async ({ request, params }) => {
+        const bucket = bucketOf(params);
+        if (!bucket) return noSuchBucket();
+        const body = await readJson(request);
+        const limit = typeof body.limit === "number" ? body.limit : 100;
+        const offset = typeof body.offset === "number" ? body.offset : 0;
+        const search = typeof body.search === "string" ? body.search.toLowerCase() : "";
+        const sortBy = (body.sortBy ?? {}) as { column?: string; order?: string };
+        let prefix = typeof body.prefix === "string" ? body.prefix.replace(/^\/+/, "") : "";
+        if (prefix && !prefix.endsWith("/")) prefix += "/";
+        const folders = new Set<string>();
+        const files: StoredObject[] = [];
+        for (const o of bucket.objects.values()) {
+          if (!o.name.startsWith(prefix)) continue;
+          const rest = o.name.slice(prefix.length);
+          const slash = rest.indexOf("/");
+          const entry = slash === -1 ? rest : rest.slice(0, slash);
+          if (search && !entry.toLowerCase().startsWith(search)) continue;
+          if (slash === -1) files.push(o);
+          else folders.add(entry);
+        }
+        type Row = { name: string; object?: StoredObject };
+        const rows: Row[] = [...[...folders].map((name) => ({ name })), ...files.map((o) => ({ name: o.name.slice(prefix.length), object: o }))];
+        const column = sortBy.column ?? "name";
+        const key = (r: Row): string => (column === "name" || !r.object ? r.name : column === "created_at" ? r.object.createdAt : r.object.updatedAt);
+        rows.sort((a, b) => (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0));
+        if (sortBy.order === "desc") rows.reverse();
+        return json(
+          rows.slice(offset, offset + limit).map((r) =>
+            r.object
+              ? {
+                  name: r.name,
+                  id: r.object.id,
+                  updated_at: r.object.updatedAt,
+                  created_at: r.object.createdAt,
+                  last_accessed_at: r.object.updatedAt,
+                  metadata: fileMetadata(r.object),
+                }
+              : { name: r.name, id: null, updated_at: null, created_at: null, last_accessed_at: null, metadata: null },
+          ),
+        );
+      }),
+    ),
+    http.get(
+      `${base}/object/info/:bucket/:path+`,
+      route(R.info, async ({ params }) => {
+        const bucket = bucketOf(params);
+        if (!bucket) return noSuchBucket();
+        const o = bucket.objects.get(decodeParam(params.path));
+        if (!o) return noSuchKey();
+        return json({
+          id: o.id,
+          version: o.version,
+          name: o.name,
+          bucket_id: o.bucket,
+          size: o.bytes.byteLength,
+          content_type: o.contentType,
+          cache_control: o.cacheControl,
+          content_encoding: null,
+          etag: o.etag,
+          metadata: o.userMetadata,
+          last_modified: o.updatedAt,
+          created_at: o.createdAt,
+        });
+      }),
+    ),
+    http.post(
+      `${base}/object/move`,
+      route(R.move, async ({ request }) => moveOrCopy(request, true)),
+    ),
+    http.post(
+      `${base}/object/copy`,
+      route(R.copy, async ({ request }) => moveOrCopy(request, false)),
+    ),
+    http.get(
+      `${base}/object/public/:bucket/:path+`,
+      route(
+        R.download,
+        async ({ request, params }) => {
+          const bucket = bucketOf(params);
+          const o = bucket?.public ? bucket.objects.get(decodeParam(params.path)) : undefined;
+          return o ? download(o, request) : bucket ? noSuchKey() : noSuchBucket();
+        },
+        false,
+      ),
+    ),
+    http.get(
+      `${base}/object/authenticated/:bucket/:path+`,
+      route(R.download, async ({ request, params }) => {
+        const bucket = bucketOf(params);
+        if (!bucket) return noSuchBucket();
+        const o = bucket.objects.get(decodeParam(params.path));
+        return o ? download(o, request) : noSuchKey();
+      }),
+    ),
+    http.delete(
+      `${base}/object/:bucket`,
+      route(R.remove, async ({ request, params }) => {
+        const bucket = bucketOf(params);
+        if (!bucket) return noSuchBucket();
+        const body = await readJson(request);
+        const prefixes = body.prefixes;
+        if (!Array.isArray(prefixes) || !prefixes.every((p) => typeof p === "string")) {
+          return invalidRequest("body must have required property 'prefixes'");
+        }
+        if (prefixes.length === 0 || prefixes.length > 1000) {
+          return invalidRequest("body/prefixes must NOT have more than 1000 items and NOT have fewer than 1 items");
+        }
+        const deleted: StoredObject[] = [];
+        for (const p of prefixes as string[]) {
+          const name = p.replace(/^\/+/, "");
+          const o = bucket.objects.get(name);
+          if (o && bucket.objects.delete(name)) deleted.push(o);
+        }
+        return json(deleted.map(objectRow));
+      }),
+    ),
 
     // Single objects.
-    http.head(`${base}/object/:bucket/:path+`, route(R.head, async ({ request, params }) => {
-      const bucket = bucketOf(params);
-      const o = bucket?.objects.get(decodeParam(params.path));
-      return o ? download(o, request) : new Response(null, { status: 400 });
-    })),
-    http.get(`${base}/object/:bucket/:path+`, route(R.download, async ({ request, params }) => {
-      const bucket = bucketOf(params);
-      if (!bucket) return noSuchBucket();
-      const o = bucket.objects.get(decodeParam(params.path));
-      return o ? download(o, request) : noSuchKey();
-    })),
-    http.post(`${base}/object/:bucket/:path+`, route(R.upload, async ({ request, params }) => {
-      const bucket = bucketOf(params);
-      if (!bucket) return noSuchBucket();
-      const stored = await store(request, bucket, decodeParam(params.path), request.headers.get("x-upsert") === "true");
-      if (stored instanceof Response) return stored;
-      return json({ Id: stored.id, Key: `${bucket.name}/${stored.name}` });
-    })),
-    http.put(`${base}/object/:bucket/:path+`, route(R.update, async ({ request, params }) => {
-      const bucket = bucketOf(params);
-      if (!bucket) return noSuchBucket();
-      // PUT creates a missing object (the server upserts on update).
-      const stored = await store(request, bucket, decodeParam(params.path), true);
-      if (stored instanceof Response) return stored;
-      return json({ Id: stored.id, Key: `${bucket.name}/${stored.name}` });
-    })),
-    http.delete(`${base}/object/:bucket/:path+`, route(R.remove, async ({ params }) => {
-      const bucket = bucketOf(params);
-      if (!bucket) return noSuchBucket();
-      const name = decodeParam(params.path);
-      if (!bucket.objects.delete(name)) return noSuchKey();
-      return json({ message: "Successfully deleted" });
-    })),
+    http.head(
+      `${base}/object/:bucket/:path+`,
+      route(R.head, async ({ request, params }) => {
+        const bucket = bucketOf(params);
+        const o = bucket?.objects.get(decodeParam(params.path));
+        return o ? download(o, request) : new Response(null, { status: 400 });
+      }),
+    ),
+    http.get(
+      `${base}/object/:bucket/:path+`,
+      route(R.download, async ({ request, params }) => {
+        const bucket = bucketOf(params);
+        if (!bucket) return noSuchBucket();
+        const o = bucket.objects.get(decodeParam(params.path));
+        return o ? download(o, request) : noSuchKey();
+      }),
+    ),
+    http.post(
+      `${base}/object/:bucket/:path+`,
+      route(R.upload, async ({ request, params }) => {
+        const bucket = bucketOf(params);
+        if (!bucket) return noSuchBucket();
+        const stored = await store(request, bucket, decodeParam(params.path), request.headers.get("x-upsert") === "true");
+        if (stored instanceof Response) return stored;
+        return json({ Id: stored.id, Key: `${bucket.name}/${stored.name}` });
+      }),
+    ),
+    http.put(
+      `${base}/object/:bucket/:path+`,
+      route(R.update, async ({ request, params }) => {
+        const bucket = bucketOf(params);
+        if (!bucket) return noSuchBucket();
+        // PUT creates a missing object (the server upserts on update).
+        const stored = await store(request, bucket, decodeParam(params.path), true);
+        if (stored instanceof Response) return stored;
+        return json({ Id: stored.id, Key: `${bucket.name}/${stored.name}` });
+      }),
+    ),
+    http.delete(
+      `${base}/object/:bucket/:path+`,
+      route(R.remove, async ({ params }) => {
+        const bucket = bucketOf(params);
+        if (!bucket) return noSuchBucket();
+        const name = decodeParam(params.path);
+        if (!bucket.objects.delete(name)) return noSuchKey();
+        return json({ message: "Successfully deleted" });
+      }),
+    ),
   ];
 
   async function moveOrCopy(request: Request, move: boolean): Promise<Response> {

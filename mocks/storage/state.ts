@@ -48,12 +48,7 @@ export class StorageState {
   private readonly initialBuckets: readonly string[];
   private readonly initialLimits: BucketLimits;
 
-  constructor(
-    seed: number,
-    now: () => number,
-    initialBuckets: readonly string[] = [],
-    initialLimits: BucketLimits = {},
-  ) {
+  constructor(seed: number, now: () => number, initialBuckets: readonly string[] = [], initialLimits: BucketLimits = {}) {
     this.seed = seed;
     this.now = now;
     this.initialBuckets = initialBuckets;
@@ -89,7 +84,12 @@ export class StorageState {
   }
 
   /** Writes (or overwrites) an object; the caller has already checked `upsert`. */
-  put(bucket: StoredBucket, name: string, bytes: Uint8Array, meta: { contentType: string; cacheControl: string; userMetadata: Record<string, unknown> | null }): StoredObject {
+  put(
+    bucket: StoredBucket,
+    name: string,
+    bytes: Uint8Array,
+    meta: { contentType: string; cacheControl: string; userMetadata: Record<string, unknown> | null },
+  ): StoredObject {
     const at = this.#iso();
     const previous = bucket.objects.get(name);
     const n = ++this.#counter;

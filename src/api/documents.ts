@@ -41,7 +41,17 @@ export async function findOwnedDocument(pool: pg.Pool, documentId: string, who: 
  */
 export async function insertDocument(
   pool: pg.Pool,
-  d: { documentId: string; userId: string; filename: string; mime: string; bytes: number; sha256: string; rawPath: string; lane: Lane; tenantId: string | null },
+  d: {
+    documentId: string;
+    userId: string;
+    filename: string;
+    mime: string;
+    bytes: number;
+    sha256: string;
+    rawPath: string;
+    lane: Lane;
+    tenantId: string | null;
+  },
 ): Promise<{ row: DocumentRow; created: boolean }> {
   const inserted = await pool.query<DocumentRow>(
     `INSERT INTO upload_pipeline.documents (document_id, user_id, filename, mime, bytes, file_sha256, raw_path, lane, tenant_id)
@@ -56,9 +66,8 @@ export async function insertDocument(
 }
 
 export async function findJob(pool: pg.Pool, documentId: string): Promise<{ job_id: string; status: string } | undefined> {
-  const { rows } = await pool.query<{ job_id: string; status: string }>(
-    "SELECT job_id, status FROM upload_pipeline.upload_jobs WHERE document_id = $1",
-    [documentId],
-  );
+  const { rows } = await pool.query<{ job_id: string; status: string }>("SELECT job_id, status FROM upload_pipeline.upload_jobs WHERE document_id = $1", [
+    documentId,
+  ]);
   return rows[0];
 }

@@ -17,12 +17,7 @@ export class ApiError extends Error {
   readonly code: string;
   readonly headers: Record<string, string>;
 
-  constructor(
-    statusCode: number,
-    code: string,
-    message: string,
-    headers: Record<string, string> = {},
-  ) {
+  constructor(statusCode: number, code: string, message: string, headers: Record<string, string> = {}) {
     super(message);
     this.statusCode = statusCode;
     this.code = code;
@@ -70,14 +65,22 @@ export function toErrorResponse(err: unknown): { status: number; body: ErrorBody
   const known = FASTIFY_ERRORS[fe.code ?? ""];
   if (known) return { status: known.status ?? status, body: { error: { code: known.code, message: known.message } }, headers: {} };
   if (status >= 400 && status < 500) {
-    return { status, body: { error: { code: "bad_request", message: "The request could not be processed; check its method, headers and body." } }, headers: {} };
+    return {
+      status,
+      body: { error: { code: "bad_request", message: "The request could not be processed; check its method, headers and body." } },
+      headers: {},
+    };
   }
   return { status: 500, body: { error: { code: "internal", message: "Internal error; the server logged it. Retry later." } }, headers: {} };
 }
 
 const FASTIFY_ERRORS: Record<string, { code: string; message: string; status?: number }> = {
   FST_ERR_CTP_BODY_TOO_LARGE: { code: "payload_too_large", message: "The request body is larger than this route accepts." },
-  FST_ERR_CTP_INVALID_MEDIA_TYPE: { code: "unsupported_media_type", message: "Unsupported Content-Type; see the route's documentation for the accepted types.", status: 415 },
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: {
+    code: "unsupported_media_type",
+    message: "Unsupported Content-Type; see the route's documentation for the accepted types.",
+    status: 415,
+  },
   FST_ERR_CTP_INVALID_CONTENT_LENGTH: { code: "bad_request", message: "Content-Length does not match the body." },
   FST_ERR_CTP_EMPTY_JSON_BODY: { code: "invalid_json", message: "The body is empty; send a JSON object." },
   FST_ERR_CTP_INVALID_JSON_BODY: { code: "invalid_json", message: "The body is not valid JSON." },

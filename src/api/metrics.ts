@@ -30,17 +30,7 @@ import type pg from "pg";
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import { ALL_STATES, FAILED_STATES } from "../state-machine/table.ts";
 
-export const WEBHOOK_REASONS = [
-  "accepted",
-  "duplicate",
-  "early",
-  "forged",
-  "stale",
-  "malformed",
-  "unknown_job",
-  "oversized",
-  "wrong_content_type",
-] as const;
+export const WEBHOOK_REASONS = ["accepted", "duplicate", "early", "forged", "stale", "malformed", "unknown_job", "oversized", "wrong_content_type"] as const;
 export type WebhookReason = (typeof WEBHOOK_REASONS)[number];
 
 const EVENTS_PER_SCRAPE = 20_000;
@@ -57,7 +47,12 @@ export function createMetrics(pool: pg.Pool, options: { defaultMetrics?: boolean
   const registry = new Registry();
   if (options.defaultMetrics) collectDefaultMetrics({ register: registry, prefix: "upload_pipeline_api_" });
 
-  const jobs = new Gauge({ name: "upload_pipeline_jobs", help: "Jobs by state, read from the database at scrape.", labelNames: ["state"], registers: [registry] });
+  const jobs = new Gauge({
+    name: "upload_pipeline_jobs",
+    help: "Jobs by state, read from the database at scrape.",
+    labelNames: ["state"],
+    registers: [registry],
+  });
   const stageDuration = new Histogram({
     name: "upload_pipeline_stage_duration_seconds",
     help: "Time a job spent in a state before its next transition, from job_events timestamps.",
@@ -65,16 +60,33 @@ export function createMetrics(pool: pg.Pool, options: { defaultMetrics?: boolean
     buckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600],
     registers: [registry],
   });
-  const failures = new Counter({ name: "upload_pipeline_job_failures_total", help: "Transitions into a failed_* state, from job_events.", labelNames: ["state"], registers: [registry] });
-  const manualRetries = new Counter({ name: "upload_pipeline_manual_retries_total", help: "Operator retries (POST /jobs/{id}/retry), from job_events.", registers: [registry] });
+  const failures = new Counter({
+    name: "upload_pipeline_job_failures_total",
+    help: "Transitions into a failed_* state, from job_events.",
+    labelNames: ["state"],
+    registers: [registry],
+  });
+  const manualRetries = new Counter({
+    name: "upload_pipeline_manual_retries_total",
+    help: "Operator retries (POST /jobs/{id}/retry), from job_events.",
+    registers: [registry],
+  });
   const deadLetters = new Gauge({
     name: "upload_pipeline_dead_letter_jobs",
     help: "Jobs in a failed_* state now, by state and last_error.code (read from the database at scrape).",
     labelNames: ["state", "code"],
     registers: [registry],
   });
-  const retryScheduled = new Gauge({ name: "upload_pipeline_jobs_retry_scheduled", help: "Non-terminal jobs waiting on backoff after a transient error.", registers: [registry] });
-  const tokens = new Gauge({ name: "upload_pipeline_embedding_tokens", help: "Embedding tokens used, summed over all jobs (progress.tokens).", registers: [registry] });
+  const retryScheduled = new Gauge({
+    name: "upload_pipeline_jobs_retry_scheduled",
+    help: "Non-terminal jobs waiting on backoff after a transient error.",
+    registers: [registry],
+  });
+  const tokens = new Gauge({
+    name: "upload_pipeline_embedding_tokens",
+    help: "Embedding tokens used, summed over all jobs (progress.tokens).",
+    registers: [registry],
+  });
   const cost = new Gauge({ name: "upload_pipeline_cost_usd", help: "Cost in USD, summed over all jobs (progress.cost_usd).", registers: [registry] });
   const webhooks = new Counter({
     name: "upload_pipeline_webhook_deliveries_total",

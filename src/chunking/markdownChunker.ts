@@ -331,11 +331,7 @@ class PieceReader {
   private readonly onStats?: (stats: ChunkerStats) => void;
   private readonly readSlice: number;
 
-  constructor(
-    input: AsyncIterable<string>,
-    onStats?: (stats: ChunkerStats) => void,
-    readSlice = READ_SLICE_UNITS,
-  ) {
+  constructor(input: AsyncIterable<string>, onStats?: (stats: ChunkerStats) => void, readSlice = READ_SLICE_UNITS) {
     this.onStats = onStats;
     this.readSlice = readSlice;
     this.input = input[Symbol.asyncIterator]();
@@ -415,13 +411,7 @@ class PieceReader {
   }
 
   private emit(start: number, end: number): void {
-    const brk = this.firstOfLine
-      ? this.line.brk
-      : this.gapStart === start
-        ? BRK.char
-        : this.sentenceEnd
-          ? BRK.sentence
-          : BRK.word;
+    const brk = this.firstOfLine ? this.line.brk : this.gapStart === start ? BRK.char : this.sentenceEnd ? BRK.sentence : BRK.word;
     this.pieces.push({
       gapStart: this.gapStart,
       start,

@@ -115,7 +115,10 @@ export interface LlamaParseClient {
 // Answer schemas (only what we read; unknown fields are ignored)
 
 const Status = z.enum(PARSE_STATUSES);
-const Tags = z.record(z.string(), z.string()).nullish().transform((t) => t ?? {});
+const Tags = z
+  .record(z.string(), z.string())
+  .nullish()
+  .transform((t) => t ?? {});
 
 const CreateAnswer = z.object({ id: z.string().min(1), status: Status });
 
@@ -246,7 +249,10 @@ export function createLlamaParseClient(options: LlamaParseClientOptions): LlamaP
         // A 404 here is not "no such job": the list endpoint itself is missing (an older
         // deployment or a mock without it). Say so, so the caller can choose to submit anyway.
         if (e.code === "llamaparse_not_found") {
-          throw new PermanentError("llamaparse_lookup_unavailable", `LlamaParse cannot list parse jobs here (GET /api/v2/parse answered 404): ${e.message}`, { cause: e, status: 404 });
+          throw new PermanentError("llamaparse_lookup_unavailable", `LlamaParse cannot list parse jobs here (GET /api/v2/parse answered 404): ${e.message}`, {
+            cause: e,
+            status: 404,
+          });
         }
         throw e;
       }

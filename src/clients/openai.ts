@@ -96,7 +96,10 @@ export function createEmbeddingsClient(options: EmbeddingsClientOptions): Embedd
       // here instead of spending a request and a rate-limit slot to learn it.
       const empty = inputs.findIndex((text) => text.length === 0);
       if (empty !== -1) {
-        throw new PermanentError("openai_bad_request", `Invalid 'input[${empty}]': the embeddings API rejects empty strings; drop or fill empty chunks before embedding`);
+        throw new PermanentError(
+          "openai_bad_request",
+          `Invalid 'input[${empty}]': the embeddings API rejects empty strings; drop or fill empty chunks before embedding`,
+        );
       }
       let data: OpenAI.Embeddings.CreateEmbeddingResponse;
       let response: Response;
@@ -159,8 +162,8 @@ const GO_DURATION_UNITS_MS: Record<string, number> = {
   s: 1000,
   ms: 1,
   us: 1e-3,
-  "µs": 1e-3,
-  "μs": 1e-3,
+  µs: 1e-3,
+  μs: 1e-3,
   ns: 1e-6,
 };
 

@@ -75,7 +75,11 @@ export interface ObjectStorage {
 export function createStorageClient(options: StorageClientOptions): ObjectStorage {
   const { bucket, serviceRoleKey } = options;
   const url = `${options.supabaseUrl.replace(/\/+$/, "")}/storage/v1`;
-  const client = new StorageClient(url, { Authorization: `Bearer ${serviceRoleKey}`, apikey: serviceRoleKey }, withRequestTimeout(options.fetch, options.timeoutMs));
+  const client = new StorageClient(
+    url,
+    { Authorization: `Bearer ${serviceRoleKey}`, apikey: serviceRoleKey },
+    withRequestTimeout(options.fetch, options.timeoutMs),
+  );
   // throwOnError: errors arrive as exceptions, including from `exists` and `download`.
   const files = () => client.from(bucket).throwOnError();
   const fail = (err: unknown, op: string, path: string) => mapStorageError(err, `${op} ${bucket}/${path}`, [serviceRoleKey]);
@@ -96,7 +100,9 @@ export function createStorageClient(options: StorageClientOptions): ObjectStorag
     async download(path, signal) {
       let stream: ReadableStream<Uint8Array> | null;
       try {
-        ({ data: stream } = await files().download(path, {}, signal ? { signal } : undefined).asStream());
+        ({ data: stream } = await files()
+          .download(path, {}, signal ? { signal } : undefined)
+          .asStream());
       } catch (err) {
         throw fail(err, "download", path);
       }
@@ -177,7 +183,8 @@ export function mapStorageError(err: unknown, what: string, secrets: string[] = 
     const opts = { cause: err, status };
     if (status >= 500 || status === 408) return new TransientError("storage_unavailable", `Storage unavailable: ${detail}`, opts);
     if (status === 429) return new TransientError("storage_rate_limited", `Storage rate limited: ${detail}`, opts);
-    if (status === 404) return new PermanentError(err.code === "NoSuchBucket" ? "storage_bucket_not_found" : "storage_not_found", `Storage object not found: ${detail}`, opts);
+    if (status === 404)
+      return new PermanentError(err.code === "NoSuchBucket" ? "storage_bucket_not_found" : "storage_not_found", `Storage object not found: ${detail}`, opts);
     if (status === 409) return new PermanentError("storage_already_exists", `Storage object already exists: ${detail}`, opts);
     if (status === 401 || status === 403) return new PermanentError("storage_unauthorized", `Storage refused the credentials: ${detail}`, opts);
     if (status === 413) return new PermanentError("storage_too_large", `Storage object too large: ${detail}`, opts);

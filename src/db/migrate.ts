@@ -26,9 +26,7 @@ export interface Migration {
 
 export async function loadMigrations(): Promise<Migration[]> {
   const files = (await readdir(MIGRATIONS_DIR)).filter((f) => /^\d{4}_[\w-]+\.sql$/.test(f)).sort();
-  return Promise.all(
-    files.map(async (name) => ({ id: Number(name.slice(0, 4)), name, sql: await readFile(MIGRATIONS_DIR + name, "utf8") })),
-  );
+  return Promise.all(files.map(async (name) => ({ id: Number(name.slice(0, 4)), name, sql: await readFile(MIGRATIONS_DIR + name, "utf8") })));
 }
 
 /** Apply pending migrations; returns the names applied (empty when already current). */
@@ -66,16 +64,16 @@ export async function migrate(databaseUrl: string, { log = console.log }: { log?
 /** Latest migration id shipped with this code, and the one the database has (for /healthz). */
 export async function migrationStatus(pool: pg.Pool): Promise<{ expected: number; applied: number }> {
   const expected = Math.max(...(await loadMigrations()).map((m) => m.id));
-  const { rows } = await pool.query<{ applied: number | null }>(
-    "SELECT max(id) AS applied FROM upload_pipeline.migrations",
-  );
+  const { rows } = await pool.query<{ applied: number | null }>("SELECT max(id) AS applied FROM upload_pipeline.migrations");
   return { expected, applied: rows[0]?.applied ?? 0 };
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
   const url = process.env.DATABASE_URL;
   if (!url) {
-    console.error("DATABASE_URL is not set: npm run migrate applies the schema to the PostgreSQL it names, e.g.\n  DATABASE_URL=postgres://user:pass@localhost:5432/db npm run migrate");
+    console.error(
+      "DATABASE_URL is not set: npm run migrate applies the schema to the PostgreSQL it names, e.g.\n  DATABASE_URL=postgres://user:pass@localhost:5432/db npm run migrate",
+    );
     process.exit(2);
   }
   migrate(url).catch((err: Error) => {

@@ -89,7 +89,9 @@ export async function runnableNative(build: PostgresBuild, user: ServerUser | un
 }
 
 async function trusted(dir: string): Promise<boolean> {
-  const info = await stat(join(dir, "bin", "initdb")).then(() => stat(dir)).catch(() => undefined);
+  const info = await stat(join(dir, "bin", "initdb"))
+    .then(() => stat(dir))
+    .catch(() => undefined);
   return info !== undefined && info.uid === userInfo().uid && (info.mode & 0o022) === 0;
 }
 

@@ -18,7 +18,10 @@ export function parseDuration(flag: string, value: string): number {
 /** The database named by DATABASE_URL (an operator command never starts an embedded one). */
 export function operatorPool(command: string, env: NodeJS.ProcessEnv = process.env): pg.Pool {
   const url = env.DATABASE_URL;
-  if (!url) throw new UsageError(`DATABASE_URL is not set: ${command} acts on the database it names, e.g.\n  DATABASE_URL=postgres://user:pass@host:5432/db ${command} …`);
+  if (!url)
+    throw new UsageError(
+      `DATABASE_URL is not set: ${command} acts on the database it names, e.g.\n  DATABASE_URL=postgres://user:pass@host:5432/db ${command} …`,
+    );
   const pool = new pg.Pool({ connectionString: url, max: 2 });
   pool.on("error", () => {});
   return pool;

@@ -58,12 +58,14 @@ export async function listDeadLetters(pool: pg.Pool, opts: { stage?: string; sin
   return rows;
 }
 
-async function findJob(pool: pg.Pool, id: string): Promise<{ job_id: string; document_id: string; status: JobStatus; last_error: Record<string, unknown> | null } | undefined> {
+async function findJob(
+  pool: pg.Pool,
+  id: string,
+): Promise<{ job_id: string; document_id: string; status: JobStatus; last_error: Record<string, unknown> | null } | undefined> {
   if (!UUID.test(id)) throw new UsageError(`'${id}' is not a document_id or job_id (a UUID)`);
-  const { rows } = await pool.query(
-    "SELECT job_id, document_id, status, last_error FROM upload_pipeline.upload_jobs WHERE job_id = $1 OR document_id = $1",
-    [id],
-  );
+  const { rows } = await pool.query("SELECT job_id, document_id, status, last_error FROM upload_pipeline.upload_jobs WHERE job_id = $1 OR document_id = $1", [
+    id,
+  ]);
   return rows[0];
 }
 
@@ -78,10 +80,7 @@ export async function showJob(pool: pg.Pool, id: string) {
          FROM upload_pipeline.upload_jobs j JOIN upload_pipeline.documents d USING (document_id) WHERE j.job_id = $1`,
       [job.job_id],
     ),
-    pool.query(
-      "SELECT id, at, from_status, to_status, worker_id, attempt, detail FROM upload_pipeline.job_events WHERE job_id = $1 ORDER BY id",
-      [job.job_id],
-    ),
+    pool.query("SELECT id, at, from_status, to_status, worker_id, attempt, detail FROM upload_pipeline.job_events WHERE job_id = $1 ORDER BY id", [job.job_id]),
     pool.query<{ chunker: string; chunks: number }>(
       `SELECT chunker_name || ' ' || chunker_version AS chunker, count(*)::int AS chunks
          FROM upload_pipeline.document_chunk_buffer WHERE document_id = $1 GROUP BY 1 ORDER BY 1`,
@@ -187,7 +186,9 @@ export async function dlqMain(argv: string[], env: NodeJS.ProcessEnv = process.e
     const pool = operatorPool("npm run dlq", env);
     try {
       const targets = failed
-        ? (await pool.query<{ job_id: string }>("SELECT job_id FROM upload_pipeline.upload_jobs WHERE status = $1 ORDER BY job_id", [failed])).rows.map((r) => r.job_id)
+        ? (await pool.query<{ job_id: string }>("SELECT job_id FROM upload_pipeline.upload_jobs WHERE status = $1 ORDER BY job_id", [failed])).rows.map(
+            (r) => r.job_id,
+          )
         : ids;
       const lines = await retryJobs(pool, targets, { dryRun: values["dry-run"] ?? false });
       for (const l of lines) out(l.text);

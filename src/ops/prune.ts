@@ -63,8 +63,16 @@ export async function prune(pool: pg.Pool, opts: PruneOptions): Promise<PruneRes
   const batch = opts.batch ?? 5_000;
   const result: PruneResult = { job_events: 0, webhook_log: 0, batches: 0 };
   const plans = [
-    { table: "job_events" as const, sql: batchSql("job_events", DOOMED_EVENTS, opts.dryRun ?? false), extra: [opts.olderThanSeconds, opts.keepSummary ?? true] },
-    { table: "webhook_log" as const, sql: batchSql("webhook_log", DOOMED_WEBHOOKS, opts.dryRun ?? false), extra: [Math.max(opts.olderThanSeconds, WEBHOOK_LOG_MIN_AGE_SECONDS)] },
+    {
+      table: "job_events" as const,
+      sql: batchSql("job_events", DOOMED_EVENTS, opts.dryRun ?? false),
+      extra: [opts.olderThanSeconds, opts.keepSummary ?? true],
+    },
+    {
+      table: "webhook_log" as const,
+      sql: batchSql("webhook_log", DOOMED_WEBHOOKS, opts.dryRun ?? false),
+      extra: [Math.max(opts.olderThanSeconds, WEBHOOK_LOG_MIN_AGE_SECONDS)],
+    },
   ];
   for (const plan of plans) {
     for (let after = "0"; ; ) {
@@ -93,7 +101,8 @@ export async function pruneMain(argv: string[], env: NodeJS.ProcessEnv = process
   if (values["older-than"] === undefined) throw new UsageError("--older-than is required, e.g. --older-than 30d");
   const olderThanSeconds = parseDuration("--older-than", values["older-than"]);
   const batch = values.batch === undefined ? 5_000 : Number(values.batch);
-  if (!Number.isInteger(batch) || batch < 100 || batch > 100_000) throw new UsageError(`--batch takes a whole number from 100 to 100000 (got '${values.batch}')`);
+  if (!Number.isInteger(batch) || batch < 100 || batch > 100_000)
+    throw new UsageError(`--batch takes a whole number from 100 to 100000 (got '${values.batch}')`);
   const dryRun = values["dry-run"] ?? false;
   const pool = operatorPool("npm run prune", env);
   try {

@@ -204,11 +204,16 @@ export class ServiceBreaker {
   #classify(err: unknown, probe: boolean, signal: AbortSignal | undefined): unknown {
     if (err instanceof BrokenCircuitError || err instanceof IsolatedCircuitError) {
       const retryAfterMs = err instanceof IsolatedCircuitError ? undefined : this.#openFor();
-      return new ServiceConditionError(this.service, "circuit_open", `${this.service} circuit is ${this.state}: failing fast after repeated ${this.service} failures`, {
-        code: "circuit_open",
-        cause: err,
-        retryAfterMs,
-      });
+      return new ServiceConditionError(
+        this.service,
+        "circuit_open",
+        `${this.service} circuit is ${this.state}: failing fast after repeated ${this.service} failures`,
+        {
+          code: "circuit_open",
+          cause: err,
+          retryAfterMs,
+        },
+      );
     }
     if (err instanceof TaskCancelledError && signal?.aborted) return abortedError(signal, `${this.service} call`);
     if (err instanceof ServiceConditionError) return err;

@@ -121,7 +121,13 @@ export class SharedGovernor implements Governor {
       let granted: { reservationId: string; waitMs: number } | undefined;
       try {
         granted = await reserve(o.db, {
-          budgetKey: o.budgetKey, holder: o.holder, requests: cost.requests, tokens: cost.tokens, ceiling: o.ceiling, ttlMs: o.ttlMs, now: o.dbNow?.(),
+          budgetKey: o.budgetKey,
+          holder: o.holder,
+          requests: cost.requests,
+          tokens: cost.tokens,
+          ceiling: o.ceiling,
+          ttlMs: o.ttlMs,
+          now: o.dbNow?.(),
         });
       } catch (err) {
         this.#goOffline(err);

@@ -74,7 +74,17 @@ const credit = (level: string, refund: string, pendingCol: string, cap: string) 
      ${cap} - ${refilled(level, cap)} - pending.${pendingCol} - pending.span_s * ${cap} / 60.0))`;
 
 const SETTLE_PARAMS = [
-  "id", "tokens", "refund_requests", "remaining_requests", "remaining_tokens", "limit_requests", "limit_tokens", "pause_ms", "rpm", "tpm", "now",
+  "id",
+  "tokens",
+  "refund_requests",
+  "remaining_requests",
+  "remaining_tokens",
+  "limit_requests",
+  "limit_tokens",
+  "pause_ms",
+  "rpm",
+  "tpm",
+  "now",
 ] as const;
 const RPM_CAP_SEEN = `least($rpm::double precision, coalesce($limit_requests, b.server_rpm, $rpm))`;
 const TPM_CAP_SEEN = `least($tpm::double precision, coalesce($limit_tokens, b.server_tpm, $tpm))`;
@@ -143,7 +153,14 @@ export interface ReserveArgs {
 /** Take `requests` and `tokens` from the shared budget; returns when the caller may send. */
 export async function reserve(db: Queryable, a: ReserveArgs): Promise<{ reservationId: string; waitMs: number }> {
   const { rows } = await db.query<{ reservation_id: string; wait_ms: number }>(RESERVE_SQL, [
-    a.budgetKey, a.holder, a.requests, a.tokens, a.ceiling.rpm, a.ceiling.tpm, a.now ?? null, a.ttlMs,
+    a.budgetKey,
+    a.holder,
+    a.requests,
+    a.tokens,
+    a.ceiling.rpm,
+    a.ceiling.tpm,
+    a.now ?? null,
+    a.ttlMs,
   ]);
   return { reservationId: rows[0]!.reservation_id, waitMs: Number(rows[0]!.wait_ms) };
 }
@@ -183,17 +200,17 @@ export async function settle(pool: pg.Pool, a: SettleArgs): Promise<{ settled: b
   const { rows } = await withTransaction(pool, async (db) => {
     await db.query(LOCK_BUDGET_SQL, [a.reservationId]);
     return db.query<{ settled: number; expired: number }>(SETTLE_SQL, [
-    a.reservationId,
-    a.notSent ? 0 : (a.tokens ?? null),
-    a.notSent ?? false,
-    a.remainingRequests ?? null,
-    a.remainingTokens ?? null,
-    a.limitRequests ?? null,
-    a.limitTokens ?? null,
-    a.pauseMs ?? null,
-    a.ceiling.rpm,
-    a.ceiling.tpm,
-    a.now ?? null,
+      a.reservationId,
+      a.notSent ? 0 : (a.tokens ?? null),
+      a.notSent ?? false,
+      a.remainingRequests ?? null,
+      a.remainingTokens ?? null,
+      a.limitRequests ?? null,
+      a.limitTokens ?? null,
+      a.pauseMs ?? null,
+      a.ceiling.rpm,
+      a.ceiling.tpm,
+      a.now ?? null,
     ]);
   });
   return { settled: rows[0]!.settled === 1, expired: rows[0]!.expired };

@@ -44,10 +44,7 @@ export class TokenBucket {
 
   private readonly clock: Clock;
 
-  constructor(
-    capacity: number,
-    clock: Clock,
-  ) {
+  constructor(capacity: number, clock: Clock) {
     this.clock = clock;
     if (!(capacity > 0)) throw new Error(`TokenBucket: capacity must be > 0, got ${capacity}`);
     this.#capacity = capacity;
@@ -127,10 +124,7 @@ class Budget {
   readonly configuredLimit: number;
   private readonly clock: Clock;
 
-  constructor(
-    configuredLimit: number,
-    clock: Clock,
-  ) {
+  constructor(configuredLimit: number, clock: Clock) {
     this.configuredLimit = configuredLimit;
     this.clock = clock;
     this.bucket = new TokenBucket(configuredLimit, clock);

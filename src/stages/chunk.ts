@@ -58,7 +58,9 @@ export const chunkDocument: Stage<PipelineServices> = {
       [job.document_id, CHUNKER_NAME, CHUNKER_VERSION],
     );
     const expected = digest.digest("hex");
-    const actual = createHash("sha256").update(stored.rows[0]?.digest ?? "").digest("hex");
+    const actual = createHash("sha256")
+      .update(stored.rows[0]?.digest ?? "")
+      .digest("hex");
     if (stored.rows[0]?.n !== count || actual !== expected) {
       // Rows from an earlier run disagree with this run's chunks: the chunker's output changed
       // without a version bump. Retrying cannot fix that.

@@ -8,11 +8,4 @@ import { submitParse } from "./submitParse.ts";
 import type { Stage } from "../worker/stage.ts";
 import { validateParse } from "./validate.ts";
 
-export const PIPELINE_STAGES: readonly Stage<PipelineServices>[] = [
-  submitParse,
-  reconcileParse,
-  validateParse,
-  chunkDocument,
-  embedChunks,
-  finishDocument,
-];
+export const PIPELINE_STAGES: readonly Stage<PipelineServices>[] = [submitParse, reconcileParse, validateParse, chunkDocument, embedChunks, finishDocument];

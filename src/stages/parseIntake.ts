@@ -87,7 +87,12 @@ export async function ingestParseResult(
     const message =
       `LlamaParse could not parse page${failedPages.length > 1 ? "s" : ""} ${failedPages.join(", ")} of ${total} (page ${first.pageNumber}: ${first.error}); ` +
       `PARTIAL_PARSE=fail keeps no partial document: set PARTIAL_PARSE=accept to keep the other pages, or retry with POST /jobs/{document_id}/retry.`;
-    return failParse(args, { code: "parse_partial", message }, { parse_status: parse.status, failed_pages: failedPages }, { parse_failed_pages: failedPages, parse_pages_total: total });
+    return failParse(
+      args,
+      { code: "parse_partial", message },
+      { parse_status: parse.status, failed_pages: failedPages },
+      { parse_failed_pages: failedPages, parse_pages_total: total },
+    );
   }
 
   // Pages in order, each opened by its page marker so chunks know their page.
@@ -155,7 +160,15 @@ export function webhookIntake(deps: ParseIntakeDeps, jobId: string): Promise<Par
       fn({
         client,
         transition: async (to, { actor: _actor, ...options } = {}) => {
-          await transition(client, { jobId, from: "parse_queued", to, actor: "webhook", fence: { kind: "unleased", by: "webhook" }, setAttempts: 0, ...options });
+          await transition(client, {
+            jobId,
+            from: "parse_queued",
+            to,
+            actor: "webhook",
+            fence: { kind: "unleased", by: "webhook" },
+            setAttempts: 0,
+            ...options,
+          });
         },
       }),
     );
@@ -173,7 +186,8 @@ export const reconcileParse: Stage<PipelineServices> = {
   async run(ctx) {
     const { storage, llamaparse, settings } = ctx.services;
     const deps = { pool: ctx.pool, log: ctx.log, storage, llamaparse, partialParse: settings.partialParse, faults: ctx.faults };
-    const move: IntakeMove = (fn) => ctx.fenced((tx) => fn({ client: tx.client, transition: (to, options) => tx.transition(to, { ...options, actor: "reconciler" }) }));
+    const move: IntakeMove = (fn) =>
+      ctx.fenced((tx) => fn({ client: tx.client, transition: (to, options) => tx.transition(to, { ...options, actor: "reconciler" }) }));
     const result = await ingestParseResult(deps, { jobId: ctx.job.job_id, move, signal: ctx.signal });
     if (result.outcome === "not_applicable") throw new PipelineError("intake_not_applicable", "transient", `job is ${result.status}`);
     if (result.outcome !== "pending") return;

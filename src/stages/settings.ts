@@ -48,7 +48,12 @@ export async function jobSettings(ctx: StageContext<PipelineServices>): Promise<
 }
 
 function toPinned(s: PipelineSettings): Pinned {
-  return { chunk_max_tokens: s.chunkMaxTokens, chunk_overlap_tokens: s.chunkOverlapTokens, embed_model: s.embedModel, embed_dimensions: s.embedDimensions ?? null };
+  return {
+    chunk_max_tokens: s.chunkMaxTokens,
+    chunk_overlap_tokens: s.chunkOverlapTokens,
+    embed_model: s.embedModel,
+    embed_dimensions: s.embedDimensions ?? null,
+  };
 }
 
 function fromPinned(p: Pinned): JobSettings {

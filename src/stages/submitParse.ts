@@ -137,7 +137,9 @@ function previousHolderCallLeftMs(ctx: StageContext<PipelineServices>): number {
  */
 async function cancelIfSuperseded(ctx: StageContext<PipelineServices>, ours: string): Promise<void> {
   try {
-    const { rows } = await ctx.pool.query<{ parse_job_id: string | null }>("SELECT parse_job_id FROM upload_pipeline.upload_jobs WHERE job_id = $1", [ctx.job.job_id]);
+    const { rows } = await ctx.pool.query<{ parse_job_id: string | null }>("SELECT parse_job_id FROM upload_pipeline.upload_jobs WHERE job_id = $1", [
+      ctx.job.job_id,
+    ]);
     const recorded = rows[0]?.parse_job_id ?? null;
     if (recorded === null || recorded === ours) return;
     await ctx.services.llamaparse.cancelParse(ours);

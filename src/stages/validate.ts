@@ -92,10 +92,11 @@ export const validateParse: Stage<PipelineServices> = {
         [normalizedSha, job.document_id],
       );
       const canonical = rows[0];
-      await tx.client.query(
-        "UPDATE upload_pipeline.documents SET normalized_sha256 = $2, parsed_path = coalesce($3, parsed_path) WHERE document_id = $1",
-        [job.document_id, normalizedSha, canonical?.parsed_path ?? null],
-      );
+      await tx.client.query("UPDATE upload_pipeline.documents SET normalized_sha256 = $2, parsed_path = coalesce($3, parsed_path) WHERE document_id = $1", [
+        job.document_id,
+        normalizedSha,
+        canonical?.parsed_path ?? null,
+      ]);
       if (canonical) {
         ctx.log.info({ canonical_document_id: canonical.document_id }, "duplicate content: reusing the canonical parsed_path");
         job.parsed_path = canonical.parsed_path;

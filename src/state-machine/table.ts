@@ -75,23 +75,27 @@ export const EDGES: readonly Edge[] = [
   ...FORWARD.map(([from, to, actors]): Edge => ({ from, to, actors, kind: "forward" })),
   // Dead letter: a permanent error or exhausted attempts. LlamaParse reporting FAILED is seen
   // by the webhook handler or the reconciler, so they may fail a parse_queued job too.
-  ...Object.entries(FAILURE_OF).map(([from, to]): Edge => ({
-    from: from as PipelineState,
-    to,
-    actors: from === "parse_queued" ? ["worker", "webhook", "reconciler"] : ["worker"],
-    kind: "failure",
-  })),
+  ...Object.entries(FAILURE_OF).map(
+    ([from, to]): Edge => ({
+      from: from as PipelineState,
+      to,
+      actors: from === "parse_queued" ? ["worker", "webhook", "reconciler"] : ["worker"],
+      kind: "failure",
+    }),
+  ),
   // Manual retry: back to the state the job failed from (the last successful one; every stage
   // resumes from what the buffers already hold). A failed parse goes back to `uploaded` only:
   // retrying re-parses (a new LlamaParse job), since polling the old one fails the same way.
   ...Object.entries(FAILURE_OF)
     .filter(([back, failed]) => failed !== "failed_parse" || back === "uploaded")
-    .map(([back, failed]): Edge => ({
-      from: failed,
-      to: back as PipelineState,
-      actors: ["operator"],
-      kind: "retry",
-    })),
+    .map(
+      ([back, failed]): Edge => ({
+        from: failed,
+        to: back as PipelineState,
+        actors: ["operator"],
+        kind: "retry",
+      }),
+    ),
 ];
 
 const EDGE_INDEX = new Map(EDGES.map((e) => [`${e.from ?? ""}->${e.to}`, e]));

@@ -194,11 +194,14 @@ export class BaseWorker<Services> {
     const controller = new AbortController();
     this.active.set(job.job_id, controller);
     const log = this.opts.log.child({ correlation_id: job.correlation_id, job_id: job.job_id, worker_id: this.workerId });
-    const beat = setInterval(() => {
-      heartbeat(this.opts.pool, { jobId: job.job_id, leaseToken: job.lease_token, leaseSeconds: this.opts.leaseSeconds, now: this.opts.clock?.() })
-        .then((ours) => ours || controller.abort(new LeaseLostError(job.job_id)))
-        .catch((err) => log.warn({ err: coerceError(err).message }, "heartbeat failed"));
-    }, Math.max(250, (this.opts.leaseSeconds * 1000) / 3));
+    const beat = setInterval(
+      () => {
+        heartbeat(this.opts.pool, { jobId: job.job_id, leaseToken: job.lease_token, leaseSeconds: this.opts.leaseSeconds, now: this.opts.clock?.() })
+          .then((ours) => ours || controller.abort(new LeaseLostError(job.job_id)))
+          .catch((err) => log.warn({ err: coerceError(err).message }, "heartbeat failed"));
+      },
+      Math.max(250, (this.opts.leaseSeconds * 1000) / 3),
+    );
     const deadlineMs = this.opts.stageDeadlineMs;
     let deadline: NodeJS.Timeout | undefined;
     const progressed = () => {
@@ -232,7 +235,11 @@ export class BaseWorker<Services> {
     if (this.stopping) throw new WorkerStoppingError(); // stop() came while the claim was in flight
     if (job.attempts > job.max_attempts) {
       // Every earlier attempt died without recording anything (crashes, lost leases).
-      await this.fail(run, coerceError(new Error(`attempts exhausted: ${job.max_attempts} attempts ended without finishing stage ${job.status}`)), "attempts_exhausted");
+      await this.fail(
+        run,
+        coerceError(new Error(`attempts exhausted: ${job.max_attempts} attempts ended without finishing stage ${job.status}`)),
+        "attempts_exhausted",
+      );
       return "failed";
     }
     const outcome = await this.runStages(run);
@@ -386,16 +393,27 @@ export class BaseWorker<Services> {
       // do not all return in the same instant.
       const delay = (err.retryAfterMs ?? this.opts.retryBaseMs) + Math.floor((this.opts.random ?? Math.random)() * this.opts.retryBaseMs);
       await this.release(run, { delayMs: delay, refundAttempt: true, lastError: this.errorRecord(job, err) });
-      log.info({ stage, service: err.service, condition: err.condition, code: err.code, attempt: job.attempts, parked_ms: delay }, "parked: the service is unavailable; no attempt spent");
+      log.info(
+        { stage, service: err.service, condition: err.condition, code: err.code, attempt: job.attempts, parked_ms: delay },
+        "parked: the service is unavailable; no attempt spent",
+      );
       return "parked";
     }
     if (err.errorClass === "permanent" || job.attempts >= job.max_attempts) {
       await this.fail(run, err, err.errorClass === "permanent" ? "permanent" : "attempts_exhausted");
       return "failed";
     }
-    const delay = backoffDelayMs(job.attempts, { baseMs: this.opts.retryBaseMs, maxMs: this.opts.retryMaxMs, random: this.opts.random, retryAfterMs: err.retryAfterMs });
+    const delay = backoffDelayMs(job.attempts, {
+      baseMs: this.opts.retryBaseMs,
+      maxMs: this.opts.retryMaxMs,
+      random: this.opts.random,
+      retryAfterMs: err.retryAfterMs,
+    });
     await this.release(run, { delayMs: delay, lastError: this.errorRecord(job, err) });
-    log.warn({ stage, err: err.message, code: err.code, attempt: job.attempts, max_attempts: job.max_attempts, retry_in_ms: delay }, "transient error; will retry");
+    log.warn(
+      { stage, err: err.message, code: err.code, attempt: job.attempts, max_attempts: job.max_attempts, retry_in_ms: delay },
+      "transient error; will retry",
+    );
     return err instanceof StageStalledError ? "stalled" : "retry";
   }
 

@@ -140,10 +140,13 @@ export const CRASH_LINE = "upload-pipeline crash point";
  */
 export function faultPointsFromEnv(crashAt: string | undefined, freezeAt?: string | undefined, onceDir?: string | undefined): FaultPoints {
   const parse = (list: string | undefined) =>
-    (list ?? "").split(",").filter((s) => s.trim()).flatMap((text) => {
-      const spec = parseCrashSpec(text);
-      return spec ? [{ text: text.trim(), spec }] : [];
-    });
+    (list ?? "")
+      .split(",")
+      .filter((s) => s.trim())
+      .flatMap((text) => {
+        const spec = parseCrashSpec(text);
+        return spec ? [{ text: text.trim(), spec }] : [];
+      });
   const rules = [
     ...parse(crashAt).map(({ text, spec }) => ({
       spec,

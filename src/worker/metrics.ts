@@ -74,7 +74,9 @@ export function serveMetrics(metrics: WorkerMetrics, port: number, host = "0.0.0
       return;
     }
     if (token !== undefined && !sameSecret(bearerToken(req.headers.authorization), token)) {
-      res.writeHead(401, { "content-type": "text/plain", "www-authenticate": 'Bearer realm="metrics"' }).end("GET /metrics needs 'Authorization: Bearer <METRICS_TOKEN>'\n");
+      res
+        .writeHead(401, { "content-type": "text/plain", "www-authenticate": 'Bearer realm="metrics"' })
+        .end("GET /metrics needs 'Authorization: Bearer <METRICS_TOKEN>'\n");
       return;
     }
     metrics.render().then(

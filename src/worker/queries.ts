@@ -78,22 +78,13 @@ export const CLAIM_NEXT_JOB_SQL = `WITH candidate AS (
  * heartbeating (expired) counts as free. Counts the claim as an attempt: a job whose worker keeps
  * dying mid-stage runs out of attempts and is dead-lettered instead of crash-looping forever.
  */
-export async function claimNextJob(
-  db: Queryable,
-  args: { workerId: string; leaseSeconds: number; now?: Date | undefined },
-): Promise<ClaimedJob | undefined> {
-  const { rows } = await db.query<ClaimedJob>(
-    CLAIM_NEXT_JOB_SQL,
-    [args.workerId, args.leaseSeconds, args.now ?? null],
-  );
+export async function claimNextJob(db: Queryable, args: { workerId: string; leaseSeconds: number; now?: Date | undefined }): Promise<ClaimedJob | undefined> {
+  const { rows } = await db.query<ClaimedJob>(CLAIM_NEXT_JOB_SQL, [args.workerId, args.leaseSeconds, args.now ?? null]);
   return rows[0];
 }
 
 /** Extend our lease; false means it is no longer ours (expired and taken over). */
-export async function heartbeat(
-  db: Queryable,
-  args: { jobId: string; leaseToken: string; leaseSeconds: number; now?: Date | undefined },
-): Promise<boolean> {
+export async function heartbeat(db: Queryable, args: { jobId: string; leaseToken: string; leaseSeconds: number; now?: Date | undefined }): Promise<boolean> {
   const { rowCount } = await db.query(
     `UPDATE upload_pipeline.upload_jobs
         SET lease_expires_at = coalesce($3::timestamptz, now()) + make_interval(secs => $4)
@@ -137,7 +128,10 @@ export async function releaseJob(
  * of every fenced multi-row write. False means the job is no longer ours.
  */
 export async function lockLeasedJob(db: Queryable, args: { jobId: string; leaseToken: string }): Promise<boolean> {
-  const { rowCount } = await db.query("SELECT 1 FROM upload_pipeline.upload_jobs WHERE job_id = $1 AND lease_token = $2 FOR UPDATE", [args.jobId, args.leaseToken]);
+  const { rowCount } = await db.query("SELECT 1 FROM upload_pipeline.upload_jobs WHERE job_id = $1 AND lease_token = $2 FOR UPDATE", [
+    args.jobId,
+    args.leaseToken,
+  ]);
   return rowCount === 1;
 }
 

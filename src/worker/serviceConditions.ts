@@ -11,11 +11,17 @@ import type { Logger } from "../logger.ts";
 import { SERVICES, type Breakers } from "../resilience/breakers.ts";
 import type { WorkerMetrics } from "./metrics.ts";
 
-export function reportServiceConditions(breakers: Breakers, deps: { pool: pg.Pool; log: Logger; metrics?: WorkerMetrics | undefined; workerId: string }): { dispose(): void } {
+export function reportServiceConditions(
+  breakers: Breakers,
+  deps: { pool: pg.Pool; log: Logger; metrics?: WorkerMetrics | undefined; workerId: string },
+): { dispose(): void } {
   const subscriptions = SERVICES.map((service) =>
     breakers[service].onRefusalChange((refusal) => {
       if (refusal) {
-        deps.log.error({ service, code: refusal.code, reason: refusal.message, since: refusal.since }, `${service} refuses the account: jobs that need it are parked until a probe succeeds`);
+        deps.log.error(
+          { service, code: refusal.code, reason: refusal.message, since: refusal.since },
+          `${service} refuses the account: jobs that need it are parked until a probe succeeds`,
+        );
       } else {
         deps.log.info({ service }, `${service} accepts the account again: parked jobs resume`);
       }

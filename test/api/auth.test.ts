@@ -6,7 +6,22 @@
 import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createLogger } from "../../src/logger.ts";
-import { createTestDatabase, bearer, JWT_SECRET, makeApp, multipartBody, parseEvent, seedJob, webhookRequest, serviceBearer, snapshot, token, type SeededJob, type TestApp, type TestDatabase } from "./helpers.ts";
+import {
+  createTestDatabase,
+  bearer,
+  JWT_SECRET,
+  makeApp,
+  multipartBody,
+  parseEvent,
+  seedJob,
+  webhookRequest,
+  serviceBearer,
+  snapshot,
+  token,
+  type SeededJob,
+  type TestApp,
+  type TestDatabase,
+} from "./helpers.ts";
 
 let db: TestDatabase;
 let t: TestApp;
@@ -49,12 +64,20 @@ describe("authorization", () => {
     ["no header", async () => ({})],
     ["not Bearer", async () => ({ authorization: `Basic ${Buffer.from("a:b").toString("base64")}` })],
     ["garbage", async () => ({ authorization: "Bearer not.a.jwt" })],
-    ["wrong secret", async () => ({ authorization: `Bearer ${await token({ sub: mine.userId }, { secret: "another-secret-another-secret-another-secret" })}` })],
+    [
+      "wrong secret",
+      async () => ({ authorization: `Bearer ${await token({ sub: mine.userId }, { secret: "another-secret-another-secret-another-secret" })}` }),
+    ],
     ["expired", async () => ({ authorization: `Bearer ${await token({ sub: mine.userId }, { expiresIn: Math.floor(Date.now() / 1000) - 3600 })}` })],
-    ["alg none", async () => {
-      const enc = (o: object) => Buffer.from(JSON.stringify(o)).toString("base64url");
-      return { authorization: `Bearer ${enc({ alg: "none", typ: "JWT" })}.${enc({ sub: mine.userId, role: "service_role", exp: Math.floor(Date.now() / 1000) + 3600 })}.` };
-    }],
+    [
+      "alg none",
+      async () => {
+        const enc = (o: object) => Buffer.from(JSON.stringify(o)).toString("base64url");
+        return {
+          authorization: `Bearer ${enc({ alg: "none", typ: "JWT" })}.${enc({ sub: mine.userId, role: "service_role", exp: Math.floor(Date.now() / 1000) + 3600 })}.`,
+        };
+      },
+    ],
     ["HS512", async () => ({ authorization: `Bearer ${await token({ sub: mine.userId }, { alg: "HS512" })}` })],
     ["anon key", async () => ({ authorization: `Bearer ${await token({ role: "anon" })}` })],
     ["sub not a uuid", async () => ({ authorization: `Bearer ${await token({ sub: "admin" })}` })],
@@ -62,11 +85,14 @@ describe("authorization", () => {
     ["no aud", async () => ({ authorization: `Bearer ${await token({ sub: mine.userId, aud: undefined })}` })],
     ["UUID sub, no role", async () => ({ authorization: `Bearer ${await token({ sub: mine.userId, role: undefined })}` })],
     ["role not a user's", async () => ({ authorization: `Bearer ${await token({ sub: mine.userId, role: "supabase_admin" })}` })],
-    ["tampered payload", async () => {
-      const [h, , s] = (await token({ sub: randomUUID() })).split(".");
-      const p = Buffer.from(JSON.stringify({ sub: mine.userId, role: "service_role", exp: Math.floor(Date.now() / 1000) + 3600 })).toString("base64url");
-      return { authorization: `Bearer ${h}.${p}.${s}` };
-    }],
+    [
+      "tampered payload",
+      async () => {
+        const [h, , s] = (await token({ sub: randomUUID() })).split(".");
+        const p = Buffer.from(JSON.stringify({ sub: mine.userId, role: "service_role", exp: Math.floor(Date.now() / 1000) + 3600 })).toString("base64url");
+        return { authorization: `Bearer ${h}.${p}.${s}` };
+      },
+    ],
   ];
 
   it.each(badTokens)("a bad token (%s) is 401 with the same generic body on every route", async (_name, headersOf) => {
@@ -131,7 +157,13 @@ describe("token rules", () => {
     const strict = await makeApp(db.pool, { configOverrides: { SUPABASE_JWT_AUDIENCE: "app-users", SUPABASE_JWT_ISSUER: "https://ref.supabase.co/auth/v1" } });
     try {
       const get = async (claims: Record<string, unknown>) =>
-        (await strict.app.inject({ method: "GET", url: `/jobs/${mine.documentId}`, headers: { authorization: `Bearer ${await token({ sub: mine.userId, ...claims })}` } })).statusCode;
+        (
+          await strict.app.inject({
+            method: "GET",
+            url: `/jobs/${mine.documentId}`,
+            headers: { authorization: `Bearer ${await token({ sub: mine.userId, ...claims })}` },
+          })
+        ).statusCode;
       expect(await get({ aud: "app-users", iss: "https://ref.supabase.co/auth/v1" })).toBe(200);
       expect(await get({ aud: "authenticated", iss: "https://ref.supabase.co/auth/v1" })).toBe(401);
       expect(await get({ aud: "app-users", iss: "https://evil.example/auth/v1" })).toBe(401);

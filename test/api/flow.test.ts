@@ -31,7 +31,13 @@ beforeAll(async () => {
   app = await buildWiredApp({ pool: db.pool, config: configForLocalMocks(mocks.baseUrl, base), log });
   const apiUrl = await app.listen({ port: 0, host: "127.0.0.1" });
   api = new ApiClient(apiUrl, mocks.mocks.keys.jwtSecret);
-  const config = configForLocalMocks(mocks.baseUrl, { ...base, WEBHOOK_BASE_URL: apiUrl, CHUNK_MAX_TOKENS: "128", CHUNK_OVERLAP_TOKENS: "16", EMBED_BATCH_SIZE: "8" });
+  const config = configForLocalMocks(mocks.baseUrl, {
+    ...base,
+    WEBHOOK_BASE_URL: apiUrl,
+    CHUNK_MAX_TOKENS: "128",
+    CHUNK_OVERLAP_TOKENS: "16",
+    EMBED_BATCH_SIZE: "8",
+  });
   worker = new BaseWorker({
     pool: db.pool,
     databaseUrl: db.url,
@@ -62,7 +68,14 @@ describe("upload → LlamaParse → webhook → chunks → embeddings → comple
     expect(status).toBe(201);
 
     const headers = { authorization: `Bearer ${await api.token(userId)}` };
-    let body: { status: string; progress: { chunks: { stored: number }; vectors: { stored: number; percent: number } }; timeline: Array<{ from: string | null; to: string; actor: string }>; cost: { tokens: number } } | undefined;
+    let body:
+      | {
+          status: string;
+          progress: { chunks: { stored: number }; vectors: { stored: number; percent: number } };
+          timeline: Array<{ from: string | null; to: string; actor: string }>;
+          cost: { tokens: number };
+        }
+      | undefined;
     const deadline = Date.now() + 20_000;
     while (Date.now() < deadline) {
       const res = await fetch(`${api.baseUrl}/jobs/${documentId}`, { headers });
@@ -76,14 +89,24 @@ describe("upload → LlamaParse → webhook → chunks → embeddings → comple
     expect(body!.progress.vectors).toMatchObject({ stored: body!.progress.chunks.stored, percent: 100 });
     expect(body!.cost.tokens).toBeGreaterThan(0);
     expect(body!.timeline.map((e) => e.to)).toEqual([
-      "uploaded", "parse_queued", "parsed", "parse_validated", "chunking", "chunks_stored",
-      "embedding_queued", "embedding_in_progress", "embeddings_stored", "complete",
+      "uploaded",
+      "parse_queued",
+      "parsed",
+      "parse_validated",
+      "chunking",
+      "chunks_stored",
+      "embedding_queued",
+      "embedding_in_progress",
+      "embeddings_stored",
+      "complete",
     ]);
     // LlamaParse's webhook, through the API, took the job from parse_queued to parsed.
     expect(body!.timeline.find((e) => e.to === "parsed")?.actor).toBe("webhook");
 
     // Another user cannot see it; the same bytes uploaded again are the same document.
-    const stranger = await fetch(`${api.baseUrl}/jobs/${documentId}`, { headers: { authorization: `Bearer ${await api.token("0b1c2d3e-4f5a-4b6c-8d7e-9f0a1b2c3d4e")}` } });
+    const stranger = await fetch(`${api.baseUrl}/jobs/${documentId}`, {
+      headers: { authorization: `Bearer ${await api.token("0b1c2d3e-4f5a-4b6c-8d7e-9f0a1b2c3d4e")}` },
+    });
     expect(stranger.status).toBe(404);
     const again = await api.upload({ kind: "document", userId, filename: "flow.md", mime: "text/markdown", bytes });
     expect(again).toMatchObject({ documentId, status: 200 });

@@ -8,7 +8,19 @@ import { createHash, randomUUID } from "node:crypto";
 import type { InjectOptions } from "fastify";
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createTestDatabase, bearer, makeApp, multipartBody, parseEvent, seedJob, snapshot, webhookRequest, type SeededJob, type TestApp, type TestDatabase } from "./helpers.ts";
+import {
+  createTestDatabase,
+  bearer,
+  makeApp,
+  multipartBody,
+  parseEvent,
+  seedJob,
+  snapshot,
+  webhookRequest,
+  type SeededJob,
+  type TestApp,
+  type TestDatabase,
+} from "./helpers.ts";
 
 const RUNS = Number(process.env.PROP_RUNS ?? 60);
 
@@ -57,7 +69,10 @@ describe("webhook fuzz", () => {
             event_id: fc.oneof(text, fc.uuid()),
             event_type: eventType,
             timestamp,
-            data: fc.oneof(fc.record({ id: fc.oneof(text, fc.constant(job.parseJobId)), job_id: fc.oneof(text, fc.constant(job.parseJobId)) }, { requiredKeys: [] }), fc.jsonValue()),
+            data: fc.oneof(
+              fc.record({ id: fc.oneof(text, fc.constant(job.parseJobId)), job_id: fc.oneof(text, fc.constant(job.parseJobId)) }, { requiredKeys: [] }),
+              fc.jsonValue(),
+            ),
             extra: fc.jsonValue(),
           },
           { requiredKeys: [] },
@@ -75,9 +90,15 @@ describe("webhook fuzz", () => {
 
   it("arbitrary bytes and JSON values as the body: never 5xx, never a change", async () => {
     await fc.assert(
-      fc.asyncProperty(fc.oneof(fc.uint8Array({ maxLength: 6000 }).map((b) => Buffer.from(b).toString("latin1")), fc.jsonValue().map((v) => JSON.stringify(v) ?? "")), async (raw) => {
-        await check(webhookRequest(raw, job.secret));
-      }),
+      fc.asyncProperty(
+        fc.oneof(
+          fc.uint8Array({ maxLength: 6000 }).map((b) => Buffer.from(b).toString("latin1")),
+          fc.jsonValue().map((v) => JSON.stringify(v) ?? ""),
+        ),
+        async (raw) => {
+          await check(webhookRequest(raw, job.secret));
+        },
+      ),
       { numRuns: RUNS },
     );
   });
@@ -152,12 +173,18 @@ describe("finalize matrix", () => {
   const mutations = ["same", "extra_bytes", "truncated", "flipped_byte", "other_type", "over_limit"] as const;
   const mutate = (bytes: Buffer, how: (typeof mutations)[number], mime: string): Buffer => {
     switch (how) {
-      case "same": return bytes;
-      case "extra_bytes": return Buffer.concat([bytes, Buffer.from(" more")]);
-      case "truncated": return bytes.subarray(0, bytes.length - 1);
-      case "flipped_byte": return Buffer.concat([bytes.subarray(0, -1), Buffer.from([bytes.at(-1)! ^ 0x01])]);
-      case "other_type": return mime === "application/pdf" ? Buffer.from(`# not a pdf\n${"x".repeat(bytes.length)}`) : ELF;
-      case "over_limit": return Buffer.concat([bytes, Buffer.alloc(4097, 0x20)]);
+      case "same":
+        return bytes;
+      case "extra_bytes":
+        return Buffer.concat([bytes, Buffer.from(" more")]);
+      case "truncated":
+        return bytes.subarray(0, bytes.length - 1);
+      case "flipped_byte":
+        return Buffer.concat([bytes.subarray(0, -1), Buffer.from([bytes.at(-1)! ^ 0x01])]);
+      case "other_type":
+        return mime === "application/pdf" ? Buffer.from(`# not a pdf\n${"x".repeat(bytes.length)}`) : ELF;
+      case "over_limit":
+        return Buffer.concat([bytes, Buffer.alloc(4097, 0x20)]);
     }
   };
 
@@ -171,8 +198,18 @@ describe("finalize matrix", () => {
         fc.constantFrom("declared", "text/plain", "application/pdf", "application/x-msdownload", "application/octet-stream"),
         async (mime, text, mutation, putTypeChoice) => {
           const declared = Buffer.from(mime === "application/pdf" ? `%PDF-1.7\n${text}\n%%EOF\n` : `# ${text}\n`);
-          const body = { filename: mime === "application/pdf" ? "d.pdf" : "d.md", mime, bytes: declared.length, sha256: createHash("sha256").update(declared).digest("hex") };
-          const signed = await t.app.inject({ method: "POST", url: "/upload", payload: JSON.stringify(body), headers: { "content-type": "application/json", ...auth } });
+          const body = {
+            filename: mime === "application/pdf" ? "d.pdf" : "d.md",
+            mime,
+            bytes: declared.length,
+            sha256: createHash("sha256").update(declared).digest("hex"),
+          };
+          const signed = await t.app.inject({
+            method: "POST",
+            url: "/upload",
+            payload: JSON.stringify(body),
+            headers: { "content-type": "application/json", ...auth },
+          });
           if (signed.statusCode === 200 && signed.json().upload === null) return; // this file already ran to a job
           expect(signed.statusCode, signed.body).toBeLessThan(300);
           const { document_id: docId, upload } = signed.json() as { document_id: string; upload: { path: string } };

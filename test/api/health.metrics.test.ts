@@ -49,7 +49,9 @@ describe("GET /metrics", () => {
   it("exposes the families, with jobs by state and webhook outcomes by reason", async () => {
     const job = await seedJob(ctx.db.pool, { status: "parse_queued" });
     await seedJob(ctx.db.pool, { status: "failed_embedding" });
-    await ctx.db.pool.query(`UPDATE upload_pipeline.upload_jobs SET progress = progress || '{"tokens": 500, "cost_usd": 0.01}'::jsonb WHERE job_id = $1`, [job.jobId]);
+    await ctx.db.pool.query(`UPDATE upload_pipeline.upload_jobs SET progress = progress || '{"tokens": 500, "cost_usd": 0.01}'::jsonb WHERE job_id = $1`, [
+      job.jobId,
+    ]);
     await ctx.t.app.inject(webhookRequest(parseEvent(job.parseJobId, { event_type: "parse.pending" }), job.secret));
     await ctx.t.app.inject(webhookRequest(parseEvent(job.parseJobId), "wrong-secret"));
     await ctx.t.app.inject(webhookRequest(parseEvent(job.parseJobId), job.secret, { contentType: "text/plain" }));
@@ -61,9 +63,14 @@ describe("GET /metrics", () => {
     expect(res.headers["content-type"]).toMatch(/^text\/plain/);
     const text = res.body;
     for (const family of [
-      "upload_pipeline_jobs", "upload_pipeline_stage_duration_seconds", "upload_pipeline_job_failures_total",
-      "upload_pipeline_manual_retries_total", "upload_pipeline_jobs_retry_scheduled", "upload_pipeline_embedding_tokens",
-      "upload_pipeline_cost_usd", "upload_pipeline_webhook_deliveries_total",
+      "upload_pipeline_jobs",
+      "upload_pipeline_stage_duration_seconds",
+      "upload_pipeline_job_failures_total",
+      "upload_pipeline_manual_retries_total",
+      "upload_pipeline_jobs_retry_scheduled",
+      "upload_pipeline_embedding_tokens",
+      "upload_pipeline_cost_usd",
+      "upload_pipeline_webhook_deliveries_total",
     ]) {
       expect(text).toContain(`# TYPE ${family} `);
     }

@@ -143,7 +143,9 @@ export function multipartBody(
     chunks.push(Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="${k}"\r\n\r\n${v}\r\n`));
   }
   if (file) {
-    chunks.push(Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="${fieldName}"; filename="${file.name}"\r\nContent-Type: ${file.type}\r\n\r\n`));
+    chunks.push(
+      Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="${fieldName}"; filename="${file.name}"\r\nContent-Type: ${file.type}\r\n\r\n`),
+    );
     chunks.push(Buffer.from(file.content));
     chunks.push(Buffer.from("\r\n"));
   }
@@ -201,7 +203,12 @@ export async function seedJob(
   for (const to of PIPELINE_STATES.slice(1, PIPELINE_STATES.indexOf(stop) + 1)) {
     await leased(pool, jobId, (fence) =>
       transition(pool, {
-        jobId, from, to, actor: to === "parsed" ? "reconciler" : "worker", fence, releaseLease: true,
+        jobId,
+        from,
+        to,
+        actor: to === "parsed" ? "reconciler" : "worker",
+        fence,
+        releaseLease: true,
         ...(to === "parse_queued" ? { parseJobId, webhookSecret: secret } : {}),
         ...(to === "embeddings_stored" && options.progress ? { progress: options.progress } : {}),
       }),
@@ -211,7 +218,12 @@ export async function seedJob(
   if (failed) {
     await leased(pool, jobId, (fence) =>
       transition(pool, {
-        jobId, from, to: target, actor: "worker", fence, releaseLease: true,
+        jobId,
+        from,
+        to: target,
+        actor: "worker",
+        fence,
+        releaseLease: true,
         lastError: { class: "permanent", code: "test_failure", message: "failed on purpose", stage: from, attempt: 1 },
       }),
     );

@@ -29,7 +29,8 @@ async function addChunks(documentId: string, n: number, vectors: number) {
 }
 
 const get = async (documentId: string, userId: string) => ctx.t.app.inject({ method: "GET", url: `/jobs/${documentId}`, headers: await bearer(userId) });
-const retry = async (documentId: string, userId: string) => ctx.t.app.inject({ method: "POST", url: `/jobs/${documentId}/retry`, headers: await bearer(userId) });
+const retry = async (documentId: string, userId: string) =>
+  ctx.t.app.inject({ method: "POST", url: `/jobs/${documentId}/retry`, headers: await bearer(userId) });
 
 describe("GET /jobs/{document_id}", () => {
   it("reports state, per-stage progress from buffer counts, cost and the timeline", async () => {
@@ -61,8 +62,14 @@ describe("GET /jobs/{document_id}", () => {
       cost: { tokens: 120, cost_usd: 0.0000024 },
     });
     expect(body.timeline.map((e: { from: string | null; to: string }) => `${e.from}→${e.to}`)).toEqual([
-      "null→uploaded", "uploaded→parse_queued", "parse_queued→parsed", "parsed→parse_validated", "parse_validated→chunking",
-      "chunking→chunks_stored", "chunks_stored→embedding_queued", "embedding_queued→embedding_in_progress",
+      "null→uploaded",
+      "uploaded→parse_queued",
+      "parse_queued→parsed",
+      "parsed→parse_validated",
+      "parse_validated→chunking",
+      "chunking→chunks_stored",
+      "chunks_stored→embedding_queued",
+      "embedding_queued→embedding_in_progress",
     ]);
     expect(body.timeline[0]).toMatchObject({ actor: "api", attempt: 0 });
     expect(body).not.toHaveProperty("webhook_secret");
@@ -100,7 +107,9 @@ describe("GET /jobs/{document_id}", () => {
   it("a document awaiting its signed upload has status null", async () => {
     const user = randomUUID();
     const res = await ctx.t.app.inject({
-      method: "POST", url: "/upload", headers: { "content-type": "application/json", ...(await bearer(user)) },
+      method: "POST",
+      url: "/upload",
+      headers: { "content-type": "application/json", ...(await bearer(user)) },
       payload: JSON.stringify({ filename: "a.pdf", mime: "application/pdf", bytes: 3, sha256: sha256(randomUUID()) }),
     });
     const body = (await get(res.json().document_id, user)).json();
@@ -125,25 +134,37 @@ describe("POST /jobs/{document_id}/retry", () => {
     const res = await retry(job.documentId, job.userId);
     expect(res.statusCode, res.body).toBe(200);
     expect(res.json()).toEqual({ document_id: job.documentId, job_id: job.jobId, status: from, retried_from: failed, attempts: 0 });
-    const { rows } = await ctx.db.pool.query("SELECT status, attempts, last_error, locked_by, next_attempt_at <= now() AS due FROM upload_pipeline.upload_jobs WHERE job_id = $1", [job.jobId]);
+    const { rows } = await ctx.db.pool.query(
+      "SELECT status, attempts, last_error, locked_by, next_attempt_at <= now() AS due FROM upload_pipeline.upload_jobs WHERE job_id = $1",
+      [job.jobId],
+    );
     expect(rows[0]).toEqual({ status: from, attempts: 0, last_error: null, locked_by: null, due: true });
-    const ev = await ctx.db.pool.query("SELECT from_status, to_status, lease_token, detail FROM upload_pipeline.job_events WHERE job_id = $1 ORDER BY id DESC LIMIT 1", [job.jobId]);
+    const ev = await ctx.db.pool.query(
+      "SELECT from_status, to_status, lease_token, detail FROM upload_pipeline.job_events WHERE job_id = $1 ORDER BY id DESC LIMIT 1",
+      [job.jobId],
+    );
     expect(ev.rows[0]).toMatchObject({ from_status: failed, to_status: from, lease_token: null, detail: { actor: "operator", retried_from: failed } });
     const chunks = await ctx.db.pool.query("SELECT count(*) FROM upload_pipeline.document_chunk_buffer WHERE document_id = $1", [job.documentId]);
     expect(chunks.rows[0].count).toBe("3");
   });
 
-  it.each(["uploaded", "parse_queued", "parsed"] as const)("a manual retry after failed parse re-parses: from failed_parse (failed in %s) back to uploaded, the old submission forgotten", async (failedFrom) => {
-    const job = await seedJob(ctx.db.pool, { status: "failed_parse", failedFrom });
-    const intent = { started_at: new Date().toISOString(), submission: randomUUID() };
-    await ctx.db.pool.query("UPDATE upload_pipeline.upload_jobs SET progress = progress || jsonb_build_object('parse_submit', $2::jsonb) WHERE job_id = $1", [job.jobId, intent]);
-    const res = await retry(job.documentId, job.userId);
-    expect(res.statusCode, res.body).toBe(200);
-    expect(res.json()).toMatchObject({ status: "uploaded", retried_from: "failed_parse", attempts: 0 });
-    const { rows } = await ctx.db.pool.query("SELECT status, attempts, last_error, progress FROM upload_pipeline.upload_jobs WHERE job_id = $1", [job.jobId]);
-    expect(rows[0]).toMatchObject({ status: "uploaded", attempts: 0, last_error: null });
-    expect(rows[0].progress.parse_submit).toBeNull();
-  });
+  it.each(["uploaded", "parse_queued", "parsed"] as const)(
+    "a manual retry after failed parse re-parses: from failed_parse (failed in %s) back to uploaded, the old submission forgotten",
+    async (failedFrom) => {
+      const job = await seedJob(ctx.db.pool, { status: "failed_parse", failedFrom });
+      const intent = { started_at: new Date().toISOString(), submission: randomUUID() };
+      await ctx.db.pool.query("UPDATE upload_pipeline.upload_jobs SET progress = progress || jsonb_build_object('parse_submit', $2::jsonb) WHERE job_id = $1", [
+        job.jobId,
+        intent,
+      ]);
+      const res = await retry(job.documentId, job.userId);
+      expect(res.statusCode, res.body).toBe(200);
+      expect(res.json()).toMatchObject({ status: "uploaded", retried_from: "failed_parse", attempts: 0 });
+      const { rows } = await ctx.db.pool.query("SELECT status, attempts, last_error, progress FROM upload_pipeline.upload_jobs WHERE job_id = $1", [job.jobId]);
+      expect(rows[0]).toMatchObject({ status: "uploaded", attempts: 0, last_error: null });
+      expect(rows[0].progress.parse_submit).toBeNull();
+    },
+  );
 
   it("is refused with 409 unless the job is in a failed_* state, and changes nothing", async () => {
     for (const status of ["uploaded", "parse_queued", "chunks_stored", "complete"] as const) {
@@ -160,7 +181,9 @@ describe("POST /jobs/{document_id}/retry", () => {
     const job = await seedJob(ctx.db.pool, { status: "failed_parse", failedFrom: "parsed" });
     const answers = await Promise.all([retry(job.documentId, job.userId), retry(job.documentId, job.userId)]);
     expect(answers.map((a) => a.statusCode).sort()).toEqual([200, 409]);
-    const { rows } = await ctx.db.pool.query("SELECT count(*) FROM upload_pipeline.job_events WHERE job_id = $1 AND detail->>'actor' = 'operator'", [job.jobId]);
+    const { rows } = await ctx.db.pool.query("SELECT count(*) FROM upload_pipeline.job_events WHERE job_id = $1 AND detail->>'actor' = 'operator'", [
+      job.jobId,
+    ]);
     expect(rows[0].count).toBe("1");
   });
 });

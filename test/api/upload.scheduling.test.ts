@@ -64,7 +64,12 @@ describe("upload scheduling fields", () => {
     const user = randomUUID();
     const content = `%PDF-1.7 signed ${randomUUID()}`;
     const body = { filename: "p.pdf", mime: "application/pdf", bytes: content.length, sha256: sha256(content), priority: "bulk" };
-    const first = await ctx.t.app.inject({ method: "POST", url: "/upload", payload: JSON.stringify(body), headers: { "content-type": "application/json", ...(await bearer(user)) } });
+    const first = await ctx.t.app.inject({
+      method: "POST",
+      url: "/upload",
+      payload: JSON.stringify(body),
+      headers: { "content-type": "application/json", ...(await bearer(user)) },
+    });
     expect(first.statusCode, first.body).toBe(201);
     const doc = documentId(user, sha256(content));
     ctx.t.store.put(first.json().upload.path, content);

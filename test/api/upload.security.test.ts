@@ -99,11 +99,19 @@ describe("signed upload: finalize checks what was stored, not what was declared"
 
   it("more bytes than declared (under the limit): 413 naming 'bytes'; fewer: 400 size_mismatch; both remove the object", async () => {
     const declared = pdf(`declared ${randomUUID()}`);
-    const more = await signAndPut({ bytes: declared.length, sha256: sha256(declared), mime: "application/pdf" }, Buffer.concat([declared, Buffer.from("extra")]), "application/pdf");
+    const more = await signAndPut(
+      { bytes: declared.length, sha256: sha256(declared), mime: "application/pdf" },
+      Buffer.concat([declared, Buffer.from("extra")]),
+      "application/pdf",
+    );
     expect(await refusedWithoutTrace(() => finalize(more.user, more.docId), 413, "file_too_large")).toContain("'bytes'");
     expect(await storage.info(more.path)).toBeNull();
 
-    const fewer = await signAndPut({ bytes: declared.length, sha256: sha256(declared), mime: "application/pdf" }, declared.subarray(0, declared.length - 3), "application/pdf");
+    const fewer = await signAndPut(
+      { bytes: declared.length, sha256: sha256(declared), mime: "application/pdf" },
+      declared.subarray(0, declared.length - 3),
+      "application/pdf",
+    );
     expect(await refusedWithoutTrace(() => finalize(fewer.user, fewer.docId), 400, "size_mismatch")).toContain("bytes");
     expect(await storage.info(fewer.path)).toBeNull();
   });
@@ -112,7 +120,11 @@ describe("signed upload: finalize checks what was stored, not what was declared"
     const declared = pdf(`right ${randomUUID()}`);
     const wrong = Buffer.from(declared);
     wrong[wrong.length - 2] = 0x21;
-    const { user, docId, path, token } = await signAndPut({ bytes: declared.length, sha256: sha256(declared), mime: "application/pdf" }, wrong, "application/pdf");
+    const { user, docId, path, token } = await signAndPut(
+      { bytes: declared.length, sha256: sha256(declared), mime: "application/pdf" },
+      wrong,
+      "application/pdf",
+    );
     expect(await refusedWithoutTrace(() => finalize(user, docId), 400, "checksum_mismatch")).toContain("sha256");
     expect(await storage.info(path)).toBeNull();
 
@@ -125,7 +137,11 @@ describe("signed upload: finalize checks what was stored, not what was declared"
 
   it("a PUT after finalize is refused by Storage (the URL was signed without upsert), and the object stays what was checked", async () => {
     const declared = pdf(`final ${randomUUID()}`);
-    const { user, docId, path, token } = await signAndPut({ bytes: declared.length, sha256: sha256(declared), mime: "application/pdf" }, declared, "application/pdf");
+    const { user, docId, path, token } = await signAndPut(
+      { bytes: declared.length, sha256: sha256(declared), mime: "application/pdf" },
+      declared,
+      "application/pdf",
+    );
     expect((await finalize(user, docId)).statusCode).toBe(201);
     // storage-js sends x-upsert: true here; only the token counts.
     const overwrite = await put(path, token, ELF, "application/pdf", true);
@@ -192,7 +208,9 @@ describe("direct upload: content, not labels", () => {
   });
 
   it("binary bytes declared as text are 415; HTML declared as text/html is accepted", async () => {
-    expect(await refusedWithoutTrace(() => direct({ name: "notes.md", type: "text/markdown", content: ELF }), 415, "content_mismatch")).toContain("text/markdown");
+    expect(await refusedWithoutTrace(() => direct({ name: "notes.md", type: "text/markdown", content: ELF }), 415, "content_mismatch")).toContain(
+      "text/markdown",
+    );
     const html = await direct({ name: "page.html", type: "text/html", content: `<!DOCTYPE html><html><body><p>${randomUUID()}</p></body></html>` });
     expect(html.statusCode, html.body).toBe(201);
   });
@@ -212,10 +230,17 @@ describe("direct upload: content, not labels", () => {
       scan,
       Buffer.from(`\r\n--${boundary}--\r\n`),
     ]);
-    const bare = await app.inject({ method: "POST", url: "/upload", payload, headers: { "content-type": `multipart/form-data; boundary=${boundary}`, ...(await bearer(randomUUID())) } });
+    const bare = await app.inject({
+      method: "POST",
+      url: "/upload",
+      payload,
+      headers: { "content-type": `multipart/form-data; boundary=${boundary}`, ...(await bearer(randomUUID())) },
+    });
     expect(bare.statusCode, bare.body).toBe(201);
     expect(bare.json().mime).toBe("application/pdf");
     // Unlabelled bytes that are none of the allowed types: 415 naming what they are.
-    expect(await refusedWithoutTrace(() => direct({ name: "tool", type: "application/octet-stream", content: ELF }), 415, "unsupported_mime")).toContain("application/x-elf");
+    expect(await refusedWithoutTrace(() => direct({ name: "tool", type: "application/octet-stream", content: ELF }), 415, "unsupported_mime")).toContain(
+      "application/x-elf",
+    );
   });
 });

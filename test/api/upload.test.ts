@@ -33,12 +33,28 @@ describe("POST /upload (multipart)", () => {
     expect(res.statusCode, res.body).toBe(201);
     const doc = documentId(user, sha256(content));
     expect(res.json()).toMatchObject({
-      document_id: doc, job_id: jobId(doc), status: "uploaded", filename: "report.pdf", mime: "application/pdf",
-      bytes: Buffer.byteLength(content), sha256: sha256(content), raw_path: `${user}/raw/${doc}/report.pdf`,
+      document_id: doc,
+      job_id: jobId(doc),
+      status: "uploaded",
+      filename: "report.pdf",
+      mime: "application/pdf",
+      bytes: Buffer.byteLength(content),
+      sha256: sha256(content),
+      raw_path: `${user}/raw/${doc}/report.pdf`,
     });
     expect(new TextDecoder().decode(ctx.t.store.objects.get(`${user}/raw/${doc}/report.pdf`)!.bytes)).toBe(content);
-    const { rows: docs } = await ctx.db.pool.query("SELECT user_id, filename, mime, bytes, file_sha256, raw_path FROM upload_pipeline.documents WHERE document_id = $1", [doc]);
-    expect(docs[0]).toEqual({ user_id: user, filename: "report.pdf", mime: "application/pdf", bytes: String(Buffer.byteLength(content)), file_sha256: sha256(content), raw_path: `${user}/raw/${doc}/report.pdf` });
+    const { rows: docs } = await ctx.db.pool.query(
+      "SELECT user_id, filename, mime, bytes, file_sha256, raw_path FROM upload_pipeline.documents WHERE document_id = $1",
+      [doc],
+    );
+    expect(docs[0]).toEqual({
+      user_id: user,
+      filename: "report.pdf",
+      mime: "application/pdf",
+      bytes: String(Buffer.byteLength(content)),
+      file_sha256: sha256(content),
+      raw_path: `${user}/raw/${doc}/report.pdf`,
+    });
     const { rows: events } = await ctx.db.pool.query("SELECT from_status, to_status FROM upload_pipeline.job_events WHERE job_id = $1", [jobId(doc)]);
     expect(events).toEqual([{ from_status: null, to_status: "uploaded" }]);
   });
@@ -92,7 +108,11 @@ describe("POST /upload (multipart)", () => {
     expect(part.statusCode).toBe(201);
     expect(part.json().raw_path).toMatch(/^[0-9a-f-]{36}\/raw\/[0-9a-f-]{36}\/pass_wd_rm_-rf\.pdf$/);
     // ...and the filename field goes through our own sanitiser.
-    const field = await upload(randomUUID(), { name: "x.pdf", type: "application/pdf", content: `%PDF-1.7 ${randomUUID()}` }, { filename: "..\\..\\évil 'name'.pdf" });
+    const field = await upload(
+      randomUUID(),
+      { name: "x.pdf", type: "application/pdf", content: `%PDF-1.7 ${randomUUID()}` },
+      { filename: "..\\..\\évil 'name'.pdf" },
+    );
     expect(field.statusCode).toBe(201);
     expect(field.json().filename).toBe("..\\..\\évil 'name'.pdf");
     expect(field.json().raw_path).toMatch(/\/raw\/[0-9a-f-]{36}\/evil_name_\.pdf$/);
@@ -101,7 +121,11 @@ describe("POST /upload (multipart)", () => {
   });
 
   it("refuses a file over UPLOAD_MAX_BYTES with 413 naming the limit", async () => {
-    const msg = await expectUnchanged(() => upload(randomUUID(), { name: "big.pdf", type: "application/pdf", content: "x".repeat(5000) }), 413, "file_too_large");
+    const msg = await expectUnchanged(
+      () => upload(randomUUID(), { name: "big.pdf", type: "application/pdf", content: "x".repeat(5000) }),
+      413,
+      "file_too_large",
+    );
     expect(msg).toContain("4096 bytes (UPLOAD_MAX_BYTES)");
   });
 
@@ -125,7 +149,12 @@ describe("POST /upload (multipart)", () => {
   });
 
   it("refuses other content types with 415", async () => {
-    const res = await ctx.t.app.inject({ method: "POST", url: "/upload", payload: "hello", headers: { "content-type": "text/plain", ...(await bearer(randomUUID())) } });
+    const res = await ctx.t.app.inject({
+      method: "POST",
+      url: "/upload",
+      payload: "hello",
+      headers: { "content-type": "text/plain", ...(await bearer(randomUUID())) },
+    });
     expect(res.statusCode).toBe(415);
     expect(res.json().error.message).toContain("multipart/form-data");
   });
@@ -140,7 +169,12 @@ describe("POST /upload (multipart)", () => {
 
 describe("POST /upload (signed URL) and finalize", () => {
   const request = async (user: string, body: unknown) =>
-    ctx.t.app.inject({ method: "POST", url: "/upload", payload: JSON.stringify(body), headers: { "content-type": "application/json", ...(await bearer(user)) } });
+    ctx.t.app.inject({
+      method: "POST",
+      url: "/upload",
+      payload: JSON.stringify(body),
+      headers: { "content-type": "application/json", ...(await bearer(user)) },
+    });
 
   it("creates the document, hands out a signed upload URL, and finalize creates the job once the object exists", async () => {
     const user = randomUUID();
@@ -151,7 +185,12 @@ describe("POST /upload (signed URL) and finalize", () => {
 
     const first = await request(user, body);
     expect(first.statusCode, first.body).toBe(201);
-    expect(first.json()).toMatchObject({ document_id: doc, job_id: jobId(doc), status: null, upload: { path, token: expect.any(String), signed_url: expect.stringContaining(path) } });
+    expect(first.json()).toMatchObject({
+      document_id: doc,
+      job_id: jobId(doc),
+      status: null,
+      upload: { path, token: expect.any(String), signed_url: expect.stringContaining(path) },
+    });
     const again = await request(user, body);
     expect(again.statusCode).toBe(200);
     expect(again.json().document_id).toBe(doc);
@@ -210,7 +249,12 @@ describe("POST /upload (signed URL) and finalize", () => {
     expect(await expectUnchanged(() => request(user, { mime: "application/pdf" }), 400, "invalid_request")).toContain("filename");
     expect(await expectUnchanged(() => request(user, { ...good, bytes: 4097 }), 413, "file_too_large")).toContain("4096");
     expect(await expectUnchanged(() => request(user, { ...good, mime: "image/png" }), 415, "unsupported_mime")).toContain("image/png");
-    await expectUnchanged(async () => ctx.t.app.inject({ method: "POST", url: "/upload", payload: "{oops", headers: { "content-type": "application/json", ...(await bearer(user)) } }), 400, "invalid_json");
+    await expectUnchanged(
+      async () =>
+        ctx.t.app.inject({ method: "POST", url: "/upload", payload: "{oops", headers: { "content-type": "application/json", ...(await bearer(user)) } }),
+      400,
+      "invalid_json",
+    );
   });
 
   it("finalize of an unknown or malformed id: 404 / 400", async () => {

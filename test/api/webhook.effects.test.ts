@@ -11,8 +11,7 @@ const ctx = useTestApp();
 
 const status = async (jobId: string) =>
   (await ctx.db.pool.query("SELECT status, last_error, lease_token FROM upload_pipeline.upload_jobs WHERE job_id = $1", [jobId])).rows[0];
-const logRow = async (eventId: string) =>
-  (await ctx.db.pool.query("SELECT * FROM upload_pipeline.webhook_log WHERE delivery_key = $1", [eventId])).rows[0];
+const logRow = async (eventId: string) => (await ctx.db.pool.query("SELECT * FROM upload_pipeline.webhook_log WHERE delivery_key = $1", [eventId])).rows[0];
 
 describe("webhook: accepted deliveries", () => {
   it("parse.success is recorded and handed to intake with the job's ids, after the answer", async () => {
@@ -22,7 +21,13 @@ describe("webhook: accepted deliveries", () => {
     expect(res.statusCode).toBe(200);
     expect(res.json()).toEqual({ received: true, outcome: "handed_off" });
     await new Promise((r) => setTimeout(r, 20));
-    expect(ctx.t.intake.at(-1)).toMatchObject({ jobId: job.jobId, documentId: job.documentId, parseJobId: job.parseJobId, eventId: event.event_id, eventType: "parse.success" });
+    expect(ctx.t.intake.at(-1)).toMatchObject({
+      jobId: job.jobId,
+      documentId: job.documentId,
+      parseJobId: job.parseJobId,
+      eventId: event.event_id,
+      eventType: "parse.success",
+    });
     expect(await logRow(event.event_id)).toMatchObject({ job_id: job.jobId, parse_job_id: job.parseJobId, event_type: "parse.success", outcome: "handed_off" });
     // The webhook itself moves nothing on success: intake does.
     expect((await status(job.jobId)).status).toBe("parse_queued");
@@ -42,8 +47,16 @@ describe("webhook: accepted deliveries", () => {
     const row = await status(job.jobId);
     expect(row.status).toBe("failed_parse");
     expect(row.last_error).toMatchObject({ class: "permanent", stage: "parse_queued" });
-    const { rows } = await ctx.db.pool.query("SELECT from_status, to_status, worker_id, lease_token, detail FROM upload_pipeline.job_events WHERE job_id = $1 ORDER BY id DESC LIMIT 1", [job.jobId]);
-    expect(rows[0]).toMatchObject({ from_status: "parse_queued", to_status: "failed_parse", lease_token: null, detail: { actor: "webhook", event_id: event.event_id } });
+    const { rows } = await ctx.db.pool.query(
+      "SELECT from_status, to_status, worker_id, lease_token, detail FROM upload_pipeline.job_events WHERE job_id = $1 ORDER BY id DESC LIMIT 1",
+      [job.jobId],
+    );
+    expect(rows[0]).toMatchObject({
+      from_status: "parse_queued",
+      to_status: "failed_parse",
+      lease_token: null,
+      detail: { actor: "webhook", event_id: event.event_id },
+    });
   });
 
   it.each(["parse.pending", "parse.running"])("%s is recorded and changes nothing else", async (eventType) => {
@@ -70,7 +83,10 @@ describe("webhook: accepted deliveries", () => {
 
   it("a job leased right now (the reconciler) is not failed under it", async () => {
     const job = await seedJob(ctx.db.pool);
-    await ctx.db.pool.query("UPDATE upload_pipeline.upload_jobs SET locked_by = 'reconciler', lease_token = gen_random_uuid(), lease_expires_at = now() + interval '1 minute' WHERE job_id = $1", [job.jobId]);
+    await ctx.db.pool.query(
+      "UPDATE upload_pipeline.upload_jobs SET locked_by = 'reconciler', lease_token = gen_random_uuid(), lease_expires_at = now() + interval '1 minute' WHERE job_id = $1",
+      [job.jobId],
+    );
     const res = await ctx.t.app.inject(webhookRequest(parseEvent(job.parseJobId, { event_type: "parse.error" }), job.secret));
     expect(res.json()).toEqual({ received: true, outcome: "not_applicable" });
     expect((await status(job.jobId)).status).toBe("parse_queued");

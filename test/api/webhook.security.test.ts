@@ -118,7 +118,17 @@ describe("webhook: refused deliveries change nothing", () => {
   });
 
   it("hostile strings in every field are refused or stored as plain data", async () => {
-    const hostile = ["'; DROP TABLE upload_pipeline.upload_jobs; --", "\u0000", "<script>alert(1)</script>", "../../etc/passwd", "𝕏".repeat(300), "%00%0d%0a", "\r\nSet-Cookie: x=1", "{{7*7}}", "$(rm -rf /)"];
+    const hostile = [
+      "'; DROP TABLE upload_pipeline.upload_jobs; --",
+      "\u0000",
+      "<script>alert(1)</script>",
+      "../../etc/passwd",
+      "𝕏".repeat(300),
+      "%00%0d%0a",
+      "\r\nSet-Cookie: x=1",
+      "{{7*7}}",
+      "$(rm -rf /)",
+    ];
     for (const s of hostile) {
       for (const overrides of [{ event_id: s }, { event_type: s }, { data: { id: s, job_id: s } }, { timestamp: s }]) {
         const before = await snapshot(ctx.db.pool);
@@ -160,7 +170,9 @@ describe("webhook: duplicates and replays", () => {
     expect(first.json()).toEqual({ received: true, outcome: "failed_parse" });
     const before = await snapshot(ctx.db.pool);
     // LlamaParse did not see our answer and retries: same event_id, re-signed with a new timestamp.
-    const resigned = await ctx.t.app.inject(webhookRequest({ ...event, timestamp: event.timestamp + 3 }, job.secret, { headers: { [JOB_ID_HEADER]: job.jobId } }));
+    const resigned = await ctx.t.app.inject(
+      webhookRequest({ ...event, timestamp: event.timestamp + 3 }, job.secret, { headers: { [JOB_ID_HEADER]: job.jobId } }),
+    );
     expect(resigned.statusCode).toBe(200);
     expect(resigned.json()).toEqual({ received: true, duplicate: true });
     expect(await snapshot(ctx.db.pool)).toEqual(before);

@@ -20,21 +20,42 @@ export async function chunksOf(
 export { fromArray, splitAt } from "../support/streams.ts";
 
 const word = fc.oneof(
-  { weight: 6, arbitrary: fc.constantFrom("the", "quick", "Brown", "fox", "jumps", "over", "lazy", "dog", "über", "naïve", "Cafe\u0301", "co-operate", "1234567", "a") },
+  {
+    weight: 6,
+    arbitrary: fc.constantFrom("the", "quick", "Brown", "fox", "jumps", "over", "lazy", "dog", "über", "naïve", "Cafe\u0301", "co-operate", "1234567", "a"),
+  },
   { weight: 2, arbitrary: fc.constantFrom("end.", "really?", "wow!", "(see above).", "“quoted.”", "etc…", "x:") },
-  { weight: 1, arbitrary: fc.constantFrom("漢字かな交じり文", "😀🎉", "<|endoftext|>", "https://example.com/a/very/long/path?with=query&and=more", "x".repeat(41), "a\u0301".repeat(12)) },
+  {
+    weight: 1,
+    arbitrary: fc.constantFrom(
+      "漢字かな交じり文",
+      "😀🎉",
+      "<|endoftext|>",
+      "https://example.com/a/very/long/path?with=query&and=more",
+      "x".repeat(41),
+      "a\u0301".repeat(12),
+    ),
+  },
   { weight: 1, arbitrary: fc.string({ unit: "binary", minLength: 1, maxLength: 30 }).map((s) => s.replace(/\s/g, "") || "z") },
 );
 const words = (min: number, max: number) => fc.array(word, { minLength: min, maxLength: max }).map((ws) => ws.join(" "));
 
-const heading = fc.tuple(fc.integer({ min: 1, max: 6 }), words(1, 6), fc.boolean()).map(
-  ([level, text, closing]) => `${"#".repeat(level)} ${text}${closing ? " ##" : ""}`,
-);
+const heading = fc
+  .tuple(fc.integer({ min: 1, max: 6 }), words(1, 6), fc.boolean())
+  .map(([level, text, closing]) => `${"#".repeat(level)} ${text}${closing ? " ##" : ""}`);
 const paragraph = fc.array(fc.tuple(words(1, 40), fc.constantFrom(" ", "\n", "  \n")), { minLength: 1, maxLength: 8 }).map((ls) =>
-  ls.map(([l, sep]) => l + sep).join("").trimEnd(),
+  ls
+    .map(([l, sep]) => l + sep)
+    .join("")
+    .trimEnd(),
 );
 const fence = fc
-  .tuple(fc.constantFrom("```", "````", "~~~"), fc.constantFrom("", "ts", "python"), fc.array(fc.oneof(words(0, 12), fc.constant("# not a heading"), fc.constant("")), { maxLength: 30 }), fc.boolean())
+  .tuple(
+    fc.constantFrom("```", "````", "~~~"),
+    fc.constantFrom("", "ts", "python"),
+    fc.array(fc.oneof(words(0, 12), fc.constant("# not a heading"), fc.constant("")), { maxLength: 30 }),
+    fc.boolean(),
+  )
   .map(([f, lang, lines, closed]) => [f + lang, ...lines, ...(closed ? [f] : [])].join("\n"));
 const list = fc.array(words(1, 12), { minLength: 1, maxLength: 8 }).map((items) => items.map((i) => `- ${i}`).join("\n"));
 const pageMark = fc.integer({ min: 1, max: 500 }).map((n) => `<!-- page: ${n} -->`);

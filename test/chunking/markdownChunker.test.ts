@@ -1,12 +1,6 @@
 import { describe, expect, test } from "vitest";
 import { countTokens } from "../../src/clients/tokens.ts";
-import {
-  CHUNKER_NAME,
-  CHUNKER_VERSION,
-  ChunkerOptions,
-  chunkMarkdown,
-  pageMarker,
-} from "../../src/chunking/markdownChunker.ts";
+import { CHUNKER_NAME, CHUNKER_VERSION, ChunkerOptions, chunkMarkdown, pageMarker } from "../../src/chunking/markdownChunker.ts";
 import { normalize } from "../../src/text/normalize.ts";
 import { chunksOf, expectContract } from "./helpers.ts";
 
@@ -179,7 +173,12 @@ describe("chunkMarkdown: long paragraphs and overlap", () => {
     const blob = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0123456789+/".repeat(200);
     const chunks = await chunksOf([`Data: ${blob} end`], { maxTokens: 64, overlapTokens: 0 });
     expectContract(normalize(`Data: ${blob} end`), chunks, 64, 0);
-    expect(chunks.map((c) => c.text).join("").replace(/\s/g, "")).toBe(`Data:${blob}end`);
+    expect(
+      chunks
+        .map((c) => c.text)
+        .join("")
+        .replace(/\s/g, ""),
+    ).toBe(`Data:${blob}end`);
   });
 
   test("unspaced CJK text and emoji split without breaking surrogate pairs", async () => {

@@ -55,7 +55,6 @@ const submitInput = {
   webhookSecret: "whsec-per-job-secret-0123456789",
 };
 
-
 describe("submitParse", () => {
   it("posts multipart `file` + `configuration` (one JSON string) and returns the job id", async () => {
     server.use(uploadHandler);
@@ -115,7 +114,13 @@ describe("getParseJob", () => {
   it("asks for expand=markdown and returns the pages in order, failed pages apart", async () => {
     server.use(
       http.get(`${BASE}/api/v2/parse/:id`, ({ request, params }) => {
-        received = { authorization: request.headers.get("authorization"), parts: [], file: undefined, configuration: undefined, query: new URL(request.url).searchParams };
+        received = {
+          authorization: request.headers.get("authorization"),
+          parts: [],
+          file: undefined,
+          configuration: undefined,
+          query: new URL(request.url).searchParams,
+        };
         return HttpResponse.json({
           job: { id: params.id, project_id: "proj-1", status: "COMPLETED", error_message: null, created_at: "2025-01-01T00:00:00Z" },
           markdown: {
@@ -155,7 +160,10 @@ describe("getParseJob", () => {
 
   it("a malformed answer is a transient llamaparse_bad_response, not an empty document", async () => {
     server.use(http.get(`${BASE}/api/v2/parse/:id`, () => HttpResponse.json({ job: { id: JOB_ID, status: "DONE" } })));
-    expect(await rejectionOf(client().getParseJob(JOB_ID, { expand: ["markdown"] }))).toMatchObject({ code: "llamaparse_bad_response", errorClass: "transient" });
+    expect(await rejectionOf(client().getParseJob(JOB_ID, { expand: ["markdown"] }))).toMatchObject({
+      code: "llamaparse_bad_response",
+      errorClass: "transient",
+    });
   });
 });
 
@@ -221,7 +229,11 @@ describe("error mapping", () => {
 
   it("429 → transient, with retryAfterMs only if a header says", async () => {
     failWith(429, { detail: "Too many requests" });
-    expect(await rejectionOf(client().getParseJob(JOB_ID))).toMatchObject({ code: "llamaparse_rate_limited", errorClass: "transient", retryAfterMs: undefined });
+    expect(await rejectionOf(client().getParseJob(JOB_ID))).toMatchObject({
+      code: "llamaparse_rate_limited",
+      errorClass: "transient",
+      retryAfterMs: undefined,
+    });
     server.use(http.get(`${BASE}/api/v2/parse/:id`, () => HttpResponse.json({ detail: "slow down" }, { status: 429, headers: { "retry-after": "2" } })));
     expect((await rejectionOf(client().getParseJob(JOB_ID))).retryAfterMs).toBe(2000);
   });

@@ -55,9 +55,7 @@ function embeddingsOk(extraHeaders: Record<string, string> = {}) {
 }
 
 function openaiError(status: number, error: { message: string; type: string; code: string | null; param?: null }, headers: Record<string, string> = {}) {
-  return http.post(`${BASE}/embeddings`, () =>
-    HttpResponse.json({ error: { param: null, ...error } }, { status, headers: { ...RATE_HEADERS, ...headers } }),
-  );
+  return http.post(`${BASE}/embeddings`, () => HttpResponse.json({ error: { param: null, ...error } }, { status, headers: { ...RATE_HEADERS, ...headers } }));
 }
 
 const server = setupServer();
@@ -122,7 +120,12 @@ describe("embed", () => {
     const c = createEmbeddingsClient({ apiKey: API_KEY, baseURL: BASE, model: "text-embedding-3-large", dimensions: 256 });
     server.use(
       http.post(`${BASE}/embeddings`, () =>
-        HttpResponse.json({ object: "list", data: [{ object: "embedding", index: 0, embedding: [1, 2, 3, 4] }], model: "m", usage: { prompt_tokens: 1, total_tokens: 1 } }),
+        HttpResponse.json({
+          object: "list",
+          data: [{ object: "embedding", index: 0, embedding: [1, 2, 3, 4] }],
+          model: "m",
+          usage: { prompt_tokens: 1, total_tokens: 1 },
+        }),
       ),
     );
     expect(await rejectionOf(c.embed(["a"]))).toMatchObject({ code: "openai_bad_response", errorClass: "transient" });
@@ -157,9 +160,7 @@ describe("embed", () => {
 
   it("rejects an answer with the wrong number of embeddings as a transient bad response", async () => {
     server.use(
-      http.post(`${BASE}/embeddings`, () =>
-        HttpResponse.json({ object: "list", data: [], model: "m", usage: { prompt_tokens: 1, total_tokens: 1 } }),
-      ),
+      http.post(`${BASE}/embeddings`, () => HttpResponse.json({ object: "list", data: [], model: "m", usage: { prompt_tokens: 1, total_tokens: 1 } })),
     );
     const err = await rejectionOf(client().embed(["a"]));
     expect(err).toMatchObject({ code: "openai_bad_response", errorClass: "transient" });
@@ -171,7 +172,12 @@ describe("error mapping", () => {
     server.use(
       openaiError(
         429,
-        { message: "Rate limit reached for text-embedding-3-small on tokens per min (TPM): Limit 1000000, Used 999000, Requested 5000. Please try again in 2.812s.", type: "tokens", code: "rate_limit_exceeded" },
+        {
+          message:
+            "Rate limit reached for text-embedding-3-small on tokens per min (TPM): Limit 1000000, Used 999000, Requested 5000. Please try again in 2.812s.",
+          type: "tokens",
+          code: "rate_limit_exceeded",
+        },
         { "retry-after-ms": "1500", "retry-after": "3" },
       ),
     );
@@ -180,14 +186,17 @@ describe("error mapping", () => {
   });
 
   it("429 without retry-after-ms → retry-after seconds", async () => {
-    server.use(openaiError(429, { message: "Rate limit reached. Please try again in 2.812s.", type: "requests", code: "rate_limit_exceeded" }, { "retry-after": "3" }));
+    server.use(
+      openaiError(429, { message: "Rate limit reached. Please try again in 2.812s.", type: "requests", code: "rate_limit_exceeded" }, { "retry-after": "3" }),
+    );
     expect((await rejectionOf(client().embed(["a"]))).retryAfterMs).toBe(3000);
   });
 
   it("429 without headers → the 'Please try again in …' sentence", async () => {
     server.use(
       openaiError(429, {
-        message: "Rate limit reached for text-embedding-3-small on tokens per min (TPM): Limit 1000000, Used 999000, Requested 5000. Please try again in 2.812s. Visit https://platform.openai.com/account/rate-limits to learn more.",
+        message:
+          "Rate limit reached for text-embedding-3-small on tokens per min (TPM): Limit 1000000, Used 999000, Requested 5000. Please try again in 2.812s. Visit https://platform.openai.com/account/rate-limits to learn more.",
         type: "tokens",
         code: "rate_limit_exceeded",
       }),
@@ -230,7 +239,11 @@ describe("error mapping", () => {
 
   it("401 → permanent, and the key never appears in the message", async () => {
     server.use(
-      openaiError(401, { message: `Incorrect API key provided: ${API_KEY}. You can find your API key at https://platform.openai.com/account/api-keys.`, type: "invalid_request_error", code: "invalid_api_key" }),
+      openaiError(401, {
+        message: `Incorrect API key provided: ${API_KEY}. You can find your API key at https://platform.openai.com/account/api-keys.`,
+        type: "invalid_request_error",
+        code: "invalid_api_key",
+      }),
     );
     const err = await rejectionOf(client().embed(["a"]));
     expect(err).toMatchObject({ code: "openai_unauthorized", errorClass: "permanent", status: 401 });

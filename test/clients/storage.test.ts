@@ -39,7 +39,12 @@ const handlers = [
     if (!key.startsWith(`${BUCKET}/`)) return storageError("404", "NoSuchBucket", "Bucket not found", "Bucket not found");
     const obj = objects.get(key);
     if (!obj) return notFound();
-    return HttpResponse.json({ id: "00000000-0000-4000-8000-000000000001", name: key.slice(BUCKET.length + 1), size: obj.bytes.length, content_type: obj.contentType });
+    return HttpResponse.json({
+      id: "00000000-0000-4000-8000-000000000001",
+      name: key.slice(BUCKET.length + 1),
+      size: obj.bytes.length,
+      content_type: obj.contentType,
+    });
   }),
   http.post(`${BASE}/object/upload/sign/*`, ({ request }) => {
     const key = keyOf(request.url, "object/upload/sign/");
@@ -76,7 +81,6 @@ afterEach(() => server.resetHandlers());
 afterAll(() => server.close());
 
 const storage = (key = KEY): ObjectStorage => createStorageClient({ supabaseUrl: `${SUPABASE_URL}/`, serviceRoleKey: key, bucket: BUCKET });
-
 
 const text = (s: string) => new TextEncoder().encode(s);
 
@@ -196,7 +200,9 @@ describe("error mapping", () => {
   });
 
   it.each([500, 503])("HTTP %i → transient storage_unavailable", async (status) => {
-    server.use(http.post(`${BASE}/object/*`, () => HttpResponse.json({ statusCode: String(status), error: "internal", message: "Internal Server Error" }, { status })));
+    server.use(
+      http.post(`${BASE}/object/*`, () => HttpResponse.json({ statusCode: String(status), error: "internal", message: "Internal Server Error" }, { status })),
+    );
     expect(await rejectionOf(storage().upload("x.md", "x", "text/markdown"))).toMatchObject({ code: "storage_unavailable", errorClass: "transient", status });
   });
 

@@ -29,22 +29,38 @@ describe("migrations", () => {
   });
 
   it("create SPEC §3's tables and columns", async () => {
-    expect(await columns(db.pool, "documents")).toEqual(expect.arrayContaining([
-      "document_id", "user_id", "filename", "mime", "bytes", "file_sha256", "raw_path", "parsed_path", "parsed_sha256", "created_at",
-    ]));
-    expect(await columns(db.pool, "upload_jobs")).toEqual(expect.arrayContaining([
-      "job_id", "document_id", "status", "progress", "attempts", "max_attempts", "next_attempt_at", "locked_by",
-      "lease_expires_at", "lease_token", "last_error", "webhook_secret", "parse_job_id", "correlation_id", "created_at", "updated_at",
-    ]));
-    expect(await columns(db.pool, "document_chunk_buffer")).toEqual(expect.arrayContaining([
-      "chunk_id", "document_id", "chunker_name", "chunker_version", "chunk_ord", "text", "chunk_sha", "token_count", "meta",
-    ]));
-    expect(await columns(db.pool, "document_vector_buffer")).toEqual(expect.arrayContaining([
-      "chunk_id", "embed_model", "embed_version", "embedding", "vector_sha", "batch_id", "created_at",
-    ]));
-    expect(await columns(db.pool, "job_events")).toEqual(expect.arrayContaining([
-      "id", "job_id", "from_status", "to_status", "worker_id", "lease_token", "attempt", "correlation_id", "at", "detail",
-    ]));
+    expect(await columns(db.pool, "documents")).toEqual(
+      expect.arrayContaining(["document_id", "user_id", "filename", "mime", "bytes", "file_sha256", "raw_path", "parsed_path", "parsed_sha256", "created_at"]),
+    );
+    expect(await columns(db.pool, "upload_jobs")).toEqual(
+      expect.arrayContaining([
+        "job_id",
+        "document_id",
+        "status",
+        "progress",
+        "attempts",
+        "max_attempts",
+        "next_attempt_at",
+        "locked_by",
+        "lease_expires_at",
+        "lease_token",
+        "last_error",
+        "webhook_secret",
+        "parse_job_id",
+        "correlation_id",
+        "created_at",
+        "updated_at",
+      ]),
+    );
+    expect(await columns(db.pool, "document_chunk_buffer")).toEqual(
+      expect.arrayContaining(["chunk_id", "document_id", "chunker_name", "chunker_version", "chunk_ord", "text", "chunk_sha", "token_count", "meta"]),
+    );
+    expect(await columns(db.pool, "document_vector_buffer")).toEqual(
+      expect.arrayContaining(["chunk_id", "embed_model", "embed_version", "embedding", "vector_sha", "batch_id", "created_at"]),
+    );
+    expect(await columns(db.pool, "job_events")).toEqual(
+      expect.arrayContaining(["id", "job_id", "from_status", "to_status", "worker_id", "lease_token", "attempt", "correlation_id", "at", "detail"]),
+    );
     expect(await columns(db.pool, "webhook_log")).toContain("delivery_key");
   });
 
@@ -85,8 +101,7 @@ describe("npm run migrate", () => {
     await admin.connect();
     await admin.query(`CREATE DATABASE ${name}`);
     const url = withDatabase(inject("pgServerUrl"), name);
-    const run = () =>
-      spawnSync(process.execPath, ["src/db/migrate.ts"], { env: { ...process.env, DATABASE_URL: url }, encoding: "utf8", timeout: 30_000 });
+    const run = () => spawnSync(process.execPath, ["src/db/migrate.ts"], { env: { ...process.env, DATABASE_URL: url }, encoding: "utf8", timeout: 30_000 });
     const first = run();
     expect(first.status, first.stderr).toBe(0);
     expect(first.stdout).toContain("applied 0001_schema.sql");

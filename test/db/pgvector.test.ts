@@ -112,10 +112,10 @@ describe("pgvector, on a real vector extension", () => {
       [doc.documentId],
     );
     const search = (filter: object) =>
-      env.db.pool.query<{ document_id: string; embed_model: string }>(
-        "SELECT document_id, embed_model FROM upload_pipeline.match_chunks($1::vector, 50, $2)",
-        [probe.rows[0]!.embedding, JSON.stringify(filter)],
-      );
+      env.db.pool.query<{ document_id: string; embed_model: string }>("SELECT document_id, embed_model FROM upload_pipeline.match_chunks($1::vector, 50, $2)", [
+        probe.rows[0]!.embedding,
+        JSON.stringify(filter),
+      ]);
     const ada = await search({ embed_model: "text-embedding-ada-002" });
     expect(ada.rows.length).toBe(chunks.rowCount);
     expect(new Set(ada.rows.map((r) => `${r.document_id}:${r.embed_model}`))).toEqual(new Set([`${doc.documentId}:text-embedding-ada-002`]));
@@ -139,7 +139,9 @@ describe("pgvector, on a real vector extension", () => {
     // The planted neighbour: a chunk of user A's first document, and a query a small step away from it.
     const planted = await chunkOf(docsA[0]!.documentId);
     const rng = mulberry32(17);
-    const query = `[${parseVector(planted.embedding).map((x) => x + (rng() - 0.5) * 0.01).join(",")}]`;
+    const query = `[${parseVector(planted.embedding)
+      .map((x) => x + (rng() - 0.5) * 0.01)
+      .join(",")}]`;
     const match = (role: "authenticated" | "service_role", sub: string, q: string) =>
       asRole(env.db.pool, role, sub, (c) =>
         c.query<{ chunk_id: string; document_id: string; similarity: number }>(

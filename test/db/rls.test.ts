@@ -72,9 +72,9 @@ describe("row-level security in upload_pipeline", () => {
   });
 
   it("keeps the webhook secret, the lease and the webhook log from users", async () => {
-    await expect(
-      asRole(db.pool, "authenticated", a.userId, (c) => c.query("SELECT webhook_secret FROM upload_pipeline.upload_jobs")),
-    ).rejects.toThrow(/permission denied/);
+    await expect(asRole(db.pool, "authenticated", a.userId, (c) => c.query("SELECT webhook_secret FROM upload_pipeline.upload_jobs"))).rejects.toThrow(
+      /permission denied/,
+    );
     await expect(asRole(db.pool, "authenticated", a.userId, (c) => c.query("SELECT lease_token FROM upload_pipeline.upload_jobs"))).rejects.toThrow(
       /permission denied/,
     );

@@ -12,8 +12,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { loadMigrations, migrate } from "../../src/db/migrate.ts";
 import { withDatabase } from "../../src/db/provision.ts";
 
-const runExporter = (...args: string[]) =>
-  spawnSync(process.execPath, ["src/db/supabaseMigrations.ts", ...args], { encoding: "utf8", timeout: 60_000 });
+const runExporter = (...args: string[]) => spawnSync(process.execPath, ["src/db/supabaseMigrations.ts", ...args], { encoding: "utf8", timeout: 60_000 });
 
 let out: string;
 const databases: string[] = [];
@@ -40,10 +39,16 @@ async function catalog(url: string) {
       constraints: await list(`SELECT conrelid::regclass || ' ' || pg_get_constraintdef(oid) AS x FROM pg_constraint
                                 WHERE connamespace = 'upload_pipeline'::regnamespace ORDER BY 1`),
       indexes: await list("SELECT indexdef AS x FROM pg_indexes WHERE schemaname = 'upload_pipeline' ORDER BY 1"),
-      policies: await list("SELECT tablename || ' ' || policyname || ' ' || cmd || ' ' || qual AS x FROM pg_policies WHERE schemaname = 'upload_pipeline' ORDER BY 1"),
-      functions: await list("SELECT p.oid::regprocedure || ' ' || md5(p.prosrc) AS x FROM pg_proc p WHERE pronamespace IN ('upload_pipeline'::regnamespace, 'auth'::regnamespace) ORDER BY 1"),
+      policies: await list(
+        "SELECT tablename || ' ' || policyname || ' ' || cmd || ' ' || qual AS x FROM pg_policies WHERE schemaname = 'upload_pipeline' ORDER BY 1",
+      ),
+      functions: await list(
+        "SELECT p.oid::regprocedure || ' ' || md5(p.prosrc) AS x FROM pg_proc p WHERE pronamespace IN ('upload_pipeline'::regnamespace, 'auth'::regnamespace) ORDER BY 1",
+      ),
       triggers: await list("SELECT pg_get_triggerdef(oid) AS x FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1"),
-      rls: await list("SELECT relname || ' ' || relrowsecurity AS x FROM pg_class WHERE relnamespace = 'upload_pipeline'::regnamespace AND relkind = 'r' ORDER BY 1"),
+      rls: await list(
+        "SELECT relname || ' ' || relrowsecurity AS x FROM pg_class WHERE relnamespace = 'upload_pipeline'::regnamespace AND relkind = 'r' ORDER BY 1",
+      ),
       grants: await list(`SELECT table_name || ' ' || grantee || ' ' || privilege_type AS x FROM information_schema.role_table_grants
                            WHERE table_schema = 'upload_pipeline' ORDER BY 1`),
       migrations: await list("SELECT id || ' ' || name AS x FROM upload_pipeline.migrations ORDER BY id"),

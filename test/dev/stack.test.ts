@@ -63,7 +63,12 @@ describe("npm run stack", () => {
     stack.kill("SIGINT");
     expect(await exited).toBe(0);
     expect(out).toContain("stack: stopped");
-    expect(await fetch(`${api}/healthz`).then(() => "answered", () => "gone")).toBe("gone");
+    expect(
+      await fetch(`${api}/healthz`).then(
+        () => "answered",
+        () => "gone",
+      ),
+    ).toBe("gone");
   }, 240_000);
 
   it("refuses a bad flag, naming it", () => {

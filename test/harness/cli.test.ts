@@ -86,7 +86,9 @@ describe("npm run scenario", () => {
     expect(result.stderr).toMatch(/workerEnv\.EMBED_BATCH: not a worker setting the scenario may set; valid: .*EMBED_BATCH_SIZE/);
     expect(result.stderr).toMatch(/crashes\.0: give exactly one form: \{"atMs"/);
     expect(result.stderr).toContain("crashes.1.at: document and at go together");
-    expect(result.stderr).toMatch(/faults\.openai\.bursts\.0\.fault: must be one of 429, 500, 502, 503, 504, "insufficient_quota", "reset", "hang", "malformed"/);
+    expect(result.stderr).toMatch(
+      /faults\.openai\.bursts\.0\.fault: must be one of 429, 500, 502, 503, 504, "insufficient_quota", "reset", "hang", "malformed"/,
+    );
     expect(result.stderr).not.toContain("Invalid input");
     // Refused before PostgreSQL or any worker started.
     expect(result.stdout).not.toContain("PostgreSQL:");
@@ -96,7 +98,10 @@ describe("npm run scenario", () => {
   it("refuses a targeted crash on a document the corpus does not have, before anything starts", () => {
     const dir = mkdtempSync(join(tmpdir(), "scn-"));
     const file = join(dir, "far-document.json");
-    writeFileSync(file, JSON.stringify({ name: "far-document", description: "x", corpus: { documents: 3 }, crashes: [{ document: 7, at: "commit.vectors.after" }] }));
+    writeFileSync(
+      file,
+      JSON.stringify({ name: "far-document", description: "x", corpus: { documents: 3 }, crashes: [{ document: 7, at: "commit.vectors.after" }] }),
+    );
     const result = scenario(file);
     expect(result.status).toBe(2);
     expect(result.stderr).toContain("crashes.0.document: 7 is not in the corpus; give an index 0..2 or one of doc-0.md, doc-1.md, doc-2.md");
@@ -107,7 +112,9 @@ describe("npm run scenario", () => {
     const first = mkdtempSync(join(tmpdir(), "scn-report-"));
     const run = scenario("test/harness/fixtures/replay-small.json", "--report", first);
     expect(run.status, run.stderr).toBe(0);
-    const recorded = JSON.parse(readFileSync(join(first, "summary.json"), "utf8")) as { scenarios: Array<{ replay: { faults: number; faultLogDigest: string }; replayCommand: string }> };
+    const recorded = JSON.parse(readFileSync(join(first, "summary.json"), "utf8")) as {
+      scenarios: Array<{ replay: { faults: number; faultLogDigest: string }; replayCommand: string }>;
+    };
     expect(recorded.scenarios[0]!.replay.faults).toBeGreaterThan(0);
     expect(recorded.scenarios[0]!.replayCommand).toBe(`npm run scenario -- --replay ${join(first, "summary.json")}`);
     expect(readFileSync(join(first, "faults", "replay-small.log"), "utf8")).toContain("webhooks ");
@@ -160,7 +167,10 @@ describe("npm run scenario", () => {
     expect(result.stdout).toContain("soak: seed 7");
     expect(result.stdout).toMatch(/soak: 1 round\(s\) in [\d.]+ min, \d+ kills, \d+ PostgreSQL restarts, \d+ injected faults/);
     expect(result.stdout).toContain("no violation (seed 7)");
-    const summary = JSON.parse(readFileSync(join(report, "summary.json"), "utf8")) as { seed: number; scenarios: Array<{ name: string; definition: { seed: number } }> };
+    const summary = JSON.parse(readFileSync(join(report, "summary.json"), "utf8")) as {
+      seed: number;
+      scenarios: Array<{ name: string; definition: { seed: number } }>;
+    };
     expect(summary.seed).toBe(7);
     expect(summary.scenarios[0]!.name).toBe("soak-7-0");
   }, 240_000);

@@ -39,14 +39,7 @@ export interface Finished {
 
 const TOKENS_PER_CHUNK = 7;
 
-async function event(
-  db: pg.Pool,
-  job: string,
-  from: string | null,
-  to: string,
-  actor: string,
-  lease?: { worker: string; token: string },
-): Promise<string> {
+async function event(db: pg.Pool, job: string, from: string | null, to: string, actor: string, lease?: { worker: string; token: string }): Promise<string> {
   const { rows } = await db.query<{ id: string }>(
     `INSERT INTO upload_pipeline.job_events (job_id, from_status, to_status, worker_id, lease_token, attempt, detail)
      VALUES ($1, $2, $3, $4, $5, 0, jsonb_build_object('actor', $6::text)) RETURNING id::text AS id`,
@@ -65,10 +58,11 @@ async function insertDocument(db: pg.Pool, content: string): Promise<{ documentI
      VALUES ($1, $2, 'doc.md', 'text/markdown', $3, $4, $5)`,
     [docId, userId, Buffer.byteLength(content), fileSha, `${userId}/raw/${docId}/doc.md`],
   );
-  await db.query(
-    `INSERT INTO upload_pipeline.upload_jobs (job_id, document_id, status, correlation_id) VALUES ($1, $2, 'uploaded', $3)`,
-    [id, docId, randomUUID()],
-  );
+  await db.query(`INSERT INTO upload_pipeline.upload_jobs (job_id, document_id, status, correlation_id) VALUES ($1, $2, 'uploaded', $3)`, [
+    id,
+    docId,
+    randomUUID(),
+  ]);
   return { documentId: docId, jobId: id };
 }
 
@@ -90,21 +84,18 @@ async function completeDocument(db: pg.Pool, content: string, texts: string[]): 
     );
   }
   const tokens = texts.length * TOKENS_PER_CHUNK;
-  await db.query(
-    `UPDATE upload_pipeline.upload_jobs SET status = 'complete', progress = $2::jsonb WHERE job_id = $1`,
-    [
-      job,
-      JSON.stringify({
-        chunks_total: texts.length,
-        chunks_done: texts.length,
-        vectors_total: texts.length,
-        vectors_done: texts.length,
-        batches_done: 1,
-        tokens,
-        cost_usd: costUsd(EMBED.model, tokens),
-      }),
-    ],
-  );
+  await db.query(`UPDATE upload_pipeline.upload_jobs SET status = 'complete', progress = $2::jsonb WHERE job_id = $1`, [
+    job,
+    JSON.stringify({
+      chunks_total: texts.length,
+      chunks_done: texts.length,
+      vectors_total: texts.length,
+      vectors_done: texts.length,
+      batches_done: 1,
+      tokens,
+      cost_usd: costUsd(EMBED.model, tokens),
+    }),
+  ]);
   const [t1, t2, t3] = [randomUUID(), randomUUID(), randomUUID()];
   const w1 = { worker: "w1", token: t1 };
   const w2 = { worker: "w2", token: t2 };

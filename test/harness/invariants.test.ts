@@ -34,10 +34,9 @@ async function planted(fault: (c: pg.PoolClient) => Promise<unknown>, input: Inv
 
 /** Drop a buffer table's UNIQUE constraint (inside the test's transaction) so a duplicate can be planted. */
 async function dropUnique(c: pg.PoolClient, table: string): Promise<void> {
-  const { rows } = await c.query<{ conname: string }>(
-    "SELECT conname FROM pg_constraint WHERE conrelid = $1::regclass AND contype = 'u'",
-    [`upload_pipeline.${table}`],
-  );
+  const { rows } = await c.query<{ conname: string }>("SELECT conname FROM pg_constraint WHERE conrelid = $1::regclass AND contype = 'u'", [
+    `upload_pipeline.${table}`,
+  ]);
   await c.query(`ALTER TABLE upload_pipeline.${table} DROP CONSTRAINT "${rows[0]!.conname}"`);
 }
 
@@ -129,7 +128,9 @@ describe("planted faults are caught and named", () => {
       await c.query("DELETE FROM upload_pipeline.job_events WHERE id = ANY($1::bigint[])", [doc.eventIds.slice(-2)]);
     });
     expect(failing(report)).toContain("jobs_terminal_as_expected");
-    expect(violations(report, "jobs_terminal_as_expected")).toContain(`job ${doc.jobId} (document ${doc.documentId}) is stuck in non-terminal state embedding_in_progress`);
+    expect(violations(report, "jobs_terminal_as_expected")).toContain(
+      `job ${doc.jobId} (document ${doc.documentId}) is stuck in non-terminal state embedding_in_progress`,
+    );
   });
 
   it("a job in a terminal state other than expected", async () => {
@@ -146,7 +147,11 @@ describe("planted faults are caught and named", () => {
       const { rows } = await c.query<{ embedding: number[] }>("SELECT embedding FROM upload_pipeline.document_vector_buffer WHERE chunk_id = $1", [chunk]);
       const wrong = Float32Array.from(rows[0]!.embedding);
       wrong[3] = wrong[3]! + 0.01;
-      await c.query("UPDATE upload_pipeline.document_vector_buffer SET embedding = $2::real[], vector_sha = $3 WHERE chunk_id = $1", [chunk, Array.from(wrong), vectorSha(wrong)]);
+      await c.query("UPDATE upload_pipeline.document_vector_buffer SET embedding = $2::real[], vector_sha = $3 WHERE chunk_id = $1", [
+        chunk,
+        Array.from(wrong),
+        vectorSha(wrong),
+      ]);
     });
     expect(failing(report)).toEqual(["vectors_match_mock"]);
     expect(violations(report, "vectors_match_mock")).toMatch(new RegExp(`vector of chunk ${chunk} .*differs from the mock's embedding.*component 3`));
@@ -161,9 +166,13 @@ describe("planted faults are caught and named", () => {
 
   it("a wrong chunk_sha", async () => {
     const chunk = run.complete[0]!.chunkIds[0]!;
-    const report = await planted((c) => c.query("UPDATE upload_pipeline.document_chunk_buffer SET chunk_sha = $2 WHERE chunk_id = $1", [chunk, sha256("not the text")]));
+    const report = await planted((c) =>
+      c.query("UPDATE upload_pipeline.document_chunk_buffer SET chunk_sha = $2 WHERE chunk_id = $1", [chunk, sha256("not the text")]),
+    );
     expect(failing(report)).toEqual(["ids_and_hashes_deterministic"]);
-    expect(violations(report, "ids_and_hashes_deterministic")).toContain(`chunk ${chunk} (document ${run.complete[0]!.documentId}, ord 0): chunk_sha ${sha256("not the text")}`);
+    expect(violations(report, "ids_and_hashes_deterministic")).toContain(
+      `chunk ${chunk} (document ${run.complete[0]!.documentId}, ord 0): chunk_sha ${sha256("not the text")}`,
+    );
   });
 
   it("a chunk_sha that differs from the reference run", async () => {
@@ -183,7 +192,9 @@ describe("planted faults are caught and named", () => {
       await c.query("DELETE FROM upload_pipeline.job_events WHERE id = $1", [doc.eventIds[3]]);
     });
     expect(failing(report)).toEqual(["event_paths_valid"]);
-    expect(violations(report, "event_paths_valid")).toContain(`job ${doc.jobId}: illegal transition in event #${skipped} (parse_queued → parse_validated by webhook)`);
+    expect(violations(report, "event_paths_valid")).toContain(
+      `job ${doc.jobId}: illegal transition in event #${skipped} (parse_queued → parse_validated by webhook)`,
+    );
   });
 
   it("an edge taken by an actor the table does not allow", async () => {
@@ -209,13 +220,18 @@ describe("planted faults are caught and named", () => {
     // The old holder (w2) writes `complete` after w1's new claim already wrote.
     const report = await planted((c) => c.query("UPDATE upload_pipeline.job_events SET lease_token = $2, worker_id = 'w2' WHERE id = $1", [last, t2]));
     expect(failing(report)).toEqual(["no_overlapping_leases"]);
-    expect(violations(report, "no_overlapping_leases")).toMatch(new RegExp(`job ${doc.jobId}: overlapping leases: event #${last} .* holds token ${t2} \\(w2\\) again`));
+    expect(violations(report, "no_overlapping_leases")).toMatch(
+      new RegExp(`job ${doc.jobId}: overlapping leases: event #${last} .* holds token ${t2} \\(w2\\) again`),
+    );
   });
 
   it("a lease left on a terminal job", async () => {
     const doc = run.complete[1]!;
     const report = await planted((c) =>
-      c.query("UPDATE upload_pipeline.upload_jobs SET locked_by = 'w9', lease_token = gen_random_uuid(), lease_expires_at = now() + interval '1 minute' WHERE job_id = $1", [doc.jobId]),
+      c.query(
+        "UPDATE upload_pipeline.upload_jobs SET locked_by = 'w9', lease_token = gen_random_uuid(), lease_expires_at = now() + interval '1 minute' WHERE job_id = $1",
+        [doc.jobId],
+      ),
     );
     expect(failing(report)).toEqual(["no_overlapping_leases"]);
     expect(violations(report, "no_overlapping_leases")).toMatch(new RegExp(`job ${doc.jobId} is complete but still holds a live lease`));
@@ -223,9 +239,13 @@ describe("planted faults are caught and named", () => {
 
   it("progress counters that do not match the buffer counts", async () => {
     const doc = run.complete[0]!;
-    const report = await planted((c) => c.query(`UPDATE upload_pipeline.upload_jobs SET progress = progress || '{"vectors_done": 2}' WHERE job_id = $1`, [doc.jobId]));
+    const report = await planted((c) =>
+      c.query(`UPDATE upload_pipeline.upload_jobs SET progress = progress || '{"vectors_done": 2}' WHERE job_id = $1`, [doc.jobId]),
+    );
     expect(failing(report)).toEqual(["counters_match_buffers"]);
-    expect(violations(report, "counters_match_buffers")).toContain(`job ${doc.jobId} (document ${doc.documentId}, complete): progress.vectors_done = 2 but the buffer holds 3`);
+    expect(violations(report, "counters_match_buffers")).toContain(
+      `job ${doc.jobId} (document ${doc.documentId}, complete): progress.vectors_done = 2 but the buffer holds 3`,
+    );
   });
 
   it("job tokens that do not match the mock's usage without crashes", async () => {
@@ -235,13 +255,19 @@ describe("planted faults are caught and named", () => {
   });
 
   it("job tokens above the mock's usage even with crashes", async () => {
-    const report = await planted(async () => undefined, { ...run.input, crashesHappened: true, mockUsage: { promptTokensByModel: { [EMBED.model]: run.tokens - 1 } } });
+    const report = await planted(async () => undefined, {
+      ...run.input,
+      crashesHappened: true,
+      mockUsage: { promptTokensByModel: { [EMBED.model]: run.tokens - 1 } },
+    });
     expect(failing(report)).toEqual(["tokens_and_cost_match_usage"]);
   });
 
   it("a cost that is not tokens × price", async () => {
     const doc = run.complete[1]!;
-    const report = await planted((c) => c.query(`UPDATE upload_pipeline.upload_jobs SET progress = progress || '{"cost_usd": 1.5}' WHERE job_id = $1`, [doc.jobId]));
+    const report = await planted((c) =>
+      c.query(`UPDATE upload_pipeline.upload_jobs SET progress = progress || '{"cost_usd": 1.5}' WHERE job_id = $1`, [doc.jobId]),
+    );
     expect(failing(report)).toEqual(["tokens_and_cost_match_usage"]);
     expect(violations(report, "tokens_and_cost_match_usage")).toContain(`job ${doc.jobId} (document ${doc.documentId}): progress.cost_usd = 1.5`);
   });

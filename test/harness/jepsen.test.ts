@@ -47,7 +47,11 @@ describe("jepsenCounts", () => {
 
   it("counts nothing lost, duplicated, recovered or unexpected on a clean run", async () => {
     const reference = await fingerprint(db.pool, run.input.documentIds, { embed: EMBED });
-    const counts = await jepsenCounts(db.pool, { documentIds: run.input.documentIds, completeIds: completeIds(), mockStats: stats(), killedWorkers: [] }, reference);
+    const counts = await jepsenCounts(
+      db.pool,
+      { documentIds: run.input.documentIds, completeIds: completeIds(), mockStats: stats(), killedWorkers: [] },
+      reference,
+    );
     expect(counts.chunks).toEqual({ expected: 5, stored: 5, lost: 0, duplicated: 0, recovered: 0, unexpected: 0 });
     expect(counts.vectors).toEqual({ expected: 5, stored: 5, lost: 0, duplicated: 0, recovered: 0, unexpected: 0 });
     expect(counts.repeated).toEqual({ parseJobs: 0, embeddingInputs: 0, embeddingTokens: 0 });
@@ -61,7 +65,12 @@ describe("jepsenCounts", () => {
       (c) =>
         jepsenCounts(
           c,
-          { documentIds: run.input.documentIds, completeIds: completeIds(), mockStats: stats({ jobsCreated: 5, inputs: 9, tokens: run.tokens + 14 }), killedWorkers: [] },
+          {
+            documentIds: run.input.documentIds,
+            completeIds: completeIds(),
+            mockStats: stats({ jobsCreated: 5, inputs: 9, tokens: run.tokens + 14 }),
+            killedWorkers: [],
+          },
           new Map([...reference].map(([id, fp]) => [id, id === a!.documentId ? { ...fp, chunkIds: fp.chunkIds.slice(1) } : fp])),
         ),
     );
@@ -76,7 +85,11 @@ describe("jepsenCounts", () => {
     const [a] = run.complete;
     const missing = "00000000-0000-5000-8000-000000000000";
     const withExtra = new Map([...reference].map(([id, fp]) => [id, id === a!.documentId ? { ...fp, chunkIds: [...fp.chunkIds, missing] } : fp]));
-    const counts = await jepsenCounts(db.pool, { documentIds: run.input.documentIds, completeIds: completeIds(), mockStats: stats(), killedWorkers: [] }, withExtra);
+    const counts = await jepsenCounts(
+      db.pool,
+      { documentIds: run.input.documentIds, completeIds: completeIds(), mockStats: stats(), killedWorkers: [] },
+      withExtra,
+    );
     expect(counts.chunks.lost).toBe(1);
     expect(counts.vectors.lost).toBe(1);
   });
@@ -99,7 +112,11 @@ describe("reachedEvents", () => {
     expect(await reachedEvents({ ...base, mockStats: stats() })).toEqual(["dead_lettered"]);
     writeFileSync(
       join(logDir, "w0.1.log"),
-      ['{"service":"openai","state":"open","msg":"circuit breaker changed state"}', '{"service":"openai","state":"closed","msg":"circuit breaker changed state"}', ""].join("\n"),
+      [
+        '{"service":"openai","state":"open","msg":"circuit breaker changed state"}',
+        '{"service":"openai","state":"closed","msg":"circuit breaker changed state"}',
+        "",
+      ].join("\n"),
     );
     const reached = await reachedEvents({ ...base, mockStats: stats({ rateLimited: 3, forgedRejected: 1 }), postgresRestarts: 1 });
     expect(reached).toEqual(["breaker_opened_and_closed", "forged_webhook_refused", "rate_limited", "dead_lettered", "postgres_restarted"]);

@@ -55,7 +55,9 @@ beforeAll(async () => {
     seed: 42,
     passed: false,
     requiredCoverage: 100,
-    coverage: computeCoverage([...coverage.edges.flatMap((e) => Object.entries(e.byActor).map(([actor, count]) => ({ from_status: e.from, to_status: e.to, actor, count })))]),
+    coverage: computeCoverage([
+      ...coverage.edges.flatMap((e) => Object.entries(e.byActor).map(([actor, count]) => ({ from_status: e.from, to_status: e.to, actor, count }))),
+    ]),
     scenarios: [happy, broken],
     scaling: scalingCurve([
       { workers: 1, docsPerSecond: 2 },
@@ -128,7 +130,10 @@ describe("throughput and scaling", () => {
   });
 
   it("compares each size with the linear ideal", () => {
-    const curve = scalingCurve([{ workers: 2, docsPerSecond: 3.8 }, { workers: 1, docsPerSecond: 2 }]);
+    const curve = scalingCurve([
+      { workers: 2, docsPerSecond: 3.8 },
+      { workers: 1, docsPerSecond: 2 },
+    ]);
     expect(curve.points.map((p) => [p.workers, p.idealDocsPerSecond, Math.round(p.efficiencyPercent)])).toEqual([
       [1, 2, 100],
       [2, 4, 95],

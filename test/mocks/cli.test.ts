@@ -31,8 +31,20 @@ describe("npm run mocks", () => {
         }
       });
     });
-    const env = Object.fromEntries(out.trim().split("\n").map((line) => line.split(/=(.*)/s).slice(0, 2) as [string, string]));
-    expect(Object.keys(env)).toEqual(["OPENAI_BASE_URL", "OPENAI_API_KEY", "LLAMA_CLOUD_BASE_URL", "LLAMA_CLOUD_API_KEY", "SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY"]);
+    const env = Object.fromEntries(
+      out
+        .trim()
+        .split("\n")
+        .map((line) => line.split(/=(.*)/s).slice(0, 2) as [string, string]),
+    );
+    expect(Object.keys(env)).toEqual([
+      "OPENAI_BASE_URL",
+      "OPENAI_API_KEY",
+      "LLAMA_CLOUD_BASE_URL",
+      "LLAMA_CLOUD_API_KEY",
+      "SUPABASE_URL",
+      "SUPABASE_SERVICE_ROLE_KEY",
+    ]);
     expect(env.OPENAI_BASE_URL).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/v1$/);
     expect(env.SUPABASE_URL).toBe(env.LLAMA_CLOUD_BASE_URL);
     const health = await fetch(`${env.SUPABASE_URL}/__admin/health`);

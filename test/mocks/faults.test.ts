@@ -30,7 +30,10 @@ const embed = (input = "x", signal?: AbortSignal) =>
   });
 
 const admin = (path: string, body?: unknown) =>
-  fetch(`${server.urls.admin}/${path}`, body === undefined ? {} : { method: "POST", headers: { "content-type": "application/json" }, body: typeof body === "string" ? body : JSON.stringify(body) });
+  fetch(
+    `${server.urls.admin}/${path}`,
+    body === undefined ? {} : { method: "POST", headers: { "content-type": "application/json" }, body: typeof body === "string" ? body : JSON.stringify(body) },
+  );
 
 describe("the admin API", () => {
   it("sets a valid plan and returns it with defaults filled in", async () => {
@@ -152,7 +155,9 @@ describe("fault kinds", () => {
 
   it("a hang ends in a reset after hangMs", async () => {
     server.mocks.setFaults({ storage: { hangMs: 50, bursts: [{ fault: "hang", start: 1, count: 1 }] } });
-    const error = await fetch(`${server.urls.storage}/bucket`, { headers: { authorization: `Bearer ${server.env.SUPABASE_SERVICE_ROLE_KEY}` } }).catch((e: unknown) => e);
+    const error = await fetch(`${server.urls.storage}/bucket`, { headers: { authorization: `Bearer ${server.env.SUPABASE_SERVICE_ROLE_KEY}` } }).catch(
+      (e: unknown) => e,
+    );
     expect(error).toBeInstanceOf(TypeError);
     expect(server.mocks.stats().requests["storage.bucket.list"]).toEqual({ hang: 1 });
   });
@@ -171,7 +176,9 @@ describe("fault kinds", () => {
     const msw = setupServer(...mocks.handlers);
     msw.listen({ onUnhandledFrame: "error" });
     try {
-      const error = await fetch("http://llama.test/api/v2/parse/abc", { headers: { authorization: `Bearer ${mocks.keys.llamaCloud}` } }).catch((e: unknown) => e);
+      const error = await fetch("http://llama.test/api/v2/parse/abc", { headers: { authorization: `Bearer ${mocks.keys.llamaCloud}` } }).catch(
+        (e: unknown) => e,
+      );
       expect(error).toBeInstanceOf(TypeError);
       const next = await fetch("http://llama.test/api/v2/parse/abc", { headers: { authorization: `Bearer ${mocks.keys.llamaCloud}` } });
       expect(next.status).toBe(404);
@@ -196,12 +203,17 @@ describe("seeded replay", () => {
   // For any seed and error rates, two engines fed the same requests make the same decisions (fault and latency).
   it("a fault plan with a seed replays identically", () => {
     fc.assert(
-      fc.property(fc.integer(), fc.double({ min: 0, max: 1, noNaN: true }), fc.array(fc.constantFrom("openai.embeddings", "openai.other"), { maxLength: 40 }), (seed, rate, routes) => {
-        const a = new FaultEngine(seed, parseFaultPlan(plan(rate)));
-        const b = new FaultEngine(seed, parseFaultPlan(plan(rate)));
-        const decide = (e: FaultEngine) => routes.map((r) => e.decide("openai", r)).map((d) => [d.fault, d.latencyMs]);
-        expect(decide(b)).toEqual(decide(a));
-      }),
+      fc.property(
+        fc.integer(),
+        fc.double({ min: 0, max: 1, noNaN: true }),
+        fc.array(fc.constantFrom("openai.embeddings", "openai.other"), { maxLength: 40 }),
+        (seed, rate, routes) => {
+          const a = new FaultEngine(seed, parseFaultPlan(plan(rate)));
+          const b = new FaultEngine(seed, parseFaultPlan(plan(rate)));
+          const decide = (e: FaultEngine) => routes.map((r) => e.decide("openai", r)).map((d) => [d.fault, d.latencyMs]);
+          expect(decide(b)).toEqual(decide(a));
+        },
+      ),
     );
   });
 
@@ -240,7 +252,17 @@ describe("plan validation", () => {
 
 describe("goDuration", () => {
   it("formats like Go's time.Duration", () => {
-    expect([360_000, 1_000, 12, 1_200, 2_812, 0, 3_600_000, 90_500, 0.5].map(goDuration)).toEqual(["6m0s", "1s", "12ms", "1.2s", "2.812s", "0s", "1h0m0s", "1m30.5s", "500µs"]);
+    expect([360_000, 1_000, 12, 1_200, 2_812, 0, 3_600_000, 90_500, 0.5].map(goDuration)).toEqual([
+      "6m0s",
+      "1s",
+      "12ms",
+      "1.2s",
+      "2.812s",
+      "0s",
+      "1h0m0s",
+      "1m30.5s",
+      "500µs",
+    ]);
   });
 });
 
@@ -304,7 +326,14 @@ describe("decisions keyed by what the request is", () => {
 describe("ids unique per mock instance", () => {
   it("a restarted mock gives new parse job and webhook event ids for the same file, with the same draws", () => {
     const job = (mocks: ReturnType<typeof createMocks>) =>
-      mocks.state.llamaparse.create({ input: { bytes: new TextEncoder().encode("# same file\n"), filename: "a.md", mime: "text/markdown" }, tier: "fast", version: "latest", name: null, userMetadata: null, webhooks: [] });
+      mocks.state.llamaparse.create({
+        input: { bytes: new TextEncoder().encode("# same file\n"), filename: "a.md", mime: "text/markdown" },
+        tier: "fast",
+        version: "latest",
+        name: null,
+        userMetadata: null,
+        webhooks: [],
+      });
     const plan: FaultPlanInput = { llamaparse: { errors: [{ fault: 500, rate: 0.5 }] } };
     const first = createMocks({ seed: 4, faults: plan });
     const second = createMocks({ seed: 4, faults: plan });
@@ -314,7 +343,8 @@ describe("ids unique per mock instance", () => {
       expect(a.key).toBe(b.key);
       expect(a.id).not.toBe(b.id);
       // Decisions stay seeded: the same request gets the same answer from both instances.
-      const decisions = (m: ReturnType<typeof createMocks>) => Array.from({ length: 16 }, (_, i) => m.state.faults.decide("llamaparse", "llamaparse.get", `${a.key}-${i}`).fault);
+      const decisions = (m: ReturnType<typeof createMocks>) =>
+        Array.from({ length: 16 }, (_, i) => m.state.faults.decide("llamaparse", "llamaparse.get", `${a.key}-${i}`).fault);
       expect(decisions(first)).toEqual(decisions(second));
     } finally {
       void first.close();

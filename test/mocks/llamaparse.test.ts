@@ -86,7 +86,9 @@ describe("the official SDK", () => {
   it("accepts comma-separated expand as well as repeated", async () => {
     const { id } = await sdk.parsing.create({ tier: "fast", version: "latest", upload_file: md("# A") });
     await waitFor(id);
-    const res = await fetch(`${server.urls.llamaparse}/api/v2/parse/${id}?expand=markdown,metadata&expand=text`, { headers: { authorization: `Bearer ${server.env.LLAMA_CLOUD_API_KEY}` } });
+    const res = await fetch(`${server.urls.llamaparse}/api/v2/parse/${id}?expand=markdown,metadata&expand=text`, {
+      headers: { authorization: `Bearer ${server.env.LLAMA_CLOUD_API_KEY}` },
+    });
     const body = (await res.json()) as Record<string, unknown>;
     expect(Object.keys(body).sort()).toEqual(["job", "markdown", "metadata", "text"]);
   });
@@ -100,8 +102,16 @@ describe("the official SDK", () => {
 
   it("parses a source_url on this machine (a signed Storage URL)", async () => {
     const key = server.env.SUPABASE_SERVICE_ROLE_KEY!;
-    await fetch(`${server.urls.storage}/object/documents/s/a.md`, { method: "POST", headers: { authorization: `Bearer ${key}`, "content-type": "text/markdown" }, body: "# Signed" });
-    const sign = await fetch(`${server.urls.storage}/object/sign/documents/s/a.md`, { method: "POST", headers: { authorization: `Bearer ${key}`, "content-type": "application/json" }, body: JSON.stringify({ expiresIn: 60 }) });
+    await fetch(`${server.urls.storage}/object/documents/s/a.md`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${key}`, "content-type": "text/markdown" },
+      body: "# Signed",
+    });
+    const sign = await fetch(`${server.urls.storage}/object/sign/documents/s/a.md`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
+      body: JSON.stringify({ expiresIn: 60 }),
+    });
     const { signedURL } = (await sign.json()) as { signedURL: string };
     const created = await sdk.parsing.create({ tier: "fast", version: "latest", source_url: `${server.urls.storage}${signedURL}` });
     expect((await waitFor(created.id, ["markdown_full"])).markdown_full).toBe("# Signed");
@@ -174,12 +184,23 @@ describe("raw wire format", () => {
       ["body.configuration.webhook_configurations.0.webhook_url", "url_parsing"],
     ]);
 
-    const none = await fetch(`${server.urls.llamaparse}/api/v2/parse`, { method: "POST", headers: { ...auth(), "content-type": "application/json" }, body: JSON.stringify({ tier: "fast", version: "latest" }) });
+    const none = await fetch(`${server.urls.llamaparse}/api/v2/parse`, {
+      method: "POST",
+      headers: { ...auth(), "content-type": "application/json" },
+      body: JSON.stringify({ tier: "fast", version: "latest" }),
+    });
     expect(none.status).toBe(422);
   });
 
   it("answers 402 and 429 faults as {detail}, the 429 without Retry-After", async () => {
-    server.mocks.setFaults({ llamaparse: { bursts: [{ fault: 402, start: 1, count: 1 }, { fault: 429, start: 2, count: 1 }] } });
+    server.mocks.setFaults({
+      llamaparse: {
+        bursts: [
+          { fault: 402, start: 1, count: 1 },
+          { fault: 429, start: 2, count: 1 },
+        ],
+      },
+    });
     const r402 = await fetch(`${server.urls.llamaparse}/api/v2/parse/x`, { headers: auth() });
     expect(r402.status).toBe(402);
     expect(Object.keys((await r402.json()) as object)).toEqual(["detail"]);

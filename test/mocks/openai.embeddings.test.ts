@@ -96,7 +96,15 @@ describe("the official SDK", () => {
   });
 
   it("surfaces insufficient_quota, 500 and 503 with their types", async () => {
-    server.mocks.setFaults({ openai: { bursts: [{ fault: "insufficient_quota", start: 1, count: 1 }, { fault: 500, start: 2, count: 1 }, { fault: 503, start: 3, count: 1 }] } });
+    server.mocks.setFaults({
+      openai: {
+        bursts: [
+          { fault: "insufficient_quota", start: 1, count: 1 },
+          { fault: 500, start: 2, count: 1 },
+          { fault: 503, start: 3, count: 1 },
+        ],
+      },
+    });
     const quota = await client.embeddings.create({ model: MODEL, input: "x" }).catch((e: unknown) => e);
     expect(quota).toBeInstanceOf(RateLimitError);
     expect((quota as RateLimitError).code).toBe("insufficient_quota");
@@ -127,7 +135,9 @@ describe("the official SDK", () => {
     const e = error as RateLimitError;
     expect(e.code).toBe("rate_limit_exceeded");
     expect(e.type).toBe("tokens");
-    expect(e.message).toMatch(/^429 Rate limit reached for text-embedding-3-small in organization org-mock on tokens per min \(TPM\): Limit 10, Used \d+, Requested 6\. Please try again in [\d.]+m?s\. Visit https:\/\/platform\.openai\.com\/account\/rate-limits to learn more\.$/);
+    expect(e.message).toMatch(
+      /^429 Rate limit reached for text-embedding-3-small in organization org-mock on tokens per min \(TPM\): Limit 10, Used \d+, Requested 6\. Please try again in [\d.]+m?s\. Visit https:\/\/platform\.openai\.com\/account\/rate-limits to learn more\.$/,
+    );
     expect(Number(e.headers.get("retry-after-ms"))).toBeGreaterThan(0);
     expect(e.headers.get("x-ratelimit-limit-tokens")).toBe("10");
   });
@@ -165,7 +175,12 @@ describe("the wire format", () => {
     expect(bad.status).toBe(400);
     expect(bad.headers.get("x-ratelimit-limit-requests")).toBe("60");
     expect(await bad.json()).toEqual({
-      error: { message: "'$.input' is invalid. Please check the API reference: https://platform.openai.com/docs/api-reference.", type: "invalid_request_error", param: null, code: null },
+      error: {
+        message: "'$.input' is invalid. Please check the API reference: https://platform.openai.com/docs/api-reference.",
+        type: "invalid_request_error",
+        param: null,
+        code: null,
+      },
     });
   });
 

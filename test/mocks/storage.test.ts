@@ -213,7 +213,10 @@ describe("raw wire format", () => {
   });
 
   it("answers an upload with {Id, Key} and a missing object with the 400/404 body", async () => {
-    const up = await fetch(`${server.urls.storage}/object/documents/x/y.txt`, authed({ method: "POST", body: "hi", headers: { "content-type": "text/plain", "x-upsert": "false" } }));
+    const up = await fetch(
+      `${server.urls.storage}/object/documents/x/y.txt`,
+      authed({ method: "POST", body: "hi", headers: { "content-type": "text/plain", "x-upsert": "false" } }),
+    );
     expect(up.status).toBe(200);
     const body = (await up.json()) as { Id: string; Key: string };
     expect(body.Key).toBe("documents/x/y.txt");
@@ -230,7 +233,14 @@ describe("raw wire format", () => {
   });
 
   it("refuses more than 1000 prefixes in a delete", async () => {
-    const res = await fetch(`${server.urls.storage}/object/documents`, authed({ method: "DELETE", body: JSON.stringify({ prefixes: Array.from({ length: 1001 }, (_, i) => `p${i}`) }), headers: { "content-type": "application/json" } }));
+    const res = await fetch(
+      `${server.urls.storage}/object/documents`,
+      authed({
+        method: "DELETE",
+        body: JSON.stringify({ prefixes: Array.from({ length: 1001 }, (_, i) => `p${i}`) }),
+        headers: { "content-type": "application/json" },
+      }),
+    );
     expect(res.status).toBe(400);
     expect(((await res.json()) as { statusCode: string }).statusCode).toBe("400");
   });
@@ -240,7 +250,10 @@ describe("bucket limits given at start-up", () => {
   it("the initial bucket refuses objects over file_size_limit (413) and types outside allowed_mime_types (415), also after a reset", async () => {
     const limited = await startMockServer({ port: 0, bucketLimits: { fileSizeLimit: 8, allowedMimeTypes: ["application/pdf", "text/markdown"] } });
     try {
-      const client = new StorageClient(limited.urls.storage, { apikey: limited.env.SUPABASE_SERVICE_ROLE_KEY!, Authorization: `Bearer ${limited.env.SUPABASE_SERVICE_ROLE_KEY!}` });
+      const client = new StorageClient(limited.urls.storage, {
+        apikey: limited.env.SUPABASE_SERVICE_ROLE_KEY!,
+        Authorization: `Bearer ${limited.env.SUPABASE_SERVICE_ROLE_KEY!}`,
+      });
       const bucket = await client.getBucket("documents");
       expect(bucket.data).toMatchObject({ file_size_limit: 8, allowed_mime_types: ["application/pdf", "text/markdown"] });
       const files = client.from("documents");

@@ -64,7 +64,11 @@ async function submit(server: MockServer, hook: Record<string, unknown>, content
   const form = new FormData();
   form.append("file", new File([content], "doc.md", { type: "text/markdown" }));
   form.append("configuration", JSON.stringify({ tier: "fast", version: "latest", webhook_configurations: [hook] }));
-  const res = await fetch(`${server.urls.llamaparse}/api/v2/parse/upload`, { method: "POST", headers: { authorization: `Bearer ${server.env.LLAMA_CLOUD_API_KEY}` }, body: form });
+  const res = await fetch(`${server.urls.llamaparse}/api/v2/parse/upload`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${server.env.LLAMA_CLOUD_API_KEY}` },
+    body: form,
+  });
   expect(res.status).toBe(200);
   return ((await res.json()) as { id: string }).id;
 }

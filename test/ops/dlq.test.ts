@@ -76,7 +76,9 @@ describe("npm run dlq", () => {
     const printed = await run(["retry", job.documentId]);
     expect(printed).toEqual({ code: 0, out: `${job.documentId}: retried failed_embedding → embedding_in_progress` });
     expect(await jobRow(ctx.db.pool, job.jobId)).toMatchObject({ status: "embedding_in_progress", attempts: 0, last_error: null });
-    const { rows } = await ctx.db.pool.query("SELECT to_status, detail FROM upload_pipeline.job_events WHERE job_id = $1 ORDER BY id DESC LIMIT 1", [job.jobId]);
+    const { rows } = await ctx.db.pool.query("SELECT to_status, detail FROM upload_pipeline.job_events WHERE job_id = $1 ORDER BY id DESC LIMIT 1", [
+      job.jobId,
+    ]);
     expect(rows[0]).toMatchObject({ to_status: "embedding_in_progress", detail: { retried_from: "failed_embedding", requested_by: "dlq-cli" } });
 
     // The same job is no longer failed: refused exactly as the API refuses it, nothing changes.
@@ -114,7 +116,11 @@ describe("npm run dlq", () => {
     await expect(run(["frobnicate"])).rejects.toThrow(/unknown command 'frobnicate'/);
     await expect(dlqMain(["list"], {})).rejects.toThrow(/DATABASE_URL is not set/);
 
-    const child = spawnSync(process.execPath, ["src/ops/dlq.ts", "list", "--bogus"], { env: { ...process.env, DATABASE_URL: ctx.db.url }, encoding: "utf8", timeout: 30_000 });
+    const child = spawnSync(process.execPath, ["src/ops/dlq.ts", "list", "--bogus"], {
+      env: { ...process.env, DATABASE_URL: ctx.db.url },
+      encoding: "utf8",
+      timeout: 30_000,
+    });
     expect(child.status).toBe(2);
     expect(child.stderr).toContain("Unknown option '--bogus'");
     expect(child.stderr).toContain("Usage:");

@@ -35,27 +35,43 @@ describe("account-level errors stop the fleet, not the documents", () => {
     const { breakers } = env.services;
     const lines: Array<{ level: number; msg: string; service?: string }> = [];
     const log = createLogger({ level: "info" });
-    const capture = { ...log, error: (o: object, msg: string) => lines.push({ level: 50, msg, ...o }), info: (o: object, msg: string) => lines.push({ level: 30, msg, ...o }) } as unknown as typeof log;
+    const capture = {
+      ...log,
+      error: (o: object, msg: string) => lines.push({ level: 50, msg, ...o }),
+      info: (o: object, msg: string) => lines.push({ level: 30, msg, ...o }),
+    } as unknown as typeof log;
     const metrics = createWorkerMetrics(breakers);
     const reporting = reportServiceConditions(breakers, { pool: env.db.pool, log: capture, metrics, workerId: "quota-worker" });
 
     const rng = mulberry32(41);
-    const docs = await Promise.all(Array.from({ length: 4 }, (_, i) => env.upload({ content: markdownDocument(rng, `Quota ${i}`, 1_500), filename: `q${i}.md` })));
+    const docs = await Promise.all(
+      Array.from({ length: 4 }, (_, i) => env.upload({ content: markdownDocument(rng, `Quota ${i}`, 1_500), filename: `q${i}.md` })),
+    );
     const ids = docs.map((d) => d.jobId);
     const worker = env.worker({ workerId: "quota-worker", concurrency: 2, clock: () => new Date(Date.now()) });
     await worker.start();
 
     await expect.poll(async () => (await health()).status, { timeout: 20_000 }).toBe("degraded");
     const body = await health();
-    expect(body.services.openai).toMatchObject({ status: "refusing", code: "openai_insufficient_quota", reported_by: "quota-worker", reason: expect.stringContaining("quota") });
+    expect(body.services.openai).toMatchObject({
+      status: "refusing",
+      code: "openai_insufficient_quota",
+      reported_by: "quota-worker",
+      reason: expect.stringContaining("quota"),
+    });
     expect(JSON.stringify(body)).not.toContain(env.config.OPENAI_API_KEY);
     expect(breakers.openai.state).toBe("isolated");
 
     // Every job reaches the embedder and waits there: parked, no attempt spent, not failed.
-    await expect.poll(async () => {
-      const { rows } = await env.db.pool.query<{ status: string }>("SELECT status FROM upload_pipeline.upload_jobs WHERE job_id = ANY($1)", [ids]);
-      return rows.every((r) => r.status === "embedding_in_progress");
-    }, { timeout: 20_000 }).toBe(true);
+    await expect
+      .poll(
+        async () => {
+          const { rows } = await env.db.pool.query<{ status: string }>("SELECT status FROM upload_pipeline.upload_jobs WHERE job_id = ANY($1)", [ids]);
+          return rows.every((r) => r.status === "embedding_in_progress");
+        },
+        { timeout: 20_000 },
+      )
+      .toBe(true);
     const calls = embedCalls();
     await new Promise((r) => setTimeout(r, 500));
     expect(embedCalls()).toBe(calls); // no probe storm: nothing is sent before the probe is due

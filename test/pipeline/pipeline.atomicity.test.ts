@@ -100,14 +100,28 @@ async function runThroughFailure(jobId: string, fired: () => Promise<number>): P
 describe("a batch and its counters commit together", () => {
   // Every state the job was left in after a step (including the one right after the planted
   // failure) has counters equal to the buffers.
-  const consistent = (l: Ledger) => ({ chunks_done: l.progress.chunks_done ?? 0, vectors_done: l.progress.vectors_done ?? 0, batches_done: l.progress.batches_done ?? 0 });
+  const consistent = (l: Ledger) => ({
+    chunks_done: l.progress.chunks_done ?? 0,
+    vectors_done: l.progress.vectors_done ?? 0,
+    batches_done: l.progress.batches_done ?? 0,
+  });
   const counted = (l: Ledger) => ({ chunks_done: l.chunks, vectors_done: l.vectors, batches_done: l.batches });
 
   for (const [label, table, event, when] of [
     ["the vectors' insert", "document_vector_buffer", "INSERT", "NEW.chunk_id = '{chunk}'"],
-    ["the vector counters' update", "upload_jobs", "UPDATE", "NEW.job_id = '{job}' AND (NEW.progress->>'batches_done')::int = 2 AND (OLD.progress->>'batches_done')::int = 1"],
+    [
+      "the vector counters' update",
+      "upload_jobs",
+      "UPDATE",
+      "NEW.job_id = '{job}' AND (NEW.progress->>'batches_done')::int = 2 AND (OLD.progress->>'batches_done')::int = 1",
+    ],
     ["the chunks' insert", "document_chunk_buffer", "INSERT", "NEW.chunk_id = '{chunk}'"],
-    ["the chunk counter's update", "upload_jobs", "UPDATE", `NEW.job_id = '{job}' AND (NEW.progress->>'chunks_done')::int > ${BATCH} AND (OLD.progress->>'chunks_done')::int = ${BATCH}`],
+    [
+      "the chunk counter's update",
+      "upload_jobs",
+      "UPDATE",
+      `NEW.job_id = '{job}' AND (NEW.progress->>'chunks_done')::int > ${BATCH} AND (OLD.progress->>'chunks_done')::int = ${BATCH}`,
+    ],
   ] as const) {
     it(`when ${label} of the second batch fails, neither its rows nor its counters are kept`, { timeout: 30_000 }, async () => {
       const doc = await env.upload({ content: CONTENT, userId: randomUUID() });
@@ -146,7 +160,9 @@ describe("the finish stage", () => {
 
   it("refuses a document with a chunk missing its vector: failed_embedding, vectors_incomplete, nothing promoted", { timeout: 30_000 }, async () => {
     const { doc, resume } = await atFinish();
-    const deleted = await env.db.pool.query("DELETE FROM upload_pipeline.document_vector_buffer WHERE chunk_id = $1", [chunkId(doc.documentId, CHUNKER_NAME, CHUNKER_VERSION, 3)]);
+    const deleted = await env.db.pool.query("DELETE FROM upload_pipeline.document_vector_buffer WHERE chunk_id = $1", [
+      chunkId(doc.documentId, CHUNKER_NAME, CHUNKER_VERSION, 3),
+    ]);
     expect(deleted.rowCount).toBe(1);
     expect(await resume()).toBe("failed_embedding");
     const l = await ledger(doc.jobId);
@@ -157,10 +173,9 @@ describe("the finish stage", () => {
 
   it("refuses a document whose stored vector no longer hashes to its vector_sha", { timeout: 30_000 }, async () => {
     const { doc, resume } = await atFinish();
-    const changed = await env.db.pool.query(
-      "UPDATE upload_pipeline.document_vector_buffer SET embedding[1] = embedding[1] + 0.5 WHERE chunk_id = $1",
-      [chunkId(doc.documentId, CHUNKER_NAME, CHUNKER_VERSION, 2)],
-    );
+    const changed = await env.db.pool.query("UPDATE upload_pipeline.document_vector_buffer SET embedding[1] = embedding[1] + 0.5 WHERE chunk_id = $1", [
+      chunkId(doc.documentId, CHUNKER_NAME, CHUNKER_VERSION, 2),
+    ]);
     expect(changed.rowCount).toBe(1);
     expect(await resume()).toBe("failed_embedding");
     expect((await ledger(doc.jobId)).last_error?.code).toBe("vector_sha_mismatch");

@@ -67,7 +67,9 @@ describe("the OpenAI circuit breaker", () => {
     env.services.embedder = observed;
 
     const rng = mulberry32(9);
-    const docs = await Promise.all(Array.from({ length: 6 }, (_, i) => env.upload({ content: markdownDocument(rng, `Outage ${i}`, 2_000), filename: `o${i}.md` })));
+    const docs = await Promise.all(
+      Array.from({ length: 6 }, (_, i) => env.upload({ content: markdownDocument(rng, `Outage ${i}`, 2_000), filename: `o${i}.md` })),
+    );
     const worker = env.worker({ concurrency: 3, clock: () => new Date(Date.now()) });
     await worker.start();
 
@@ -82,7 +84,10 @@ describe("the OpenAI circuit breaker", () => {
     // OpenAI comes back; time passes the open period: the next call is the half-open probe.
     env.mocks.setFaults({});
     offsetMs += breaker.config.halfOpenAfterMs + 1;
-    const states0 = await waitForTerminal(env, docs.map((d) => d.jobId));
+    const states0 = await waitForTerminal(
+      env,
+      docs.map((d) => d.jobId),
+    );
     await worker.stop();
 
     expect([...states0.values()].every((s) => s === "complete")).toBe(true);

@@ -29,15 +29,23 @@ function redeployed(overrides: Record<string, string>) {
 function envOverrides(): Record<string, string> {
   const c = env.config;
   return {
-    OPENAI_API_KEY: c.OPENAI_API_KEY, LLAMA_CLOUD_API_KEY: c.LLAMA_CLOUD_API_KEY, SUPABASE_SERVICE_ROLE_KEY: c.SUPABASE_SERVICE_ROLE_KEY,
-    WEBHOOK_BASE_URL: c.WEBHOOK_BASE_URL, WEBHOOK_DEADLINE_SECONDS: "2", EMBED_BATCH_SIZE: "16",
+    OPENAI_API_KEY: c.OPENAI_API_KEY,
+    LLAMA_CLOUD_API_KEY: c.LLAMA_CLOUD_API_KEY,
+    SUPABASE_SERVICE_ROLE_KEY: c.SUPABASE_SERVICE_ROLE_KEY,
+    WEBHOOK_BASE_URL: c.WEBHOOK_BASE_URL,
+    WEBHOOK_DEADLINE_SECONDS: "2",
+    EMBED_BATCH_SIZE: "16",
   };
 }
 
 /** Run with `faults` until the first worker crashes at its point, then resume with `services` past the lease. */
 async function crashThenResume(jobId: string, point: string, services: ReturnType<typeof redeployed>) {
   let crashed = false;
-  const first = env.worker({ clock, faults: new FaultInjector([{ point, action: "crash" }]), onJobDone: (e) => void (e.outcome === "crashed" && (crashed = true)) });
+  const first = env.worker({
+    clock,
+    faults: new FaultInjector([{ point, action: "crash" }]),
+    onJobDone: (e) => void (e.outcome === "crashed" && (crashed = true)),
+  });
   await first.start();
   await until(`a crash at ${point}`, () => crashed, { timeoutMs: 20_000 });
   await first.stop();
@@ -51,7 +59,9 @@ async function crashThenResume(jobId: string, point: string, services: ReturnTyp
   }
 }
 
-const text = Array.from({ length: 30 }, (_, i) => `## Section ${i}\n\n${"The quick brown fox jumps over the lazy dog near the river bank. ".repeat(12)}`).join("\n\n");
+const text = Array.from({ length: 30 }, (_, i) => `## Section ${i}\n\n${"The quick brown fox jumps over the lazy dog near the river bank. ".repeat(12)}`).join(
+  "\n\n",
+);
 
 describe("a deploy that changes settings mid-job", () => {
   it("chunked under CHUNK_MAX_TOKENS=128/16, resumed by a worker with 512/64: finishes with 128-token chunks; a new job takes 512", async () => {
@@ -74,7 +84,10 @@ describe("a deploy that changes settings mid-job", () => {
     } finally {
       await worker.stop();
     }
-    const after = await env.db.pool.query<{ max: number }>("SELECT max(token_count)::int AS max FROM upload_pipeline.document_chunk_buffer WHERE document_id = $1", [fresh.documentId]);
+    const after = await env.db.pool.query<{ max: number }>(
+      "SELECT max(token_count)::int AS max FROM upload_pipeline.document_chunk_buffer WHERE document_id = $1",
+      [fresh.documentId],
+    );
     expect(after.rows[0]!.max).toBeGreaterThan(128);
   });
 

@@ -19,7 +19,10 @@ describe("the pipeline, end to end", () => {
     );
     const workers = [env.worker({ concurrency: 4 }), env.worker({ concurrency: 4 })];
     await Promise.all(workers.map((w) => w.start()));
-    const states = await waitForTerminal(env, docs.map((d) => d.jobId));
+    const states = await waitForTerminal(
+      env,
+      docs.map((d) => d.jobId),
+    );
     await Promise.all(workers.map((w) => w.stop()));
     expect([...states.values()].every((s) => s === "complete")).toBe(true);
 

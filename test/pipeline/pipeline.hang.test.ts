@@ -29,10 +29,17 @@ describe("nothing hangs forever", () => {
     const docs = await Promise.all([0, 1].map((i) => env.upload({ content: markdownDocument(rng, `Hang ${i}`, 1_500), filename: `h${i}.md` })));
     const workers = [env.worker({ workerId: "hang-a", concurrency: 1 }), env.worker({ workerId: "hang-b", concurrency: 1 })];
     await Promise.all(workers.map((w) => w.start()));
-    const states = await waitForTerminal(env, docs.map((d) => d.jobId), 30_000);
+    const states = await waitForTerminal(
+      env,
+      docs.map((d) => d.jobId),
+      30_000,
+    );
     expect([...states.values()]).toEqual(["complete", "complete"]);
     const requests = env.mocks.stats().requests;
-    const hangs = (service: string) => Object.entries(requests).filter(([route]) => route.startsWith(`${service}.`)).reduce((n, [, byStatus]) => n + (byStatus.hang ?? 0), 0);
+    const hangs = (service: string) =>
+      Object.entries(requests)
+        .filter(([route]) => route.startsWith(`${service}.`))
+        .reduce((n, [, byStatus]) => n + (byStatus.hang ?? 0), 0);
     // Each service really hung at least once (bursts count per request key).
     for (const service of ["storage", "llamaparse", "openai"]) expect(hangs(service), service).toBeGreaterThanOrEqual(1);
     const { rows } = await env.db.pool.query<{ code: string }>(

@@ -85,7 +85,11 @@ describe("a manual retry after a failed parse re-parses", () => {
     expect((await retry(doc.documentId)).statusCode).toBe(200);
 
     let crashed = false;
-    const crashing = env.worker({ clock, faults: new FaultInjector([{ point: "call.llamaparse.submit.after", action: "crash" }]), onJobDone: (e) => void (e.outcome === "crashed" && (crashed = true)) });
+    const crashing = env.worker({
+      clock,
+      faults: new FaultInjector([{ point: "call.llamaparse.submit.after", action: "crash" }]),
+      onJobDone: (e) => void (e.outcome === "crashed" && (crashed = true)),
+    });
     await crashing.start();
     await until("the retry's submission to crash after LlamaParse accepted it", () => crashed);
     await crashing.stop();
@@ -145,7 +149,11 @@ describe("no page is dropped silently", () => {
     expect(pages).toHaveLength(1);
     expect(failed.last_error?.code).toBe("parse_partial");
     expect(failed.last_error?.message).toContain(`could not parse page ${pages[0]} of 3`);
-    const status = await env.api.inject({ method: "GET", url: `/jobs/${doc.documentId}`, headers: { authorization: `Bearer ${env.config.SUPABASE_SERVICE_ROLE_KEY}` } });
+    const status = await env.api.inject({
+      method: "GET",
+      url: `/jobs/${doc.documentId}`,
+      headers: { authorization: `Bearer ${env.config.SUPABASE_SERVICE_ROLE_KEY}` },
+    });
     expect(status.json().progress.parse).toEqual({ failed_pages: pages, pages_total: 3 });
     const log = await env.db.pool.query("SELECT event_type FROM upload_pipeline.webhook_log WHERE job_id = $1", [doc.jobId]);
     expect(log.rows.map((r) => r.event_type)).toContain("parse.partial_success");
@@ -161,7 +169,10 @@ describe("no page is dropped silently", () => {
     const done = await job(doc.jobId);
     const pages = done.progress.parse_failed_pages as number[];
     expect(pages).toHaveLength(1);
-    const { rows } = await env.db.pool.query<{ text: string }>("SELECT text FROM upload_pipeline.document_chunk_buffer c JOIN upload_pipeline.upload_jobs j USING (document_id) WHERE j.job_id = $1", [doc.jobId]);
+    const { rows } = await env.db.pool.query<{ text: string }>(
+      "SELECT text FROM upload_pipeline.document_chunk_buffer c JOIN upload_pipeline.upload_jobs j USING (document_id) WHERE j.job_id = $1",
+      [doc.jobId],
+    );
     const text = rows.map((r) => r.text).join("\n");
     const names = ["one", "two", "three"];
     for (let page = 1; page <= 3; page++) expect(text.includes(`# Page ${names[page - 1]}`), `page ${page}`).toBe(!pages.includes(page));

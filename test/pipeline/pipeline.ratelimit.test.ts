@@ -44,7 +44,11 @@ async function setup(faults: FaultPlanInput, env: Record<string, string> = {}): 
   const clock = new ManualClock(Date.now());
   const pipeline = await startPipelineEnv({ seed: 17, faults, env: { EMBED_BATCH_SIZE: "4", ...env }, mocksNow: () => clock.now() });
   const events: Event[] = [];
-  const client = createEmbeddingsClient({ apiKey: pipeline.config.OPENAI_API_KEY, baseURL: pipeline.config.OPENAI_BASE_URL, model: pipeline.config.EMBED_MODEL });
+  const client = createEmbeddingsClient({
+    apiKey: pipeline.config.OPENAI_API_KEY,
+    baseURL: pipeline.config.OPENAI_BASE_URL,
+    model: pipeline.config.EMBED_MODEL,
+  });
   const recording: EmbeddingsClient = {
     model: client.model,
     dimensions: client.dimensions,
@@ -85,7 +89,10 @@ async function uploadAndRun(env: PipelineEnv, n: number, bytes: number) {
   const docs = await Promise.all(Array.from({ length: n }, (_, i) => env.upload({ content: markdownDocument(rng, `Rate ${i}`, bytes), filename: `r${i}.md` })));
   const worker = env.worker({ concurrency: 4 });
   await worker.start();
-  const states = await waitForTerminal(env, docs.map((d) => d.jobId));
+  const states = await waitForTerminal(
+    env,
+    docs.map((d) => d.jobId),
+  );
   await worker.stop();
   const jobs = await env.db.pool.query<{ status: string; last_error: unknown; chunks: number; vectors: number }>(
     `SELECT j.status, j.last_error,
@@ -94,7 +101,9 @@ async function uploadAndRun(env: PipelineEnv, n: number, bytes: number) {
        FROM upload_pipeline.upload_jobs j WHERE j.job_id = ANY($1)`,
     [docs.map((d) => d.jobId)],
   );
-  const failures = await env.db.pool.query("SELECT 1 FROM upload_pipeline.job_events WHERE to_status LIKE 'failed_%' AND job_id = ANY($1)", [docs.map((d) => d.jobId)]);
+  const failures = await env.db.pool.query("SELECT 1 FROM upload_pipeline.job_events WHERE to_status LIKE 'failed_%' AND job_id = ANY($1)", [
+    docs.map((d) => d.jobId),
+  ]);
   return { states: [...states.values()], jobs: jobs.rows, failedEvents: failures.rowCount };
 }
 

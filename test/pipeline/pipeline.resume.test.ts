@@ -119,10 +119,22 @@ describe("crash and resume", () => {
 
       // Same chunk ids (recomputed for this document), chunk_sha and vector_sha, one vector each.
       const rows = await fingerprint(env, r.documentId);
-      expect(rows.map((x) => x.chunk_id), label).toEqual(expected.map((_, ord) => chunkId(r.documentId, CHUNKER_NAME, CHUNKER_VERSION, ord)));
-      expect(rows.map((x) => x.chunk_sha), label).toEqual(expected.map((x) => x.chunk_sha));
-      expect(rows.map((x) => x.vector_sha), label).toEqual(expected.map((x) => x.vector_sha));
-      expect(rows.every((x) => x.n === 1), label).toBe(true);
+      expect(
+        rows.map((x) => x.chunk_id),
+        label,
+      ).toEqual(expected.map((_, ord) => chunkId(r.documentId, CHUNKER_NAME, CHUNKER_VERSION, ord)));
+      expect(
+        rows.map((x) => x.chunk_sha),
+        label,
+      ).toEqual(expected.map((x) => x.chunk_sha));
+      expect(
+        rows.map((x) => x.vector_sha),
+        label,
+      ).toEqual(expected.map((x) => x.vector_sha));
+      expect(
+        rows.every((x) => x.n === 1),
+        label,
+      ).toBe(true);
       // Every transition happened once, in the reference order.
       expect(r.path, label).toEqual(reference.path);
       // LlamaParse billed one parse: a resumed submit found the job the crashed one had sent.

@@ -9,7 +9,7 @@
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { LeaseLostError, type PipelineError } from "../../src/errors.ts";
-import { isTerminal, NEXT_STATE, type JobStatus, } from "../../src/state-machine/table.ts";
+import { isTerminal, NEXT_STATE, type JobStatus } from "../../src/state-machine/table.ts";
 import { transition } from "../../src/state-machine/transition.ts";
 import { claimNextJob, heartbeat, releaseJob } from "../../src/worker/queries.ts";
 import { createTestDatabase, type TestDatabase } from "../support/db.ts";
@@ -27,7 +27,6 @@ beforeAll(async () => {
   db = await createTestDatabase();
 }, 60_000);
 afterAll(() => db?.drop());
-
 
 type WorkerAction = "claim" | "beat" | "move" | "release" | "idle";
 
@@ -82,7 +81,10 @@ async function workerOp(name: string, action: WorkerAction, state: { lease?: Lea
     expect(jobIds, "claimed a job from outside this run").toContain(job.job_id);
     // Never two holders: nobody the history saw take this job still holds a live lease on it.
     const held = ledger.get(job.job_id);
-    expect(held && held.expiresMs > now.getTime() ? `${held.worker} holds ${job.job_id} until ${new Date(held.expiresMs).toISOString()}` : null, `${name} claimed at ${now.toISOString()}`).toBeNull();
+    expect(
+      held && held.expiresMs > now.getTime() ? `${held.worker} holds ${job.job_id} until ${new Date(held.expiresMs).toISOString()}` : null,
+      `${name} claimed at ${now.toISOString()}`,
+    ).toBeNull();
     const prior = before.get(job.job_id)!;
     expect(prior.lease_token === null || prior.lease_expires_at!.getTime() <= now.getTime()).toBe(true);
     ledger.set(job.job_id, { worker: name, token: job.lease_token, expiresMs: now.getTime() + LEASE_SECONDS * 1000 });
@@ -142,7 +144,9 @@ async function webhookOp(jobId: string, ledger: Ledger): Promise<void> {
   const now = clock.now();
   const before = await row(jobId);
   if (before.status !== "parse_queued") return;
-  const r = await attempt(() => transition(db.pool, { jobId, from: "parse_queued", to: "parsed", actor: "webhook", fence: { kind: "unleased" }, setAttempts: 0, now }));
+  const r = await attempt(() =>
+    transition(db.pool, { jobId, from: "parse_queued", to: "parsed", actor: "webhook", fence: { kind: "unleased" }, setAttempts: 0, now }),
+  );
   const held = ledger.get(jobId);
   const live = held !== undefined && held.expiresMs > now.getTime();
   if (live) {

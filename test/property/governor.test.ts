@@ -78,7 +78,10 @@ interface Sent {
 }
 
 async function levels(key: string) {
-  const { rows } = await db.pool.query("SELECT requests_level, tokens_level, paused_until, refilled_at FROM upload_pipeline.rate_budgets WHERE budget_key = $1", [key]);
+  const { rows } = await db.pool.query(
+    "SELECT requests_level, tokens_level, paused_until, refilled_at FROM upload_pipeline.rate_budgets WHERE budget_key = $1",
+    [key],
+  );
   return rows[0];
 }
 
@@ -119,7 +122,15 @@ describe("shared rate budget", () => {
                 const target = "pick" in op && mine.length ? mine[op.pick % mine.length]! : undefined;
                 if (op.kind === "reserve") {
                   const r = await reserve(c, { budgetKey: key, holder: `p${p}`, requests: 1, tokens: op.tokens, ttlMs: TTL_MS, now: at, ...common });
-                  const s: Sent = { id: r.reservationId, sendAt: now + r.waitMs, tokens: op.tokens, charged: op.tokens, requests: 1, open: true, settled: false };
+                  const s: Sent = {
+                    id: r.reservationId,
+                    sendAt: now + r.waitMs,
+                    tokens: op.tokens,
+                    charged: op.tokens,
+                    requests: 1,
+                    open: true,
+                    settled: false,
+                  };
                   sent.push(s);
                   byProcess[p]!.push(s);
                 } else if (op.kind === "settle" && target) {
@@ -163,7 +174,11 @@ describe("shared rate budget", () => {
           expect(worstOvershoot(sent, (s) => s.charged, CEILING.tpm)).toBeLessThanOrEqual(1e-6 * CEILING.tpm);
           expect(worstOvershoot(sent, (s) => s.requests, CEILING.rpm)).toBeLessThanOrEqual(1e-6 * CEILING.rpm);
         }),
-        { name: "sends never exceed the budget, and a second settle changes nothing, in any interleaving of several processes", file: FILE, defaultRuns: DEFAULT_RUNS },
+        {
+          name: "sends never exceed the budget, and a second settle changes nothing, in any interleaving of several processes",
+          file: FILE,
+          defaultRuns: DEFAULT_RUNS,
+        },
       );
     },
     timeoutFor(DEFAULT_RUNS, 1500),

@@ -233,7 +233,11 @@ async function referenceRun(p: PropertyEnv): Promise<Map<string, Reference>> {
   const userId = randomUUID();
   const jobs = new Map<string, { jobId: string; documentId: string }>();
   for (const c of CONTENTS.filter((c) => !c.poison)) jobs.set(c.name, await p.env.upload({ content: c.text, userId }));
-  await drain(p, clock, [...jobs.values()].map((j) => j.jobId));
+  await drain(
+    p,
+    clock,
+    [...jobs.values()].map((j) => j.jobId),
+  );
   for (const [name, job] of jobs) {
     const rows = await fingerprint(p.env, job.documentId);
     const { rows: prog } = await p.env.db.pool.query("SELECT status, progress FROM upload_pipeline.upload_jobs WHERE job_id = $1", [job.jobId]);
@@ -255,10 +259,7 @@ export class GuardedFaults implements FaultPoints {
   crashedAt: string | undefined;
   private readonly flags: { runaway?: string };
 
-  constructor(
-    rules: FaultRule[],
-    flags: { runaway?: string },
-  ) {
+  constructor(rules: FaultRule[], flags: { runaway?: string }) {
     this.flags = flags;
     this.inner = new FaultInjector(rules);
   }
@@ -318,7 +319,12 @@ export async function drain(p: PropertyEnv, clock: ManualClock, jobIds: string[]
     clock.advance(PAST_LEASE_MS);
   }
   const states = await statuses(p, jobIds);
-  throw new Error(`drain: jobs still not terminal after ${maxSteps} steps: ${[...states].filter(([, s]) => !isTerminal(s)).map(([j, s]) => `${j}=${s}`).join(", ")}`);
+  throw new Error(
+    `drain: jobs still not terminal after ${maxSteps} steps: ${[...states]
+      .filter(([, s]) => !isTerminal(s))
+      .map(([j, s]) => `${j}=${s}`)
+      .join(", ")}`,
+  );
 }
 
 export async function statuses(p: PropertyEnv, jobIds: string[]): Promise<Map<string, JobStatus>> {

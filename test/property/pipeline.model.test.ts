@@ -93,7 +93,10 @@ const MAX_JOBS = 4;
 async function invariants(m: Model, r: Real): Promise<void> {
   expect(r.flags.runaway, "a stage re-sent embedded chunks in a loop").toBeUndefined();
   if (m.jobs.length === 0) return;
-  const states = await statuses(p, m.jobs.map((j) => j.jobId));
+  const states = await statuses(
+    p,
+    m.jobs.map((j) => j.jobId),
+  );
   for (const j of m.jobs) {
     const s = states.get(j.jobId)!;
     // Only the poison document may fail: every other fault here is transient.
@@ -238,10 +241,7 @@ class Webhook implements Cmd {
   readonly pick: number;
   readonly kind: WebhookKind;
 
-  constructor(
-    pick: number,
-    kind: WebhookKind,
-  ) {
+  constructor(pick: number, kind: WebhookKind) {
     this.pick = pick;
     this.kind = kind;
   }
@@ -399,23 +399,29 @@ describe("the pipeline under generated histories", () => {
     "any history ends where a crash-free run ends",
     async () => {
       await checkProperty(
-        (replayPath) => fc.asyncProperty(
-          fc.array(fc.constantFrom(...CONTENTS), { minLength: 1, maxLength: 2 }),
-          fc.commands(commands, { maxCommands: 40, size: "medium", ...(replayPath ? { replayPath } : {}) }),
-          async (initial, cmds) => {
-            const r: Real = { clock: p.nextRunClock(), services: createPipelineServices(p.env.config), users: [], flags: {} };
-            const m: Model = { jobs: [], faults: "none" };
-            p.env.mocks.setFaults(BASELINE_FAULTS);
-            try {
-              for (const c of initial) await new UploadNew(c).run(m, r);
-              await fc.asyncModelRun(() => ({ model: m, real: r }), cmds);
-              await drain(p, r.clock, m.jobs.map((j) => j.jobId), r.flags);
-              await finalChecks(m, r);
-            } finally {
-              await forgetUsers(p, r.users);
-            }
-          },
-        ),
+        (replayPath) =>
+          fc.asyncProperty(
+            fc.array(fc.constantFrom(...CONTENTS), { minLength: 1, maxLength: 2 }),
+            fc.commands(commands, { maxCommands: 40, size: "medium", ...(replayPath ? { replayPath } : {}) }),
+            async (initial, cmds) => {
+              const r: Real = { clock: p.nextRunClock(), services: createPipelineServices(p.env.config), users: [], flags: {} };
+              const m: Model = { jobs: [], faults: "none" };
+              p.env.mocks.setFaults(BASELINE_FAULTS);
+              try {
+                for (const c of initial) await new UploadNew(c).run(m, r);
+                await fc.asyncModelRun(() => ({ model: m, real: r }), cmds);
+                await drain(
+                  p,
+                  r.clock,
+                  m.jobs.map((j) => j.jobId),
+                  r.flags,
+                );
+                await finalChecks(m, r);
+              } finally {
+                await forgetUsers(p, r.users);
+              }
+            },
+          ),
         { name: "any history ends where a crash-free run ends", file: FILE, defaultRuns: DEFAULT_RUNS },
       );
     },
@@ -425,7 +431,10 @@ describe("the pipeline under generated histories", () => {
 
 async function finalChecks(m: Model, r: Real): Promise<void> {
   expect(r.flags.runaway).toBeUndefined();
-  const states = await statuses(p, m.jobs.map((j) => j.jobId));
+  const states = await statuses(
+    p,
+    m.jobs.map((j) => j.jobId),
+  );
   for (const j of m.jobs) {
     const status = states.get(j.jobId);
     // Terminal as predicted: LlamaParse fails the poison document, everything else completes.

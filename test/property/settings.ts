@@ -60,7 +60,10 @@ type AnyProperty<Ts> = fc.IAsyncProperty<Ts> | fc.IProperty<Ts>;
  * A model-based property passes a function of `fc.commands`' `replayPath` instead: commands
  * shrink in a way the seed and path alone cannot replay.
  */
-export async function checkProperty<Ts>(property: AnyProperty<Ts> | ((replayPath: string | undefined) => AnyProperty<Ts>), options: CheckOptions): Promise<void> {
+export async function checkProperty<Ts>(
+  property: AnyProperty<Ts> | ((replayPath: string | undefined) => AnyProperty<Ts>),
+  options: CheckOptions,
+): Promise<void> {
   const build = typeof property === "function" ? property : () => property;
   const params: fc.Parameters<Ts> = {
     numRuns: runs(options.defaultRuns),

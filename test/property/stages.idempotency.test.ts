@@ -149,9 +149,7 @@ async function snapshot(ids: Ids): Promise<unknown> {
     job: { ...job.rows[0], progress },
     llamaparse_jobs: parseJobsFor(p, ids.jobId),
   };
-  return JSON.parse(
-    JSON.stringify(snap).replaceAll(ids.documentId, "<document>").replaceAll(ids.jobId, "<job>").replaceAll(ids.userId, "<user>"),
-  );
+  return JSON.parse(JSON.stringify(snap).replaceAll(ids.documentId, "<document>").replaceAll(ids.jobId, "<job>").replaceAll(ids.userId, "<user>"));
 }
 
 /** The snapshot of a stage run once, crash-free, per (stage, content), and how many points it passed. */

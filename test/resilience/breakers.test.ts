@@ -22,7 +22,6 @@ function advance(ms: number) {
   vi.setSystemTime(Date.now() + ms);
 }
 
-
 beforeEach(() => {
   vi.useFakeTimers({ toFake: ["Date"] });
   vi.setSystemTime(new Date("2025-01-01T00:00:00Z"));
@@ -137,10 +136,14 @@ describe("consecutive breaker", () => {
     expect(await rejectionOf(flaky.execute(fail))).not.toBeInstanceOf(ServiceConditionError);
     // A 429 is the service being busy, whatever the circuit says.
     const busy = breaker();
-    const limited = await rejectionOf(busy.execute(async () => Promise.reject(new TransientError("openai_rate_limited", "429", { status: 429, retryAfterMs: 1500 }))));
+    const limited = await rejectionOf(
+      busy.execute(async () => Promise.reject(new TransientError("openai_rate_limited", "429", { status: 429, retryAfterMs: 1500 }))),
+    );
     expect(limited).toMatchObject({ condition: "rate_limited", code: "openai_rate_limited", status: 429, retryAfterMs: 1500 });
     // A bad request stays the document's problem.
-    expect(await rejectionOf(busy.execute(async () => Promise.reject(new PermanentError("openai_bad_request", "400", { status: 400 }))))).not.toBeInstanceOf(ServiceConditionError);
+    expect(await rejectionOf(busy.execute(async () => Promise.reject(new PermanentError("openai_bad_request", "400", { status: 400 }))))).not.toBeInstanceOf(
+      ServiceConditionError,
+    );
   });
 
   it("account-level errors stop the fleet, not the documents: one refusal holds every call back, probes slowly, and lifts when the credential works", async () => {
@@ -207,7 +210,11 @@ describe("consecutive breaker", () => {
 
 describe("sampling breaker", () => {
   it("opens when the failure rate over the window passes the threshold at enough traffic", async () => {
-    const b = new ServiceBreaker("storage", { policy: { kind: "sampling", threshold: 0.5, durationMs: 10_000, minimumRps: 1 }, halfOpenAfterMs: 1000, refusalProbeMs: 30_000 });
+    const b = new ServiceBreaker("storage", {
+      policy: { kind: "sampling", threshold: 0.5, durationMs: 10_000, minimumRps: 1 },
+      halfOpenAfterMs: 1000,
+      refusalProbeMs: 30_000,
+    });
     for (let i = 0; i < 10; i++) {
       await b.execute(async () => "ok");
       advance(100);

@@ -101,7 +101,14 @@ describe("SharedGovernor", () => {
     const clock = new ManualClock(1_000_000);
     const limiter = new OpenAIRateLimiter({ requestsPerMinute: 600, tokensPerMinute: 60_000, clock });
     const governor = new SharedGovernor({
-      db: dead, budgetKey: "openai:x:m", holder: "p1", ceiling: CEILING, fallback: new LocalGovernor(limiter), log, clock, offlineMs: 10_000,
+      db: dead,
+      budgetKey: "openai:x:m",
+      holder: "p1",
+      ceiling: CEILING,
+      fallback: new LocalGovernor(limiter),
+      log,
+      clock,
+      offlineMs: 10_000,
     });
     const a = await governor.acquire({ requests: 1, tokens: 500 });
     const b = await governor.acquire({ requests: 1, tokens: 500 });
@@ -123,7 +130,13 @@ describe("SharedGovernor", () => {
     const log = createLogger({ level: "silent" });
     const key = `g:${keys++}`;
     const governor = new SharedGovernor({
-      db: db.pool, budgetKey: key, holder: "p1", ceiling: CEILING, log, clock, dbNow: () => at(clock.now()),
+      db: db.pool,
+      budgetKey: key,
+      holder: "p1",
+      ceiling: CEILING,
+      log,
+      clock,
+      dbNow: () => at(clock.now()),
       fallback: new LocalGovernor(new OpenAIRateLimiter({ requestsPerMinute: 600, tokensPerMinute: 60_000, clock })),
     });
     const first = await governor.acquire({ requests: 1, tokens: 60_000 });

@@ -22,8 +22,7 @@ async function lease(jobId: string): Promise<Fence & { kind: "lease" }> {
   return { kind: "lease", token, workerId: "w1" };
 }
 
-const fenceFor = async (actor: Actor, jobId: string): Promise<Fence> =>
-  actor === "worker" || actor === "reconciler" ? lease(jobId) : { kind: "unleased" };
+const fenceFor = async (actor: Actor, jobId: string): Promise<Fence> => (actor === "worker" || actor === "reconciler" ? lease(jobId) : { kind: "unleased" });
 
 describe("the state machine table", () => {
   it("has 13 states, and every non-terminal pipeline state has a failure edge and a way back", () => {
@@ -80,9 +79,9 @@ describe("transition()", () => {
     const stale = await lease(job.jobId);
     await lease(job.jobId); // taken over: a new token
     const before = await jobRow(db.pool, job.jobId);
-    await expect(
-      transition(db.pool, { jobId: job.jobId, from: "parsed", to: "parse_validated", actor: "worker", fence: stale }),
-    ).rejects.toBeInstanceOf(LeaseLostError);
+    await expect(transition(db.pool, { jobId: job.jobId, from: "parsed", to: "parse_validated", actor: "worker", fence: stale })).rejects.toBeInstanceOf(
+      LeaseLostError,
+    );
     expect(await jobRow(db.pool, job.jobId)).toEqual(before);
     expect((await events(db.pool, job.jobId)).map((e) => e.to_status)).toEqual(["uploaded"]);
   });
@@ -90,9 +89,9 @@ describe("transition()", () => {
   it("writes nothing when the job is no longer in the expected state", async () => {
     const job = await seedJob(db.pool, { status: "chunking" });
     const fence = await lease(job.jobId);
-    await expect(
-      transition(db.pool, { jobId: job.jobId, from: "parsed", to: "parse_validated", actor: "worker", fence }),
-    ).rejects.toBeInstanceOf(LeaseLostError);
+    await expect(transition(db.pool, { jobId: job.jobId, from: "parsed", to: "parse_validated", actor: "worker", fence })).rejects.toBeInstanceOf(
+      LeaseLostError,
+    );
     expect((await jobRow(db.pool, job.jobId)).status).toBe("chunking");
   });
 
@@ -110,7 +109,10 @@ describe("transition()", () => {
     const fence = await lease(job.jobId);
     await transition(db.pool, { jobId: job.jobId, from: "uploaded", to: "parse_queued", actor: "worker", fence, parseJobId: "pj-1" });
     const evs = await events(db.pool, job.jobId);
-    expect(evs.map((e) => [e.from_status, e.to_status])).toEqual([[null, "uploaded"], ["uploaded", "parse_queued"]]);
+    expect(evs.map((e) => [e.from_status, e.to_status])).toEqual([
+      [null, "uploaded"],
+      ["uploaded", "parse_queued"],
+    ]);
     expect((await jobRow(db.pool, job.jobId)).parse_job_id).toBe("pj-1");
   });
 });

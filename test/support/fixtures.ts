@@ -30,7 +30,14 @@ export async function seedJob(
     [docId, userId, filename, Buffer.byteLength(content), fileSha, `${userId}/raw/${docId}/${filename}`],
   );
   const id = jobId(docId);
-  await createJob(pool, { jobId: id, documentId: docId, correlationId: randomUUID(), maxAttempts: opts.maxAttempts ?? 5, lane: opts.lane, tenantId: opts.tenantId });
+  await createJob(pool, {
+    jobId: id,
+    documentId: docId,
+    correlationId: randomUUID(),
+    maxAttempts: opts.maxAttempts ?? 5,
+    lane: opts.lane,
+    tenantId: opts.tenantId,
+  });
   if (opts.status && opts.status !== "uploaded") {
     await pool.query("UPDATE upload_pipeline.upload_jobs SET status = $2 WHERE job_id = $1", [id, opts.status]);
   }
@@ -47,7 +54,14 @@ export async function events(pool: pg.Pool, id: string) {
     "SELECT from_status, to_status, worker_id, lease_token, attempt, detail FROM upload_pipeline.job_events WHERE job_id = $1 ORDER BY id",
     [id],
   );
-  return rows as Array<{ from_status: string | null; to_status: string; worker_id: string | null; lease_token: string | null; attempt: number; detail: Record<string, unknown> }>;
+  return rows as Array<{
+    from_status: string | null;
+    to_status: string;
+    worker_id: string | null;
+    lease_token: string | null;
+    attempt: number;
+    detail: Record<string, unknown>;
+  }>;
 }
 
 /** A clock the test moves by hand: lease expiry and backoff without sleeping. */

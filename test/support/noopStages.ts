@@ -5,7 +5,6 @@
 import { NEXT_STATE, type PipelineState } from "../../src/state-machine/table.ts";
 import type { Stage, StageContext } from "../../src/worker/stage.ts";
 
-
 export interface NoopHooks {
   /** Runs inside each stage before it moves the job (to record, delay or throw). */
   during?: (ctx: StageContext<unknown>) => Promise<void> | void;

@@ -42,18 +42,20 @@ function serve(lite: PGlite, socket: Socket, lock: SessionLock, isClosed: () => 
   let unit: Buffer[] = [];
   let chain = Promise.resolve();
   const run = (messages: Buffer[]) => {
-    chain = chain.then(async () => {
-      await lock.acquire(socket);
-      try {
-        await lite.runExclusive(async () => {
-          for (const message of messages) {
-            await lite.execProtocolRawStream(new Uint8Array(message), { onRawData: (data) => void (socket.writable && socket.write(data)) });
-          }
-        });
-      } finally {
-        lock.release(socket, lite.isInTransaction());
-      }
-    }).catch(() => void socket.destroy());
+    chain = chain
+      .then(async () => {
+        await lock.acquire(socket);
+        try {
+          await lite.runExclusive(async () => {
+            for (const message of messages) {
+              await lite.execProtocolRawStream(new Uint8Array(message), { onRawData: (data) => void (socket.writable && socket.write(data)) });
+            }
+          });
+        } finally {
+          lock.release(socket, lite.isInTransaction());
+        }
+      })
+      .catch(() => void socket.destroy());
   };
   socket.on("data", (data) => {
     buffer = Buffer.concat([buffer, data]);
@@ -93,15 +95,17 @@ function serve(lite: PGlite, socket: Socket, lock: SessionLock, isClosed: () => 
   socket.on("error", () => {});
   socket.on("close", () => {
     // A client gone mid-transaction must not hold the backend: roll it back.
-    chain = chain.then(async () => {
-      if (isClosed()) return;
-      await lock.acquire(socket);
-      try {
-        if (lite.isInTransaction()) await lite.exec("ROLLBACK");
-      } finally {
-        lock.release(socket, false);
-      }
-    }).catch(() => {});
+    chain = chain
+      .then(async () => {
+        if (isClosed()) return;
+        await lock.acquire(socket);
+        try {
+          if (lite.isInTransaction()) await lite.exec("ROLLBACK");
+        } finally {
+          lock.release(socket, false);
+        }
+      })
+      .catch(() => {});
   });
 }
 

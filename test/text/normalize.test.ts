@@ -14,14 +14,45 @@ async function collect(source: AsyncIterable<string>): Promise<string> {
 /** Characters that exercise every rule: line endings, whitespace kinds, BOM, combining marks, jamo, astral, lone surrogates. */
 const nastyChar = fc.oneof(
   fc.constantFrom(
-    "\r", "\n", "\r\n", " ", "\t", "\u00a0", "\u3000", "\u2000", "\u2028", "\u000b", "\uFEFF",
-    "e", "\u0301", "\u0327", "\u0323", "é", "\u1100", "\u1161", "\u11a8", "가", "\u0915", "\u093c",
-    "#", "`", "a", "Z", ".", "漢", "か", "\u3099", "😀", "\ud83d", "\ude00", "Å", "\u212b",
+    "\r",
+    "\n",
+    "\r\n",
+    " ",
+    "\t",
+    "\u00a0",
+    "\u3000",
+    "\u2000",
+    "\u2028",
+    "\u000b",
+    "\uFEFF",
+    "e",
+    "\u0301",
+    "\u0327",
+    "\u0323",
+    "é",
+    "\u1100",
+    "\u1161",
+    "\u11a8",
+    "가",
+    "\u0915",
+    "\u093c",
+    "#",
+    "`",
+    "a",
+    "Z",
+    ".",
+    "漢",
+    "か",
+    "\u3099",
+    "😀",
+    "\ud83d",
+    "\ude00",
+    "Å",
+    "\u212b",
   ),
   fc.string({ unit: "binary", minLength: 1, maxLength: 1 }),
 );
 const nastyText = fc.string({ unit: nastyChar, maxLength: 120 });
-
 
 async function* fromArray<T>(items: T[]): AsyncGenerator<T> {
   for (const item of items) yield item;
@@ -91,7 +122,10 @@ describe("normalizeStream: by example", () => {
   test("a huge single line is emitted in bounded pieces", async () => {
     let maxPending = 0;
     const line = "lorem ipsum dolor sit amet ".repeat(40_000); // ~1 MB, no newline
-    const pieces = splitAt(line, Array.from({ length: 200 }, (_, i) => i * 5_399));
+    const pieces = splitAt(
+      line,
+      Array.from({ length: 200 }, (_, i) => i * 5_399),
+    );
     const out = await collect(
       normalizeStream(fromArray(pieces), {
         maxPendingChars: 4096,

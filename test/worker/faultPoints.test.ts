@@ -10,7 +10,9 @@ import { PIPELINE_STAGES } from "../../src/stages/index.ts";
 import { FAULT_POINTS, parseCrashSpec } from "../../src/worker/faultPoints.ts";
 
 function sources(dir: string): string[] {
-  return readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? sources(join(dir, e.name)) : e.name.endsWith(".ts") ? [join(dir, e.name)] : []));
+  return readdirSync(dir, { withFileTypes: true }).flatMap((e) =>
+    e.isDirectory() ? sources(join(dir, e.name)) : e.name.endsWith(".ts") ? [join(dir, e.name)] : [],
+  );
 }
 
 describe("FAULT_POINTS", () => {
@@ -25,7 +27,11 @@ describe("FAULT_POINTS", () => {
   });
 
   it("parses point[#n][@jobId] and refuses anything else", () => {
-    expect(parseCrashSpec("commit.vectors.after#2@0b6f3c4e-6f1a-5b7e-9a41-0c2d8e6f7a10")).toEqual({ point: "commit.vectors.after", nth: 2, jobId: "0b6f3c4e-6f1a-5b7e-9a41-0c2d8e6f7a10" });
+    expect(parseCrashSpec("commit.vectors.after#2@0b6f3c4e-6f1a-5b7e-9a41-0c2d8e6f7a10")).toEqual({
+      point: "commit.vectors.after",
+      nth: 2,
+      jobId: "0b6f3c4e-6f1a-5b7e-9a41-0c2d8e6f7a10",
+    });
     expect(parseCrashSpec("claim.after")).toEqual({ point: "claim.after", nth: 1, jobId: undefined });
     expect(parseCrashSpec("claim.after#0")).toBeUndefined();
     expect(parseCrashSpec("Claim.After")).toBeUndefined();

@@ -27,7 +27,10 @@ describe("traces", () => {
     // As if another worker had opened this document's trace before it crashed.
     const plantedTrace = "4bf92f3577b34da6a3ce929d0e0e4736";
     const plantedSpan = "00f067aa0ba902b7";
-    await env.db.pool.query("UPDATE upload_pipeline.upload_jobs SET traceparent = $2 WHERE job_id = $1", [resumed.jobId, `00-${plantedTrace}-${plantedSpan}-01`]);
+    await env.db.pool.query("UPDATE upload_pipeline.upload_jobs SET traceparent = $2 WHERE job_id = $1", [
+      resumed.jobId,
+      `00-${plantedTrace}-${plantedSpan}-01`,
+    ]);
 
     const worker = env.worker({ concurrency: 2 });
     await worker.start();

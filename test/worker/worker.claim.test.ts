@@ -29,10 +29,16 @@ describe("claiming", () => {
     const workers = [1, 2].map((n) => testWorker(db.pool, stages, { workerId: `w${n}`, concurrency: 4, databaseUrl: db.url }));
     await Promise.all(workers.map((w) => w.start()));
     const ids = jobs.map((j) => j.jobId);
-    await until("every job to complete", async () => {
-      const { rows } = await db.pool.query("SELECT count(*)::int AS n FROM upload_pipeline.upload_jobs WHERE job_id = ANY($1) AND status = 'complete'", [ids]);
-      return rows[0].n === ids.length;
-    }, { timeoutMs: 20_000 });
+    await until(
+      "every job to complete",
+      async () => {
+        const { rows } = await db.pool.query("SELECT count(*)::int AS n FROM upload_pipeline.upload_jobs WHERE job_id = ANY($1) AND status = 'complete'", [
+          ids,
+        ]);
+        return rows[0].n === ids.length;
+      },
+      { timeoutMs: 20_000 },
+    );
     await Promise.all(workers.map((w) => w.stop()));
     expect(overlaps).toEqual([]);
     // Both workers did work, and each event was written under the lease of the worker that held it.
@@ -40,8 +46,16 @@ describe("claiming", () => {
     expect(rows.map((r) => r.worker_id).sort()).toEqual(["w1", "w2"]);
     for (const id of ids) {
       expect((await events(db.pool, id)).map((e) => e.to_status)).toEqual([
-        "uploaded", "parse_queued", "parsed", "parse_validated", "chunking", "chunks_stored",
-        "embedding_queued", "embedding_in_progress", "embeddings_stored", "complete",
+        "uploaded",
+        "parse_queued",
+        "parsed",
+        "parse_validated",
+        "chunking",
+        "chunks_stored",
+        "embedding_queued",
+        "embedding_in_progress",
+        "embeddings_stored",
+        "complete",
       ]);
       expect(await jobRow(db.pool, id)).toMatchObject({ locked_by: null, lease_token: null, attempts: 0 });
     }
@@ -85,7 +99,14 @@ describe("claiming", () => {
       clock: clock.now,
       leaseSeconds: 30,
       faults: new FaultInjector([
-        { point: "stage.uploaded.before", action: () => new Promise<void>((r) => { resumePaused = r; paused(); }) },
+        {
+          point: "stage.uploaded.before",
+          action: () =>
+            new Promise<void>((r) => {
+              resumePaused = r;
+              paused();
+            }),
+        },
       ]),
     });
     const other = testWorker(db.pool, noopStages(), { workerId: "other", clock: clock.now, leaseSeconds: 30 });

@@ -19,7 +19,10 @@ beforeAll(async () => {
 afterAll(() => db.drop());
 
 async function dueAt(jobId: string, at: Date) {
-  await db.pool.query("UPDATE upload_pipeline.upload_jobs SET next_attempt_at = $2::timestamptz, created_at = $2::timestamptz - interval '1 year' WHERE job_id = $1", [jobId, at]);
+  await db.pool.query(
+    "UPDATE upload_pipeline.upload_jobs SET next_attempt_at = $2::timestamptz, created_at = $2::timestamptz - interval '1 year' WHERE job_id = $1",
+    [jobId, at],
+  );
 }
 
 const circuitOpen = () => new ServiceConditionError("openai", "circuit_open", "openai circuit is open", { code: "circuit_open", retryAfterMs: 5_000 });
@@ -33,11 +36,15 @@ describe("a service outage is not the document's fault", () => {
     await db.pool.query("UPDATE upload_pipeline.upload_jobs SET attempts = 1 WHERE job_id = $1", [job.jobId]);
     let outage = true;
     const outcomes: JobRunOutcome[] = [];
-    const worker = testWorker(db.pool, noopStages({
-      during(ctx) {
-        if (ctx.job.status === "chunks_stored" && outage) throw circuitOpen();
-      },
-    }), { clock: clock.now, random: () => 0.5, retryBaseMs: 1000, onJobDone: (e) => outcomes.push(e.outcome) });
+    const worker = testWorker(
+      db.pool,
+      noopStages({
+        during(ctx) {
+          if (ctx.job.status === "chunks_stored" && outage) throw circuitOpen();
+        },
+      }),
+      { clock: clock.now, random: () => 0.5, retryBaseMs: 1000, onJobDone: (e) => outcomes.push(e.outcome) },
+    );
 
     for (let i = 0; i < 6; i++) {
       expect((await worker.runOnce())?.job_id).toBe(job.jobId);
@@ -59,11 +66,15 @@ describe("a service outage is not the document's fault", () => {
     const clock = new ManualClock(Date.parse("2041-01-01T00:00:00Z"));
     const job = await seedJob(db.pool, { status: "chunks_stored", maxAttempts: 2 });
     await dueAt(job.jobId, clock.now());
-    const worker = testWorker(db.pool, noopStages({
-      during(ctx) {
-        if (ctx.job.status === "chunks_stored") throw new TransientError("openai_unavailable", "503", { status: 503 });
-      },
-    }), { clock: clock.now, random: () => 0 });
+    const worker = testWorker(
+      db.pool,
+      noopStages({
+        during(ctx) {
+          if (ctx.job.status === "chunks_stored") throw new TransientError("openai_unavailable", "503", { status: 503 });
+        },
+      }),
+      { clock: clock.now, random: () => 0 },
+    );
     await worker.runOnce();
     expect(await jobRow(db.pool, job.jobId)).toMatchObject({ status: "chunks_stored", attempts: 1 });
     await worker.runOnce();
@@ -93,17 +104,21 @@ describe("shutdown costs nothing", () => {
     await dueAt(job.jobId, new Date(Date.now() - 1000));
     let batches = 0;
     let stopping: Promise<void> | undefined;
-    const worker = testWorker(db.pool, noopStages({
-      async during(ctx) {
-        if (ctx.job.status !== "chunks_stored") return;
-        for (let i = 0; i < 50; i++) {
-          ctx.checkpoint();
-          batches += 1;
-          if (i === 2) stopping = worker.stop(); // SIGTERM arrives during the third batch
-          await new Promise((r) => setTimeout(r, 20));
-        }
-      },
-    }), { shutdownTimeoutMs: 10_000 });
+    const worker = testWorker(
+      db.pool,
+      noopStages({
+        async during(ctx) {
+          if (ctx.job.status !== "chunks_stored") return;
+          for (let i = 0; i < 50; i++) {
+            ctx.checkpoint();
+            batches += 1;
+            if (i === 2) stopping = worker.stop(); // SIGTERM arrives during the third batch
+            await new Promise((r) => setTimeout(r, 20));
+          }
+        },
+      }),
+      { shutdownTimeoutMs: 10_000 },
+    );
     await worker.start();
     await expect.poll(() => batches, { timeout: 10_000 }).toBeGreaterThanOrEqual(3);
     await stopping;
@@ -118,13 +133,17 @@ describe("shutdown costs nothing", () => {
     await dueAt(job.jobId, new Date(Date.now() - 1000));
     let entered!: () => void;
     const inStage = new Promise<void>((r) => (entered = r));
-    const worker = testWorker(db.pool, noopStages({
-      async during(ctx) {
-        if (ctx.job.status !== "parse_validated") return;
-        entered();
-        await new Promise(() => {}); // never returns, never looks at the signal
-      },
-    }), { shutdownTimeoutMs: 200 });
+    const worker = testWorker(
+      db.pool,
+      noopStages({
+        async during(ctx) {
+          if (ctx.job.status !== "parse_validated") return;
+          entered();
+          await new Promise(() => {}); // never returns, never looks at the signal
+        },
+      }),
+      { shutdownTimeoutMs: 200 },
+    );
     await worker.start();
     await inStage;
     await worker.stop();
@@ -139,7 +158,10 @@ describe("shutdown costs nothing", () => {
     let claiming!: () => void;
     const claimed = new Promise<void>((r) => (claiming = r));
     const ran: string[] = [];
-    const worker = testWorker(gatedClaims(db.pool, gate, () => claiming()), noopStages({ during: (ctx) => void ran.push(ctx.job.status) }));
+    const worker = testWorker(
+      gatedClaims(db.pool, gate, () => claiming()),
+      noopStages({ during: (ctx) => void ran.push(ctx.job.status) }),
+    );
     await worker.start();
     await claimed;
     const stopped = worker.stop();
@@ -164,7 +186,13 @@ describe("nothing hangs forever: the stage deadline", () => {
         await new Promise(() => {}); // a call that never answers and ignores its signal
       },
     });
-    const stuck = testWorker(db.pool, stages, { workerId: "stuck", stageDeadlineMs: 300, retryBaseMs: 10_000, random: () => 0.99, onJobDone: (e) => outcomes.push({ worker: "stuck", outcome: e.outcome }) });
+    const stuck = testWorker(db.pool, stages, {
+      workerId: "stuck",
+      stageDeadlineMs: 300,
+      retryBaseMs: 10_000,
+      random: () => 0.99,
+      onJobDone: (e) => outcomes.push({ worker: "stuck", outcome: e.outcome }),
+    });
     await stuck.start();
     await expect.poll(() => outcomes.length, { timeout: 10_000 }).toBe(1);
     await stuck.stop(); // the stuck stage is still pending: stop() must not wait for it
@@ -188,15 +216,19 @@ describe("a frozen worker bills nothing twice", () => {
     await dueAt(job.jobId, clock.now());
     const billed: string[] = [];
     const outcomes: JobRunOutcome[] = [];
-    const worker = testWorker(db.pool, noopStages({
-      async during(ctx) {
-        if (ctx.job.status !== "chunks_stored") return;
-        await ctx.checkLease(); // fresh: ours
-        clock.advance(31_000); // frozen past the 30 s lease (no heartbeat ran)
-        await ctx.checkLease();
-        billed.push(ctx.job.job_id);
-      },
-    }), { clock: clock.now, onJobDone: (e) => outcomes.push(e.outcome) });
+    const worker = testWorker(
+      db.pool,
+      noopStages({
+        async during(ctx) {
+          if (ctx.job.status !== "chunks_stored") return;
+          await ctx.checkLease(); // fresh: ours
+          clock.advance(31_000); // frozen past the 30 s lease (no heartbeat ran)
+          await ctx.checkLease();
+          billed.push(ctx.job.job_id);
+        },
+      }),
+      { clock: clock.now, onJobDone: (e) => outcomes.push(e.outcome) },
+    );
     await worker.runOnce();
     expect(billed).toEqual([]);
     expect(outcomes).toEqual(["lost"]);

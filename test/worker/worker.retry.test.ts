@@ -14,7 +14,10 @@ afterAll(() => db.drop());
 
 /** Put a job at the head of the queue under the test's clock. */
 async function dueAt(jobId: string, at: Date) {
-  await db.pool.query("UPDATE upload_pipeline.upload_jobs SET next_attempt_at = $2::timestamptz, created_at = $2::timestamptz - interval '1 year' WHERE job_id = $1", [jobId, at]);
+  await db.pool.query(
+    "UPDATE upload_pipeline.upload_jobs SET next_attempt_at = $2::timestamptz, created_at = $2::timestamptz - interval '1 year' WHERE job_id = $1",
+    [jobId, at],
+  );
 }
 
 describe("retries and the dead letter", () => {
@@ -64,11 +67,15 @@ describe("retries and the dead letter", () => {
     const clock = new ManualClock(Date.parse("2033-01-01T00:00:00Z"));
     const job = await seedJob(db.pool, { status: "parsed" });
     await dueAt(job.jobId, clock.now());
-    const worker = testWorker(db.pool, noopStages({
-      during(ctx) {
-        if (ctx.job.status === "parsed") throw new PermanentError("parse_empty", "parsed markdown is empty");
-      },
-    }), { clock: clock.now });
+    const worker = testWorker(
+      db.pool,
+      noopStages({
+        during(ctx) {
+          if (ctx.job.status === "parsed") throw new PermanentError("parse_empty", "parsed markdown is empty");
+        },
+      }),
+      { clock: clock.now },
+    );
     await worker.runOnce();
     const row = await jobRow(db.pool, job.jobId);
     expect(row).toMatchObject({ status: "failed_parse", attempts: 1 });

@@ -41,7 +41,13 @@ interface DocumentContext {
   status: string | null;
 }
 
-export async function checkDocumentBuffers(db: Db, doc: DocumentContext, input: InvariantInput, chunker: { name: string; version: string }, out: BufferChecks): Promise<DocumentCounts> {
+export async function checkDocumentBuffers(
+  db: Db,
+  doc: DocumentContext,
+  input: InvariantInput,
+  chunker: { name: string; version: string },
+  out: BufferChecks,
+): Promise<DocumentCounts> {
   const { documentId } = doc;
   const { model, version, dimensions } = input.embed;
   const tolerance = input.vectorTolerance ?? 1e-6;
@@ -56,7 +62,8 @@ export async function checkDocumentBuffers(db: Db, doc: DocumentContext, input: 
     const id = chunkId(documentId, chunker.name, chunker.version, c.chunk_ord);
     if (c.chunk_id !== id) out.ids.add(`chunk ${c.chunk_id} (document ${documentId}, ord ${c.chunk_ord}): chunk_id should be ${id}`);
     const sha = sha256(c.text);
-    if (c.chunk_sha !== sha) out.ids.add(`chunk ${c.chunk_id} (document ${documentId}, ord ${c.chunk_ord}): chunk_sha ${c.chunk_sha} but sha256(text) is ${sha}`);
+    if (c.chunk_sha !== sha)
+      out.ids.add(`chunk ${c.chunk_id} (document ${documentId}, ord ${c.chunk_ord}): chunk_sha ${c.chunk_sha} but sha256(text) is ${sha}`);
   }
   for (const [ord, rows] of byOrd) {
     if (rows.length > 1) out.duplicates.add(`document ${documentId}: duplicate chunk rows for ord ${ord}: ${rows.map((r) => r.chunk_id).join(", ")}`);
@@ -64,7 +71,9 @@ export async function checkDocumentBuffers(db: Db, doc: DocumentContext, input: 
   const missing: number[] = [];
   for (let ord = 0; ord < byOrd.size; ord++) if (!byOrd.has(ord)) missing.push(ord);
   if (missing.length > 0) {
-    out.duplicates.add(`document ${documentId}: chunk ords are not 0..${byOrd.size - 1}: missing ${missing.slice(0, 10).join(", ")}${missing.length > 10 ? ", …" : ""}`);
+    out.duplicates.add(
+      `document ${documentId}: chunk ords are not 0..${byOrd.size - 1}: missing ${missing.slice(0, 10).join(", ")}${missing.length > 10 ? ", …" : ""}`,
+    );
   }
 
   // Vector rows, a page of ords at a time.
@@ -97,7 +106,8 @@ export async function checkDocumentBuffers(db: Db, doc: DocumentContext, input: 
   if (doc.status === "complete") {
     if (chunks.length === 0) out.duplicates.add(`document ${documentId} is complete but has no chunk rows`);
     for (const c of chunks) {
-      if (!vectorsPerChunk.has(c.chunk_id)) out.duplicates.add(`document ${documentId} is complete but chunk ${c.chunk_id} (ord ${c.chunk_ord}) has no ${model}/${version} vector`);
+      if (!vectorsPerChunk.has(c.chunk_id))
+        out.duplicates.add(`document ${documentId} is complete but chunk ${c.chunk_id} (ord ${c.chunk_ord}) has no ${model}/${version} vector`);
     }
     const reference = input.reference?.get(documentId);
     if (reference) {

@@ -25,7 +25,8 @@ function byJob(events: readonly EventRow[]): Map<string, EventRow[]> {
   return map;
 }
 
-const describe = (e: EventRow) => `event #${e.id} (${e.from_status ?? "∅"} → ${e.to_status} by ${e.actor ?? "?"}${e.worker_id && e.worker_id !== e.actor ? ` ${e.worker_id}` : ""})`;
+const describe = (e: EventRow) =>
+  `event #${e.id} (${e.from_status ?? "∅"} → ${e.to_status} by ${e.actor ?? "?"}${e.worker_id && e.worker_id !== e.actor ? ` ${e.worker_id}` : ""})`;
 
 export function checkEventPaths(jobs: readonly JobRow[], events: readonly EventRow[]): Violations {
   const v = new Violations("event_paths_valid", "§8.5");

@@ -51,9 +51,14 @@ export async function healthRoutes(app: FastifyInstance): Promise<void> {
 
   app.get("/metrics", async (request, reply) => {
     if (config.METRICS_TOKEN !== undefined && !sameSecret(bearerToken(request.headers.authorization), config.METRICS_TOKEN)) {
-      throw new ApiError(401, "unauthorized", "GET /metrics needs 'Authorization: Bearer <METRICS_TOKEN>' (set in Prometheus' scrape config as bearer_token).", {
-        "www-authenticate": 'Bearer realm="metrics"',
-      });
+      throw new ApiError(
+        401,
+        "unauthorized",
+        "GET /metrics needs 'Authorization: Bearer <METRICS_TOKEN>' (set in Prometheus' scrape config as bearer_token).",
+        {
+          "www-authenticate": 'Bearer realm="metrics"',
+        },
+      );
     }
     const text = await metrics.render();
     return reply.type(metrics.registry.contentType).send(text);

@@ -71,7 +71,8 @@ export async function jobRoutes(app: FastifyInstance): Promise<void> {
       retried = await retryFailedJob(pool, { jobId: row.job_id, status: row.status, lastError: row.last_error }, who.isService ? "service_role" : "owner");
     } catch (err) {
       if (err instanceof PipelineError && err.code === "not_failed") throw new ApiError(409, err.code, err.message);
-      if (err instanceof PipelineError && err.code === "conflict") throw new ApiError(409, err.code, `${err.message.slice(0, -1)}; GET /jobs/{document_id} to see its state.`);
+      if (err instanceof PipelineError && err.code === "conflict")
+        throw new ApiError(409, err.code, `${err.message.slice(0, -1)}; GET /jobs/{document_id} to see its state.`);
       throw err;
     }
     const { from, to } = retried;
@@ -116,7 +117,8 @@ async function loadTimeline(pool: pg.Pool, jobId: string): Promise<EventRow[]> {
   return rows;
 }
 
-const num = (v: unknown): number => (typeof v === "number" && Number.isFinite(v) ? v : typeof v === "string" && v.trim() !== "" && Number.isFinite(Number(v)) ? Number(v) : 0);
+const num = (v: unknown): number =>
+  typeof v === "number" && Number.isFinite(v) ? v : typeof v === "string" && v.trim() !== "" && Number.isFinite(Number(v)) ? Number(v) : 0;
 const percent = (done: number, total: number, finished: boolean): number =>
   total > 0 ? Math.min(100, Math.round((done / total) * 1000) / 10) : finished ? 100 : 0;
 

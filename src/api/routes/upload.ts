@@ -68,7 +68,10 @@ const SCHEDULING_FIELDS = Object.keys(Scheduling.shape);
 const SignedUploadRequest = z.object({
   filename: FileName,
   mime: z.string().min(1, "is empty; give the file's MIME type, e.g. application/pdf").max(255, "is too long"),
-  bytes: z.number({ error: "must be the file's size in bytes (a number)" }).int("must be a whole number").min(1, "must be at least 1: empty files are not accepted"),
+  bytes: z
+    .number({ error: "must be the file's size in bytes (a number)" })
+    .int("must be a whole number")
+    .min(1, "must be at least 1: empty files are not accepted"),
   sha256: Sha256,
   ...Scheduling.shape,
 });
@@ -144,7 +147,11 @@ export async function uploadRoutes(app: FastifyInstance): Promise<void> {
     if (request.isMultipart()) return direct(request, reply, who, userId);
     const type = baseMime(String(request.headers["content-type"] ?? ""));
     if (type !== "application/json") {
-      throw new ApiError(415, "unsupported_media_type", "POST /upload takes multipart/form-data (a 'file' part) or application/json {filename, mime, bytes, sha256}.");
+      throw new ApiError(
+        415,
+        "unsupported_media_type",
+        "POST /upload takes multipart/form-data (a 'file' part) or application/json {filename, mime, bytes, sha256}.",
+      );
     }
     const body = parseOr400(SignedUploadRequest, request.body, "body");
     const scheduling = schedulingOf(who, body);
@@ -164,7 +171,14 @@ export async function uploadRoutes(app: FastifyInstance): Promise<void> {
     let created = false;
     if (!known) {
       const inserted = await insertDocument(pool, {
-        documentId: docId, userId, filename: body.filename, mime, bytes: body.bytes, sha256: body.sha256, rawPath: path, ...scheduling,
+        documentId: docId,
+        userId,
+        filename: body.filename,
+        mime,
+        bytes: body.bytes,
+        sha256: body.sha256,
+        rawPath: path,
+        ...scheduling,
       });
       created = inserted.created;
       // A concurrent request created it first, under its own file name.
@@ -193,7 +207,11 @@ export async function uploadRoutes(app: FastifyInstance): Promise<void> {
         for await (const part of request.parts()) {
           if (part.type === "field") {
             if (part.fieldname !== "filename" && part.fieldname !== "sha256" && !SCHEDULING_FIELDS.includes(part.fieldname)) {
-              throw new ApiError(400, "unknown_field", `Form field '${part.fieldname.slice(0, 50)}' is not accepted; send 'file' and optionally 'filename', 'sha256', 'priority' and 'tenant_id'.`);
+              throw new ApiError(
+                400,
+                "unknown_field",
+                `Form field '${part.fieldname.slice(0, 50)}' is not accepted; send 'file' and optionally 'filename', 'sha256', 'priority' and 'tenant_id'.`,
+              );
             }
             fields[part.fieldname] = String(part.value);
             continue;
@@ -217,7 +235,11 @@ export async function uploadRoutes(app: FastifyInstance): Promise<void> {
       const filename = parseOr400(FileName, extra.filename ?? file.filename, "filename");
       if (file.bytes === 0) throw new ApiError(400, "empty_file", "file: is empty; empty files are not accepted.");
       if (extra.sha256 && extra.sha256 !== file.sha256) {
-        throw new ApiError(400, "checksum_mismatch", "sha256: does not match the bytes received; the upload was damaged or the checksum is wrong. Send it again.");
+        throw new ApiError(
+          400,
+          "checksum_mismatch",
+          "sha256: does not match the bytes received; the upload was damaged or the checksum is wrong. Send it again.",
+        );
       }
       const found = await sniffFile(path);
       let mime: string;
@@ -237,7 +259,14 @@ export async function uploadRoutes(app: FastifyInstance): Promise<void> {
       const existingJob = await findJob(pool, docId);
       if (existingJob) return reply.code(200).send({ ...answer, status: existingJob.status });
       const { row } = await insertDocument(pool, {
-        documentId: docId, userId, filename, mime, bytes: file.bytes, sha256: file.sha256, rawPath: rawPath(userId, docId, filename), ...scheduling,
+        documentId: docId,
+        userId,
+        filename,
+        mime,
+        bytes: file.bytes,
+        sha256: file.sha256,
+        rawPath: rawPath(userId, docId, filename),
+        ...scheduling,
       });
       await storageCall(() => store.upload(row.raw_path, Readable.toWeb(createReadStream(path)) as ReadableStream<Uint8Array>, mime, { upsert: true }));
       const { created } = await createJob(pool, { jobId, documentId: docId, correlationId: randomUUID(), maxAttempts: config.MAX_ATTEMPTS, lane: row.lane });
@@ -274,14 +303,22 @@ export async function uploadRoutes(app: FastifyInstance): Promise<void> {
 async function verifyStored(store: ObjectStore, rules: UploadRules, doc: DocumentRow, info: ObjectInfo, log: FastifyBaseLogger): Promise<void> {
   const declaredBytes = Number(doc.bytes);
   const largerThanDeclared = () =>
-    new ApiError(413, "file_too_large", `The stored file is larger than the ${declaredBytes} bytes declared in 'bytes'; PUT the file that was declared, or start again with POST /upload.`);
+    new ApiError(
+      413,
+      "file_too_large",
+      `The stored file is larger than the ${declaredBytes} bytes declared in 'bytes'; PUT the file that was declared, or start again with POST /upload.`,
+    );
   try {
     if (info.size !== null && info.size > rules.maxBytes) throw rules.tooLarge();
     if (info.size !== null && info.size > declaredBytes) throw largerThanDeclared();
     const stored = baseMime(info.contentType ?? "");
     rules.checkAllowed(stored, "Content-Type of the PUT");
     if (!contentMatches(doc.mime, stored)) {
-      throw new ApiError(415, "content_mismatch", `Content-Type of the PUT: '${stored}' is not the declared 'mime' '${doc.mime}'; PUT with Content-Type: ${doc.mime}.`);
+      throw new ApiError(
+        415,
+        "content_mismatch",
+        `Content-Type of the PUT: '${stored}' is not the declared 'mime' '${doc.mime}'; PUT with Content-Type: ${doc.mime}.`,
+      );
     }
     await withTempDir(async (dir) => {
       const path = join(dir, "object");
@@ -290,7 +327,11 @@ async function verifyStored(store: ObjectStore, rules: UploadRules, doc: Documen
         throw new ApiError(400, "size_mismatch", `bytes: ${declaredBytes} were declared but ${spooled.bytes} were stored; PUT the whole file again.`);
       }
       if (spooled.sha256 !== doc.file_sha256) {
-        throw new ApiError(400, "checksum_mismatch", "sha256: does not match the stored bytes; the upload was damaged or the checksum is wrong. PUT the file again.");
+        throw new ApiError(
+          400,
+          "checksum_mismatch",
+          "sha256: does not match the stored bytes; the upload was damaged or the checksum is wrong. PUT the file again.",
+        );
       }
       rules.checkContent(doc.mime, await sniffFile(path), "mime");
     });
@@ -356,7 +397,11 @@ function requireUser(who: Principal): string {
  */
 function schedulingOf(who: Principal, fields: z.infer<typeof Scheduling>): { lane: Lane; tenantId: string | null } {
   if (fields.tenant_id !== undefined && !who.isService) {
-    throw new ApiError(403, "tenant_forbidden", "tenant_id: only a service-role caller may name a tenant; leave it out and the upload counts towards your own share.");
+    throw new ApiError(
+      403,
+      "tenant_forbidden",
+      "tenant_id: only a service-role caller may name a tenant; leave it out and the upload counts towards your own share.",
+    );
   }
   return { lane: fields.priority ?? "interactive", tenantId: fields.tenant_id ?? null };
 }

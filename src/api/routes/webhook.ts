@@ -57,7 +57,11 @@ export const WEBHOOK_TOLERANCE_SECONDS = 300;
 export const EVENT_TYPES = ["parse.success", "parse.error", "parse.partial_success", "parse.cancelled", "parse.pending", "parse.running"] as const;
 
 // eslint-disable-next-line no-control-regex
-const Id = z.string().min(1, "is empty").max(256, "is too long (at most 256 characters)").regex(/^[^\u0000-\u001f\u007f]+$/, "must not contain control characters");
+const Id = z
+  .string()
+  .min(1, "is empty")
+  .max(256, "is too long (at most 256 characters)")
+  .regex(/^[^\u0000-\u001f\u007f]+$/, "must not contain control characters");
 
 export const WebhookBody = z.object({
   event_id: Id,
@@ -95,7 +99,9 @@ export function signWebhook(secret: string, raw: string | Uint8Array): string {
 }
 
 function signatureValid(header: unknown, secret: string | null, raw: Buffer): boolean {
-  const expected = createHmac("sha256", secret ?? NO_SECRET).update(raw).digest();
+  const expected = createHmac("sha256", secret ?? NO_SECRET)
+    .update(raw)
+    .digest();
   if (!secret || typeof header !== "string") return false;
   const match = SIGNATURE.exec(header.trim());
   if (!match) return false;
@@ -138,7 +144,10 @@ export async function webhookRoutes(app: FastifyInstance): Promise<void> {
 
   app.post("/webhooks/llamaparse", async (request, reply) => {
     const raw = Buffer.isBuffer(request.body) ? request.body : undefined;
-    const type = String(request.headers["content-type"] ?? "").split(";")[0]!.trim().toLowerCase();
+    const type = String(request.headers["content-type"] ?? "")
+      .split(";")[0]!
+      .trim()
+      .toLowerCase();
     if (type !== "application/json") {
       reject(request, "wrong_content_type", new ApiError(415, "unsupported_media_type", "Content-Type must be application/json."));
     }
@@ -175,7 +184,14 @@ export async function webhookRoutes(app: FastifyInstance): Promise<void> {
     metrics.webhook(result === "early" ? "early" : "accepted");
     log.info({ outcome: result }, "webhook accepted");
     if (result === "handed_off") {
-      const ev = { jobId: job!.job_id, documentId: job!.document_id, parseJobId, eventId: event.event_id, eventType: event.event_type as "parse.success" | "parse.partial_success", correlationId: job!.correlation_id };
+      const ev = {
+        jobId: job!.job_id,
+        documentId: job!.document_id,
+        parseJobId,
+        eventId: event.event_id,
+        eventType: event.event_type as "parse.success" | "parse.partial_success",
+        correlationId: job!.correlation_id,
+      };
       const p: Promise<void> = new Promise<void>((resolve) => setImmediate(resolve))
         .then(() => onParseEvent(ev))
         .then(
@@ -214,10 +230,9 @@ async function findJob(pool: pg.Pool, header: unknown, parseJobId: string): Prom
     const { rows } = await pool.query<JobRow>(`SELECT ${columns} FROM upload_pipeline.upload_jobs WHERE job_id = $1`, [header]);
     return rows[0];
   }
-  const { rows } = await pool.query<JobRow>(
-    `SELECT ${columns} FROM upload_pipeline.upload_jobs WHERE parse_job_id = $1 ORDER BY created_at DESC LIMIT 1`,
-    [parseJobId],
-  );
+  const { rows } = await pool.query<JobRow>(`SELECT ${columns} FROM upload_pipeline.upload_jobs WHERE parse_job_id = $1 ORDER BY created_at DESC LIMIT 1`, [
+    parseJobId,
+  ]);
   return rows[0];
 }
 
