@@ -17,6 +17,7 @@ import { createAdminHandlers } from "./admin/handlers.ts";
 import { LlamaParseState } from "./llamaparse/jobs.ts";
 import { createLlamaParseHandlers } from "./llamaparse/handlers.ts";
 import { WebhookSender, type DeliveryRecord, type WebhookSenderOptions } from "./llamaparse/webhook.ts";
+import { BatchState, createBatchHandlers } from "./openai/batches.ts";
 import { createOpenAIHandlers, openAILimitsFor } from "./openai/handlers.ts";
 import { RateLimiter } from "./openai/rate-limits.ts";
 import { FaultEngine, parseFaultPlan, type FaultLogEntry, type FaultPlan, type FaultPlanInput } from "./shared/faults.ts";
@@ -81,6 +82,8 @@ export interface MockState {
   faults: FaultEngine;
   stats: MockStats;
   rateLimiter: RateLimiter;
+  /** The OpenAI Files and Batches APIs' files and batches. */
+  batches: BatchState;
   llamaparse: LlamaParseState;
   storage: StorageState;
   webhooks: WebhookSender;
@@ -98,7 +101,7 @@ export interface Mocks {
   stats(): MockStatsSnapshot;
   /** Every fault injected since the plan was set (requests and webhook deliveries). */
   faultLog(): readonly FaultLogEntry[];
-  /** Forgets jobs, objects, rate windows, counters and the webhook log; restarts the plan clock. */
+  /** Forgets jobs, objects, files, batches, rate windows, counters and the webhook log; restarts the plan clock. */
   reset(): void;
   /** Resolves when no webhook delivery is pending. */
   webhooksIdle(): Promise<void>;
@@ -127,7 +130,8 @@ export function createMocks(options: MockOptions = {}): Mocks {
   const webhooks = new WebhookSender(ctx, { ...options.webhook, webhookBaseUrl: options.webhookBaseUrl });
   const llamaparse = new LlamaParseState(ctx, webhooks, seededUuid(seed, "llamaparse-project"));
   const storage = new StorageState(seed, now, options.buckets ?? ["documents"], options.bucketLimits);
-  const state: MockState = { faults, stats, rateLimiter, llamaparse, storage, webhooks };
+  const batches = new BatchState();
+  const state: MockState = { faults, stats, rateLimiter, batches, llamaparse, storage, webhooks };
 
   const setFaults = (plan: unknown): FaultPlan => {
     const parsed = parseFaultPlan(plan);
@@ -137,6 +141,7 @@ export function createMocks(options: MockOptions = {}): Mocks {
   const snapshot = () => stats.snapshot(storage.totals());
   const reset = () => {
     rateLimiter.reset();
+    batches.reset();
     llamaparse.reset();
     storage.reset();
     webhooks.reset();
@@ -153,6 +158,7 @@ export function createMocks(options: MockOptions = {}): Mocks {
       reset,
     }),
     ...createOpenAIHandlers(ctx, { rateLimiter }, { apiKey: keys.openai }),
+    ...createBatchHandlers(ctx, batches, { apiKey: keys.openai }),
     ...createLlamaParseHandlers(ctx, llamaparse, { apiKey: keys.llamaCloud }),
     ...createStorageHandlers(ctx, storage, { jwtSecret: keys.jwtSecret }),
   ];

@@ -28,14 +28,27 @@ export interface OpenAIMockOptions {
   apiKey: string;
 }
 
-type ApiError = { message: string; type: string; param: string | null; code: string | null };
+export type ApiError = { message: string; type: string; param: string | null; code: string | null };
 
-function errorBody(error: ApiError, status: number, headers: Record<string, string> = {}): Response {
+export function errorBody(error: ApiError, status: number, headers: Record<string, string> = {}): Response {
   return json({ error }, status, headers);
 }
 
-function invalid(message: string, param: string | null = null, code: string | null = null): Response {
+export function invalid(message: string, param: string | null = null, code: string | null = null): Response {
   return errorBody({ message, type: "invalid_request_error", param, code }, 400);
+}
+
+/** A request's JSON object body, or the API's 400 for a body that is not one. */
+export async function readJsonObject(request: Request): Promise<Record<string, unknown> | Response> {
+  try {
+    const parsed: unknown = JSON.parse(await request.text());
+    if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) throw new Error("not an object");
+    return parsed as Record<string, unknown>;
+  } catch {
+    return invalid(
+      "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON. If you have trouble figuring out how to fix this, please contact us through our help center at help.openai.com.)",
+    );
+  }
 }
 
 /** Masks a key as the API does in its 401 message: `sk-abc***************wxyz`. */
@@ -82,6 +95,128 @@ async function embeddingsFingerprint(request: Request): Promise<string> {
   } catch {
     return `raw:${sha256Hex(text).slice(0, 16)}`;
   }
+}
+
+/** The bearer-key check every OpenAI route makes: a 401 as the API words it, or undefined when the key is right. */
+export function checkBearer(request: Request, apiKey: string): Response | undefined {
+  const auth = request.headers.get("authorization") ?? "";
+  const key = /^Bearer\s+(.+)$/i.exec(auth)?.[1]?.trim();
+  if (!key) {
+    return errorBody(
+      {
+        message:
+          "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password field (with blank username) if you're accessing the API from your browser and are prompted for a username and password. You can obtain an API key from https://platform.openai.com/account/api-keys.",
+        type: "invalid_request_error",
+        param: null,
+        code: null,
+      },
+      401,
+    );
+  }
+  if (key !== apiKey) {
+    return errorBody(
+      {
+        message: `Incorrect API key provided: ${maskKey(key)}. You can find your API key at https://platform.openai.com/account/api-keys.`,
+        type: "invalid_request_error",
+        param: null,
+        code: "invalid_api_key",
+      },
+      401,
+    );
+  }
+
+  return undefined;
+}
+
+/** A valid embeddings request, read and checked. */
+export interface EmbeddingsRequest {
+  model: string;
+  inputs: Input[];
+  dimensions: number;
+  format: "float" | "base64";
+  /** Tokens the request bills. */
+  total: number;
+}
+
+/**
+ * Checks an embeddings request body as the API does (model, input forms, `encoding_format`,
+ * `dimensions`, the per-input and per-request limits): the request, or the 4xx answer.
+ * The synchronous endpoint and each line of a batch go through this same check.
+ */
+export function validateEmbeddingsBody(body: Record<string, unknown>): EmbeddingsRequest | Response {
+  const model = body.model;
+  if (typeof model !== "string" || model === "") return invalid("you must provide a model parameter");
+  if (body.input === undefined) return invalid("'input' is a required property", "input");
+  const spec = EMBEDDING_MODELS[model];
+  if (!spec) {
+    return errorBody(
+      {
+        message: `The model \`${model}\` does not exist or you do not have access to it.`,
+        type: "invalid_request_error",
+        param: null,
+        code: "model_not_found",
+      },
+      404,
+    );
+  }
+
+  const format = body.encoding_format ?? "float";
+  if (format !== "float" && format !== "base64") {
+    return invalid(
+      `Invalid value for 'encoding_format': expected one of 'float' or 'base64', got ${JSON.stringify(format)}.`,
+      "encoding_format",
+      "invalid_value",
+    );
+  }
+  let dimensions = spec.nativeDimensions;
+  if (body.dimensions !== undefined && body.dimensions !== null) {
+    if (!spec.supportsDimensions) return invalid("This model does not support specifying dimensions.", "dimensions");
+    const d = body.dimensions;
+    if (typeof d !== "number" || !Number.isInteger(d) || d < 1 || d > spec.nativeDimensions) {
+      return invalid(
+        `Invalid value for 'dimensions' = ${JSON.stringify(d)}. Must be an integer between 1 and ${spec.nativeDimensions}.`,
+        "dimensions",
+        "invalid_value",
+      );
+    }
+    dimensions = d;
+  }
+
+  const read = readInputs(body.input);
+  if (read instanceof Response) return read;
+  const { inputs, single } = read;
+  if (inputs.length > LIMITS.maxInputs) return invalid("Invalid 'input': array length must be 2048 or less.", "input");
+  // An empty string anywhere fails the whole request; whitespace is accepted.
+  if (inputs.some((i) => i === "")) return invalid(INVALID_INPUT);
+  let total = 0;
+  for (let i = 0; i < inputs.length; i++) {
+    const input = inputs[i]!;
+    const where = single ? "input" : `input[${i}]`;
+    if (typeof input !== "string" && !validTokenIds(input)) {
+      return invalid(`Invalid '${where}': token ids must be integers of the model's vocabulary.`, where, "invalid_value");
+    }
+    const n = countInputTokens(input);
+    if (n > LIMITS.maxTokensPerInput) return invalid(`Invalid '${where}': maximum input length is 8192 tokens.`, where);
+    total += n;
+  }
+  if (total > LIMITS.maxTokensPerRequest) {
+    return errorBody(
+      { message: `Requested ${total} tokens, max 300000 tokens per request`, type: "max_tokens_per_request", param: null, code: "max_tokens_per_request" },
+      400,
+    );
+  }
+
+  return { model, inputs, dimensions, format, total };
+}
+
+/** The body of a successful embeddings answer: one deterministic vector per input, and its usage. */
+export function embeddingsAnswer(request: EmbeddingsRequest) {
+  const { model, inputs, dimensions, format, total } = request;
+  const data = inputs.map((input, index) => {
+    const vector = expectedEmbedding(model, input, dimensions);
+    return { object: "embedding", index, embedding: format === "base64" ? toBase64Float32(vector) : vector };
+  });
+  return { object: "list", data, model, usage: { prompt_tokens: total, total_tokens: total } };
 }
 
 /** Builds the OpenAI handlers over `state`. */
@@ -154,104 +289,14 @@ export function createOpenAIHandlers(ctx: MockContext, state: OpenAIState, optio
 
   const embeddings = faulted({ ctx, service: "openai", route, errorResponse, decorate, fingerprint: embeddingsFingerprint }, async ({ request }) => {
     const started = ctx.now();
-    const auth = request.headers.get("authorization") ?? "";
-    const key = /^Bearer\s+(.+)$/i.exec(auth)?.[1]?.trim();
-    if (!key) {
-      return errorBody(
-        {
-          message:
-            "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password field (with blank username) if you're accessing the API from your browser and are prompted for a username and password. You can obtain an API key from https://platform.openai.com/account/api-keys.",
-          type: "invalid_request_error",
-          param: null,
-          code: null,
-        },
-        401,
-      );
-    }
-    if (key !== options.apiKey) {
-      return errorBody(
-        {
-          message: `Incorrect API key provided: ${maskKey(key)}. You can find your API key at https://platform.openai.com/account/api-keys.`,
-          type: "invalid_request_error",
-          param: null,
-          code: "invalid_api_key",
-        },
-        401,
-      );
-    }
+    const refused = checkBearer(request, options.apiKey);
+    if (refused) return refused;
 
-    let body: Record<string, unknown>;
-    try {
-      const parsed: unknown = JSON.parse(await request.text());
-      if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) throw new Error("not an object");
-      body = parsed as Record<string, unknown>;
-    } catch {
-      return invalid(
-        "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON. If you have trouble figuring out how to fix this, please contact us through our help center at help.openai.com.)",
-      );
-    }
-
-    const model = body.model;
-    if (typeof model !== "string" || model === "") return invalid("you must provide a model parameter");
-    if (body.input === undefined) return invalid("'input' is a required property", "input");
-    const spec = EMBEDDING_MODELS[model];
-    if (!spec) {
-      return errorBody(
-        {
-          message: `The model \`${model}\` does not exist or you do not have access to it.`,
-          type: "invalid_request_error",
-          param: null,
-          code: "model_not_found",
-        },
-        404,
-      );
-    }
-
-    const format = body.encoding_format ?? "float";
-    if (format !== "float" && format !== "base64") {
-      return invalid(
-        `Invalid value for 'encoding_format': expected one of 'float' or 'base64', got ${JSON.stringify(format)}.`,
-        "encoding_format",
-        "invalid_value",
-      );
-    }
-    let dimensions = spec.nativeDimensions;
-    if (body.dimensions !== undefined && body.dimensions !== null) {
-      if (!spec.supportsDimensions) return invalid("This model does not support specifying dimensions.", "dimensions");
-      const d = body.dimensions;
-      if (typeof d !== "number" || !Number.isInteger(d) || d < 1 || d > spec.nativeDimensions) {
-        return invalid(
-          `Invalid value for 'dimensions' = ${JSON.stringify(d)}. Must be an integer between 1 and ${spec.nativeDimensions}.`,
-          "dimensions",
-          "invalid_value",
-        );
-      }
-      dimensions = d;
-    }
-
-    const read = readInputs(body.input);
-    if (read instanceof Response) return read;
-    const { inputs, single } = read;
-    if (inputs.length > LIMITS.maxInputs) return invalid("Invalid 'input': array length must be 2048 or less.", "input");
-    // An empty string anywhere fails the whole request; whitespace is accepted.
-    if (inputs.some((i) => i === "")) return invalid(INVALID_INPUT);
-    let total = 0;
-    for (let i = 0; i < inputs.length; i++) {
-      const input = inputs[i]!;
-      const where = single ? "input" : `input[${i}]`;
-      if (typeof input !== "string" && !validTokenIds(input)) {
-        return invalid(`Invalid '${where}': token ids must be integers of the model's vocabulary.`, where, "invalid_value");
-      }
-      const n = countInputTokens(input);
-      if (n > LIMITS.maxTokensPerInput) return invalid(`Invalid '${where}': maximum input length is 8192 tokens.`, where);
-      total += n;
-    }
-    if (total > LIMITS.maxTokensPerRequest) {
-      return errorBody(
-        { message: `Requested ${total} tokens, max 300000 tokens per request`, type: "max_tokens_per_request", param: null, code: "max_tokens_per_request" },
-        400,
-      );
-    }
+    const body = await readJsonObject(request);
+    if (body instanceof Response) return body;
+    const valid = validateEmbeddingsBody(body);
+    if (valid instanceof Response) return valid;
+    const { model, inputs, total } = valid;
 
     const decision = state.rateLimiter.take(model, total);
     if (!decision.ok) {
@@ -280,12 +325,8 @@ export function createOpenAIHandlers(ctx: MockContext, state: OpenAIState, optio
       );
     }
 
-    const data = inputs.map((input, index) => {
-      const vector = expectedEmbedding(model, input, dimensions);
-      return { object: "embedding", index, embedding: format === "base64" ? toBase64Float32(vector) : vector };
-    });
     ctx.stats.recordUsage(model, inputs.length, total);
-    return json({ object: "list", data, model, usage: { prompt_tokens: total, total_tokens: total } }, 200, {
+    return json(embeddingsAnswer(valid), 200, {
       ...decision.headers,
       "openai-model": model,
       "openai-processing-ms": String(Math.max(1, Math.round(ctx.now() - started))),

@@ -98,10 +98,28 @@ const RateLimitSchema = z.strictObject({
   tpm: z.number().int().min(1).optional(),
 });
 
-/** OpenAI faults, plus its RPM/TPM limits (defaults: 10,000 RPM and 10,000,000 TPM per model). */
+const BATCH_SCHEDULE_DEFAULT = { validatingMs: 50, inProgressMs: 200, finalizingMs: 50 };
+
+/**
+ * The Batch API's schedule and fates. A batch's fate is drawn once, keyed by its input file's
+ * SHA-256 and how many batches that content already had (never by its id or arrival order).
+ */
+export const OpenAIBatchesSchema = z.strictObject({
+  /** How long a batch stays `validating`, `in_progress` and `finalizing`. */
+  schedule: z.strictObject({ validatingMs: ms.default(50), inProgressMs: ms.default(200), finalizingMs: ms.default(50) }).default(BATCH_SCHEDULE_DEFAULT),
+  /** The batch ends `expired` after `in_progress`: the fraction `completedFraction` of its requests made it into the output file, the rest are `batch_expired` lines of the error file. */
+  expire: z.strictObject({ rate, completedFraction: rate.default(0) }).optional(),
+  /** The batch completes, but the fraction `requests` of its request lines (at least one) fail with a 500 in the error file. */
+  partialFailure: z.strictObject({ rate, requests: rate.default(0.1) }).optional(),
+  /** The batch stays `in_progress` `extraMs` longer. */
+  slow: z.strictObject({ rate, extraMs: ms }).optional(),
+});
+
+/** OpenAI faults, plus its RPM/TPM limits (defaults: 10,000 RPM and 10,000,000 TPM per model) and the Batch API's schedule and fates. */
 export const OpenAIFaultsSchema = z.strictObject({
   ...serviceSchema(OpenAIFault),
   rateLimits: RateLimitSchema.extend({ models: z.record(z.string(), RateLimitSchema).optional() }).optional(),
+  batches: OpenAIBatchesSchema.optional(),
 });
 
 /** LlamaParse faults, plus the job schedule (how long jobs stay PENDING and RUNNING). */
@@ -173,6 +191,7 @@ export type FaultPlan = z.output<typeof FaultPlanSchema>;
 /** A fault plan as written (JSON). */
 export type FaultPlanInput = z.input<typeof FaultPlanSchema>;
 export type OpenAIFaults = z.output<typeof OpenAIFaultsSchema>;
+export type OpenAIBatchFaults = z.output<typeof OpenAIBatchesSchema>;
 export type LlamaParseFaults = z.output<typeof LlamaParseFaultsSchema>;
 export type StorageFaults = z.output<typeof StorageFaultsSchema>;
 export type WebhookFaults = z.output<typeof WebhookFaultsSchema>;

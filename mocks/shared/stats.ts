@@ -33,6 +33,10 @@ export interface MockStatsSnapshot {
     usage: Record<string, ModelUsage>;
     /** 429s from the RPM/TPM windows, by limit type. */
     rateLimitHits: { requests: number; tokens: number };
+    /** Usage billed through the Batch API (successful request lines of finished batches), by model: half price. */
+    batchUsage: Record<string, ModelUsage>;
+    /** Batches created, and batches by the terminal status they reached. */
+    batches: { created: number; finished: Record<string, number> };
   };
   llamaparse: {
     jobsCreated: number;
@@ -63,6 +67,8 @@ export class MockStats {
   faults: Record<string, Record<string, number>> = {};
   openaiUsage: Record<string, ModelUsage> = {};
   rateLimitHits = { requests: 0, tokens: 0 };
+  batchUsage: Record<string, ModelUsage> = {};
+  batches = { created: 0, finished: {} as Record<string, number> };
   llamaparse = { jobsCreated: 0, jobsFinished: {} as Record<string, number>, pagesParsed: 0 };
   webhookAttempts = 0;
   webhookDeliveries: MockStatsSnapshot["webhooks"]["deliveries"] = { genuine: {}, duplicate: {}, forged: {}, replay: {} };
@@ -80,6 +86,8 @@ export class MockStats {
     this.faults = {};
     this.openaiUsage = {};
     this.rateLimitHits = { requests: 0, tokens: 0 };
+    this.batchUsage = {};
+    this.batches = { created: 0, finished: {} };
     this.llamaparse = { jobsCreated: 0, jobsFinished: {}, pagesParsed: 0 };
     this.webhookAttempts = 0;
     this.webhookDeliveries = { genuine: {}, duplicate: {}, forged: {}, replay: {} };
@@ -97,8 +105,10 @@ export class MockStats {
     bump((this.faults[route] ??= {}), String(fault));
   }
 
-  recordUsage(model: string, inputs: number, promptTokens: number): void {
-    const u = (this.openaiUsage[model] ??= { requests: 0, inputs: 0, prompt_tokens: 0 });
+  /** Billed usage of one successful request: synchronous, or a line of a batch (`batch: true`). */
+  recordUsage(model: string, inputs: number, promptTokens: number, batch = false): void {
+    const book = batch ? this.batchUsage : this.openaiUsage;
+    const u = (book[model] ??= { requests: 0, inputs: 0, prompt_tokens: 0 });
     u.requests++;
     u.inputs += inputs;
     u.prompt_tokens += promptTokens;
@@ -116,7 +126,7 @@ export class MockStats {
       requests: this.requests,
       rateLimited: this.rateLimited,
       faults: this.faults,
-      openai: { usage: this.openaiUsage, rateLimitHits: this.rateLimitHits },
+      openai: { usage: this.openaiUsage, rateLimitHits: this.rateLimitHits, batchUsage: this.batchUsage, batches: this.batches },
       llamaparse: this.llamaparse,
       storage,
       webhooks: { attempts: this.webhookAttempts, deliveries: this.webhookDeliveries },
