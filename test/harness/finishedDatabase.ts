@@ -6,10 +6,12 @@
  */
 import { createHash, randomUUID } from "node:crypto";
 import type pg from "pg";
+import { afterAll, beforeAll } from "vitest";
 import { CHUNKER_NAME, CHUNKER_VERSION } from "../../src/chunking/markdownChunker.ts";
 import { costUsd } from "../../src/clients/tokens.ts";
 import { chunkId, documentId, jobId, sha256, vectorSha } from "../../src/ids.ts";
 import type { InvariantInput } from "../../harness/invariants/index.ts";
+import { createTestDatabase, type TestDatabase } from "../support/db.ts";
 
 export const EMBED = { model: "text-embedding-3-small", version: "1", dimensions: 8 } as const;
 
@@ -146,6 +148,17 @@ export async function buildFinishedDatabase(db: pg.Pool): Promise<Finished> {
       crashesHappened: false,
     },
   };
+}
+
+/** A test file's own finished database: built before its tests run, dropped after them. */
+export function finishedDatabaseForFile(): { readonly db: TestDatabase; readonly run: Finished } {
+  const file = {} as { db: TestDatabase; run: Finished };
+  beforeAll(async () => {
+    file.db = await createTestDatabase();
+    file.run = await buildFinishedDatabase(file.db.pool);
+  });
+  afterAll(() => dropQuietly(file.db));
+  return file;
 }
 
 /**

@@ -5,23 +5,16 @@
  */
 import { randomUUID } from "node:crypto";
 import type pg from "pg";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { checkInvariants, CHECK_NAMES, fingerprint, type InvariantInput, type InvariantReport } from "../../harness/invariants/index.ts";
 import { sha256, vectorSha } from "../../src/ids.ts";
-import { createTestDatabase, type TestDatabase } from "../support/db.ts";
-import { buildFinishedDatabase, dropQuietly, EMBED, type Finished } from "./finishedDatabase.ts";
+import { EMBED, finishedDatabaseForFile } from "./finishedDatabase.ts";
 
-let db: TestDatabase;
-let run: Finished;
-beforeAll(async () => {
-  db = await createTestDatabase();
-  run = await buildFinishedDatabase(db.pool);
-});
-afterAll(() => dropQuietly(db));
+const file = finishedDatabaseForFile();
 
 /** Plant a fault in a transaction, check, roll back. */
-async function planted(fault: (c: pg.PoolClient) => Promise<unknown>, input: InvariantInput = run.input): Promise<InvariantReport> {
-  const client = await db.pool.connect();
+async function planted(fault: (c: pg.PoolClient) => Promise<unknown>, input: InvariantInput = file.run.input): Promise<InvariantReport> {
+  const client = await file.db.pool.connect();
   try {
     await client.query("BEGIN");
     await fault(client);
@@ -45,7 +38,7 @@ const violations = (r: InvariantReport, name: string) => r.checks.find((c) => c.
 
 describe("checkInvariants on a correct finished database", () => {
   it("passes every check, in the documented order", async () => {
-    const report = await checkInvariants(db.pool, run.input);
+    const report = await checkInvariants(file.db.pool, file.run.input);
     expect(report.checks.map((c) => c.name)).toEqual([...CHECK_NAMES]);
     expect(failing(report)).toEqual([]);
     expect(report.ok).toBe(true);
@@ -53,24 +46,24 @@ describe("checkInvariants on a correct finished database", () => {
   });
 
   it("matches its own fingerprints as the reference", async () => {
-    const reference = await fingerprint(db.pool, run.input.documentIds, { embed: EMBED });
-    const [a] = run.complete;
+    const reference = await fingerprint(file.db.pool, file.run.input.documentIds, { embed: EMBED });
+    const [a] = file.run.complete;
     expect(reference.get(a!.documentId)!.chunkIds).toEqual(a!.chunkIds);
     expect(reference.get(a!.documentId)!.vectorShas).toHaveLength(3);
-    expect(reference.get(run.poison.documentId)).toEqual({ chunkIds: [], chunkShas: [], vectorShas: [] });
-    const report = await checkInvariants(db.pool, { ...run.input, reference });
+    expect(reference.get(file.run.poison.documentId)).toEqual({ chunkIds: [], chunkShas: [], vectorShas: [] });
+    const report = await checkInvariants(file.db.pool, { ...file.run.input, reference });
     expect(report.ok).toBe(true);
   });
 
   it("accepts fewer job tokens than billed when a crash may have re-spent them", async () => {
-    const billedMore = { promptTokensByModel: { [EMBED.model]: run.tokens + 40 } };
-    expect((await checkInvariants(db.pool, { ...run.input, mockUsage: billedMore, crashesHappened: true })).ok).toBe(true);
+    const billedMore = { promptTokensByModel: { [EMBED.model]: file.run.tokens + 40 } };
+    expect((await checkInvariants(file.db.pool, { ...file.run.input, mockUsage: billedMore, crashesHappened: true })).ok).toBe(true);
   });
 });
 
 describe("planted faults are caught and named", () => {
   it("a duplicate vector row (unique constraint dropped)", async () => {
-    const chunk = run.complete[0]!.chunkIds[1]!;
+    const chunk = file.run.complete[0]!.chunkIds[1]!;
     const report = await planted(async (c) => {
       await dropUnique(c, "document_vector_buffer");
       await c.query(
@@ -85,7 +78,7 @@ describe("planted faults are caught and named", () => {
   });
 
   it("a duplicate chunk ord under a different chunk id", async () => {
-    const doc = run.complete[1]!;
+    const doc = file.run.complete[1]!;
     const bogus = randomUUID();
     const report = await planted(async (c) => {
       await dropUnique(c, "document_chunk_buffer");
@@ -101,14 +94,14 @@ describe("planted faults are caught and named", () => {
   });
 
   it("a lost chunk (a gap in the ords)", async () => {
-    const doc = run.complete[0]!;
+    const doc = file.run.complete[0]!;
     const report = await planted((c) => c.query("DELETE FROM upload_pipeline.document_chunk_buffer WHERE chunk_id = $1", [doc.chunkIds[1]]));
     expect(violations(report, "no_duplicate_or_missing_rows")).toContain(`document ${doc.documentId}: chunk ords are not 0..1: missing 1`);
     expect(failing(report)).toContain("counters_match_buffers");
   });
 
   it("a lost job: an uploaded document with no job", async () => {
-    const doc = run.complete[1]!;
+    const doc = file.run.complete[1]!;
     const report = await planted((c) => c.query("DELETE FROM upload_pipeline.upload_jobs WHERE job_id = $1", [doc.jobId]));
     expect(failing(report)).toContain("no_lost_documents");
     expect(violations(report, "no_lost_documents")).toContain(`document ${doc.documentId} was uploaded but has no upload_jobs row`);
@@ -116,13 +109,13 @@ describe("planted faults are caught and named", () => {
 
   it("a lost document: uploaded but not in the table", async () => {
     const missing = randomUUID();
-    const report = await planted(async () => undefined, { ...run.input, documentIds: [...run.input.documentIds, missing] });
+    const report = await planted(async () => undefined, { ...file.run.input, documentIds: [...file.run.input.documentIds, missing] });
     expect(failing(report)).toEqual(["no_lost_documents"]);
     expect(violations(report, "no_lost_documents")).toContain(`document ${missing} was uploaded but has no documents row`);
   });
 
   it("a job stuck in a non-terminal state", async () => {
-    const doc = run.complete[0]!;
+    const doc = file.run.complete[0]!;
     const report = await planted(async (c) => {
       await c.query("UPDATE upload_pipeline.upload_jobs SET status = 'embedding_in_progress' WHERE job_id = $1", [doc.jobId]);
       await c.query("DELETE FROM upload_pipeline.job_events WHERE id = ANY($1::bigint[])", [doc.eventIds.slice(-2)]);
@@ -134,15 +127,15 @@ describe("planted faults are caught and named", () => {
   });
 
   it("a job in a terminal state other than expected", async () => {
-    const expected = new Map(run.input.expected);
-    expected.set(run.complete[1]!.documentId, "failed_embedding");
-    const report = await planted(async () => undefined, { ...run.input, expected });
+    const expected = new Map(file.run.input.expected);
+    expected.set(file.run.complete[1]!.documentId, "failed_embedding");
+    const report = await planted(async () => undefined, { ...file.run.input, expected });
     expect(failing(report)).toEqual(["jobs_terminal_as_expected"]);
     expect(violations(report, "jobs_terminal_as_expected")).toContain(`ended in complete, expected failed_embedding`);
   });
 
   it("a wrong vector (its vector_sha consistent, so only the mock comparison sees it)", async () => {
-    const chunk = run.complete[1]!.chunkIds[0]!;
+    const chunk = file.run.complete[1]!.chunkIds[0]!;
     const report = await planted(async (c) => {
       const { rows } = await c.query<{ embedding: number[] }>("SELECT embedding FROM upload_pipeline.document_vector_buffer WHERE chunk_id = $1", [chunk]);
       const wrong = Float32Array.from(rows[0]!.embedding);
@@ -158,34 +151,34 @@ describe("planted faults are caught and named", () => {
   });
 
   it("a vector_sha that does not hash the stored floats", async () => {
-    const chunk = run.complete[0]!.chunkIds[2]!;
+    const chunk = file.run.complete[0]!.chunkIds[2]!;
     const report = await planted((c) => c.query("UPDATE upload_pipeline.document_vector_buffer SET vector_sha = $2 WHERE chunk_id = $1", [chunk, sha256("x")]));
     expect(failing(report)).toEqual(["ids_and_hashes_deterministic"]);
     expect(violations(report, "ids_and_hashes_deterministic")).toContain(`vector of chunk ${chunk}`);
   });
 
   it("a wrong chunk_sha", async () => {
-    const chunk = run.complete[0]!.chunkIds[0]!;
+    const chunk = file.run.complete[0]!.chunkIds[0]!;
     const report = await planted((c) =>
       c.query("UPDATE upload_pipeline.document_chunk_buffer SET chunk_sha = $2 WHERE chunk_id = $1", [chunk, sha256("not the text")]),
     );
     expect(failing(report)).toEqual(["ids_and_hashes_deterministic"]);
     expect(violations(report, "ids_and_hashes_deterministic")).toContain(
-      `chunk ${chunk} (document ${run.complete[0]!.documentId}, ord 0): chunk_sha ${sha256("not the text")}`,
+      `chunk ${chunk} (document ${file.run.complete[0]!.documentId}, ord 0): chunk_sha ${sha256("not the text")}`,
     );
   });
 
   it("a chunk_sha that differs from the reference run", async () => {
-    const doc = run.complete[1]!;
-    const reference = await fingerprint(db.pool, run.input.documentIds, { embed: EMBED });
+    const doc = file.run.complete[1]!;
+    const reference = await fingerprint(file.db.pool, file.run.input.documentIds, { embed: EMBED });
     reference.get(doc.documentId)!.chunkShas[1] = sha256("the reference said otherwise");
-    const report = await planted(async () => undefined, { ...run.input, reference });
+    const report = await planted(async () => undefined, { ...file.run.input, reference });
     expect(failing(report)).toEqual(["matches_reference_run"]);
     expect(violations(report, "matches_reference_run")).toContain(`document ${doc.documentId}: chunk_sha differ from the reference run at ord 1`);
   });
 
   it("an illegal transition in job_events (parse_queued → parse_validated)", async () => {
-    const doc = run.complete[0]!;
+    const doc = file.run.complete[0]!;
     const skipped = doc.eventIds[2]!;
     const report = await planted(async (c) => {
       await c.query("UPDATE upload_pipeline.job_events SET to_status = 'parse_validated' WHERE id = $1", [skipped]);
@@ -198,7 +191,7 @@ describe("planted faults are caught and named", () => {
   });
 
   it("an edge taken by an actor the table does not allow", async () => {
-    const doc = run.complete[1]!;
+    const doc = file.run.complete[1]!;
     const report = await planted((c) => c.query(`UPDATE upload_pipeline.job_events SET detail = '{"actor":"operator"}' WHERE id = $1`, [doc.eventIds[4]]));
     expect(failing(report)).toEqual(["event_paths_valid"]);
     expect(violations(report, "event_paths_valid")).toContain(
@@ -207,14 +200,14 @@ describe("planted faults are caught and named", () => {
   });
 
   it("a broken chain (an event that does not start where the previous ended)", async () => {
-    const doc = run.complete[1]!;
+    const doc = file.run.complete[1]!;
     const report = await planted((c) => c.query("DELETE FROM upload_pipeline.job_events WHERE id = $1", [doc.eventIds[5]]));
     expect(failing(report)).toEqual(["event_paths_valid"]);
     expect(violations(report, "event_paths_valid")).toContain(`starts from chunks_stored but the previous event #${doc.eventIds[4]} ended in chunking`);
   });
 
   it("overlapping leases: tokens interleaved A, B, A", async () => {
-    const doc = run.complete[0]!;
+    const doc = file.run.complete[0]!;
     const [, t2] = doc.tokens;
     const last = doc.eventIds.at(-1)!;
     // The old holder (w2) writes `complete` after w1's new claim already wrote.
@@ -226,7 +219,7 @@ describe("planted faults are caught and named", () => {
   });
 
   it("a lease left on a terminal job", async () => {
-    const doc = run.complete[1]!;
+    const doc = file.run.complete[1]!;
     const report = await planted((c) =>
       c.query(
         "UPDATE upload_pipeline.upload_jobs SET locked_by = 'w9', lease_token = gen_random_uuid(), lease_expires_at = now() + interval '1 minute' WHERE job_id = $1",
@@ -238,7 +231,7 @@ describe("planted faults are caught and named", () => {
   });
 
   it("progress counters that do not match the buffer counts", async () => {
-    const doc = run.complete[0]!;
+    const doc = file.run.complete[0]!;
     const report = await planted((c) =>
       c.query(`UPDATE upload_pipeline.upload_jobs SET progress = progress || '{"vectors_done": 2}' WHERE job_id = $1`, [doc.jobId]),
     );
@@ -249,22 +242,22 @@ describe("planted faults are caught and named", () => {
   });
 
   it("job tokens that do not match the mock's usage without crashes", async () => {
-    const report = await planted(async () => undefined, { ...run.input, mockUsage: { promptTokensByModel: { [EMBED.model]: run.tokens + 13 } } });
+    const report = await planted(async () => undefined, { ...file.run.input, mockUsage: { promptTokensByModel: { [EMBED.model]: file.run.tokens + 13 } } });
     expect(failing(report)).toEqual(["tokens_and_cost_match_usage"]);
-    expect(violations(report, "tokens_and_cost_match_usage")).toContain(`= ${run.tokens} but the mock billed ${run.tokens + 13} prompt tokens`);
+    expect(violations(report, "tokens_and_cost_match_usage")).toContain(`= ${file.run.tokens} but the mock billed ${file.run.tokens + 13} prompt tokens`);
   });
 
   it("job tokens above the mock's usage even with crashes", async () => {
     const report = await planted(async () => undefined, {
-      ...run.input,
+      ...file.run.input,
       crashesHappened: true,
-      mockUsage: { promptTokensByModel: { [EMBED.model]: run.tokens - 1 } },
+      mockUsage: { promptTokensByModel: { [EMBED.model]: file.run.tokens - 1 } },
     });
     expect(failing(report)).toEqual(["tokens_and_cost_match_usage"]);
   });
 
   it("a cost that is not tokens × price", async () => {
-    const doc = run.complete[1]!;
+    const doc = file.run.complete[1]!;
     const report = await planted((c) =>
       c.query(`UPDATE upload_pipeline.upload_jobs SET progress = progress || '{"cost_usd": 1.5}' WHERE job_id = $1`, [doc.jobId]),
     );

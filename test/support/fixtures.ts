@@ -44,6 +44,14 @@ export async function seedJob(
   return { documentId: docId, jobId: id, userId };
 }
 
+/** Put a job at the head of the queue at `at` (a test's clock): due then, and older than any other. */
+export async function makeDue(pool: pg.Pool, jobId: string, at: Date) {
+  await pool.query(
+    "UPDATE upload_pipeline.upload_jobs SET next_attempt_at = $2::timestamptz, created_at = $2::timestamptz - interval '1 year' WHERE job_id = $1",
+    [jobId, at],
+  );
+}
+
 export async function jobRow(pool: pg.Pool, id: string) {
   const { rows } = await pool.query("SELECT * FROM upload_pipeline.upload_jobs WHERE job_id = $1", [id]);
   return rows[0];

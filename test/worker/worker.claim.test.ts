@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { PIPELINE_STATES } from "../../src/state-machine/table.ts";
 import { FaultInjector } from "../../src/worker/faultPoints.ts";
 import { createTestDatabase, type TestDatabase } from "../support/db.ts";
 import { until } from "../support/until.ts";
@@ -45,18 +46,7 @@ describe("claiming", () => {
     const { rows } = await db.pool.query("SELECT DISTINCT worker_id FROM upload_pipeline.job_events WHERE job_id = ANY($1) AND worker_id LIKE 'w%'", [ids]);
     expect(rows.map((r) => r.worker_id).sort()).toEqual(["w1", "w2"]);
     for (const id of ids) {
-      expect((await events(db.pool, id)).map((e) => e.to_status)).toEqual([
-        "uploaded",
-        "parse_queued",
-        "parsed",
-        "parse_validated",
-        "chunking",
-        "chunks_stored",
-        "embedding_queued",
-        "embedding_in_progress",
-        "embeddings_stored",
-        "complete",
-      ]);
+      expect((await events(db.pool, id)).map((e) => e.to_status)).toEqual([...PIPELINE_STATES]);
       expect(await jobRow(db.pool, id)).toMatchObject({ locked_by: null, lease_token: null, attempts: 0 });
     }
   });

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ServiceConditionError, TransientError } from "../../src/errors.ts";
 import type { JobRunOutcome } from "../../src/worker/BaseWorker.ts";
 import { createTestDatabase, type TestDatabase } from "../support/db.ts";
-import { events, jobRow, ManualClock, seedJob } from "../support/fixtures.ts";
+import { events, jobRow, ManualClock, makeDue, seedJob } from "../support/fixtures.ts";
 import { noopStages } from "../support/noopStages.ts";
 import { testWorker } from "../support/worker.ts";
 
@@ -18,20 +18,13 @@ beforeAll(async () => {
 });
 afterAll(() => db.drop());
 
-async function dueAt(jobId: string, at: Date) {
-  await db.pool.query(
-    "UPDATE upload_pipeline.upload_jobs SET next_attempt_at = $2::timestamptz, created_at = $2::timestamptz - interval '1 year' WHERE job_id = $1",
-    [jobId, at],
-  );
-}
-
 const circuitOpen = () => new ServiceConditionError("openai", "circuit_open", "openai circuit is open", { code: "circuit_open", retryAfterMs: 5_000 });
 
 describe("a service outage is not the document's fault", () => {
   it("a parked job spends no attempt, keeps its crash count, never dead-letters, and comes back when the breaker probes", async () => {
     const clock = new ManualClock(Date.parse("2040-01-01T00:00:00Z"));
     const job = await seedJob(db.pool, { status: "chunks_stored", maxAttempts: 2 });
-    await dueAt(job.jobId, clock.now());
+    await makeDue(db.pool, job.jobId, clock.now());
     // One earlier life died on this job without recording anything: that attempt stays spent.
     await db.pool.query("UPDATE upload_pipeline.upload_jobs SET attempts = 1 WHERE job_id = $1", [job.jobId]);
     let outage = true;
@@ -65,7 +58,7 @@ describe("a service outage is not the document's fault", () => {
   it("an ordinary transient failure still spends attempts and dead-letters", async () => {
     const clock = new ManualClock(Date.parse("2041-01-01T00:00:00Z"));
     const job = await seedJob(db.pool, { status: "chunks_stored", maxAttempts: 2 });
-    await dueAt(job.jobId, clock.now());
+    await makeDue(db.pool, job.jobId, clock.now());
     const worker = testWorker(
       db.pool,
       noopStages({
@@ -101,7 +94,7 @@ function gatedClaims(pool: pg.Pool, gate: Promise<void>, onClaim: () => void): p
 describe("shutdown costs nothing", () => {
   it("a stage stopped between batches on its last attempt is released with no attempt spent, never dead-lettered", async () => {
     const job = await seedJob(db.pool, { status: "chunks_stored", maxAttempts: 1 });
-    await dueAt(job.jobId, new Date(Date.now() - 1000));
+    await makeDue(db.pool, job.jobId, new Date(Date.now() - 1000));
     let batches = 0;
     let stopping: Promise<void> | undefined;
     const worker = testWorker(
@@ -130,7 +123,7 @@ describe("shutdown costs nothing", () => {
 
   it("a stage that ignores the shutdown is aborted at the timeout and released with no attempt spent", async () => {
     const job = await seedJob(db.pool, { status: "parse_validated", maxAttempts: 1 });
-    await dueAt(job.jobId, new Date(Date.now() - 1000));
+    await makeDue(db.pool, job.jobId, new Date(Date.now() - 1000));
     let entered!: () => void;
     const inStage = new Promise<void>((r) => (entered = r));
     const worker = testWorker(
@@ -152,7 +145,7 @@ describe("shutdown costs nothing", () => {
 
   it("a slot stops claiming as soon as stop() is called: a claim in flight is handed straight back", async () => {
     const job = await seedJob(db.pool, { status: "parsed" });
-    await dueAt(job.jobId, new Date(Date.now() - 1000));
+    await makeDue(db.pool, job.jobId, new Date(Date.now() - 1000));
     let open!: () => void;
     const gate = new Promise<void>((r) => (open = r));
     let claiming!: () => void;
@@ -176,7 +169,7 @@ describe("nothing hangs forever: the stage deadline", () => {
   it("a stage that makes no progress within the deadline is aborted, its lease handed back, and another worker completes the job", async () => {
     const job = await seedJob(db.pool, { status: "parse_validated" });
     await db.pool.query("UPDATE upload_pipeline.upload_jobs SET next_attempt_at = 'infinity' WHERE job_id <> $1", [job.jobId]); // earlier tests' jobs
-    await dueAt(job.jobId, new Date(Date.now() - 1000));
+    await makeDue(db.pool, job.jobId, new Date(Date.now() - 1000));
     let hung = false;
     const outcomes: Array<{ worker: string; outcome: JobRunOutcome }> = [];
     const stages = noopStages({
@@ -202,7 +195,7 @@ describe("nothing hangs forever: the stage deadline", () => {
     expect(handedBack.last_error).toMatchObject({ code: "stage_stalled" });
 
     const other = testWorker(db.pool, stages, { workerId: "other" });
-    await dueAt(job.jobId, new Date(Date.now() - 1000));
+    await makeDue(db.pool, job.jobId, new Date(Date.now() - 1000));
     await other.runOnce();
     expect((await jobRow(db.pool, job.jobId)).status).toBe("complete");
     expect((await events(db.pool, job.jobId)).find((e) => e.from_status === "parse_validated")).toMatchObject({ to_status: "chunking", worker_id: "other" });
@@ -213,7 +206,7 @@ describe("a frozen worker bills nothing twice", () => {
   it("checkLease refuses a lease that ran out while the worker was frozen, so the billed call is never made", async () => {
     const clock = new ManualClock(Date.parse("2042-01-01T00:00:00Z"));
     const job = await seedJob(db.pool, { status: "chunks_stored" });
-    await dueAt(job.jobId, clock.now());
+    await makeDue(db.pool, job.jobId, clock.now());
     const billed: string[] = [];
     const outcomes: JobRunOutcome[] = [];
     const worker = testWorker(

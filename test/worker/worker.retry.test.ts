@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { PermanentError, TransientError } from "../../src/errors.ts";
 import { backoffDelayMs } from "../../src/worker/backoff.ts";
 import { createTestDatabase, type TestDatabase } from "../support/db.ts";
-import { events, jobRow, ManualClock, seedJob } from "../support/fixtures.ts";
+import { events, jobRow, ManualClock, makeDue, seedJob } from "../support/fixtures.ts";
 import { noopStages } from "../support/noopStages.ts";
 import { testWorker } from "../support/worker.ts";
 
@@ -11,14 +11,6 @@ beforeAll(async () => {
   db = await createTestDatabase();
 });
 afterAll(() => db.drop());
-
-/** Put a job at the head of the queue under the test's clock. */
-async function dueAt(jobId: string, at: Date) {
-  await db.pool.query(
-    "UPDATE upload_pipeline.upload_jobs SET next_attempt_at = $2::timestamptz, created_at = $2::timestamptz - interval '1 year' WHERE job_id = $1",
-    [jobId, at],
-  );
-}
 
 describe("retries and the dead letter", () => {
   it("backoff grows exponentially, is capped, and jitters within [0, ceiling)", () => {
@@ -31,7 +23,7 @@ describe("retries and the dead letter", () => {
   it("transient errors retry with growing delays, then land in the stage's failed_* with last_error", async () => {
     const clock = new ManualClock(Date.parse("2032-01-01T00:00:00Z"));
     const job = await seedJob(db.pool, { status: "chunks_stored", maxAttempts: 3 });
-    await dueAt(job.jobId, clock.now());
+    await makeDue(db.pool, job.jobId, clock.now());
     const stages = noopStages({
       during(ctx) {
         if (ctx.job.status === "chunks_stored") throw new TransientError("http_503", "embeddings API answered 503");
@@ -66,7 +58,7 @@ describe("retries and the dead letter", () => {
   it("a permanent error fails the job at once, in the failed state of its stage", async () => {
     const clock = new ManualClock(Date.parse("2033-01-01T00:00:00Z"));
     const job = await seedJob(db.pool, { status: "parsed" });
-    await dueAt(job.jobId, clock.now());
+    await makeDue(db.pool, job.jobId, clock.now());
     const worker = testWorker(
       db.pool,
       noopStages({
@@ -85,7 +77,7 @@ describe("retries and the dead letter", () => {
   it("a job whose workers keep dying is dead-lettered once its attempts are spent", async () => {
     const clock = new ManualClock(Date.parse("2034-01-01T00:00:00Z"));
     const job = await seedJob(db.pool, { status: "parse_validated", maxAttempts: 2 });
-    await dueAt(job.jobId, clock.now());
+    await makeDue(db.pool, job.jobId, clock.now());
     // Simulate three claims that died without recording anything.
     await db.pool.query("UPDATE upload_pipeline.upload_jobs SET attempts = 2 WHERE job_id = $1", [job.jobId]);
     await testWorker(db.pool, noopStages(), { clock: clock.now }).runOnce();
@@ -97,7 +89,7 @@ describe("retries and the dead letter", () => {
   it("forward progress resets the attempt count", async () => {
     const clock = new ManualClock(Date.parse("2035-01-01T00:00:00Z"));
     const job = await seedJob(db.pool, { status: "embeddings_stored" });
-    await dueAt(job.jobId, clock.now());
+    await makeDue(db.pool, job.jobId, clock.now());
     await db.pool.query("UPDATE upload_pipeline.upload_jobs SET attempts = 3 WHERE job_id = $1", [job.jobId]);
     await testWorker(db.pool, noopStages(), { clock: clock.now }).runOnce();
     expect(await jobRow(db.pool, job.jobId)).toMatchObject({ status: "complete", attempts: 0 });
