@@ -8,6 +8,8 @@ import { coerceError } from "./errors.ts";
 import { createLlamaParseClient, type LlamaParseClient } from "./clients/llamaparse.ts";
 import { createEmbeddingsClient } from "./clients/openai.ts";
 import { createStorageClient, type ObjectStorage } from "./clients/storage.ts";
+import { llamaparseOperation, openaiOperation, storageOperation } from "./clients/operations.ts";
+import { tracedFetch } from "./tracing.ts";
 import { createBreakers, type Breakers, type ServiceBreaker } from "./resilience/breakers.ts";
 import { budgetKey, LocalGovernor, SharedGovernor, type Governor } from "./resilience/governor.ts";
 import { OpenAIRateLimiter, RateLimitedEmbedder } from "./resilience/rateLimiter.ts";
@@ -56,6 +58,7 @@ export function createPipelineServices(config: Config, wiring: ServiceWiring = {
       model: config.EMBED_MODEL,
       dimensions: config.EMBED_DIMENSIONS,
       timeoutMs: config.OPENAI_TIMEOUT_MS,
+      fetch: tracedFetch("openai", openaiOperation),
     }),
     limiter: governor,
     breaker: breakers.openai,
@@ -69,12 +72,18 @@ export function createPipelineServices(config: Config, wiring: ServiceWiring = {
       serviceRoleKey: config.SUPABASE_SERVICE_ROLE_KEY,
       bucket: config.STORAGE_BUCKET,
       timeoutMs: config.STORAGE_TIMEOUT_MS,
+      fetch: tracedFetch("storage", storageOperation),
     }),
     breakers.storage,
   );
   const llamaparse = paceSubmissions(
     guard(
-      createLlamaParseClient({ apiKey: config.LLAMA_CLOUD_API_KEY, baseURL: config.LLAMA_CLOUD_BASE_URL, timeoutMs: config.LLAMAPARSE_TIMEOUT_MS }),
+      createLlamaParseClient({
+        apiKey: config.LLAMA_CLOUD_API_KEY,
+        baseURL: config.LLAMA_CLOUD_BASE_URL,
+        timeoutMs: config.LLAMAPARSE_TIMEOUT_MS,
+        fetch: tracedFetch("llamaparse", llamaparseOperation),
+      }),
       breakers.llamaparse,
     ),
     createGovernor(config, wiring, {

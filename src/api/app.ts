@@ -19,6 +19,7 @@ import { healthRoutes } from "./routes/health.ts";
 import { jobRoutes } from "./routes/jobs.ts";
 import { uploadRoutes } from "./routes/upload.ts";
 import { webhookRoutes } from "./routes/webhook.ts";
+import { registerRequestSpans } from "./requestSpans.ts";
 
 /**
  * Values that never reach a log line. A pino child's `redact` replaces its parent's, so the
@@ -56,6 +57,7 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
   });
 
   app.decorateRequest("principal", null);
+  registerRequestSpans(app as unknown as FastifyInstance);
   app.setErrorHandler((err, request, reply) => sendError(request, reply, err));
   app.setNotFoundHandler((request, reply) =>
     sendError(request, reply, new ApiError(404, "not_found", `No route ${request.method} ${request.url.split("?")[0]}; see src/api/README.md for the routes.`)),

@@ -10,6 +10,7 @@ import { migrate } from "../db/migrate.ts";
 import { provisionDatabase } from "../db/provision.ts";
 import { createLogger } from "../logger.ts";
 import { stopOnSignals } from "../signals.ts";
+import { startTracing } from "../tracing.ts";
 import { buildWiredApp } from "./wiring.ts";
 
 async function main(): Promise<void> {
@@ -39,11 +40,14 @@ async function main(): Promise<void> {
   // signal) must not kill the process; the next query reconnects.
   pool.on("error", (err) => log.warn({ err: err.message }, "idle database connection lost"));
 
+  // Before the app: its Storage and LlamaParse clients are built with traced fetches.
+  const tracing = startTracing({ endpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT, serviceName: "upload-pipeline-api" });
   const app = await buildWiredApp({ pool, config, log, defaultMetrics: true });
   stopOnSignals(
     async () => {
       await app.close(); // stops accepting; waits for in-flight requests and parse intakes
       await pool.end();
+      await tracing?.shutdown();
       await db.stop();
     },
     log,

@@ -147,6 +147,8 @@ export interface NewJob {
   lane?: Lane | undefined;
   /** Fair-share tenant; unset → the document's `user_id`. */
   tenantId?: string | undefined;
+  /** W3C `traceparent` of the request that created the job: the document's trace (src/tracing.ts). */
+  traceparent?: string | undefined;
 }
 
 /**
@@ -156,15 +158,15 @@ export interface NewJob {
 export async function createJob(db: Queryable, job: NewJob): Promise<{ created: boolean }> {
   const { rows } = await db.query(
     `WITH inserted AS (
-       INSERT INTO upload_pipeline.upload_jobs (job_id, document_id, status, max_attempts, correlation_id, lane, tenant_id)
-       VALUES ($1, $2, 'uploaded', $3, $4, $5, $6)
+       INSERT INTO upload_pipeline.upload_jobs (job_id, document_id, status, max_attempts, correlation_id, lane, tenant_id, traceparent)
+       VALUES ($1, $2, 'uploaded', $3, $4, $5, $6, $7)
        ON CONFLICT (job_id) DO NOTHING
        RETURNING job_id, correlation_id
      )
      INSERT INTO upload_pipeline.job_events (job_id, from_status, to_status, worker_id, attempt, correlation_id, detail)
      SELECT job_id, NULL, 'uploaded', 'api', 0, correlation_id, '{"actor":"api"}'::jsonb FROM inserted
      RETURNING id`,
-    [job.jobId, job.documentId, job.maxAttempts, job.correlationId, job.lane ?? "interactive", job.tenantId ?? null],
+    [job.jobId, job.documentId, job.maxAttempts, job.correlationId, job.lane ?? "interactive", job.tenantId ?? null, job.traceparent ?? null],
   );
   return { created: rows.length > 0 };
 }

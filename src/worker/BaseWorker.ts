@@ -27,7 +27,7 @@ import { withTransaction } from "../db/transaction.ts";
 import { transition, type MovedJob, type Queryable } from "../state-machine/transition.ts";
 import { backoffDelayMs } from "./backoff.ts";
 import { NO_FAULTS, SimulatedCrash, type FaultPoints } from "./faultPoints.ts";
-import { traceStage } from "../tracing.ts";
+import { traceSettlement, traceStage } from "../tracing.ts";
 import { reapDeadWorkers, registerWorker, unregisterWorker } from "./liveness.ts";
 import { IdleSlots } from "./idleSlots.ts";
 import { claimNextJob, heartbeat, leaseRemainingMs, lockLeasedJob, releaseJob, type ClaimedJob } from "./queries.ts";
@@ -393,6 +393,7 @@ export class BaseWorker<Services> {
       // do not all return in the same instant.
       const delay = (err.retryAfterMs ?? this.opts.retryBaseMs) + Math.floor((this.opts.random ?? Math.random)() * this.opts.retryBaseMs);
       await this.release(run, { delayMs: delay, refundAttempt: true, lastError: this.errorRecord(job, err) });
+      await this.traceSettled(run, "parked", err, delay);
       log.info(
         { stage, service: err.service, condition: err.condition, code: err.code, attempt: job.attempts, parked_ms: delay },
         "parked: the service is unavailable; no attempt spent",
@@ -401,6 +402,7 @@ export class BaseWorker<Services> {
     }
     if (err.errorClass === "permanent" || job.attempts >= job.max_attempts) {
       await this.fail(run, err, err.errorClass === "permanent" ? "permanent" : "attempts_exhausted");
+      await this.traceSettled(run, "dead_letter", err);
       return "failed";
     }
     const delay = backoffDelayMs(job.attempts, {
@@ -410,11 +412,19 @@ export class BaseWorker<Services> {
       retryAfterMs: err.retryAfterMs,
     });
     await this.release(run, { delayMs: delay, lastError: this.errorRecord(job, err) });
+    await this.traceSettled(run, "retry", err, delay);
     log.warn(
       { stage, err: err.message, code: err.code, attempt: job.attempts, max_attempts: job.max_attempts, retry_in_ms: delay },
       "transient error; will retry",
     );
     return err instanceof StageStalledError ? "stalled" : "retry";
+  }
+
+  /** The settlement as a span of the document's trace; a tracing failure changes nothing. */
+  private async traceSettled(run: JobRun, outcome: "retry" | "parked" | "dead_letter", err: PipelineError, delayMs?: number): Promise<void> {
+    await traceSettlement(this.opts.pool, run.job, this.workerId, { outcome, code: err.code, errorClass: err.errorClass, delayMs }).catch((e: unknown) =>
+      run.log.warn({ err: coerceError(e).message }, "could not record the settlement in the trace"),
+    );
   }
 
   /** Hand the job back to the queue under our lease token. */

@@ -133,12 +133,19 @@ export const CRASH_LINE = "upload-pipeline crash point";
  *   `{"msg":"upload-pipeline crash point","point","jobId"}` on stdout;
  * - `UPLOAD_PIPELINE_FREEZE_AT=point[#n],…` makes it SIGSTOP itself there (a long GC pause, a VM
  *   migration), after one line on stdout that tells the runner to SIGCONT it later.
- * Both lines are written synchronously, so they are out before the process stops.
+ * Both lines are written synchronously, so they are out before the process stops. With
+ * `beforeCrash` (tracing on: flush the spans) a crash waits for it after its line, so the trace
+ * shows what the killed worker did up to the point; this slot goes no further meanwhile.
  * With `onceDir` (`UPLOAD_PIPELINE_CRASH_ONCE_DIR`), a targeted crash fires once across every
  * process of a run: processes started before it fired still carry it, and the job they resume
  * passes the point again.
  */
-export function faultPointsFromEnv(crashAt: string | undefined, freezeAt?: string | undefined, onceDir?: string | undefined): FaultPoints {
+export function faultPointsFromEnv(
+  crashAt: string | undefined,
+  freezeAt?: string | undefined,
+  onceDir?: string | undefined,
+  beforeCrash?: () => Promise<void>,
+): FaultPoints {
   const parse = (list: string | undefined) =>
     (list ?? "")
       .split(",")
@@ -150,16 +157,17 @@ export function faultPointsFromEnv(crashAt: string | undefined, freezeAt?: strin
   const rules = [
     ...parse(crashAt).map(({ text, spec }) => ({
       spec,
-      act: (point: string) => {
+      act: async (point: string) => {
         if (spec.jobId && onceDir && !claimOnce(onceDir, text)) return;
         // The job only for a targeted crash: a life's own point must be counted as that life's.
         writeSync(1, `${JSON.stringify({ msg: CRASH_LINE, point, jobId: spec.jobId ?? null })}\n`);
+        await beforeCrash?.();
         process.kill(process.pid, "SIGKILL");
       },
     })),
     ...parse(freezeAt).map(({ text, spec }) => ({
       spec,
-      act: (point: string) => {
+      act: async (point: string) => {
         writeSync(1, `${JSON.stringify({ msg: FREEZE_LINE, point: text, pid: process.pid, at: point })}\n`);
         process.kill(process.pid, "SIGSTOP");
       },
@@ -168,12 +176,12 @@ export function faultPointsFromEnv(crashAt: string | undefined, freezeAt?: strin
   if (rules.length === 0) return NO_FAULTS;
   const counts = new Map<CrashSpec, number>();
   return {
-    hit(p: string, info?: { jobId?: string }) {
+    async hit(p: string, info?: { jobId?: string }) {
       for (const { spec, act } of rules) {
         if (p !== spec.point || (spec.jobId && info?.jobId !== spec.jobId)) continue;
         const n = (counts.get(spec) ?? 0) + 1;
         counts.set(spec, n);
-        if (n === spec.nth) act(p);
+        if (n === spec.nth) await act(p);
       }
     },
   };

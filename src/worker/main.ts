@@ -17,11 +17,11 @@ import { faultPointsFromEnv } from "./faultPoints.ts";
 import { reportWakeUp } from "./listenProbe.ts";
 import { createWorkerMetrics, serveMetrics } from "./metrics.ts";
 import { stopOnSignals } from "../signals.ts";
-import { startTracing } from "../tracing.ts";
+import { flushBounded, startTracing } from "../tracing.ts";
 
 const config = loadConfigOrExit("worker");
 const log = createLogger({ level: config.LOG_LEVEL, name: "worker" });
-const tracing = startTracing({ endpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT });
+const tracing = startTracing({ endpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT, serviceName: "upload-pipeline-worker" });
 const db = await provisionDatabase({ databaseUrl: config.DATABASE_URL });
 if (db.kind === "embedded") {
   log.warn("DATABASE_URL is not set: using a private embedded PostgreSQL (nothing else can see its jobs)");
@@ -48,7 +48,9 @@ const worker = new BaseWorker({
   pollIntervalMs: config.POLL_INTERVAL_MS,
   shutdownTimeoutMs: config.SHUTDOWN_TIMEOUT_MS,
   stageDeadlineMs: config.STAGE_DEADLINE_SECONDS * 1000,
-  faults: faultPointsFromEnv(process.env.UPLOAD_PIPELINE_CRASH_AT, process.env.UPLOAD_PIPELINE_FREEZE_AT, process.env.UPLOAD_PIPELINE_CRASH_ONCE_DIR),
+  faults: faultPointsFromEnv(process.env.UPLOAD_PIPELINE_CRASH_AT, process.env.UPLOAD_PIPELINE_FREEZE_AT, process.env.UPLOAD_PIPELINE_CRASH_ONCE_DIR, () =>
+    flushBounded(tracing),
+  ),
   onJobDone: ({ outcome }) => metrics.jobRun(outcome),
 });
 for (const breaker of Object.values(services.breakers)) {

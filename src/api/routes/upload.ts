@@ -36,6 +36,8 @@ import { z } from "zod";
 import { PipelineError } from "../../errors.ts";
 import { documentId as makeDocumentId, jobId as makeJobId } from "../../ids.ts";
 import { createJob } from "../../state-machine/transition.ts";
+import { currentTraceparent } from "../../tracing.ts";
+import { serveInSpan } from "../requestSpans.ts";
 import { Priority, TenantId, type Lane } from "../../scheduling/lanes.ts";
 import type { ObjectInfo } from "../../clients/storage.ts";
 import { contentMatches, OCTET_STREAM, sniffFile, typeOfUnlabelled } from "../../content/sniff.ts";
@@ -144,7 +146,7 @@ export async function uploadRoutes(app: FastifyInstance): Promise<void> {
   app.post("/upload", { onRequest: requireAuth(auth) }, async (request, reply) => {
     const who = principalOf(request);
     const userId = requireUser(who);
-    if (request.isMultipart()) return direct(request, reply, who, userId);
+    if (request.isMultipart()) return serveInSpan(request, undefined, () => direct(request, reply, who, userId));
     const type = baseMime(String(request.headers["content-type"] ?? ""));
     if (type !== "application/json") {
       throw new ApiError(
@@ -269,13 +271,24 @@ export async function uploadRoutes(app: FastifyInstance): Promise<void> {
         ...scheduling,
       });
       await storageCall(() => store.upload(row.raw_path, Readable.toWeb(createReadStream(path)) as ReadableStream<Uint8Array>, mime, { upsert: true }));
-      const { created } = await createJob(pool, { jobId, documentId: docId, correlationId: randomUUID(), maxAttempts: config.MAX_ATTEMPTS, lane: row.lane });
+      const { created } = await createJob(pool, {
+        jobId,
+        documentId: docId,
+        correlationId: randomUUID(),
+        maxAttempts: config.MAX_ATTEMPTS,
+        lane: row.lane,
+        traceparent: currentTraceparent(),
+      });
       request.log.info({ document_id: docId, job_id: jobId, bytes: file.bytes, created }, "upload stored");
       return reply.code(created ? 201 : 200).send({ ...answer, status: "uploaded", raw_path: row.raw_path });
     });
   }
 
-  app.post("/upload/:document_id/finalize", { onRequest: requireAuth(auth) }, async (request, reply) => {
+  app.post("/upload/:document_id/finalize", { onRequest: requireAuth(auth) }, (request, reply) =>
+    serveInSpan(request, undefined, () => finalize(request, reply)),
+  );
+
+  async function finalize(request: FastifyRequest, reply: FastifyReply) {
     const who = principalOf(request);
     const { document_id: docId } = parseOr400(DocumentParams, request.params, "path");
     const doc = await findOwnedDocument(pool, docId, who);
@@ -288,10 +301,17 @@ export async function uploadRoutes(app: FastifyInstance): Promise<void> {
       throw uploadMissing(doc.raw_path);
     }
     await verifyStored(store, rules, doc, info, request.log);
-    const { created } = await createJob(pool, { jobId, documentId: docId, correlationId: randomUUID(), maxAttempts: config.MAX_ATTEMPTS, lane: doc.lane });
+    const { created } = await createJob(pool, {
+      jobId,
+      documentId: docId,
+      correlationId: randomUUID(),
+      maxAttempts: config.MAX_ATTEMPTS,
+      lane: doc.lane,
+      traceparent: currentTraceparent(),
+    });
     const job = await findJob(pool, docId);
     return reply.code(created ? 201 : 200).send({ document_id: docId, job_id: jobId, status: job?.status ?? "uploaded" });
-  });
+  }
 }
 
 /**

@@ -42,7 +42,7 @@
  */
 import { withTransaction } from "../../db/transaction.ts";
 import { createHmac, timingSafeEqual } from "node:crypto";
-import type { FastifyError, FastifyInstance, FastifyRequest } from "fastify";
+import type { FastifyBaseLogger, FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type pg from "pg";
 import { z } from "zod";
 import { TransitionConflict } from "../../errors.ts";
@@ -51,6 +51,8 @@ import { transition } from "../../state-machine/transition.ts";
 import { JOB_ID_HEADER } from "../../stages/submitParse.ts";
 import { ApiError, describeIssues, sendError } from "../errors.ts";
 import type { WebhookReason } from "../metrics.ts";
+import { contextOf, inSpan } from "../../tracing.ts";
+import { serveInSpan } from "../requestSpans.ts";
 
 export const WEBHOOK_TOLERANCE_SECONDS = 300;
 
@@ -86,6 +88,7 @@ interface JobRow {
   parse_job_id: string | null;
   webhook_secret: string | null;
   correlation_id: string;
+  traceparent: string | null;
 }
 
 const TERMINAL_EVENTS: ReadonlySet<string> = new Set(["parse.success", "parse.partial_success", "parse.error", "parse.cancelled"]);
@@ -175,7 +178,13 @@ export async function webhookRoutes(app: FastifyInstance): Promise<void> {
       reject(request, "stale", notAccepted(), { job_id: job!.job_id, skew_seconds: Math.round(skew) });
     }
 
-    const result = await record(pool, job!.job_id, event, parseJobId, sha256(raw!));
+    // A genuine delivery joins the document's trace (a forged or stale one stays out of it).
+    return serveInSpan(request, contextOf(job!.traceparent), () => accept(reply, job!, event, parseJobId, raw!, log));
+  });
+
+  /** Record a genuine delivery, answer, and hand a finished parse to the intake (after the answer). */
+  async function accept(reply: FastifyReply, job: JobRow, event: WebhookBody, parseJobId: string, raw: Buffer, log: FastifyBaseLogger) {
+    const result = await record(pool, job.job_id, event, parseJobId, sha256(raw));
     if (result === "duplicate") {
       metrics.webhook("duplicate");
       log.info("duplicate webhook delivery; nothing changed");
@@ -193,7 +202,7 @@ export async function webhookRoutes(app: FastifyInstance): Promise<void> {
         correlationId: job!.correlation_id,
       };
       const p: Promise<void> = new Promise<void>((resolve) => setImmediate(resolve))
-        .then(() => onParseEvent(ev))
+        .then(() => inSpan("parse intake", { attributes: { "job.id": ev.jobId, "document.id": ev.documentId } }, () => onParseEvent(ev)))
         .then(
           (outcome) => log.info({ outcome }, "parse intake finished"),
           (err: unknown) => {
@@ -205,7 +214,7 @@ export async function webhookRoutes(app: FastifyInstance): Promise<void> {
       inflight.add(p);
     }
     return reply.code(result === "early" ? 202 : 200).send({ received: true, outcome: result });
-  });
+  }
 }
 
 /**
@@ -224,7 +233,7 @@ async function reconcileNow(pool: pg.Pool, jobId: string): Promise<void> {
 
 /** The job a delivery is for: by our job id header, else (older submissions) by parse job id. */
 async function findJob(pool: pg.Pool, header: unknown, parseJobId: string): Promise<JobRow | undefined> {
-  const columns = "job_id, document_id, status, attempts, parse_job_id, webhook_secret, correlation_id";
+  const columns = "job_id, document_id, status, attempts, parse_job_id, webhook_secret, correlation_id, traceparent";
   if (header !== undefined) {
     if (typeof header !== "string" || !UUID.test(header)) return undefined;
     const { rows } = await pool.query<JobRow>(`SELECT ${columns} FROM upload_pipeline.upload_jobs WHERE job_id = $1`, [header]);
