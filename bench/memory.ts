@@ -39,8 +39,6 @@ import {
 const WORKER_ENTRY = new URL("../src/worker/main.ts", import.meta.url).pathname;
 const KiB = 1024;
 const MiB = 1024 * 1024;
-/** Inputs per embeddings request: small enough that the smaller document also fills several batches. */
-const EMBED_BATCH_SIZE = 64;
 
 export interface WorkerRun {
   documentBytes: number;
@@ -130,7 +128,7 @@ export async function runMemoryBench(ctx: BenchContext): Promise<BenchResult> {
       figure("peak_rss_ratio", "peak RSS, 10× document ÷ 1× document", round(ratio, 3), "ratio", { op: "<", bound: 1.2 }),
     ],
     notes: [
-      `One worker process (1 slot, EMBED_BATCH_SIZE=${EMBED_BATCH_SIZE}, other settings at their defaults) per run, started and idle before the upload; every stage runs in it except parse intake, which the webhook hands to the API. ${repeats > 1 ? `Each size ran ${repeats} times; the figures are means (peaks ${peaks(small)} MiB and ${peaks(large)} MiB).` : ""}`,
+      `One worker process (1 slot, every other setting, EMBED_BATCH_SIZE included, at its default) per run, started and idle before the upload; every stage runs in it except parse intake, which the webhook hands to the API. ${repeats > 1 ? `Each size ran ${repeats} times; the figures are means (peaks ${peaks(small)} MiB and ${peaks(large)} MiB).` : ""}`,
       ...[first(small), first(large)].map(
         (r) =>
           `${formatBytes(r.documentBytes)}: ${r.chunks} chunks in ${r.batches} embedding batches, ${r.status} in ${r.seconds.toFixed(1)} s; RSS idle ${r.idleRssMiB.toFixed(1)} MiB → peak ${r.peakMiB.toFixed(1)} MiB; highest RSS sampled per stage: ${Object.entries(
@@ -141,7 +139,7 @@ export async function runMemoryBench(ctx: BenchContext): Promise<BenchResult> {
       ),
       `The 10× document added ${(peakL - peakS).toFixed(1)} MiB to the peak (${round((ratio - 1) * 100, 1)} %). Peak RSS of a Node process includes garbage V8 has not collected yet, so it also grows with how long a stage keeps allocating, not only with what it holds.`,
     ],
-    details: { embedBatchSize: EMBED_BATCH_SIZE, repeats, runs },
+    details: { repeats, runs },
     durationMs: Date.now() - started,
   };
 }
@@ -165,7 +163,6 @@ export async function runWorkerOnDocument(ctx: BenchContext, bytes: number): Pro
         DATABASE_URL: db.url,
         WEBHOOK_BASE_URL: apiUrl,
         WORKER_CONCURRENCY: "1",
-        EMBED_BATCH_SIZE: String(EMBED_BATCH_SIZE),
         WEBHOOK_DEADLINE_SECONDS: "10",
         POLL_INTERVAL_MS: "200",
         LOG_LEVEL: "info",
