@@ -101,14 +101,22 @@ export function createEmbeddingsClient(options: EmbeddingsClientOptions): Embedd
           `Invalid 'input[${empty}]': the embeddings API rejects empty strings; drop or fill empty chunks before embedding`,
         );
       }
-      let data: OpenAI.Embeddings.CreateEmbeddingResponse;
+      let data: EmbeddingsAnswer;
       let response: Response;
       try {
-        // No `encoding_format`: the SDK then asks for base64 (a quarter of the JSON size) and
-        // decodes it itself. In openai v7 the decoded `embedding` is a plain `number[]` built from
-        // a little-endian Float32Array view, so the values are exact float32s.
+        // base64 (a quarter of the JSON size), asked for explicitly so that the SDK hands the
+        // strings back untouched and `toVectors` decodes them into one Float32Array. Left to the
+        // SDK, every vector became a Buffer and then a `number[]` of doubles before our copy.
         ({ data, response } = await sdk.embeddings
-          .create({ model: target.model, input: inputs, ...(target.dimensions !== undefined ? { dimensions: target.dimensions } : {}) }, { signal })
+          .create(
+            {
+              model: target.model,
+              input: inputs,
+              encoding_format: "base64",
+              ...(target.dimensions !== undefined ? { dimensions: target.dimensions } : {}),
+            },
+            { signal },
+          )
           .withResponse());
       } catch (err) {
         throw mapOpenAIError(err, apiKey);
@@ -123,30 +131,47 @@ export function createEmbeddingsClient(options: EmbeddingsClientOptions): Embedd
   };
 }
 
+/** The answer as asked for (base64), though a server may ignore `encoding_format` and send floats. */
+type EmbeddingsAnswer = Omit<OpenAI.Embeddings.CreateEmbeddingResponse, "data"> & {
+  data: Array<Omit<OpenAI.Embeddings.Embedding, "embedding"> & { embedding: string | number[] }>;
+};
+
 /**
  * Check the answer's shape (one finite vector per input, consistent length) and put the vectors
  * in input order. A malformed answer is transient: a faulty proxy or a fault-plan bad body may
  * answer correctly next time, and storing a wrong vector would be far worse than retrying.
+ *
+ * base64 vectors (little-endian float32, as the API and the SDK read them) are decoded straight
+ * into one Float32Array for the whole batch, and each vector is a view of it: no per-vector
+ * Buffer or number[] in between. A float answer (a server that ignores `encoding_format`) is
+ * copied in.
  */
-function toVectors(data: OpenAI.Embeddings.CreateEmbeddingResponse, expected: number, dimensions: number | undefined): Float32Array[] {
+function toVectors(data: EmbeddingsAnswer, expected: number, dimensions: number | undefined): Float32Array[] {
   const bad = (why: string) => new TransientError("openai_bad_response", `OpenAI embeddings answer is malformed: ${why}`);
   if (!data || !Array.isArray(data.data)) throw bad("`data` is not an array");
   if (data.data.length !== expected) throw bad(`${data.data.length} embeddings for ${expected} inputs`);
   const out: Array<Float32Array | undefined> = new Array(expected);
   let width: number | undefined = dimensions;
+  let block: Float32Array | undefined;
+  let bytes: Buffer | undefined;
   for (const item of data.data) {
     const index = item?.index;
     if (!Number.isInteger(index) || index < 0 || index >= expected || out[index] !== undefined) {
       throw bad(`invalid or duplicate index ${String(index)}`);
     }
     const raw: unknown = item.embedding;
-    let vector: Float32Array;
-    if (raw instanceof Float32Array) vector = raw;
-    else if (Array.isArray(raw)) vector = Float32Array.from(raw as number[]);
-    else throw bad(`embedding ${index} is neither a float array nor decoded base64`);
-    if (vector.length === 0) throw bad(`embedding ${index} is empty`);
-    width ??= vector.length;
-    if (vector.length !== width) throw bad(`embedding ${index} has ${vector.length} dimensions, expected ${width}`);
+    const length = typeof raw === "string" ? Buffer.byteLength(raw, "base64") / Float32Array.BYTES_PER_ELEMENT : Array.isArray(raw) ? raw.length : undefined;
+    if (length === undefined) throw bad(`embedding ${index} is neither a float array nor base64`);
+    if (!Number.isInteger(length)) throw bad(`embedding ${index} is not a whole number of float32 values`);
+    if (length === 0) throw bad(`embedding ${index} is empty`);
+    width ??= length;
+    if (length !== width) throw bad(`embedding ${index} has ${length} dimensions, expected ${width}`);
+    block ??= new Float32Array(expected * width);
+    const vector = block.subarray(index * width, (index + 1) * width);
+    if (typeof raw === "string") {
+      bytes ??= Buffer.from(block.buffer);
+      if (bytes.write(raw, vector.byteOffset, vector.byteLength, "base64") !== vector.byteLength) throw bad(`embedding ${index} is not valid base64`);
+    } else vector.set(raw as number[]);
     for (const v of vector) if (!Number.isFinite(v)) throw bad(`embedding ${index} holds a non-finite value`);
     out[index] = vector;
   }

@@ -17,20 +17,25 @@ import { jobSettings, type JobSettings } from "./settings.ts";
  * One batch of vectors and the job's counters, in one statement (so in one transaction):
  * `vectors_done` grows by the rows this insert wrote rather than by a count(*) over the
  * document's buffers after every batch, which made embedding O(N²) in a document's chunks.
+ * Each vector is its own binary `real[]` parameter (`float4ArrayParam`), so the statement has a
+ * `VALUES` row per vector, from parameter $7 on.
  */
-const INSERT_VECTORS = `
+function insertVectorsSql(rows: number): string {
+  const values = Array.from({ length: rows }, (_, i) => `($${7 + 3 * i}::uuid, $${8 + 3 * i}::real[], $${9 + 3 * i}::text)`);
+  return `
   WITH written AS (
     INSERT INTO upload_pipeline.document_vector_buffer (chunk_id, embed_model, embed_version, embedding, vector_sha, batch_id)
-    SELECT v.chunk_id, $2, $3, v.embedding::real[], v.vector_sha, $4
-      FROM unnest($5::uuid[], $6::text[], $7::text[]) AS v(chunk_id, embedding, vector_sha)
+    SELECT v.chunk_id, $2, $3, v.embedding, v.vector_sha, $4
+      FROM (VALUES ${values.join(", ")}) AS v(chunk_id, embedding, vector_sha)
     ON CONFLICT DO NOTHING
     RETURNING 1)
   UPDATE upload_pipeline.upload_jobs SET progress = progress || jsonb_build_object(
       'vectors_done', coalesce((progress->>'vectors_done')::int, 0) + (SELECT count(*) FROM written),
       'batches_done', coalesce((progress->>'batches_done')::int, 0) + 1,
-      'tokens', coalesce((progress->>'tokens')::bigint, 0) + $8,
-      'cost_usd', coalesce((progress->>'cost_usd')::numeric, 0) + $9::numeric)
+      'tokens', coalesce((progress->>'tokens')::bigint, 0) + $5,
+      'cost_usd', coalesce((progress->>'cost_usd')::numeric, 0) + $6::numeric)
    WHERE job_id = $1`;
+}
 
 interface PendingChunk {
   chunk_id: string;
@@ -72,17 +77,16 @@ export const embedChunks: Stage<PipelineServices> = {
       const tokens = result.usage.totalTokens;
       const batchId = deterministicId(ctx.job.document_id, "batch", pinned.embedModel, pinned.embedVersion, batch[0]!.chunk_ord);
       await ctx.faults.hit("commit.vectors.before", { jobId: ctx.job.job_id, batch: batchNo });
+      const rows = batch.flatMap((c, i) => [c.chunk_id, float4ArrayParam(result.vectors[i]!), vectorSha(result.vectors[i]!)]);
       await ctx.fenced(({ client }) =>
-        client.query(INSERT_VECTORS, [
+        client.query(insertVectorsSql(batch.length), [
           ctx.job.job_id,
           pinned.embedModel,
           pinned.embedVersion,
           batchId,
-          batch.map((c) => c.chunk_id),
-          result.vectors.map(realArrayLiteral),
-          result.vectors.map((v) => vectorSha(v)),
           tokens,
           costUsd(pinned.embedModel, tokens).toFixed(10),
+          ...rows,
         ]),
       );
       await ctx.faults.hit("commit.vectors.after", { jobId: ctx.job.job_id, batch: batchNo });
@@ -94,13 +98,30 @@ export const embedChunks: Stage<PipelineServices> = {
   },
 };
 
+/** PostgreSQL's type OID of `real` (float4), named in a binary array's header. */
+const FLOAT4_OID = 700;
+
 /**
- * A vector as a Postgres `real[]` literal that stores exactly these float32 values. Not
- * `Array.from(v).join(",")`: `String(-0)` is "0", so a -0 component would be stored as +0 and
- * the row would no longer hash to its `vector_sha` (finish then fails the job as corrupt).
+ * A vector as a binary `real[]` parameter, in the format PostgreSQL's `array_recv` reads: one
+ * dimension, no nulls, element type float4, the length and lower bound 1, then each value as a
+ * 4-byte length and a big-endian float32. node-postgres sends a Buffer parameter in binary, so
+ * the stored values are these float32s bit for bit (-0 included, which a text literal has to
+ * spell out: `String(-0)` is "0") and no number is ever written as text. The text literal of a
+ * 256-vector batch was ~4.5 MB built from 393,216 number strings, and pg escaped it into a
+ * second copy before sending it.
  */
-export function realArrayLiteral(v: Float32Array): string {
-  return `{${Array.from(v, (x) => (Object.is(x, -0) ? "-0" : String(x))).join(",")}}`;
+export function float4ArrayParam(v: Float32Array): Buffer {
+  const buf = Buffer.allocUnsafe(20 + 8 * v.length);
+  buf.writeInt32BE(1, 0); // dimensions
+  buf.writeInt32BE(0, 4); // no nulls
+  buf.writeInt32BE(FLOAT4_OID, 8);
+  buf.writeInt32BE(v.length, 12);
+  buf.writeInt32BE(1, 16); // lower bound
+  for (let i = 0, at = 20; i < v.length; i++, at += 8) {
+    buf.writeInt32BE(4, at);
+    buf.writeFloatBE(v[i]!, at + 4);
+  }
+  return buf;
 }
 
 /** The next chunks after `after` without a vector, in order: ≤ embedBatchSize inputs and ≤ the token cap. */

@@ -131,6 +131,17 @@ describe("embed", () => {
     expect(await rejectionOf(c.embed(["a"]))).toMatchObject({ code: "openai_bad_response", errorClass: "transient" });
   });
 
+  it("rejects base64 that is not whole float32 values, or not base64, as a transient bad response", async () => {
+    for (const embedding of [toBase64([1, 2]).slice(0, -4), "!".repeat(16)]) {
+      server.use(
+        http.post(`${BASE}/embeddings`, () =>
+          HttpResponse.json({ object: "list", data: [{ object: "embedding", index: 0, embedding }], model: "m", usage: { prompt_tokens: 1, total_tokens: 1 } }),
+        ),
+      );
+      expect(await rejectionOf(client().embed(["a"]))).toMatchObject({ code: "openai_bad_response", errorClass: "transient" });
+    }
+  });
+
   it("reads the x-ratelimit-* headers of the answer", async () => {
     server.use(embeddingsOk());
     const { rateLimit } = await client().embed(["a"]);
