@@ -16,10 +16,8 @@
  */
 import { Logger, makeWorkerUtils, run as runGraphile, type Task } from "graphile-worker";
 import { PgBoss } from "pg-boss";
-import { createLogger } from "../src/logger.ts";
-import { BaseWorker } from "../src/worker/BaseWorker.ts";
-import { noopStages, TRANSITIONS_PER_JOB, type NoopCounters } from "./noopStages.ts";
-import { seedJobs } from "./queue.ts";
+import { TRANSITIONS_PER_JOB } from "./noopStages.ts";
+import { runNoopPipeline } from "./queue.ts";
 import { createDatabase, figure, round, sleep, type BenchContext, type BenchResult } from "./support.ts";
 
 const CONCURRENCY = 4;
@@ -44,24 +42,8 @@ async function timed(done: () => boolean, capMs: number): Promise<number> {
 async function ours(ctx: BenchContext, jobs: number, capMs: number): Promise<PeerRun> {
   const db = await createDatabase(ctx, "peers_ours", CONCURRENCY + 4);
   try {
-    await seedJobs(db.pool, jobs);
-    const counters: NoopCounters = { transitions: 0, completed: 0 };
-    const worker = new BaseWorker<undefined>({
-      pool: db.pool,
-      databaseUrl: db.url,
-      stages: noopStages(counters),
-      services: undefined,
-      log: createLogger({ level: "silent" }),
-      concurrency: CONCURRENCY,
-      leaseSeconds: 60,
-      retryBaseMs: 1_000,
-      retryMaxMs: 300_000,
-      pollIntervalMs: 2_000,
-    });
-    await worker.start();
-    const seconds = await timed(() => counters.completed >= jobs, capMs);
-    await worker.stop();
-    return { system: "ours", shape: "pipeline", settings: "default", units: counters.transitions, seconds, perSecond: counters.transitions / seconds };
+    const { transitions, seconds } = await runNoopPipeline(db, { slots: CONCURRENCY, jobs, capMs });
+    return { system: "ours", shape: "pipeline", settings: "default", units: transitions, seconds, perSecond: transitions / seconds };
   } finally {
     await db.drop();
   }

@@ -15,7 +15,19 @@ import { createLogger } from "../src/logger.ts";
 import { createJob } from "../src/state-machine/transition.ts";
 import { BaseWorker } from "../src/worker/BaseWorker.ts";
 import { noopStages, TRANSITIONS_PER_JOB, type NoopCounters } from "./noopStages.ts";
-import { cpuWindow, createDatabase, describeCpu, figure, inParallel, round, sleep, type BenchContext, type BenchResult, type CpuWindow } from "./support.ts";
+import {
+  cpuWindow,
+  createDatabase,
+  describeCpu,
+  figure,
+  inParallel,
+  round,
+  sleep,
+  type BenchContext,
+  type BenchDatabase,
+  type BenchResult,
+  type CpuWindow,
+} from "./support.ts";
 
 interface QueueRun {
   slots: number;
@@ -65,46 +77,60 @@ export async function runQueueBench(ctx: BenchContext): Promise<BenchResult> {
 async function runOnce(ctx: BenchContext, slots: number, jobs: number, capMs: number): Promise<QueueRun> {
   const db = await createDatabase(ctx, `queue_${slots}`, slots + 4);
   try {
-    await seedJobs(db.pool, jobs);
-    const counters: NoopCounters = { transitions: 0, completed: 0 };
-    const worker = new BaseWorker<undefined>({
-      pool: db.pool,
-      databaseUrl: db.url,
-      stages: noopStages(counters),
-      services: undefined,
-      log: createLogger({ level: "silent" }),
-      concurrency: slots,
-      leaseSeconds: 60,
-      retryBaseMs: 1_000,
-      retryMaxMs: 60_000,
-      pollIntervalMs: 200,
-    });
-    // Open the pool's connections before the window so every backend is counted in its CPU.
-    await Promise.all(Array.from({ length: slots + 1 }, () => db.pool.query("SELECT 1")));
-    const cpu = await cpuWindow(db.pool);
-    const t0 = performance.now();
-    await worker.start();
-    const deadline = t0 + capMs;
-    while (counters.completed < jobs && performance.now() < deadline) await sleep(5);
-    const seconds = (performance.now() - t0) / 1000;
-    const window = cpu.stop();
-    const transitions = counters.transitions;
-    const completed = counters.completed;
-    await worker.stop();
+    const run = await runNoopPipeline(db, { slots, jobs, capMs });
     return {
       slots,
       jobs,
-      completedJobs: completed,
-      transitions,
-      seconds: round(seconds, 3),
-      transitionsPerSecond: transitions / seconds,
-      jobsPerSecond: transitions / TRANSITIONS_PER_JOB / seconds,
-      cpu: window,
-      cappedByTime: completed < jobs,
+      completedJobs: run.completed,
+      transitions: run.transitions,
+      seconds: round(run.seconds, 3),
+      transitionsPerSecond: run.transitions / run.seconds,
+      jobsPerSecond: run.transitions / TRANSITIONS_PER_JOB / run.seconds,
+      cpu: run.cpu,
+      cappedByTime: run.completed < jobs,
     };
   } finally {
     await db.drop();
   }
+}
+
+export interface NoopPipelineRun extends NoopCounters {
+  seconds: number;
+  /** CPU of this process (the worker) and of Postgres over the same window. */
+  cpu: CpuWindow;
+}
+
+/**
+ * Seed `jobs` jobs, then run one in-process `BaseWorker` with `slots` slots and no-op stages (the
+ * worker's default settings otherwise) until every job is complete or `capMs` has passed.
+ */
+export async function runNoopPipeline(db: BenchDatabase, args: { slots: number; jobs: number; capMs: number }): Promise<NoopPipelineRun> {
+  await seedJobs(db.pool, args.jobs);
+  const counters: NoopCounters = { transitions: 0, completed: 0 };
+  const worker = new BaseWorker<undefined>({
+    pool: db.pool,
+    databaseUrl: db.url,
+    stages: noopStages(counters),
+    services: undefined,
+    log: createLogger({ level: "silent" }),
+    concurrency: args.slots,
+    leaseSeconds: 60,
+    retryBaseMs: 1_000,
+    retryMaxMs: 300_000,
+    pollIntervalMs: 2_000,
+  });
+  // Open the pool's connections before the window so every backend is counted in its CPU.
+  await Promise.all(Array.from({ length: args.slots + 1 }, () => db.pool.query("SELECT 1")));
+  const cpu = await cpuWindow(db.pool);
+  const t0 = performance.now();
+  await worker.start();
+  const deadline = t0 + args.capMs;
+  while (counters.completed < args.jobs && performance.now() < deadline) await sleep(2);
+  const seconds = (performance.now() - t0) / 1000;
+  const window = cpu.stop();
+  const { transitions, completed } = counters;
+  await worker.stop();
+  return { transitions, completed, seconds, cpu: window };
 }
 
 /** Documents in one statement, then a job for each through `createJob` (the API's own path). */

@@ -90,6 +90,8 @@ export const configSchema = z.object({
   PG_CONNECT_TIMEOUT_MS: int(100, 600_000).default(10_000),
   PG_STATEMENT_TIMEOUT_MS: int(100, 3_600_000).default(60_000),
   PG_IDLE_IN_TRANSACTION_TIMEOUT_MS: int(100, 3_600_000).default(60_000),
+  /** The claim and the transition as named prepared statements; `auto`: off on port 6543 (a transaction pooler). */
+  DATABASE_PREPARED_STATEMENTS: oneOf(["auto", "on", "off"]).default("auto"),
 
   PORT: int(1, 65_535).default(8080),
   /** The worker serves its own `GET /metrics` (breaker states, job runs) here when set. */

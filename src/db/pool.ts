@@ -6,10 +6,16 @@
  */
 import pg from "pg";
 import type { Config } from "../config.ts";
+import { usePreparedStatements } from "./statements.ts";
 
-export type PoolLimits = Pick<Config, "PG_CONNECT_TIMEOUT_MS" | "PG_STATEMENT_TIMEOUT_MS" | "PG_IDLE_IN_TRANSACTION_TIMEOUT_MS">;
+export type PoolLimits = Pick<
+  Config,
+  "PG_CONNECT_TIMEOUT_MS" | "PG_STATEMENT_TIMEOUT_MS" | "PG_IDLE_IN_TRANSACTION_TIMEOUT_MS" | "DATABASE_PREPARED_STATEMENTS"
+>;
 
+/** The process's pool; also decides, from the URL and the setting, whether hot statements are prepared (statements.ts). */
 export function createPool(connectionString: string, max: number, limits: PoolLimits): pg.Pool {
+  usePreparedStatements(limits.DATABASE_PREPARED_STATEMENTS, connectionString);
   return new pg.Pool({
     connectionString,
     max,

@@ -6,6 +6,7 @@
  */
 import type pg from "pg";
 import { IllegalTransitionError, LeaseLostError, TransitionConflict } from "../errors.ts";
+import { namedStatement } from "../db/statements.ts";
 import type { Lane } from "../scheduling/lanes.ts";
 import { findEdge, type Actor, type JobStatus } from "./table.ts";
 
@@ -68,7 +69,9 @@ export interface TransitionResult {
 
 export type Queryable = Pick<pg.Pool | pg.PoolClient, "query">;
 
-const TRANSITION_SQL = `
+const TRANSITION = namedStatement(
+  "upload_pipeline_transition",
+  `
 WITH moved AS (
   UPDATE upload_pipeline.upload_jobs AS j SET
     status           = $3,
@@ -96,7 +99,8 @@ WITH moved AS (
   RETURNING id
 )
 SELECT event.id, m.status, m.attempts, m.progress, m.parse_job_id, m.webhook_secret, m.last_error, d.parsed_path, d.parsed_sha256
-  FROM moved m CROSS JOIN event JOIN upload_pipeline.documents d USING (document_id)`;
+  FROM moved m CROSS JOIN event JOIN upload_pipeline.documents d USING (document_id)`,
+);
 
 /**
  * Move a job from `from` to `to`, or throw:
@@ -112,24 +116,26 @@ export async function transition(db: Queryable, req: TransitionRequest): Promise
   }
   const token = req.fence.kind === "lease" ? req.fence.token : null;
   const by = req.fence.kind === "lease" ? req.fence.workerId : (req.fence.by ?? req.actor);
-  const { rows } = await db.query<MovedJob & { id: string }>(TRANSITION_SQL, [
-    req.jobId,
-    req.from,
-    req.to,
-    token,
-    by,
-    req.progress ? JSON.stringify(req.progress) : null,
-    req.parseJobId ?? null,
-    req.webhookSecret ?? null,
-    req.lastError !== undefined,
-    req.lastError ? JSON.stringify(req.lastError) : null,
-    req.setAttempts ?? null,
-    req.dueInMs ?? 0,
-    req.releaseLease ?? false,
-    req.now ?? null,
-    req.attempt ?? null,
-    req.detail ? JSON.stringify({ actor: req.actor, ...req.detail }) : JSON.stringify({ actor: req.actor }),
-  ]);
+  const { rows } = await db.query<MovedJob & { id: string }>(
+    TRANSITION([
+      req.jobId,
+      req.from,
+      req.to,
+      token,
+      by,
+      req.progress ? JSON.stringify(req.progress) : null,
+      req.parseJobId ?? null,
+      req.webhookSecret ?? null,
+      req.lastError !== undefined,
+      req.lastError ? JSON.stringify(req.lastError) : null,
+      req.setAttempts ?? null,
+      req.dueInMs ?? 0,
+      req.releaseLease ?? false,
+      req.now ?? null,
+      req.attempt ?? null,
+      req.detail ? JSON.stringify({ actor: req.actor, ...req.detail }) : JSON.stringify({ actor: req.actor }),
+    ]),
+  );
   if (rows[0]) {
     const { id, ...job } = rows[0];
     return { eventId: id, job };

@@ -3,6 +3,7 @@
  * lease token; `$now` is `coalesce($n, now())` so tests can drive a simulated clock (River's
  * `now` parameter, graphile-worker's `useNodeTime`).
  */
+import { namedStatement } from "../db/statements.ts";
 import type { Queryable } from "../state-machine/transition.ts";
 import { FAILED_STATES, type JobStatus } from "../state-machine/table.ts";
 
@@ -69,6 +70,8 @@ export const CLAIM_NEXT_JOB_SQL = `WITH candidate AS (
         extract(epoch FROM coalesce($3::timestamptz, now()) - cand.previous_lease_expires_at) * 1000 AS previous_lease_expired_ms
    FROM claimed c JOIN candidate cand USING (job_id) JOIN upload_pipeline.documents d USING (document_id)`;
 
+const CLAIM_NEXT_JOB = namedStatement("upload_pipeline_claim_next_job", CLAIM_NEXT_JOB_SQL);
+
 /**
  * Take the due, unleased job with the smallest fair tag and lease it, in one statement.
  * Fair tags (migration 0006) order jobs by weighted fair share across tenants and lanes; the
@@ -79,7 +82,7 @@ export const CLAIM_NEXT_JOB_SQL = `WITH candidate AS (
  * dying mid-stage runs out of attempts and is dead-lettered instead of crash-looping forever.
  */
 export async function claimNextJob(db: Queryable, args: { workerId: string; leaseSeconds: number; now?: Date | undefined }): Promise<ClaimedJob | undefined> {
-  const { rows } = await db.query<ClaimedJob>(CLAIM_NEXT_JOB_SQL, [args.workerId, args.leaseSeconds, args.now ?? null]);
+  const { rows } = await db.query<ClaimedJob>(CLAIM_NEXT_JOB([args.workerId, args.leaseSeconds, args.now ?? null]));
   return rows[0];
 }
 

@@ -9,7 +9,12 @@ beforeAll(async () => {
 });
 afterAll(() => db.drop());
 
-const limits = { PG_CONNECT_TIMEOUT_MS: 300, PG_STATEMENT_TIMEOUT_MS: 300, PG_IDLE_IN_TRANSACTION_TIMEOUT_MS: 300 };
+const limits = {
+  PG_CONNECT_TIMEOUT_MS: 300,
+  PG_STATEMENT_TIMEOUT_MS: 300,
+  PG_IDLE_IN_TRANSACTION_TIMEOUT_MS: 300,
+  DATABASE_PREPARED_STATEMENTS: "auto" as const,
+};
 
 describe("nothing hangs forever: the database pool", () => {
   it("a statement that runs past PG_STATEMENT_TIMEOUT_MS is cancelled by the server", async () => {
