@@ -344,6 +344,7 @@ async function referenceFor(scenario: Scenario, env: Parameters<typeof runScenar
     faults: {},
     crashes: [],
     crashPoints: [],
+    phases: {},
     postgresRestartAtMs: undefined,
     retryFailed: false,
     workerEnv: pick(scenario.workerEnv, ["CHUNK_MAX_TOKENS", "CHUNK_OVERLAP_TOKENS", "EMBED_MODEL", "EMBED_DIMENSIONS", "EMBED_BATCH_SIZE"]),

@@ -20,6 +20,7 @@ import { mulberry32 } from "../mocks/shared/rng.ts";
 import { ApiClient } from "./api.ts";
 import { buildCorpus, buildTenantWaves, type CorpusFile, type CorpusKind } from "./corpus.ts";
 import { checkInvariants, fingerprint, type ExpectedOutcome, type Fingerprint, type InvariantReport } from "./invariants/index.ts";
+import { PhaseDriver } from "./phases.ts";
 import { databaseDigest, faultLogDigest, type ReplayRecord } from "./replay.ts";
 import { ScenarioFileError, type Scenario } from "./scenario.ts";
 import { WorkerFleet, type FleetEvent } from "./workers.ts";
@@ -136,6 +137,8 @@ class ScenarioRun {
   /** OpenAI tokens billed by the mock, sampled every 2 s from the start of the uploads. */
   private readonly tokenSamples: Array<{ t: number; tokens: number }> = [];
   private faultsPrintedAt = 0;
+  /** Switches the scenario's phases on and off from the start of the uploads. */
+  private phases?: PhaseDriver;
 
   private readonly scenario: Scenario;
   private readonly env: RunEnvironment;
@@ -247,6 +250,7 @@ class ScenarioRun {
     // The scenario clock: outage windows count from the first upload, not from when the mocks
     // started (worker start-up takes seconds more on a busy machine).
     mocks.mocks.state.faults.startClock();
+    this.phases = new PhaseDriver(this.scenario.phases, { pool: this.pool!, adminUrl: mocks.urls.admin, note: (line) => this.note(line) });
     const corpus = this.corpus;
     this.sampleTokens(mocks);
     const uploaded = await uploadAll(api, corpus);
@@ -457,6 +461,8 @@ class ScenarioRun {
     for (const t of this.targeted) if (!t.fired) missed.push(`the kill of the worker holding ${t.label} at ${t.point} never happened`);
     if (scenario.postgresRestartAtMs !== undefined && env.restartPostgres && this.postgresRestarts === 0)
       missed.push("the PostgreSQL restart never happened: the run was quiet first");
+    this.phases?.stop();
+    if (this.phases) missed.push(...(await this.phases.missed()));
     await this.tearDown();
     const mockStats = mocks.mocks.stats();
     const faults = faultLogDigest(mocks.mocks.faultLog());
@@ -496,6 +502,7 @@ class ScenarioRun {
   private async tearDown(): Promise<void> {
     this.timers.forEach(clearTimeout);
     this.timers.length = 0;
+    this.phases?.stop();
     const services = this.services;
     if (!services) return;
     this.services = undefined;

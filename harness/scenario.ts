@@ -12,6 +12,7 @@ import { ConfigError } from "../src/errors.ts";
 import { Priority } from "../src/scheduling/lanes.ts";
 import { ALL_STATES, isTerminal, type JobStatus } from "../src/state-machine/table.ts";
 import { FAULT_POINTS, parseCrashSpec } from "../src/worker/faultPoints.ts";
+import { PhasesSchema } from "./phases.ts";
 import { REACHABLE_EVENTS } from "./reachability.ts";
 
 const terminalState = z
@@ -104,109 +105,143 @@ const WorkerEnvSchema = z.record(z.string(), z.string()).superRefine((env, ctx) 
   }
 });
 
-export const ScenarioSchema = z.strictObject({
-  name: z.string().regex(/^[a-z0-9][a-z0-9-]*$/, "use lower-case letters, digits and dashes (it names the report section)"),
-  description: z.string().min(1),
-  /** Seeds the corpus, the mocks' fault draws and the random choices of the crash schedule. */
-  seed: z.number().int().default(1),
-  corpus: z
-    .strictObject({
-      /** Ordinary documents. */
-      documents: z.number().int().min(0).max(500).default(8),
-      /** Their size range in KiB (seeded uniform). */
-      minKiB: z.number().min(0.1).max(2048).default(2),
-      maxKiB: z.number().min(0.1).max(2048).default(24),
-      /** Extra large documents (at least one is the point of the large-document scenario). */
-      large: z.strictObject({ count: z.number().int().min(0).max(10), kib: z.number().min(1).max(20_480) }).default({ count: 0, kib: 512 }),
-      /** Documents LlamaParse reports FAILED (dead-letter candidates). */
-      poison: z.number().int().min(0).max(100).default(0),
-      /** Documents that parse to no text (validation failures). */
-      empty: z.number().int().min(0).max(100).default(0),
-      /** Re-uploads of documents already in the corpus (upload must be idempotent). */
-      reuploads: z.number().int().min(0).max(100).default(0),
-      /**
-       * Real files uploaded after the synthetic ones: a folder (every PDF, DOCX, HTML, Markdown and
-       * text file under it) or a glob, relative to the scenario file.
-       */
-      files: z.string().min(1).optional(),
-      /**
-       * Tenants uploading in waves, after the documents above: each wave's uploads finish before
-       * the next one's start (tenant A uploads 300, then B uploads 3). Each tenant is one user.
-       */
-      tenants: z
-        .array(
-          z.strictObject({
-            name: z.string().regex(/^[a-z0-9][a-z0-9-]*$/, "use lower-case letters, digits and dashes"),
-            documents: z.number().int().min(1).max(1000),
-            kib: z.number().min(0.1).max(2048).default(0.3),
-            priority: Priority.default("interactive"),
-          }),
-        )
-        .default([]),
-    })
-    .default({ documents: 8, minKiB: 2, maxKiB: 24, large: { count: 0, kib: 512 }, poison: 0, empty: 0, reuploads: 0, tenants: [] })
-    .refine((c) => c.minKiB <= c.maxKiB, { message: "minKiB must be <= maxKiB", path: ["maxKiB"] }),
-  workers: z
-    .strictObject({
-      processes: z.number().int().min(1).max(16).default(2),
-      slots: z.number().int().min(1).max(32).default(2),
-    })
-    .default({ processes: 2, slots: 2 }),
-  /** Environment overrides for the worker processes and the API (e.g. MAX_ATTEMPTS), checked by the worker's config schema. */
-  workerEnv: WorkerEnvSchema.default({}),
-  /** The mocks' fault plan (see mocks/README.md). */
-  faults: FaultPlanSchema.default({}),
-  crashes: z.array(CrashSchema).default([]),
-  /**
-   * Fault points at which workers kill themselves: each new worker process (the first ones and
-   * every restart) takes the next point from the list (`point` or `point#n`, the nth hit).
-   */
-  crashPoints: z.array(faultPoint).default([]),
-  /**
-   * Freeze a worker process (SIGSTOP) at a fault point for `forMs`, then SIGCONT it: a long GC
-   * pause or a VM migration. The process stops itself at the point (`point` or `point#n`, the
-   * nth hit) in its first life; the runner thaws it.
-   */
-  freezes: z
-    .array(
-      z.strictObject({
-        point: faultPoint,
-        forMs: z.number().int().min(1).max(600_000),
-        /** Which worker process (0-based). */
-        worker: z.number().int().min(0).default(0),
-      }),
-    )
-    .default([]),
-  /**
-   * Rare events that must have happened (Antithesis-style `sometimes`), or the scenario fails:
-   * see harness/reachability.ts for the names.
-   */
-  sometimes: z.array(z.enum(REACHABLE_EVENTS, { message: `must be one of ${REACHABLE_EVENTS.join(", ")}` })).default([]),
-  /** Restart the PostgreSQL server this many ms after the uploads finished. */
-  postgresRestartAtMs: z.number().int().min(0).optional(),
-  /** After the first quiet point, retry every dead-lettered job through the API, then wait again. */
-  retryFailed: z.boolean().default(false),
-  expect: z
-    .strictObject({
-      /** The state ordinary (and large, and re-uploaded) documents must end in. */
-      documents: terminalState.default("complete"),
-      poison: terminalState.default("failed_parse"),
-      empty: terminalState.default("failed_parse"),
-    })
-    .default({ documents: "complete", poison: "failed_parse", empty: "failed_parse" }),
-  /**
-   * Fairness bounds the run must meet: every document of `tenant` completes before `other`'s
-   * `count`-th completion, counted from `tenant`'s first upload (so the bound is about the
-   * scheduler, not about how far `other` got while it was still uploading).
-   */
-  fairness: z.array(z.strictObject({ tenant: z.string(), completesWithin: z.strictObject({ other: z.string(), count: z.number().int().min(1) }) })).default([]),
-  /** The OpenAI mock's 429s must stay under this share of its answers (percent). */
-  maxRateLimitedPct: z.number().min(0).max(100).optional(),
-  /** The run fails, listing stuck jobs, if it is not quiet by then. */
-  deadlineMs: z.number().int().min(1000).max(1_800_000).default(90_000),
-  /** Measure throughput at these worker counts instead of checking one run (the scaling scenario). */
-  scaling: z.strictObject({ workerCounts: z.array(z.number().int().min(1).max(16)).min(1) }).optional(),
-});
+export const ScenarioSchema = z
+  .strictObject({
+    name: z.string().regex(/^[a-z0-9][a-z0-9-]*$/, "use lower-case letters, digits and dashes (it names the report section)"),
+    description: z.string().min(1),
+    /** Seeds the corpus, the mocks' fault draws and the random choices of the crash schedule. */
+    seed: z.number().int().default(1),
+    corpus: z
+      .strictObject({
+        /** Ordinary documents. */
+        documents: z.number().int().min(0).max(500).default(8),
+        /** Their size range in KiB (seeded uniform). */
+        minKiB: z.number().min(0.1).max(2048).default(2),
+        maxKiB: z.number().min(0.1).max(2048).default(24),
+        /** Extra large documents (at least one is the point of the large-document scenario). */
+        large: z.strictObject({ count: z.number().int().min(0).max(10), kib: z.number().min(1).max(20_480) }).default({ count: 0, kib: 512 }),
+        /** Documents LlamaParse reports FAILED (dead-letter candidates). */
+        poison: z.number().int().min(0).max(100).default(0),
+        /** Documents that parse to no text (validation failures). */
+        empty: z.number().int().min(0).max(100).default(0),
+        /** Re-uploads of documents already in the corpus (upload must be idempotent). */
+        reuploads: z.number().int().min(0).max(100).default(0),
+        /**
+         * Real files uploaded after the synthetic ones: a folder (every PDF, DOCX, HTML, Markdown and
+         * text file under it) or a glob, relative to the scenario file.
+         */
+        files: z.string().min(1).optional(),
+        /**
+         * Tenants uploading in waves, after the documents above: each wave's uploads finish before
+         * the next one's start (tenant A uploads 300, then B uploads 3). Each tenant is one user.
+         */
+        tenants: z
+          .array(
+            z.strictObject({
+              name: z.string().regex(/^[a-z0-9][a-z0-9-]*$/, "use lower-case letters, digits and dashes"),
+              documents: z.number().int().min(1).max(1000),
+              kib: z.number().min(0.1).max(2048).default(0.3),
+              priority: Priority.default("interactive"),
+            }),
+          )
+          .default([]),
+      })
+      .default({ documents: 8, minKiB: 2, maxKiB: 24, large: { count: 0, kib: 512 }, poison: 0, empty: 0, reuploads: 0, tenants: [] })
+      .refine((c) => c.minKiB <= c.maxKiB, { message: "minKiB must be <= maxKiB", path: ["maxKiB"] }),
+    workers: z
+      .strictObject({
+        processes: z.number().int().min(1).max(16).default(2),
+        slots: z.number().int().min(1).max(32).default(2),
+      })
+      .default({ processes: 2, slots: 2 }),
+    /** Environment overrides for the worker processes and the API (e.g. MAX_ATTEMPTS), checked by the worker's config schema. */
+    workerEnv: WorkerEnvSchema.default({}),
+    /** The mocks' fault plan (see mocks/README.md). */
+    faults: FaultPlanSchema.default({}),
+    /**
+     * Phases of the run that fault rules name (`"phase": "openai-down"`): each starts and ends when
+     * the run reaches a state of its own (jobs by state, faults injected, time since the uploads
+     * began), whatever the machine's speed. See harness/phases.ts.
+     */
+    phases: PhasesSchema.default({}),
+    crashes: z.array(CrashSchema).default([]),
+    /**
+     * Fault points at which workers kill themselves: each new worker process (the first ones and
+     * every restart) takes the next point from the list (`point` or `point#n`, the nth hit).
+     */
+    crashPoints: z.array(faultPoint).default([]),
+    /**
+     * Freeze a worker process (SIGSTOP) at a fault point for `forMs`, then SIGCONT it: a long GC
+     * pause or a VM migration. The process stops itself at the point (`point` or `point#n`, the
+     * nth hit) in its first life; the runner thaws it.
+     */
+    freezes: z
+      .array(
+        z.strictObject({
+          point: faultPoint,
+          forMs: z.number().int().min(1).max(600_000),
+          /** Which worker process (0-based). */
+          worker: z.number().int().min(0).default(0),
+        }),
+      )
+      .default([]),
+    /**
+     * Rare events that must have happened (Antithesis-style `sometimes`), or the scenario fails:
+     * see harness/reachability.ts for the names.
+     */
+    sometimes: z.array(z.enum(REACHABLE_EVENTS, { message: `must be one of ${REACHABLE_EVENTS.join(", ")}` })).default([]),
+    /** Restart the PostgreSQL server this many ms after the uploads finished. */
+    postgresRestartAtMs: z.number().int().min(0).optional(),
+    /** After the first quiet point, retry every dead-lettered job through the API, then wait again. */
+    retryFailed: z.boolean().default(false),
+    expect: z
+      .strictObject({
+        /** The state ordinary (and large, and re-uploaded) documents must end in. */
+        documents: terminalState.default("complete"),
+        poison: terminalState.default("failed_parse"),
+        empty: terminalState.default("failed_parse"),
+      })
+      .default({ documents: "complete", poison: "failed_parse", empty: "failed_parse" }),
+    /**
+     * Fairness bounds the run must meet: every document of `tenant` completes before `other`'s
+     * `count`-th completion, counted from `tenant`'s first upload (so the bound is about the
+     * scheduler, not about how far `other` got while it was still uploading).
+     */
+    fairness: z
+      .array(z.strictObject({ tenant: z.string(), completesWithin: z.strictObject({ other: z.string(), count: z.number().int().min(1) }) }))
+      .default([]),
+    /** The OpenAI mock's 429s must stay under this share of its answers (percent). */
+    maxRateLimitedPct: z.number().min(0).max(100).optional(),
+    /** The run fails, listing stuck jobs, if it is not quiet by then. */
+    deadlineMs: z.number().int().min(1000).max(1_800_000).default(90_000),
+    /** Measure throughput at these worker counts instead of checking one run (the scaling scenario). */
+    scaling: z.strictObject({ workerCounts: z.array(z.number().int().min(1).max(16)).min(1) }).optional(),
+  })
+  .superRefine((s, ctx) => {
+    // Every phase a rule names is defined, and every defined phase is named by a rule.
+    const defined = Object.keys(s.phases);
+    const used = new Set<string>();
+    for (const service of ["openai", "llamaparse", "storage"] as const) {
+      for (const kind of ["errors", "bursts", "outages"] as const) {
+        (s.faults[service]?.[kind] ?? []).forEach((rule, i) => {
+          if (rule.phase === undefined) return;
+          used.add(rule.phase);
+          if (!defined.includes(rule.phase))
+            ctx.addIssue({
+              code: "custom",
+              path: ["faults", service, kind, i, "phase"],
+              message: `"${rule.phase}" is not defined in "phases"; ${defined.length ? `defined: ${defined.join(", ")}` : `add "phases": {"${rule.phase}": {"start": {…}, "end": {…}}}`}`,
+            });
+        });
+      }
+    }
+    for (const name of defined.filter((n) => !used.has(n)))
+      ctx.addIssue({
+        code: "custom",
+        path: ["phases", name],
+        message: `no fault rule names this phase: add "phase": "${name}" to an outage, burst or error rule`,
+      });
+  });
 
 export type Scenario = z.output<typeof ScenarioSchema>;
 export type ExpectedState = JobStatus;

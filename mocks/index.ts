@@ -155,6 +155,8 @@ export function createMocks(options: MockOptions = {}): Mocks {
       setFaults,
       stats: snapshot,
       webhookLog: (): readonly DeliveryRecord[] => webhooks.log,
+      phases: () => faults.phases(),
+      setPhase: (name, active) => faults.setPhase(name, active),
       reset,
     }),
     ...createOpenAIHandlers(ctx, { rateLimiter }, { apiKey: keys.openai }),

@@ -6,10 +6,13 @@
  * - `POST /__admin/faults` → replace the plan (body: a plan); 400 `{error, issues: [{path, message}]}` when invalid
  * - `GET  /__admin/stats` → counters (`MockStatsSnapshot`)
  * - `GET  /__admin/webhooks` → the webhook delivery log (`DeliveryRecord[]`)
- * - `POST /__admin/reset` → forget jobs, objects, rate windows, counters and the log; restart the plan clock
+ * - `GET  /__admin/phases` → `{active: [names], faults: {name: n}}`: the phases that are on, and the faults each phase's rules injected
+ * - `POST /__admin/phases` → switch a phase on or off (body `{phase, active}`), keeping counters and log; 400 naming the field
+ * - `POST /__admin/reset` → forget jobs, objects, rate windows, counters, phases and the log; restart the plan clock
  */
 import { http } from "msw";
-import { FaultPlanError } from "../shared/faults.ts";
+import { z } from "zod";
+import { FaultPlanError, PhaseNameSchema } from "../shared/faults.ts";
 import { json } from "../shared/http.ts";
 import type { MockStatsSnapshot } from "../shared/stats.ts";
 import type { FaultPlan } from "../shared/faults.ts";
@@ -21,8 +24,12 @@ export interface AdminControls {
   setFaults(plan: unknown): FaultPlan;
   stats(): MockStatsSnapshot;
   webhookLog(): readonly DeliveryRecord[];
+  phases(): { active: string[]; faults: Record<string, number> };
+  setPhase(name: string, active: boolean): void;
   reset(): void;
 }
+
+const PhaseSwitchSchema = z.strictObject({ phase: PhaseNameSchema, active: z.boolean({ error: "must be true (switch on) or false (switch off)" }) });
 
 /**
  * Builds the `/__admin` handlers (unfaulted, unauthenticated: the mocks only listen on loopback
@@ -43,6 +50,21 @@ export function createAdminHandlers(admin: AdminControls) {
       }
       try {
         return json(admin.setFaults(body));
+      } catch (error) {
+        if (error instanceof FaultPlanError) return json({ error: error.message, issues: error.issues }, 400);
+        throw error;
+      }
+    }),
+    http.get("*/__admin/phases", () => json(admin.phases())),
+    http.post("*/__admin/phases", async ({ request }) => {
+      const parsed = PhaseSwitchSchema.safeParse(await request.json().catch(() => undefined));
+      if (!parsed.success) {
+        const issues = parsed.error.issues.map((i) => ({ path: i.path.map(String).join(".") || "(root)", message: i.message }));
+        return json({ error: `invalid phase switch: ${issues.map((i) => `${i.path}: ${i.message}`).join("; ")}`, issues }, 400);
+      }
+      try {
+        admin.setPhase(parsed.data.phase, parsed.data.active);
+        return json(admin.phases());
       } catch (error) {
         if (error instanceof FaultPlanError) return json({ error: error.message, issues: error.issues }, 400);
         throw error;

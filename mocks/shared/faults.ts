@@ -9,8 +9,10 @@
  * its occurrence (how many times that same request has been seen). So with several worker
  * processes the same request gets the same answer whatever the scheduling, and a seed replays
  * a run. Two things stay tied to timing and are documented as such: outage windows (measured
- * on the plan clock, which the scenario runner starts when its uploads begin) and bursts
- * counted `of: "route"` (the n-th arrival on a route).
+ * on the plan clock, which the scenario runner starts when its uploads begin, or a named
+ * **phase** the runner switches on and off through the admin API when the run reaches a state
+ * of its own, such as "the first job is ready to embed") and bursts counted `of: "route"` (the
+ * n-th arrival on a route).
  *
  * Decision order for one request: outage → burst → error rates (one draw per rule, first hit
  * wins) → none. A latency is drawn for every request, faulted or not. Every injected fault is
@@ -23,6 +25,9 @@ const ms = z.number().finite().min(0);
 const rate = z.number().min(0).max(1);
 /** Route ids a rule applies to (see README); a trailing `*` matches a prefix. Absent = all. */
 const routes = z.array(z.string().min(1)).min(1).optional();
+/** A phase of the run (named by the scenario, switched by the runner): the rule applies only while it is on. */
+export const PhaseNameSchema = z.string().regex(/^[a-z0-9][a-z0-9-]*$/, "a phase name: lower-case letters, digits and dashes");
+const phase = PhaseNameSchema.optional();
 
 function latencyUnion<S extends z.ZodRawShape>(extra: S) {
   return z.discriminatedUnion("dist", [
@@ -57,8 +62,8 @@ function serviceSchema<F extends z.ZodType<string | number>>(fault: F) {
   return {
     /** One distribution for every route, or a list of per-route rules (first match wins). */
     latency: z.union([LatencyRuleSchema, z.array(LatencyRuleSchema)]).optional(),
-    /** Each matching request fails with `fault` with probability `rate`. */
-    errors: z.array(z.strictObject({ fault, rate, routes })).default([]),
+    /** Each matching request fails with `fault` with probability `rate` (only while `phase` is on, when given). */
+    errors: z.array(z.strictObject({ fault, rate, routes, phase })).default([]),
     /**
      * `of: "request"` (default): occurrences `start` … `start + count - 1` of each matching request
      * fail (the same request, by fingerprint: "the first two tries of every request get a 429"),
@@ -77,15 +82,27 @@ function serviceSchema<F extends z.ZodType<string | number>>(fault: F) {
             .default("request"),
           rate: rate.default(1),
           routes,
+          phase,
         }),
       )
       .default([]),
-    /** Every matching request between `startMs` and `endMs` on the plan clock (started when the plan is set, or by the scenario runner when its uploads begin) fails. */
+    /**
+     * Every matching request fails: between `startMs` and `endMs` on the plan clock (started when
+     * the plan is set, or by the scenario runner when its uploads begin), or while `phase` is on.
+     */
     outages: z
       .array(
-        z
-          .strictObject({ fault: fault.default(503 as never), startMs: ms, endMs: ms, routes })
-          .refine((o) => o.endMs > o.startMs, { message: "endMs must be > startMs", path: ["endMs"] }),
+        z.strictObject({ fault: fault.default(503 as never), startMs: ms.optional(), endMs: ms.optional(), phase, routes }).superRefine((o, ctx) => {
+          const window = o.startMs !== undefined || o.endMs !== undefined;
+          if (window === (o.phase !== undefined))
+            ctx.addIssue({
+              code: "custom",
+              message: 'give either "startMs" and "endMs" (a window on the plan clock) or "phase" (while a phase of the run is on)',
+            });
+          else if (window && (o.startMs === undefined || o.endMs === undefined))
+            ctx.addIssue({ code: "custom", path: [o.startMs === undefined ? "startMs" : "endMs"], message: "startMs and endMs go together" });
+          else if (window && o.endMs! <= o.startMs!) ctx.addIssue({ code: "custom", path: ["endMs"], message: "endMs must be > startMs" });
+        }),
       )
       .default([]),
     /** How long a `hang` holds the request before the connection is reset (client timeouts usually fire first). */
@@ -304,6 +321,9 @@ export class FaultEngine {
   #occurrences = new Map<string, number>();
   #burstCounters = new Map<string, number>();
   #log: FaultLogEntry[] = [];
+  /** Phases the runner has switched on, and the faults each phase's rules injected so far. */
+  #activePhases = new Set<string>();
+  #phaseFaults = new Map<string, number>();
   readonly #seed: number;
   readonly #now: () => number;
 
@@ -339,13 +359,43 @@ export class FaultEngine {
     this.restart();
   }
 
-  /** Restarts the plan clock, the request counters and the log, keeping the plan. */
+  /** Restarts the plan clock, the request counters, the phases and the log, keeping the plan. */
   restart(): void {
     this.startClock();
     this.#routeCounters.clear();
     this.#occurrences.clear();
     this.#burstCounters.clear();
+    this.#activePhases.clear();
+    this.#phaseFaults.clear();
     this.#log = [];
+  }
+
+  /** Every phase the plan's rules name. */
+  phaseNames(): string[] {
+    const names = new Set<string>();
+    for (const service of ["openai", "llamaparse", "storage"] as const) {
+      const section = this.#plan[service];
+      for (const rule of [...(section?.errors ?? []), ...(section?.bursts ?? []), ...(section?.outages ?? [])]) if (rule.phase) names.add(rule.phase);
+    }
+    return [...names].sort();
+  }
+
+  /**
+   * Switches a phase on or off, keeping counters and log (a phase is part of one run, unlike a
+   * new plan).
+   * @throws {FaultPlanError} when no rule of the plan in force names the phase
+   */
+  setPhase(name: string, on: boolean): void {
+    const known = this.phaseNames();
+    if (!known.includes(name))
+      throw new FaultPlanError([{ path: "phase", message: `no rule of the plan in force names phase "${name}"; its phases: ${known.join(", ") || "none"}` }]);
+    if (on) this.#activePhases.add(name);
+    else this.#activePhases.delete(name);
+  }
+
+  /** The phases that are on, and how many faults each phase's rules have injected. */
+  phases(): { active: string[]; faults: Record<string, number> } {
+    return { active: [...this.#activePhases].sort(), faults: Object.fromEntries(this.#phaseFaults) };
   }
 
   /** Starts the plan clock now (outage windows count from here), keeping counters and log. */
@@ -375,16 +425,20 @@ export class FaultEngine {
 
     let fault: FaultKind | undefined;
     let source: FaultDecision["source"];
+    let phase: string | undefined;
     const elapsed = this.elapsedMs();
+    const on = (rule: { phase?: string | undefined }) => rule.phase === undefined || this.#activePhases.has(rule.phase);
     for (const outage of section.outages) {
-      if (routeMatches(route, outage.routes) && elapsed >= outage.startMs && elapsed < outage.endMs) {
+      const inWindow = outage.phase !== undefined ? on(outage) : elapsed >= outage.startMs! && elapsed < outage.endMs!;
+      if (routeMatches(route, outage.routes) && inWindow) {
         fault = outage.fault;
         source = "outage";
+        phase = outage.phase;
         break;
       }
     }
     section.bursts.forEach((burst, i) => {
-      if (!routeMatches(route, burst.routes)) return;
+      if (!routeMatches(route, burst.routes) || !on(burst)) return;
       let count = occurrence;
       if (burst.of === "route") {
         const key = `${service}:${i}`;
@@ -396,16 +450,19 @@ export class FaultEngine {
       if (fault === undefined && picked && count >= burst.start && count < burst.start + burst.count) {
         fault = burst.fault;
         source = "burst";
+        phase = burst.phase;
       }
     });
     // One draw per error rule whatever happened above, so the stream stays aligned.
     for (const rule of section.errors) {
-      const hit = routeMatches(route, rule.routes) && rng() < rule.rate;
+      const hit = routeMatches(route, rule.routes) && rng() < rule.rate && on(rule);
       if (hit && fault === undefined) {
         fault = rule.fault;
         source = "error";
+        phase = rule.phase;
       }
     }
+    if (phase !== undefined) this.#phaseFaults.set(phase, (this.#phaseFaults.get(phase) ?? 0) + 1);
     let latencyMs = 0;
     const rules = section.latency === undefined ? [] : Array.isArray(section.latency) ? section.latency : [section.latency];
     const rule = rules.find((r) => routeMatches(route, r.routes));

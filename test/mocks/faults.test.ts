@@ -101,6 +101,60 @@ describe("fault kinds", () => {
     }
   });
 
+  it("a phase outage and phase error rate apply only while the runner has switched the phase on; switching keeps counters and log", async () => {
+    server.mocks.setFaults({
+      openai: { outages: [{ fault: 503, phase: "embed-down" }] },
+      storage: { errors: [{ fault: 500, rate: 1, phase: "storage-flaky" }] },
+    });
+    const key = server.env.SUPABASE_SERVICE_ROLE_KEY!;
+    const buckets = () => fetch(`${server.urls.storage}/bucket`, { headers: { authorization: `Bearer ${key}` } }).then((r) => r.status);
+    expect((await embed("a")).status).toBe(200);
+    expect(await buckets()).toBe(200);
+    expect(await (await admin("phases", { phase: "embed-down", active: true })).json()).toEqual({ active: ["embed-down"], faults: {} });
+    expect((await embed("a")).status).toBe(503);
+    expect((await embed("b")).status).toBe(503);
+    expect(await buckets()).toBe(200);
+    await admin("phases", { phase: "storage-flaky", active: true });
+    expect(await buckets()).toBe(500);
+    expect(await (await admin("phases")).json()).toEqual({ active: ["embed-down", "storage-flaky"], faults: { "embed-down": 2, "storage-flaky": 1 } });
+    await admin("phases", { phase: "embed-down", active: false });
+    expect((await embed("a")).status).toBe(200);
+    // Occurrences kept counting across the switches ("a" was refused on its 2nd try, "b" on its 1st), and the log kept every fault.
+    const lines = faultLogLines(server.mocks.faultLog()).filter((l) => l.startsWith("openai"));
+    expect(lines.map((l) => l.replace(/text-embedding-3-small:\S+ /, "")).sort()).toEqual([
+      "openai openai.embeddings #1 → 503 (outage)",
+      "openai openai.embeddings #2 → 503 (outage)",
+    ]);
+    expect(server.mocks.stats().requests["openai.embeddings"]).toEqual({ "200": 2, "503": 2 });
+  });
+
+  it("refuses a phase switch naming the field: a phase no rule names, a missing or wrong field", async () => {
+    server.mocks.setFaults({ openai: { outages: [{ fault: 503, phase: "embed-down" }] } });
+    const unknown = await admin("phases", { phase: "embed-dwon", active: true });
+    expect(unknown.status).toBe(400);
+    expect(((await unknown.json()) as { error: string }).error).toContain('no rule of the plan in force names phase "embed-dwon"; its phases: embed-down');
+    const bad = await admin("phases", { phase: "Embed Down", active: "yes" });
+    expect(bad.status).toBe(400);
+    expect(((await bad.json()) as { issues: Array<{ path: string }> }).issues.map((i) => i.path)).toEqual(["phase", "active"]);
+    expect((await admin("phases", "{not json")).status).toBe(400);
+    expect(await (await admin("phases")).json()).toEqual({ active: [], faults: {} });
+  });
+
+  it("an outage is a window or a phase, never both or neither", () => {
+    const issues = (outage: object) => {
+      try {
+        parseFaultPlan({ openai: { outages: [outage] } });
+        return [];
+      } catch (err) {
+        return (err as FaultPlanError).issues.map((i) => `${i.path}: ${i.message}`);
+      }
+    };
+    expect(issues({ fault: 503, phase: "down" })).toEqual([]);
+    expect(issues({ fault: 503 })[0]).toContain('openai.outages[0]: give either "startMs" and "endMs" (a window on the plan clock) or "phase"');
+    expect(issues({ fault: 503, startMs: 0, endMs: 10, phase: "down" })[0]).toContain("give either");
+    expect(issues({ fault: 503, startMs: 0 })).toEqual(["openai.outages[0].endMs: startMs and endMs go together"]);
+  });
+
   it("a burst fails requests start … start+count-1 of the matching routes", async () => {
     server.mocks.setFaults({ storage: { bursts: [{ fault: 503, start: 2, count: 2, routes: ["storage.bucket.*"] }] } });
     const key = server.env.SUPABASE_SERVICE_ROLE_KEY!;
