@@ -376,6 +376,7 @@ async function summarise(scenario: Scenario, run: RunOutcome, reference?: Map<st
   const errors = [...(run.timedOut ? [`not quiet within ${scenario.deadlineMs} ms`, ...run.stuck] : []), ...run.missed, ...never, ...run.boundsBroken];
   return {
     name: scenario.name,
+    seed: scenario.seed,
     description: scenario.description,
     passed: invariants.ok && errors.length === 0,
     errors,
@@ -398,6 +399,7 @@ async function summarise(scenario: Scenario, run: RunOutcome, reference?: Map<st
     invariants,
     coverage,
     throughput,
+    timeline: run.timeline,
     replay: run.replay,
   };
 }

@@ -24,6 +24,7 @@ import { PhaseDriver } from "./phases.ts";
 import { databaseDigest, faultLogDigest, type ReplayRecord } from "./replay.ts";
 import { ScenarioFileError, type Scenario } from "./scenario.ts";
 import { WorkerFleet, type FleetEvent } from "./workers.ts";
+import type { TimelineMark } from "./report/types.ts";
 
 /** What the runner needs from its surroundings. */
 export interface RunEnvironment {
@@ -74,6 +75,8 @@ export interface RunOutcome {
   /** The fault-log and database digests a replay must reproduce. */
   replay: ReplayRecord;
   events: string[];
+  /** Kills, restarts, freezes, PostgreSQL restarts and fault bursts, for the report's time axes. */
+  timeline: TimelineMark[];
   /** Dropped on close. */
   pool: pg.Pool;
   dropDatabase(): Promise<void>;
@@ -117,6 +120,7 @@ type JobRow = { document_id: string; status: JobStatus; locked_by: string | null
  */
 class ScenarioRun {
   private readonly events: string[] = [];
+  private readonly timeline: TimelineMark[] = [];
   private readonly timers: NodeJS.Timeout[] = [];
   private readonly dbName: string;
   private readonly databaseUrl: string;
@@ -229,11 +233,23 @@ class ScenarioRun {
     return services as Services;
   }
 
+  /** A timeline mark at now (`until` closes the latest open band of that kind instead). */
+  private mark(kind: TimelineMark["kind"], label: string, until = false): void {
+    const open = until ? this.timeline.findLast((k) => k.kind === kind && k.untilMs === undefined && k.label === label) : undefined;
+    if (open) open.untilMs = Date.now();
+    else if (!until) this.timeline.push({ kind, atMs: Date.now(), label });
+  }
+
   private onFleetEvent(e: FleetEvent): void {
     if (e.kind === "killed") this.note(`killed ${e.workerId} (${e.reason})`);
+    if (e.kind === "killed") this.mark("kill", `kill ${e.workerId}`);
     if (e.kind === "frozen") this.note(`${e.workerId} froze itself (SIGSTOP) at ${e.point}`);
+    if (e.kind === "frozen") this.mark("freeze", `frozen ${e.workerId}`);
     if (e.kind === "thawed") this.note(`thawed ${e.workerId} (SIGCONT)`);
+    if (e.kind === "thawed") this.mark("freeze", `frozen ${e.workerId}`, true);
     if (e.kind === "started" && e.life > 1) this.note(`restarted worker ${e.worker} as ${e.workerId}`);
+    if (e.kind === "started" && e.life > 1) this.mark("restart", `restart ${e.workerId}`);
+    if (e.kind === "crashed") this.mark("kill", `kill ${e.workerId} at ${e.point}`);
     if (e.kind === "crashed" && e.jobId) {
       const target = this.targeted.find((t) => !t.fired && t.jobId === e.jobId && t.point === e.point);
       if (target) target.fired = true;
@@ -350,9 +366,11 @@ class ScenarioRun {
       this.timers.push(
         setTimeout(() => {
           this.note("restarting PostgreSQL");
+          this.mark("postgres", "PostgreSQL restart");
           restart().then(
             () => {
               this.postgresRestarts += 1;
+              this.mark("postgres", "PostgreSQL restart", true);
               this.note("PostgreSQL is back");
             },
             (err: Error) => this.note(`PostgreSQL restart failed: ${err.message}`),
@@ -422,6 +440,7 @@ class ScenarioRun {
   /** Print the mocks' injected faults as they happen (a line when the counts move, at most every 2 s). */
   private reportNewFaults(mocks: MockServer): void {
     if (Date.now() - this.faultsPrintedAt < 2_000) return;
+    const since = Math.max(this.faultsPrintedAt, this.started);
     this.faultsPrintedAt = Date.now();
     const stats = mocks.mocks.stats();
     const now: Record<string, number> = {};
@@ -432,7 +451,12 @@ class ScenarioRun {
       if (kind !== "genuine") now[`webhook ${kind}`] = Object.values(outcomes).reduce((a, b) => a + (b ?? 0), 0);
     }
     const moved = Object.entries(now).filter(([k, n]) => n > (this.faultsSeen[k] ?? 0));
-    if (moved.length > 0) this.note(`faults: ${moved.map(([k, n]) => `${k} +${n - (this.faultsSeen[k] ?? 0)}`).join(", ")}`);
+    if (moved.length > 0) {
+      const burst = moved.map(([k, n]) => `${k} +${n - (this.faultsSeen[k] ?? 0)}`).join(", ");
+      this.note(`faults: ${burst}`);
+      // A band over the sampling interval the faults fell in (sampled every 2 s).
+      this.timeline.push({ kind: "faults", atMs: since, untilMs: this.faultsPrintedAt, label: burst });
+    }
     this.faultsSeen = now;
   }
 
@@ -490,6 +514,7 @@ class ScenarioRun {
       logDir: join(env.logDir, scenario.name),
       replay: { faultLogDigest: faults.digest, faults: faults.lines.length, databaseDigest: await databaseDigest(pool, this.documentIds) },
       events: this.events,
+      timeline: this.timeline,
       pool,
       dropDatabase: () => this.dropDatabase(),
     };

@@ -1,5 +1,5 @@
 /** Number and duration formatting shared by the terminal table and the Markdown/HTML reports. */
-import type { ScenarioResult } from "./types.ts";
+import type { RunSummary, ScenarioResult } from "./types.ts";
 
 export function formatDuration(ms: number): string {
   if (ms < 1000) return `${Math.round(ms)} ms`;
@@ -21,4 +21,17 @@ export function failureLines(s: ScenarioResult): string[] {
     if (!c.ok) lines.push(`${c.name} (${c.spec}): ${c.violationCount} violation${c.violationCount === 1 ? "" : "s"}: ${c.violations[0] ?? ""}`);
   }
   return lines;
+}
+
+/**
+ * The seed(s) the scenarios really ran with: `--seed`, else each scenario's own (one value when
+ * they share it). `code` wraps a value, `text` escapes a scenario name.
+ */
+export function seedsUsed(summary: RunSummary, code: (value: string) => string, text: (s: string) => string = (s) => s): string {
+  if (typeof summary.seed === "number") return `seed ${code(String(summary.seed))}`;
+  const seeded = summary.scenarios.filter((s) => s.seed !== undefined);
+  const distinct = [...new Set(seeded.map((s) => s.seed))];
+  if (distinct.length === 0) return `seed ${code(String(summary.seed))}`;
+  if (distinct.length === 1) return `seed ${code(String(distinct[0]))}`;
+  return `seeds ${seeded.map((s) => `${text(s.name)} ${code(String(s.seed))}`).join(", ")}`;
 }

@@ -4,9 +4,9 @@
  * throughput over time per scenario, and the scaling curve.
  */
 import { edgeLabel } from "../coverage.ts";
-import { formatDuration, formatPercent, formatRate, scenarioCoverage } from "./format.ts";
-import { escapeXml as esc, renderLineChart, renderStateDiagram } from "./svg.ts";
-import type { RunSummary, ScalingCurve, ScenarioResult } from "./types.ts";
+import { formatDuration, formatPercent, formatRate, scenarioCoverage, seedsUsed } from "./format.ts";
+import { escapeXml as esc, renderLineChart, renderStateDiagram, type ChartMark } from "./svg.ts";
+import type { RunSummary, ScalingCurve, ScenarioResult, TimelineMark } from "./types.ts";
 
 const CSS = `
 body{font:14px/1.5 system-ui,-apple-system,Segoe UI,sans-serif;color:#0f172a;margin:0;background:#f8fafc}
@@ -74,12 +74,29 @@ function throughputSection(scenarios: readonly ScenarioResult[]): string {
         series: [
           { name: `completed/s (${t.bucketSeconds} s buckets)`, color: "#2563eb", points: [[0, 0], ...t.points.map((p) => [p.t, p.perSecond] as const)] },
         ],
+        marks: chartMarks(s, t.startedAt),
         width: 600,
         height: 240,
       });
       return `<div class="card">${chart}</div>`;
     });
   return `<h2>Throughput over time</h2>${charts.length === 0 ? "<p>No completed jobs recorded.</p>" : `<div class="grid">${charts.join("")}</div>`}`;
+}
+
+const MARK_COLORS: Record<TimelineMark["kind"], string> = { kill: "#dc2626", restart: "#16a34a", freeze: "#7c3aed", postgres: "#ea580c", faults: "#d97706" };
+
+/** The scenario's timeline on the throughput chart's axis (seconds from its first job event). */
+function chartMarks(s: ScenarioResult, startedAt: string | null): ChartMark[] {
+  if (!startedAt || !s.timeline) return [];
+  const t0 = Date.parse(startedAt);
+  const at = (ms: number) => Math.max(0, (ms - t0) / 1000);
+  return s.timeline.map((k) => ({
+    x: at(k.atMs),
+    x2: k.untilMs === undefined ? undefined : at(k.untilMs),
+    kind: k.kind,
+    label: k.label,
+    color: MARK_COLORS[k.kind],
+  }));
 }
 
 function scalingSection(curve: ScalingCurve | null): string {
@@ -147,7 +164,7 @@ export function renderHtml(summary: RunSummary): string {
 <title>upload-pipeline scenarios: ${summary.passed ? "PASS" : "FAIL"}</title><style>${CSS}</style></head>
 <body><main>
 <h1>upload-pipeline scenarios <span class="badge ${summary.passed ? "pass" : "fail"}">${summary.passed ? "PASS" : "FAIL"}</span></h1>
-<p class="meta">${esc(summary.startedAt)} · ${formatDuration(summary.durationMs)} · seed <code>${esc(String(summary.seed))}</code>${env}</p>
+<p class="meta">${esc(summary.startedAt)} · ${formatDuration(summary.durationMs)} · ${seedsUsed(summary, (v) => `<code>${esc(v)}</code>`, esc)}${env}</p>
 <h2>Results</h2>${resultsTable(summary)}
 ${coverageSection(summary)}
 ${throughputSection(summary.scenarios)}

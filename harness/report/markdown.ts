@@ -1,6 +1,6 @@
 /** `report.md`: the run as Markdown, readable in a CI log or a pull request comment. */
 import { edgeLabel } from "../coverage.ts";
-import { failureLines, formatDuration, formatPercent, formatRate, scenarioCoverage } from "./format.ts";
+import { failureLines, formatDuration, formatPercent, formatRate, scenarioCoverage, seedsUsed } from "./format.ts";
 import type { RunSummary } from "./types.ts";
 
 const cell = (s: string) => s.replace(/\|/g, "\\|").replace(/\n/g, " ");
@@ -8,7 +8,7 @@ const cell = (s: string) => s.replace(/\|/g, "\\|").replace(/\n/g, " ");
 export function renderMarkdown(summary: RunSummary): string {
   const out: string[] = [];
   out.push(`# Scenario run: ${summary.passed ? "PASS" : "FAIL"}`, "");
-  out.push(`- started ${summary.startedAt}, took ${formatDuration(summary.durationMs)}, seed \`${summary.seed}\``);
+  out.push(`- started ${summary.startedAt}, took ${formatDuration(summary.durationMs)}, ${seedsUsed(summary, (v) => `\`${v}\``)}`);
   if (summary.environment) out.push(`- Node ${summary.environment.node} on ${summary.environment.platform}, ${summary.environment.cpus} CPUs`);
   if (summary.coverage) {
     const c = summary.coverage;

@@ -14,12 +14,28 @@ const fmt = (n: number): string => (Number.isInteger(n) ? String(n) : n.toFixed(
 
 // ── State diagram ────────────────────────────────────────────────────────────────────────────
 
-const BOX_W = 160;
-const BOX_H = 46;
-const GAP = 36;
+/*
+ * Sized so the state names stay readable where the report is read: at a 1400 px wide window the
+ * page's card is 1206 px wide, so the 1440-unit-wide diagram is drawn at 0.84 scale and 14-unit
+ * labels come out at 11.7 px (the old 2014-unit diagram drew 11-unit labels at 6.6 px). Names
+ * wrap at their first underscore to fit the narrower boxes.
+ */
+const BOX_W = 108;
+const BOX_H = 52;
+const GAP = 30;
 const X0 = 60;
 const Y_PIPE = 60;
 const Y_FAIL = 250;
+export const STATE_LABEL_PX = 14;
+/** The report card's inner width at a 1400 px window: main 1280 − 2 × 24 padding − 2 × 12 card padding − 2 border. */
+export const CARD_WIDTH_AT_1400 = 1206;
+
+/** A state name as the lines drawn in its box: split at the first underscore. */
+export function stateLabelLines(state: string): string[] {
+  const cut = state.indexOf("_");
+  return cut === -1 ? [state] : [state.slice(0, cut), state.slice(cut + 1)];
+}
+const LINE = STATE_LABEL_PX + 2;
 const COLORS = { forward: "#2563eb", failure: "#dc2626", retry: "#7c3aed", create: "#2563eb", off: "#cbd5e1" } as const;
 
 const boxX = (i: number) => X0 + i * (BOX_W + GAP);
@@ -80,9 +96,12 @@ export function renderStateDiagram(coverage: CoverageReport | null): string {
     const visited = entered.has(state);
     const fill = failed ? (visited ? "#fee2e2" : "#fff7f7") : visited ? "#dbeafe" : "#f8fafc";
     const stroke = failed ? "#dc2626" : "#1e3a8a";
+    const lines = stateLabelLines(state);
     parts.push(
       `<g class="state${visited ? " visited" : ""}" data-state="${state}"><rect x="${x}" y="${y}" width="${w}" height="${BOX_H}" rx="8" fill="${fill}" stroke="${stroke}" stroke-width="1.5"/>` +
-        `<text x="${x + w / 2}" y="${y + BOX_H / 2 + 4}" text-anchor="middle" class="state-label">${state}</text></g>`,
+        `<text x="${x + w / 2}" y="${y + BOX_H / 2 + 5 - ((lines.length - 1) * LINE) / 2}" text-anchor="middle" class="state-label">` +
+        lines.map((line, i) => `<tspan x="${x + w / 2}"${i > 0 ? ` dy="${LINE}"` : ""}>${line}</tspan>`).join("") +
+        `</text></g>`,
     );
   };
 
@@ -124,7 +143,7 @@ export function renderStateDiagram(coverage: CoverageReport | null): string {
     ["not exercised", COLORS.off, true],
   ];
   legend.forEach(([label, color, dashed], i) => {
-    const x = X0 + i * 220;
+    const x = X0 + i * 250;
     parts.push(
       `<line x1="${x}" y1="${ly}" x2="${x + 36}" y2="${ly}" stroke="${color}" stroke-width="3"${dashed ? ' stroke-dasharray="6 3"' : ""}/>` +
         `<text x="${x + 44}" y="${ly + 4}" class="legend">${label}</text>`,
@@ -135,7 +154,7 @@ export function renderStateDiagram(coverage: CoverageReport | null): string {
 
   return (
     `<svg class="state-diagram" viewBox="0 0 ${width} ${height}" width="100%" role="img" aria-label="State machine with exercised edges">` +
-    `<style>.state-label{font:600 11px system-ui,sans-serif;fill:#0f172a}.count{font:700 11px system-ui,sans-serif}.legend{font:12px system-ui,sans-serif;fill:#334155}</style>` +
+    `<style>.state-label{font:600 ${STATE_LABEL_PX}px system-ui,sans-serif;fill:#0f172a}.count{font:700 13px system-ui,sans-serif}.legend{font:14px system-ui,sans-serif;fill:#334155}</style>` +
     parts.join("") +
     `</svg>`
   );
@@ -152,6 +171,17 @@ export interface ChartSeries {
   labels?: readonly string[];
 }
 
+/** Something that happened during the run, drawn on the x axis: a line at `x`, or a band to `x2`. */
+export interface ChartMark {
+  x: number;
+  x2?: number | undefined;
+  /** What it is (`kill`, `restart`, `faults`, …): its legend entry and CSS class. */
+  kind: string;
+  /** Short text drawn by the mark. */
+  label: string;
+  color: string;
+}
+
 export interface LineChartOptions {
   title: string;
   xLabel: string;
@@ -161,6 +191,42 @@ export interface LineChartOptions {
   height?: number;
   /** Ticks on the x axis (e.g. the measured worker counts); default: evenly spaced. */
   xTicks?: readonly number[];
+  /** Events on the x axis (kills, restarts, fault bursts), so a dip can be tied to its cause. */
+  marks?: readonly ChartMark[];
+}
+
+/** Width of `text` at the charts' 11 px legend font (a generous 6.5 px a character). */
+export const legendTextWidth = (text: string): number => Math.ceil(text.length * 6.5);
+
+interface LegendEntry {
+  name: string;
+  color: string;
+  dashed?: boolean | undefined;
+  /** A mark's swatch is a short vertical line; a series' a horizontal one. */
+  vertical?: boolean;
+}
+
+/** Legend entries flowed left to right under the title, wrapping inside the chart: nothing is cut off at the edge. */
+function layoutLegend(entries: readonly LegendEntry[], left: number, right: number, top: number): { svg: string[]; bottom: number } {
+  const svg: string[] = [];
+  let x = left;
+  let y = top;
+  for (const e of entries) {
+    const w = 28 + legendTextWidth(e.name);
+    if (x > left && x + w > right) {
+      x = left;
+      y += 16;
+    }
+    const dash = e.dashed ? ' stroke-dasharray="6 4"' : "";
+    svg.push(
+      e.vertical
+        ? `<line x1="${x + 11}" y1="${y - 6}" x2="${x + 11}" y2="${y + 6}" stroke="${e.color}" stroke-width="2"${dash}/>`
+        : `<line x1="${x}" y1="${y}" x2="${x + 22}" y2="${y}" stroke="${e.color}" stroke-width="2"${dash}/>`,
+    );
+    svg.push(`<text x="${x + 28}" y="${y + 4}" class="tick legend-entry">${escapeXml(e.name)}</text>`);
+    x += w + 16;
+  }
+  return { svg, bottom: y };
 }
 
 /** A step of 1, 2 or 5 × 10^k giving about `ticks` intervals over `span`. */
@@ -176,14 +242,23 @@ export function renderLineChart(opts: LineChartOptions): string {
   const height = opts.height ?? 280;
   const m = { left: 56, right: 16, top: 34, bottom: 44 };
   const all = opts.series.flatMap((s) => s.points);
+  const marks = opts.marks ?? [];
+  const markKinds = [...new Map(marks.map((k) => [k.kind, k.color])).entries()];
+  const legend = layoutLegend(
+    [...opts.series, ...markKinds.map(([name, color]) => ({ name, color, dashed: true, vertical: true }))],
+    m.left,
+    width - m.right,
+    38,
+  );
+  m.top = legend.bottom + 16;
   const head = `<svg class="chart" viewBox="0 0 ${width} ${height}" width="100%" style="max-width:${width}px" role="img" aria-label="${escapeXml(opts.title)}">`;
   const title = `<text x="${m.left}" y="20" class="chart-title">${escapeXml(opts.title)}</text>`;
-  const style = `<style>.chart-title{font:600 13px system-ui,sans-serif;fill:#0f172a}.tick{font:11px system-ui,sans-serif;fill:#475569}.axis-label{font:11px system-ui,sans-serif;fill:#334155}</style>`;
+  const style = `<style>.chart-title{font:600 13px system-ui,sans-serif;fill:#0f172a}.tick{font:11px system-ui,sans-serif;fill:#475569}.axis-label{font:11px system-ui,sans-serif;fill:#334155}.mark-label{font:600 10px system-ui,sans-serif}</style>`;
   if (all.length === 0) {
     return `${head}${style}${title}<text x="${width / 2}" y="${height / 2}" text-anchor="middle" class="tick">no data</text></svg>`;
   }
   let xMin = Math.min(...all.map((p) => p[0]));
-  let xMax = Math.max(...all.map((p) => p[0]));
+  let xMax = Math.max(...all.map((p) => p[0]), ...marks.map((k) => k.x2 ?? k.x));
   if (xMax === xMin) {
     xMin -= 1;
     xMax += 1;
@@ -212,7 +287,7 @@ export function renderLineChart(opts: LineChartOptions): string {
   parts.push(`<text x="${m.left + pw / 2}" y="${height - 6}" text-anchor="middle" class="axis-label">${escapeXml(opts.xLabel)}</text>`);
   parts.push(`<text transform="translate(14 ${m.top + ph / 2}) rotate(-90)" text-anchor="middle" class="axis-label">${escapeXml(opts.yLabel)}</text>`);
 
-  opts.series.forEach((s, i) => {
+  opts.series.forEach((s) => {
     const pts = s.points.map(([x, y]) => `${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(" ");
     parts.push(
       `<polyline class="series" data-series="${escapeXml(s.name)}" points="${pts}" fill="none" stroke="${s.color}" stroke-width="2"${s.dashed ? ' stroke-dasharray="6 4"' : ""}/>`,
@@ -228,11 +303,17 @@ export function renderLineChart(opts: LineChartOptions): string {
           `<text x="${(sx(p[0]) + dx).toFixed(1)}" y="${(sy(p[1]) + 16).toFixed(1)}" text-anchor="${anchor}" class="tick" fill="${s.color}">${escapeXml(label)}</text>`,
         );
     });
-    const lx = m.left + pw - 150;
-    const ly = m.top + 6 + i * 16;
-    parts.push(`<line x1="${lx}" y1="${ly}" x2="${lx + 22}" y2="${ly}" stroke="${s.color}" stroke-width="2"${s.dashed ? ' stroke-dasharray="6 4"' : ""}/>`);
-    parts.push(`<text x="${lx + 28}" y="${ly + 4}" class="tick">${escapeXml(s.name)}</text>`);
   });
+  marks.forEach((k, i) => {
+    const x1 = sx(Math.max(xMin, k.x));
+    const label = `<text x="${(x1 + 3).toFixed(1)}" y="${m.top + 11 + (i % 3) * 12}" class="mark-label" fill="${k.color}">${escapeXml(k.label)}</text>`;
+    const shape =
+      k.x2 !== undefined
+        ? `<rect x="${x1.toFixed(1)}" y="${m.top}" width="${Math.max(2, sx(Math.min(xMax, k.x2)) - x1).toFixed(1)}" height="${ph}" fill="${k.color}" fill-opacity="0.12"/>`
+        : `<line x1="${x1.toFixed(1)}" y1="${m.top}" x2="${x1.toFixed(1)}" y2="${m.top + ph}" stroke="${k.color}" stroke-width="1.5" stroke-dasharray="4 3"/>`;
+    parts.push(`<g class="mark ${escapeXml(k.kind)}" data-x="${fmt(k.x)}"><title>${escapeXml(`${k.kind}: ${k.label}`)}</title>${shape}${label}</g>`);
+  });
+  parts.push(...legend.svg);
   parts.push("</svg>");
   return parts.join("");
 }

@@ -68,8 +68,20 @@ export interface ScenarioFigures {
   jepsen?: JepsenCounts;
 }
 
+/** Something the run did or suffered, for the report's time axes. */
+export interface TimelineMark {
+  kind: "kill" | "restart" | "freeze" | "postgres" | "faults";
+  /** When (epoch ms); a band lasts until `untilMs`. */
+  atMs: number;
+  untilMs?: number;
+  /** Short text: which worker, which faults and how many. */
+  label: string;
+}
+
 export interface ScenarioResult {
   name: string;
+  /** The seed the scenario ran with (its own, or `--seed`). */
+  seed?: number;
   description?: string;
   passed: boolean;
   /** Why it failed apart from invariants: the quiescence deadline, stuck jobs, a crash of the runner. */
@@ -78,6 +90,8 @@ export interface ScenarioResult {
   invariants: InvariantReport | null;
   coverage: CoverageReport | null;
   throughput: ThroughputSeries | null;
+  /** Kills, restarts, freezes, PostgreSQL restarts and fault bursts, in time order. */
+  timeline?: TimelineMark[];
   /** Only for the scaling scenario. */
   scaling?: ScalingCurve;
   /** The fault-log and database digests a replay must reproduce (see harness/replay.ts). */

@@ -10,6 +10,8 @@ import { collectCoverage, computeCoverage } from "../../harness/coverage.ts";
 import { checkInvariants } from "../../harness/invariants/index.ts";
 import {
   formatResultsTable,
+  renderHtml,
+  renderLineChart,
   renderStateDiagram,
   scalingCurve,
   seriesFromTimestamps,
@@ -18,6 +20,7 @@ import {
   type RunSummary,
   type ScenarioResult,
 } from "../../harness/report/index.ts";
+import { CARD_WIDTH_AT_1400, legendTextWidth } from "../../harness/report/svg.ts";
 import { createTestDatabase, type TestDatabase } from "../support/db.ts";
 import { buildFinishedDatabase, dropQuietly } from "./finishedDatabase.ts";
 
@@ -110,6 +113,85 @@ describe("the state diagram", () => {
     expect(svg.match(/<g class="state/g)).toHaveLength(13);
     expect(svg.match(/class="edge /g)).toHaveLength(28);
     expect(svg).not.toContain("edge exercised");
+  });
+});
+
+describe("report.html at a 1400 px window", () => {
+  it("draws state names at 11 px or more, each line inside its box", () => {
+    const svg = renderStateDiagram(computeCoverage([]));
+    const viewWidth = Number(/viewBox="0 0 (\d+(?:\.\d+)?) /.exec(svg)![1]);
+    const labelPx = Number(/\.state-label\{font:600 (\d+)px/.exec(svg)![1]);
+    const scale = Math.min(1, CARD_WIDTH_AT_1400 / viewWidth);
+    expect(labelPx * scale).toBeGreaterThanOrEqual(11);
+    const boxes = [...svg.matchAll(/data-state="([a-z_]+)"><rect [^>]*width="(\d+)"[^>]*\/><text[^>]*>(.*?)<\/text>/g)];
+    expect(boxes).toHaveLength(13);
+    for (const [, state, width, text] of boxes) {
+      const lines = [...text!.matchAll(/<tspan[^>]*>([^<]*)<\/tspan>/g)].map((m) => m[1]!);
+      expect(lines.join("_"), state).toBe(state);
+      // 0.62 em a character: a bold system-ui face's widest lower-case average.
+      for (const line of lines) expect(line.length * 0.62 * labelPx, `${state}: ${line}`).toBeLessThanOrEqual(Number(width) - 8);
+    }
+  });
+
+  it("keeps every legend entry of a throughput chart inside the chart, marks included", () => {
+    const width = 600;
+    const svg = renderLineChart({
+      title: "openai-outage",
+      xLabel: "s",
+      yLabel: "jobs/s",
+      width,
+      series: [
+        {
+          name: "completed/s (1 s buckets) with a long name that used to run off",
+          color: "#2563eb",
+          points: [
+            [0, 0],
+            [10, 2],
+          ],
+        },
+      ],
+      marks: [
+        { x: 3, kind: "kill", label: "kill w0.1", color: "#dc2626" },
+        { x: 4, x2: 6, kind: "faults", label: "openai 503 +12", color: "#d97706" },
+        { x: 5, kind: "restart", label: "restart w0.2", color: "#16a34a" },
+      ],
+    });
+    const entries = [...svg.matchAll(/<text x="([\d.]+)" y="[\d.]+" class="tick legend-entry">([^<]*)<\/text>/g)];
+    expect(entries.map((e) => e[2])).toEqual(["completed/s (1 s buckets) with a long name that used to run off", "kill", "faults", "restart"]);
+    for (const [, x, text] of entries) expect(Number(x) + legendTextWidth(text!)).toBeLessThanOrEqual(width);
+  });
+
+  it("marks kills, restarts and fault bursts on the throughput chart's time axis", () => {
+    const startedAt = "2030-01-01T00:00:00.000Z";
+    const t0 = Date.parse(startedAt);
+    const scenario: ScenarioResult = {
+      name: "crash-mid-embed",
+      seed: 7,
+      passed: true,
+      errors: [],
+      figures: { documents: 4, workers: 2, durationMs: 9000, throughputDocsPerSec: 0.5, rateLimited429: 0, kills: 1 },
+      invariants: null,
+      coverage: null,
+      throughput: { ...seriesFromTimestamps(t0, [t0 + 1500, t0 + 7200, t0 + 8100], 1), startedAt },
+      timeline: [
+        { kind: "faults", atMs: t0 + 2000, untilMs: t0 + 4000, label: "openai 503 +5" },
+        { kind: "kill", atMs: t0 + 3500, label: "kill w1.1 at commit.vectors.after" },
+        { kind: "restart", atMs: t0 + 4250, label: "restart w1.2" },
+      ],
+    };
+    const html = renderHtml({ ...summary, seed: "per scenario", scenarios: [scenario] });
+    expect(html).toMatch(/<g class="mark faults" data-x="2"><title>faults: openai 503 \+5<\/title><rect /);
+    expect(html).toMatch(/<g class="mark kill" data-x="3\.5\d*"><title>kill: kill w1\.1 at commit\.vectors\.after<\/title><line /);
+    expect(html).toMatch(/<g class="mark restart" data-x="4\.25"><title>restart: restart w1\.2<\/title><line /);
+  });
+
+  it("names the seeds the scenarios actually ran with", () => {
+    const one = (name: string, seed: number): ScenarioResult => ({ ...summary.scenarios[0]!, name, seed });
+    expect(renderHtml({ ...summary, seed: "per scenario", scenarios: [one("a", 7), one("b", 7)] })).toContain("· seed <code>7</code>");
+    const mixed = renderHtml({ ...summary, seed: "per scenario", scenarios: [one("a", 7), one("b", 9)] });
+    expect(mixed).toContain("· seeds a <code>7</code>, b <code>9</code>");
+    expect(mixed).not.toContain("per scenario");
+    expect(renderHtml({ ...summary, seed: 42 })).toContain("· seed <code>42</code>");
   });
 });
 
