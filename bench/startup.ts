@@ -13,6 +13,7 @@
  */
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
+import { WORKER_NODE_FLAGS } from "../src/worker/nodeFlags.ts";
 import { createDatabase, figure, round, type BenchContext, type BenchResult } from "./support.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -21,7 +22,7 @@ const WORKER_ENTRY = "src/worker/main.ts";
 const MODES = {
   tsxCli: { label: "tsx CLI (old npm run worker)", command: `${ROOT}node_modules/.bin/tsx`, args: [WORKER_ENTRY] },
   tsxLoader: { label: "node --import tsx", command: process.execPath, args: ["--import", "tsx", WORKER_ENTRY] },
-  native: { label: "node (type stripping)", command: process.execPath, args: [WORKER_ENTRY] },
+  native: { label: "node (type stripping)", command: process.execPath, args: [...WORKER_NODE_FLAGS, WORKER_ENTRY] },
 } as const;
 type Mode = keyof typeof MODES;
 

@@ -15,6 +15,7 @@ import { parseArgs } from "node:util";
 import { SignJWT } from "jose";
 import { startMockServer } from "../mocks/server.ts";
 import { startSharedDatabase } from "./db.ts";
+import { WORKER_NODE_FLAGS } from "../src/worker/nodeFlags.ts";
 
 export const STACK_USAGE = "Usage: npm run stack -- [--workers 2] [--api-port 8080] [--mocks-port 4010]";
 /** The Supabase CLI's local JWT secret: the same one `supabase start` uses. */
@@ -35,8 +36,8 @@ function parse(argv: string[]) {
 }
 
 /** Start a child with its output prefixed by its name. */
-function child(name: string, script: string, env: NodeJS.ProcessEnv): ChildProcess {
-  const proc = spawn(process.execPath, [script], { env, stdio: ["ignore", "pipe", "pipe"] });
+function child(name: string, args: string[], env: NodeJS.ProcessEnv): ChildProcess {
+  const proc = spawn(process.execPath, args, { env, stdio: ["ignore", "pipe", "pipe"] });
   for (const stream of [proc.stdout!, proc.stderr!]) {
     createInterface({ input: stream }).on("line", (line) => process.stdout.write(`[${name}] ${line}\n`));
   }
@@ -77,7 +78,7 @@ async function main(): Promise<void> {
     PORT: String(apiPort),
     HOST: "127.0.0.1",
   };
-  const procs: ChildProcess[] = [child("api", "src/api/main.ts", env)];
+  const procs: ChildProcess[] = [child("api", ["src/api/main.ts"], env)];
   let stopping = false;
   const stop = async (code: number) => {
     if (stopping) process.exit(1);
@@ -99,7 +100,7 @@ async function main(): Promise<void> {
     process.stderr.write(`stack: ${(err as Error).message}\n`);
     await stop(1);
   }
-  for (let i = 1; i <= args.workers; i++) procs.push(child(`worker ${i}`, "src/worker/main.ts", { ...env, WORKER_ID: `stack-worker-${i}` }));
+  for (let i = 1; i <= args.workers; i++) procs.push(child(`worker ${i}`, [...WORKER_NODE_FLAGS, "src/worker/main.ts"], { ...env, WORKER_ID: `stack-worker-${i}` }));
 
   const userId = "00000000-0000-4000-8000-000000000001";
   const token = await new SignJWT({ role: "authenticated", aud: "authenticated" })

@@ -8,6 +8,7 @@ import { createWriteStream, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { CRASH_LINE, FREEZE_LINE } from "../src/worker/faultPoints.ts";
+import { WORKER_NODE_FLAGS } from "../src/worker/nodeFlags.ts";
 
 const WORKER_ENTRY = new URL("../src/worker/main.ts", import.meta.url).pathname;
 
@@ -166,7 +167,7 @@ export class WorkerFleet {
     const freezes = slot.life === 1 ? (this.opts.freezes ?? []).filter((f) => f.worker === slot.index) : [];
     slot.crashed = undefined;
     const crashSpecs = [...(crashAt ? [crashAt] : []), ...(this.opts.targetedCrashes?.() ?? [])];
-    const child = spawn(process.execPath, [WORKER_ENTRY], {
+    const child = spawn(process.execPath, [...WORKER_NODE_FLAGS, WORKER_ENTRY], {
       env: {
         ...process.env,
         ...this.opts.env,

@@ -15,12 +15,20 @@ import { BaseWorker } from "./BaseWorker.ts";
 import { reportServiceConditions } from "./serviceConditions.ts";
 import { faultPointsFromEnv } from "./faultPoints.ts";
 import { reportWakeUp } from "./listenProbe.ts";
+import { missingWorkerNodeFlags } from "./nodeFlags.ts";
 import { createWorkerMetrics, serveMetrics } from "./metrics.ts";
 import { stopOnSignals } from "../signals.ts";
 import { flushBounded, startTracing } from "../tracing.ts";
 
 const config = loadConfigOrExit("worker");
 const log = createLogger({ level: config.LOG_LEVEL, name: "worker" });
+const missingFlags = missingWorkerNodeFlags(process.execArgv, process.env.NODE_OPTIONS);
+if (missingFlags.length > 0) {
+  log.warn(
+    { missing: missingFlags },
+    `started without ${missingFlags.join(" ")}: start workers with \`npm run worker\` (src/worker/nodeFlags.ts), or expect more memory`,
+  );
+}
 const tracing = startTracing({ endpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT, serviceName: "upload-pipeline-worker" });
 const db = await provisionDatabase({ databaseUrl: config.DATABASE_URL });
 if (db.kind === "embedded") {
