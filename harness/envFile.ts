@@ -6,7 +6,7 @@
 import { readFile } from "node:fs/promises";
 import { configForLocalMocks } from "../src/config.ts";
 import { ConfigError } from "../src/errors.ts";
-import { RUNNER_WIRED, SETTABLE_WORKER_ENV } from "./scenario.ts";
+import { RUNNER_WIRED, SETTABLE_WORKER_ENV, type Scenario } from "./scenario.ts";
 
 export class EnvFileError extends Error {
   constructor(file: string, problems: string[]) {
@@ -59,4 +59,9 @@ export async function loadEnvFile(file: string): Promise<{ env: Record<string, s
   }
   if (problems.length > 0) throw new EnvFileError(file, problems);
   return { env, ignored };
+}
+
+/** The env file's settings under a scenario's own `workerEnv` (a scenario's setting is its subject and wins). */
+export function withEnvFile(scenario: Scenario, envFile: { env: Record<string, string> } | undefined): Scenario {
+  return envFile ? { ...scenario, workerEnv: { ...envFile.env, ...scenario.workerEnv } } : scenario;
 }

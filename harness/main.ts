@@ -17,7 +17,7 @@ import { formatResultsTable, scalingCurve, throughputSeries, writeReport, type R
 import { checkRun, crashTargets, runScenario, type RunOutcome } from "./runner.ts";
 import { buildCorpus, CorpusFilesError } from "./corpus.ts";
 import { replayDifferences, type ReplayRecord } from "./replay.ts";
-import { EnvFileError, loadEnvFile } from "./envFile.ts";
+import { EnvFileError, loadEnvFile, withEnvFile } from "./envFile.ts";
 import { StarterExistsError, writeStarter } from "./init.ts";
 import { drawScenario } from "./soak.ts";
 import { formatJepsen, jepsenCounts, sumJepsen } from "./jepsen.ts";
@@ -29,6 +29,7 @@ const USAGE = `usage: npm run scenario -- [name|file.json ...] [options]
        npm run scenario -- init [DIR]     write a starter my-scenario.json and scenario.env (with comments)
        npm run scenario -- soak [--minutes N] [--rounds N] [--seed N]
                                           random scenarios from a seed stream until a violation or the time is up
+                                          (default 5 min; --rounds alone: exactly N rounds; no --seed: a random one)
 
   name ...                 scenarios to run (default: every file of the suite); a path to a .json file also works
   --suite NAME             the suite to run or pick names from: "default" (scenarios/*.json) or a folder
@@ -58,7 +59,7 @@ const Flags = z.object({
     .number()
     .positive()
     .max(24 * 60)
-    .default(5),
+    .optional(),
   rounds: z.coerce.number().int().min(1).optional(),
 });
 
@@ -123,7 +124,7 @@ async function main(): Promise<number> {
   }
   const scenarios = (
     replaying?.map((r) => r.scenario) ?? (selected.length > 0 ? selected : orderSuite(builtIns)).map((s) => (seed === undefined ? s : { ...s, seed }))
-  ).map((s) => (envFile ? { ...s, workerEnv: { ...envFile.env, ...s.workerEnv } } : s));
+  ).map((s) => withEnvFile(s, envFile));
   if (envFile) {
     process.stdout.write(`settings from ${args.values["env-file"]}: ${Object.keys(envFile.env).join(", ") || "none"}\n`);
     if (envFile.ignored.length > 0) process.stdout.write(`ignored (the runner wires them): ${envFile.ignored.join(", ")}\n`);
@@ -223,15 +224,17 @@ async function main(): Promise<number> {
  */
 async function soak(flags: z.output<typeof Flags>): Promise<number> {
   const seed = flags.seed ?? Math.floor(Math.random() * 2 ** 31);
+  // --rounds alone runs exactly that many rounds (a reproducible gate: the same rounds on any machine); else 5 minutes.
+  const minutes = flags.minutes ?? (flags.rounds === undefined ? 5 : undefined);
   const reportDir = resolve(flags.report === "reports/latest" ? "reports/soak" : flags.report);
   const progress = createProgress(process.stdout);
   const db = await provisionDatabase({ databaseUrl: process.env.DATABASE_URL });
   const env = { serverUrl: db.url, restartPostgres: db.restart, logDir: join(reportDir, "logs"), onProgress: progress.update, onEvent: progress.line };
   progress.line(
-    `soak: seed ${seed}, ${flags.minutes} min${flags.rounds ? `, at most ${flags.rounds} rounds` : ""}; PostgreSQL restarts ${db.restart ? "in some rounds" : "off (DATABASE_URL)"}; report → ${reportDir}`,
+    `soak: seed ${seed}, ${[minutes === undefined ? "" : `${minutes} min`, flags.rounds === undefined ? "" : `at most ${flags.rounds} rounds`].filter(Boolean).join(", ")}; PostgreSQL restarts ${db.restart ? "in some rounds" : "off (DATABASE_URL)"}; report → ${reportDir}`,
   );
   const startedAt = new Date();
-  const stopAt = Date.now() + flags.minutes * 60_000;
+  const stopAt = minutes === undefined ? Number.POSITIVE_INFINITY : Date.now() + minutes * 60_000;
   const results: ScenarioResult[] = [];
   const totals = { kills: 0, restarts: 0, faults: 0 };
   let violation: ScenarioResult | undefined;

@@ -1,6 +1,6 @@
 /**
  * The soak: random scenarios drawn from a seed stream (kills of the worker holding a random
- * document's job at a random fault point, 429 storms, outages, resets, webhook chaos, PostgreSQL
+ * document's job at a random fault point, 429 storms, outage phases, resets, webhook chaos, PostgreSQL
  * restarts), each run to quiescence and checked; the first violation stops it with the round's
  * seed and the command that replays it. Round i's scenario is a pure function of (seed, i).
  */
@@ -32,7 +32,14 @@ export function drawScenario(seed: number, round: number, options: { postgresRes
   const openai: Record<string, unknown> = {};
   if (chance(rng, 0.6)) openai.errors = [{ fault: pick(rng, [500, 502, 503, "reset"] as const), rate: Math.round(rng() * 25) / 100 }];
   if (chance(rng, 0.4)) openai.bursts = [{ fault: 429, start: 1, count: 1 + Math.floor(rng() * 3), rate: Math.round(rng() * 50) / 100 }];
-  if (chance(rng, 0.3)) openai.outages = [{ fault: 503, startMs: Math.floor(rng() * 3000), endMs: 3000 + Math.floor(rng() * 3000) }];
+  // An outage from when the first job can be embedded (a phase, so it hits the embedder however fast the machine), for 1–6 s.
+  let phases: Record<string, unknown> = {};
+  if (chance(rng, 0.3)) {
+    openai.outages = [{ fault: 503, phase: "openai-down" }];
+    phases = {
+      "openai-down": { start: { jobs: { reached: "chunks_stored", atLeast: 1 + Math.floor(rng() * 2) } }, end: { afterMs: 1000 + Math.floor(rng() * 5000) } },
+    };
+  }
   if (Object.keys(openai).length > 0) faults.openai = openai;
   if (chance(rng, 0.4)) faults.storage = { errors: [{ fault: pick(rng, [500, 503, "reset"] as const), rate: Math.round(rng() * 15) / 100 }] };
   if (chance(rng, 0.4)) faults.llamaparse = { errors: [{ fault: pick(rng, [429, 500, 503, "reset"] as const), rate: Math.round(rng() * 20) / 100 }] };
@@ -57,6 +64,7 @@ export function drawScenario(seed: number, round: number, options: { postgresRes
       corpus: { documents, minKiB: 2, maxKiB: 16, reuploads: chance(rng, 0.3) ? 1 : 0 },
       workers: { processes: 2, slots: 1 + Math.floor(rng() * 2) },
       faults,
+      phases,
       crashes: unique,
       ...(restart ? { postgresRestartAtMs: 500 + Math.floor(rng() * 4000) } : {}),
       deadlineMs: 180_000,

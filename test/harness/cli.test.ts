@@ -150,6 +150,9 @@ describe("npm run scenario", () => {
     expect(bad.stderr).toMatch(/EMBED_BATCH_SIZE: is invalid; expected/);
     expect(bad.stderr).toMatch(/EMBED_BATCHES: not a worker or API setting; valid: .*EMBED_BATCH_SIZE/);
     expect(bad.stderr + bad.stdout).not.toContain("sk-live-secret-value");
+    // Refused before PostgreSQL or any worker started, as a user mistake: no stack trace.
+    expect(bad.stdout).not.toContain("PostgreSQL:");
+    expect(bad.stderr).not.toMatch(/\n\s+at /);
 
     mkdirSync(join(dir, "samples"));
     writeFileSync(join(dir, "samples", "notes.xlsx"), "not a supported type");

@@ -18,6 +18,9 @@ describe("soak rounds", () => {
     expect(rounds.some((s) => s.crashes.length > 0)).toBe(true);
     expect(rounds.some((s) => (s.faults.openai?.bursts ?? []).some((b) => b.fault === 429))).toBe(true);
     expect(rounds.some((s) => (s.faults.openai?.outages ?? []).length > 0)).toBe(true);
+    // Outages are phases of the run (from when a job can be embedded), not wall-clock windows.
+    for (const s of rounds)
+      for (const o of s.faults.openai?.outages ?? []) expect(s.phases[o.phase ?? "(a window)"]?.start.jobs?.reached).toBe("chunks_stored");
     expect(rounds.some((s) => s.faults.webhooks?.forge !== undefined)).toBe(true);
     expect(rounds.some((s) => s.postgresRestartAtMs !== undefined)).toBe(true);
     for (const s of rounds) for (const c of s.crashes) if ("at" in c) expect(KILL_POINTS).toContain(c.at);
