@@ -16,7 +16,7 @@ import { OpenAIRateLimiter, RateLimitedEmbedder } from "./resilience/rateLimiter
 import type { Logger } from "./logger.ts";
 import type pg from "pg";
 import type { PipelineServices } from "./stages/services.ts";
-import { embedVersionOf } from "./stages/settings.ts";
+import { embedVersionOf } from "./profiles/profiles.ts";
 
 /** The API allows 300,000 tokens in one embeddings request. */
 const OPENAI_MAX_TOKENS_PER_REQUEST = 300_000;

@@ -66,8 +66,9 @@ export async function insertDocument(
 }
 
 export async function findJob(pool: pg.Pool, documentId: string): Promise<{ job_id: string; status: string } | undefined> {
-  const { rows } = await pool.query<{ job_id: string; status: string }>("SELECT job_id, status FROM upload_pipeline.upload_jobs WHERE document_id = $1", [
-    documentId,
-  ]);
+  const { rows } = await pool.query<{ job_id: string; status: string }>(
+    "SELECT job_id, status FROM upload_pipeline.upload_jobs WHERE document_id = $1 AND profile_id IS NULL",
+    [documentId],
+  );
   return rows[0];
 }

@@ -5,25 +5,25 @@
  * are exactly the chunks this run computed (count, and a digest over every `chunk_sha` in order).
  */
 import { createHash } from "node:crypto";
-import { CHUNKER_NAME, CHUNKER_VERSION, chunkMarkdown, type Chunk } from "../chunking/markdownChunker.ts";
+import { chunkMarkdown, type Chunk } from "../chunking/markdownChunker.ts";
 import { PermanentError } from "../errors.ts";
 import { chunkId, sha256 } from "../ids.ts";
 import type { Stage, StageContext } from "../worker/stage.ts";
 import type { PipelineServices } from "./services.ts";
-import { jobSettings } from "./settings.ts";
+import { jobSettings, type JobSettings } from "./settings.ts";
 
 export const chunkDocument: Stage<PipelineServices> = {
   name: "chunk",
   handles: ["parse_validated", "chunking"],
   async run(ctx) {
+    // The chunker and its settings the job began with (its profile's), whatever this worker is configured with.
+    const pinned = await jobSettings(ctx);
     if (ctx.job.status === "parse_validated") {
-      await ctx.transition("chunking", { detail: { chunker_name: CHUNKER_NAME, chunker_version: CHUNKER_VERSION } });
+      await ctx.transition("chunking", { detail: { chunker_name: pinned.chunkerName, chunker_version: pinned.chunkerVersion } });
     }
     const job = ctx.job;
     if (!job.parsed_path) throw new PermanentError("parsed_path_missing", "the job reached chunking without a parsed_path");
     const { settings, storage } = ctx.services;
-    // The chunk size and overlap the job began with, whatever this worker is configured with.
-    const pinned = await jobSettings(ctx);
 
     await ctx.faults.hit("call.storage.download.before", { jobId: job.job_id });
     const body = await storage.download(job.parsed_path, ctx.signal);
@@ -44,18 +44,18 @@ export const chunkDocument: Stage<PipelineServices> = {
       count += 1;
       batch.push({ ...chunk, sha });
       if (batch.length >= settings.chunkWriteBatch) {
-        await writeChunks(ctx, batch, ++batchNo);
+        await writeChunks(ctx, pinned, batch, ++batchNo);
         batch = [];
       }
       ctx.signal.throwIfAborted();
     }
-    if (batch.length > 0) await writeChunks(ctx, batch, ++batchNo);
+    if (batch.length > 0) await writeChunks(ctx, pinned, batch, ++batchNo);
 
     const stored = await ctx.pool.query<{ n: number; digest: string | null }>(
       `SELECT count(*)::int AS n, string_agg(chunk_sha, '' ORDER BY chunk_ord) AS digest
          FROM upload_pipeline.document_chunk_buffer
         WHERE document_id = $1 AND chunker_name = $2 AND chunker_version = $3`,
-      [job.document_id, CHUNKER_NAME, CHUNKER_VERSION],
+      [job.document_id, pinned.chunkerName, pinned.chunkerVersion],
     );
     const expected = digest.digest("hex");
     const actual = createHash("sha256")
@@ -99,16 +99,16 @@ const INSERT_CHUNKS = `
      SET progress = progress || jsonb_build_object('chunks_done', coalesce((progress->>'chunks_done')::int, 0) + (SELECT count(*) FROM written))
    WHERE job_id = $1`;
 
-async function writeChunks(ctx: StageContext<PipelineServices>, batch: HashedChunk[], batchNo: number): Promise<void> {
+async function writeChunks(ctx: StageContext<PipelineServices>, pinned: JobSettings, batch: HashedChunk[], batchNo: number): Promise<void> {
   const job = ctx.job;
   await ctx.faults.hit("commit.chunks.before", { jobId: job.job_id, batch: batchNo, size: batch.length });
   await ctx.fenced(({ client }) =>
     client.query(INSERT_CHUNKS, [
       job.job_id,
       job.document_id,
-      CHUNKER_NAME,
-      CHUNKER_VERSION,
-      batch.map((c) => chunkId(job.document_id, CHUNKER_NAME, CHUNKER_VERSION, c.ord)),
+      pinned.chunkerName,
+      pinned.chunkerVersion,
+      batch.map((c) => chunkId(job.document_id, pinned.chunkerName, pinned.chunkerVersion, c.ord)),
       batch.map((c) => c.ord),
       batch.map((c) => c.text),
       batch.map((c) => c.sha),

@@ -5,7 +5,6 @@
  * one fenced transaction. A resumed job therefore sends only chunks without a vector: a batch is
  * either wholly stored or not at all.
  */
-import { CHUNKER_NAME, CHUNKER_VERSION } from "../chunking/markdownChunker.ts";
 import { costUsd } from "../clients/tokens.ts";
 import { PermanentError } from "../errors.ts";
 import { deterministicId, vectorSha } from "../ids.ts";
@@ -135,7 +134,7 @@ async function nextBatch(ctx: StageContext<PipelineServices>, pinned: JobSetting
                          WHERE v.chunk_id = c.chunk_id AND v.embed_model = $4 AND v.embed_version = $5)
       ORDER BY c.chunk_ord
       LIMIT $6`,
-    [ctx.job.document_id, CHUNKER_NAME, CHUNKER_VERSION, pinned.embedModel, pinned.embedVersion, settings.embedBatchSize, after],
+    [ctx.job.document_id, pinned.chunkerName, pinned.chunkerVersion, pinned.embedModel, pinned.embedVersion, settings.embedBatchSize, after],
   );
   let budget = settings.embedMaxTokensPerRequest;
   const batch: PendingChunk[] = [];

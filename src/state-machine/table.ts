@@ -32,6 +32,7 @@ export type JobStatus = (typeof ALL_STATES)[number];
  * - `reconciler`: the worker's poll of LlamaParse for jobs whose webhook never came (leased);
  * - `operator`: `POST /jobs/{id}/retry` (no lease; from a failed state only);
  * - `api`: the upload API, which creates the job once the file is stored.
+ * Migration jobs (one per document and target profile) are created by the operator or a worker.
  */
 export type Actor = "api" | "worker" | "webhook" | "reconciler" | "operator";
 
@@ -72,6 +73,11 @@ export const NEXT_STATE: Readonly<Partial<Record<JobStatus, PipelineState>>> = O
 
 export const EDGES: readonly Edge[] = [
   { from: null, to: "uploaded", actors: ["api"], kind: "create" },
+  // A model migration's job for one document and one profile (src/profiles/): created by the
+  // operator's `migrate-model start`, or by the worker finishing an upload during a migration,
+  // where the profile's chunks are already stored, or where they must be chunked anew.
+  { from: null, to: "chunks_stored", actors: ["operator", "worker"], kind: "create" },
+  { from: null, to: "parse_validated", actors: ["operator", "worker"], kind: "create" },
   ...FORWARD.map(([from, to, actors]): Edge => ({ from, to, actors, kind: "forward" })),
   // Dead letter: a permanent error or exhausted attempts. LlamaParse reporting FAILED is seen
   // by the webhook handler or the reconciler, so they may fail a parse_queued job too.

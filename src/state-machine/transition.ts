@@ -155,24 +155,46 @@ export interface NewJob {
   tenantId?: string | undefined;
   /** W3C `traceparent` of the request that created the job: the document's trace (src/tracing.ts). */
   traceparent?: string | undefined;
+  /**
+   * A model migration's job (migration 0011): the profile it fills, created past the stages it
+   * does not need (`chunks_stored` when the profile's chunks are stored, else `parse_validated`)
+   * with the profile's settings pinned. Unset: an upload's job, created in `uploaded` by the API.
+   */
+  profile?: { profileId: string; status: JobStatus; actor: Actor; settings: Record<string, unknown>; progress: Record<string, unknown> } | undefined;
 }
 
 /**
- * Create a job in `uploaded` with its first event (∅ → uploaded), in one statement. Idempotent:
- * a job that already exists for the document is left untouched and `created` is false.
+ * Create a job with its first event (∅ → uploaded, or a migration job's create edge), in one
+ * statement. Idempotent: a job that already exists is left untouched and `created` is false.
  */
 export async function createJob(db: Queryable, job: NewJob): Promise<{ created: boolean }> {
+  const status = job.profile?.status ?? "uploaded";
+  const actor = job.profile?.actor ?? "api";
+  if (!findEdge(null, status)?.actors.includes(actor)) throw new IllegalTransitionError(null, status);
   const { rows } = await db.query(
     `WITH inserted AS (
-       INSERT INTO upload_pipeline.upload_jobs (job_id, document_id, status, max_attempts, correlation_id, lane, tenant_id, traceparent)
-       VALUES ($1, $2, 'uploaded', $3, $4, $5, $6, $7)
+       INSERT INTO upload_pipeline.upload_jobs (job_id, document_id, status, max_attempts, correlation_id, lane, tenant_id, profile_id, settings, progress, traceparent)
+       VALUES ($1, $2, $7, $3, $4, $5, $6, $8, $9::jsonb, coalesce($10::jsonb, '{}'::jsonb), $12)
        ON CONFLICT (job_id) DO NOTHING
        RETURNING job_id, correlation_id
      )
      INSERT INTO upload_pipeline.job_events (job_id, from_status, to_status, worker_id, attempt, correlation_id, detail)
-     SELECT job_id, NULL, 'uploaded', 'api', 0, correlation_id, '{"actor":"api"}'::jsonb FROM inserted
+     SELECT job_id, NULL, $7, $11, 0, correlation_id, jsonb_build_object('actor', $11::text) FROM inserted
      RETURNING id`,
-    [job.jobId, job.documentId, job.maxAttempts, job.correlationId, job.lane ?? "interactive", job.tenantId ?? null, job.traceparent ?? null],
+    [
+      job.jobId,
+      job.documentId,
+      job.maxAttempts,
+      job.correlationId,
+      job.lane ?? "interactive",
+      job.tenantId ?? null,
+      status,
+      job.profile?.profileId ?? null,
+      job.profile ? JSON.stringify(job.profile.settings) : null,
+      job.profile ? JSON.stringify(job.profile.progress) : null,
+      actor,
+      job.traceparent ?? null,
+    ],
   );
   return { created: rows.length > 0 };
 }

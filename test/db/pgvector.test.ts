@@ -7,7 +7,7 @@ import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { markdownDocument } from "../../harness/corpus.ts";
 import { mulberry32 } from "../../mocks/shared/rng.ts";
-import { createPipelineServices } from "../../src/services.ts";
+import { migrateModelMain } from "../../src/ops/migrateModel.ts";
 import { startPgvectorDatabase } from "../support/pgvector.ts";
 import { startPipelineEnv, waitForTerminal, type PipelineEnv } from "../support/pipeline.ts";
 import { asRole } from "../support/roles.ts";
@@ -41,8 +41,8 @@ async function runToComplete(jobIds: string[], services = env.services): Promise
 /** Every row of document_chunks, comparable across runs. */
 async function snapshot() {
   const { rows } = await env.db.pool.query(
-    `SELECT chunk_id, document_id, chunk_ord, embed_model, embedding::text AS embedding, created_at
-       FROM upload_pipeline.document_chunks ORDER BY chunk_id`,
+    `SELECT profile_id, chunk_id, document_id, chunk_ord, embed_model, embedding::text AS embedding, created_at
+       FROM upload_pipeline.document_chunks ORDER BY profile_id, chunk_id`,
   );
   return rows;
 }
@@ -90,13 +90,17 @@ describe("pgvector, on a real vector extension", () => {
     expect(rows.map((r) => Number(r.promoted))).toEqual([before.filter((r) => r.document_id === docsA[0]!.documentId).length, 0]);
   });
 
-  it("a document re-embedded with another model is searchable under that model only", async () => {
+  it("a document re-embedded with another model within its profile is never searchable under two models", async () => {
     const doc = docsA[1]!;
     const others = (await snapshot()).filter((r) => r.document_id !== doc.documentId);
-    // Re-embedding with another model: back to chunks_stored with the job's pinned settings cleared
-    // (a job otherwise keeps the model it began with, migration 0004).
-    await env.db.pool.query("UPDATE upload_pipeline.upload_jobs SET status = 'chunks_stored', settings = NULL WHERE job_id = $1", [doc.jobId]);
-    await runToComplete([doc.jobId], createPipelineServices({ ...env.config, EMBED_MODEL: "text-embedding-ada-002" }));
+    // A job pinned to another model (a rolling deploy from before profiles): back to
+    // chunks_stored with ada-002 pinned, within the `default` profile.
+    await env.db.pool.query(
+      `UPDATE upload_pipeline.upload_jobs SET status = 'chunks_stored', settings = settings || '{"embed_model": "text-embedding-ada-002", "embed_version": "d1536"}'
+        WHERE job_id = $1`,
+      [doc.jobId],
+    );
+    await runToComplete([doc.jobId]);
 
     const { rows } = await env.db.pool.query<{ embed_model: string; n: number }>(
       "SELECT embed_model, count(*)::int AS n FROM upload_pipeline.document_chunks WHERE document_id = $1 GROUP BY 1",
@@ -116,12 +120,16 @@ describe("pgvector, on a real vector extension", () => {
         probe.rows[0]!.embedding,
         JSON.stringify(filter),
       ]);
-    const ada = await search({ embed_model: "text-embedding-ada-002" });
-    expect(ada.rows.length).toBe(chunks.rowCount);
-    expect(new Set(ada.rows.map((r) => `${r.document_id}:${r.embed_model}`))).toEqual(new Set([`${doc.documentId}:text-embedding-ada-002`]));
+    // Search serves the active profile's model only: the ada-002 rows are not mixed in.
     const small = await search({});
     expect(small.rows.length).toBeGreaterThan(0);
     expect(small.rows.every((r) => r.embed_model === "text-embedding-3-small" && r.document_id !== doc.documentId)).toBe(true);
+    await expect(search({ embed_model: "text-embedding-ada-002" })).rejects.toThrow(
+      /profile default embeds with text-embedding-3-small, not text-embedding-ada-002/,
+    );
+    // Put it back for the tests below.
+    await env.db.pool.query("UPDATE upload_pipeline.upload_jobs SET status = 'chunks_stored', settings = NULL WHERE job_id = $1", [doc.jobId]);
+    await runToComplete([doc.jobId]);
   }, 180_000);
 
   it("match_chunks ranks a planted nearest neighbour first, among the caller's documents only", async () => {
@@ -171,4 +179,52 @@ describe("pgvector, on a real vector extension", () => {
     await expect(env.db.pool.query("SELECT * FROM upload_pipeline.match_chunks($1::vector, 0)", [v])).rejects.toThrow(/match_count must be between 1 and 1000/);
     await expect(env.db.pool.query("SELECT * FROM upload_pipeline.match_chunks($1::vector, 5, '[]')", [v])).rejects.toThrow(/filter must be a JSON object/);
   });
+
+  it("a model migration: its own HNSW index, search on the active profile until cutover, then on the new one", async () => {
+    const cli = async (...argv: string[]) => {
+      const lines: string[] = [];
+      const code = await migrateModelMain(argv, { DATABASE_URL: env.db.url }, (l) => lines.push(l));
+      return { code, out: lines.join("\n") };
+    };
+    const before = await snapshot();
+    expect((await cli("start", "--to", "small-512", "--model", "text-embedding-3-small", "--dimensions", "512")).out).toContain("started: 3 documents queued");
+    const index = await env.db.pool.query<{ indexdef: string }>("SELECT indexdef FROM pg_indexes WHERE indexname = 'document_chunks_hnsw_p_small_512'");
+    expect(index.rows[0]!.indexdef).toMatch(
+      /hnsw \(\(\(embedding\)::vector\(512\)\) vector_cosine_ops\) WHERE \(\(profile_id = 'small-512'::text\) AND \(embed_model = 'text-embedding-3-small'::text\) AND \(vector_dims\(embedding\) = 512\)\)/,
+    );
+    const jobs = await env.db.pool.query<{ job_id: string }>("SELECT job_id FROM upload_pipeline.upload_jobs WHERE profile_id = 'small-512'");
+    await runToComplete(jobs.rows.map((r) => r.job_id));
+
+    // Both profiles' rows side by side; the active profile's exactly as before.
+    expect((await snapshot()).filter((r) => r.profile_id === "default")).toEqual(before);
+    const widths = await env.db.pool.query(
+      "SELECT profile_id, vector_dims(embedding) AS dims, count(*)::int AS n FROM upload_pipeline.document_chunks GROUP BY 1, 2 ORDER BY 1",
+    );
+    expect(widths.rows).toEqual([
+      { profile_id: "default", dims: 1536, n: before.length },
+      { profile_id: "small-512", dims: 512, n: before.length },
+    ]);
+
+    const query512 = (
+      await env.db.pool.query<{ embedding: string }>(
+        "SELECT embedding::text FROM upload_pipeline.document_chunks WHERE profile_id = 'small-512' AND document_id = $1 ORDER BY chunk_ord LIMIT 1",
+        [docsA[0]!.documentId],
+      )
+    ).rows[0]!.embedding;
+    const search = (q: string) =>
+      asRole(env.db.pool, "authenticated", userA, (c) =>
+        c.query<{ document_id: string; embed_model: string; similarity: number }>(
+          "SELECT document_id, embed_model, similarity FROM upload_pipeline.match_chunks($1::vector, 3)",
+          [q],
+        ),
+      );
+    await expect(search(query512)).rejects.toThrow(/query_embedding has 512 dimensions; profile default embeds with text-embedding-3-small at 1536/);
+    expect((await cli("cutover")).out).toBe("cut over: default → small-512; default is retired, its data kept");
+    const hits = await search(query512);
+    expect(hits.rows[0]!.similarity).toBeGreaterThan(0.999);
+    expect(hits.rows.every((r) => r.embed_model === "text-embedding-3-small" && docsA.some((d) => d.documentId === r.document_id))).toBe(true);
+    await expect(search(before[0]!.embedding)).rejects.toThrow(
+      /query_embedding has 1536 dimensions; profile small-512 embeds with text-embedding-3-small at 512/,
+    );
+  }, 180_000);
 });

@@ -19,7 +19,9 @@ describe("computeCoverage", () => {
   it("counts the forward path as 9 of 25 edges and lists the 16 failure and retry edges", () => {
     const report = computeCoverage(happy);
     expect(report.totalEdges).toBe(25);
-    expect(report.totalEdges).toBe(EDGES.length - 1);
+    // Create edges are not counted: the upload's and a model migration's two.
+    expect(report.totalEdges).toBe(EDGES.filter((e) => e.kind !== "create").length);
+    expect(EDGES.filter((e) => e.kind === "create")).toHaveLength(3);
     expect(report.exercisedEdges).toBe(9);
     expect(coveragePercent(report)).toBeCloseTo(36, 2);
     expect(report.byKind.forward).toMatchObject({ total: 9, exercised: 9, percent: 100, unexercised: [] });
@@ -49,8 +51,8 @@ describe("computeCoverage", () => {
 
   it("counts the create edge only when asked", () => {
     const report = computeCoverage(happy, { includeCreate: true });
-    expect(report).toMatchObject({ includesCreateEdge: true, totalEdges: 26, exercisedEdges: 10 });
-    expect(report.byKind.create).toMatchObject({ total: 1, exercised: 1 });
+    expect(report).toMatchObject({ includesCreateEdge: true, totalEdges: 28, exercisedEdges: 10 });
+    expect(report.byKind.create).toMatchObject({ total: 3, exercised: 1, unexercised: ["∅ → chunks_stored", "∅ → parse_validated"] });
   });
 
   it("reaches 100% only when every edge is taken, and merges scenarios", () => {

@@ -1,7 +1,9 @@
 /**
  * Issue 17 item 8, "a deploy that changes settings mid-job": a job begun by a worker with one
  * configuration and resumed by a worker with another (a rolling deploy) finishes with the
- * settings it began with, pinned on the job; a new job takes the new worker's settings.
+ * settings it began with, pinned on the job. A new job takes the active embedding profile's
+ * settings (migration 0011), not the new worker's: after the first start, changing models or
+ * chunk settings is a model migration (`npm run migrate-model`), never a silent mix.
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { configForLocalMocks } from "../../src/config.ts";
@@ -64,7 +66,7 @@ const text = Array.from({ length: 30 }, (_, i) => `## Section ${i}\n\n${"The qui
 );
 
 describe("a deploy that changes settings mid-job", () => {
-  it("chunked under CHUNK_MAX_TOKENS=128/16, resumed by a worker with 512/64: finishes with 128-token chunks; a new job takes 512", async () => {
+  it("chunked under CHUNK_MAX_TOKENS=128/16, resumed by a worker with 512/64: finishes with 128-token chunks; a new job still takes the active profile's 128", async () => {
     const doc = await env.upload({ content: `# Chunk settings\n\n${text}` });
     const services = redeployed({ CHUNK_MAX_TOKENS: "512", CHUNK_OVERLAP_TOKENS: "64" });
     expect(await crashThenResume(doc.jobId, "commit.chunks.after", services)).toBe("complete");
@@ -88,7 +90,9 @@ describe("a deploy that changes settings mid-job", () => {
       "SELECT max(token_count)::int AS max FROM upload_pipeline.document_chunk_buffer WHERE document_id = $1",
       [fresh.documentId],
     );
-    expect(after.rows[0]!.max).toBeGreaterThan(128);
+    expect(after.rows[0]!.max).toBeLessThanOrEqual(128);
+    const profile = await env.db.pool.query("SELECT settings->>'profile_id' AS profile FROM upload_pipeline.upload_jobs WHERE job_id = $1", [fresh.jobId]);
+    expect(profile.rows[0].profile).toBe("default");
   });
 
   it("embedded at 1536 dimensions, resumed mid-embedding and finished by a worker with EMBED_DIMENSIONS=256: every vector at 1536, complete", async () => {

@@ -44,6 +44,8 @@ interface StatusRow {
   leased: boolean | null;
   chunks_stored: string;
   vectors_stored: string;
+  /** The active embedding profile, whose chunks and vectors are counted (null before a worker's first start). */
+  profile_id: string | null;
 }
 
 export async function jobRoutes(app: FastifyInstance): Promise<void> {
@@ -86,12 +88,18 @@ async function loadStatus(pool: pg.Pool, documentId: string, who: Principal): Pr
     `SELECT d.document_id, d.filename, d.mime, d.bytes, d.created_at AS uploaded_at,
             j.job_id, j.status, j.progress, j.attempts, j.max_attempts, j.next_attempt_at, j.last_error,
             j.correlation_id, j.created_at, j.updated_at, (j.lease_expires_at > now()) AS leased,
-            (SELECT count(*) FROM upload_pipeline.document_chunk_buffer c WHERE c.document_id = d.document_id) AS chunks_stored,
+            (SELECT count(*) FROM upload_pipeline.document_chunk_buffer c
+              WHERE c.document_id = d.document_id AND (p.profile_id IS NULL OR (c.chunker_name, c.chunker_version) = (p.chunker_name, p.chunker_version))) AS chunks_stored,
             (SELECT count(*) FROM upload_pipeline.document_vector_buffer v
                JOIN upload_pipeline.document_chunk_buffer c ON c.chunk_id = v.chunk_id
-              WHERE c.document_id = d.document_id) AS vectors_stored
+              WHERE c.document_id = d.document_id
+                AND (p.profile_id IS NULL OR ((c.chunker_name, c.chunker_version) = (p.chunker_name, p.chunker_version)
+                                              AND (v.embed_model, v.embed_version) = (p.embed_model, p.embed_version)))) AS vectors_stored,
+            p.profile_id
        FROM upload_pipeline.documents d
-       LEFT JOIN upload_pipeline.upload_jobs j ON j.document_id = d.document_id
+       LEFT JOIN upload_pipeline.upload_jobs j ON j.document_id = d.document_id AND j.profile_id IS NULL
+       -- The active profile's chunks and vectors (migration 0011): a cutover switches what this reports.
+       LEFT JOIN upload_pipeline.embedding_profiles p ON p.role = 'active'
       WHERE d.document_id = $1 AND ($2::boolean OR d.user_id = $3::uuid)`,
     [documentId, who.isService, who.userId],
   );
@@ -168,6 +176,8 @@ export function statusBody(row: StatusRow, events: EventRow[], operator: boolean
       vectors: { stored: vectorsStored, total: vectorsTotal, percent: percent(vectorsStored, vectorsTotal, stageState("embedding") === "done") },
       batches_done: num(p.batches_done),
     },
+    /** The embedding profile that serves search; chunks and vectors above are counted in it. */
+    profile: row.profile_id,
     cost: { tokens: num(p.tokens), cost_usd: num(p.cost_usd) },
     correlation_id: row.correlation_id,
     created_at: row.created_at,
