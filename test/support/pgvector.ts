@@ -13,6 +13,7 @@ import { createServer, type Socket } from "node:net";
 import { PGlite } from "@electric-sql/pglite";
 import { vector } from "@electric-sql/pglite-pgvector";
 import pg from "pg";
+import { usePreparedStatements } from "../../src/db/statements.ts";
 import { migrate } from "../../src/db/migrate.ts";
 import type { TestDatabase } from "./db.ts";
 
@@ -123,6 +124,9 @@ export async function startPgvectorDatabase(): Promise<TestDatabase> {
   const { port } = server.address() as { port: number };
   const url = `postgres://postgres:postgres@127.0.0.1:${port}/postgres`;
   await migrate(url, { log: () => {} });
+  // Every client here shares PGlite's one session, as behind a transaction pooler: a named
+  // statement prepared by one pooled connection "already exists" for the next.
+  usePreparedStatements("off", url);
   const pool = new pg.Pool({ connectionString: url, max: 8 });
   pool.on("error", () => {});
   return {
