@@ -13,6 +13,7 @@ import { dirname, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { migrate } from "../src/db/migrate.ts";
 import { provisionDatabase, withDatabase } from "../src/db/provision.ts";
+import { runClaimBench } from "./claim.ts";
 import { runCpuBench } from "./cpu.ts";
 import { runMemoryBench } from "./memory.ts";
 import { runPeersBench } from "./peers.ts";
@@ -40,6 +41,7 @@ Benchmarks (SPEC §9), in this order:
   cpu         worker CPU-seconds per MiB of document, per stage
   peers       our transitions/s beside graphile-worker and pg-boss (no-op jobs and the 9-stage pipeline)
   fleet       1, 2, 4, 8 processes on one key: tokens/min vs TPM and 429s, shared governor on and off
+  claim       the claim with 10^6 complete jobs in the table: its plan (generic) and time, against none
 
 Multi-worker scaling: npm run scenario -- multi-worker-scaling
 PostgreSQL: DATABASE_URL when set (a database per run is created on it), else an embedded one.
@@ -54,6 +56,7 @@ const RUNNERS: Record<BenchName, (ctx: BenchContext) => Promise<BenchResult>> = 
   cpu: runCpuBench,
   peers: runPeersBench,
   fleet: runFleetBench,
+  claim: runClaimBench,
 };
 
 function usageError(message: string): never {

@@ -39,11 +39,11 @@ async function timed(done: () => boolean, capMs: number): Promise<number> {
   return (performance.now() - t0) / 1000;
 }
 
-async function ours(ctx: BenchContext, jobs: number, capMs: number): Promise<PeerRun> {
+async function ours(ctx: BenchContext, settings: PeerRun["settings"], jobs: number, capMs: number): Promise<PeerRun> {
   const db = await createDatabase(ctx, "peers_ours", CONCURRENCY + 4);
   try {
     const { transitions, seconds } = await runNoopPipeline(db, { slots: CONCURRENCY, jobs, capMs });
-    return { system: "ours", shape: "pipeline", settings: "default", units: transitions, seconds, perSecond: transitions / seconds };
+    return { system: "ours", shape: "pipeline", settings, units: transitions, seconds, perSecond: transitions / seconds };
   } finally {
     await db.drop();
   }
@@ -141,8 +141,10 @@ export async function runPeersBench(ctx: BenchContext): Promise<BenchResult> {
     ctx.log(`peers: ${label}: ${Math.round(r.perSecond)}/s (${r.units} in ${r.seconds.toFixed(1)} s)`);
     runs.push(r);
   };
-  await record(`ours, ${jobs} jobs × ${STAGES} transitions`, () => ours(ctx, jobs, capMs));
+  // Ours runs at the start of each block, and each ratio divides by the run beside it: on a shared
+  // machine the load changes over the minutes a whole run takes.
   for (const settings of ["default", "batched"] as const) {
+    await record(`ours, ${jobs} jobs × ${STAGES} transitions (beside the ${settings} runs)`, () => ours(ctx, settings, jobs, capMs));
     await record(`graphile-worker plain, ${settings}`, () => graphile(ctx, "plain", settings, jobs * STAGES, capMs));
     await record(`graphile-worker pipeline, ${settings}`, () => graphile(ctx, "pipeline", settings, pipelineJobs, capMs));
     await record(`pg-boss plain, ${settings}`, () => pgBoss(ctx, "plain", settings, jobs * STAGES, capMs));
@@ -150,7 +152,7 @@ export async function runPeersBench(ctx: BenchContext): Promise<BenchResult> {
   }
   const rate = (system: PeerRun["system"], shape: PeerRun["shape"], settings: PeerRun["settings"]) =>
     runs.find((r) => r.system === system && r.shape === shape && r.settings === settings)!.perSecond;
-  const own = rate("ours", "pipeline", "default");
+  const own = (settings: PeerRun["settings"]) => rate("ours", "pipeline", settings);
   const unit = (r: PeerRun) => (r.system === "ours" ? "transitions/s" : r.shape === "plain" ? "jobs/s" : "transitions/s");
   return {
     name: "peers",
@@ -159,33 +161,45 @@ export async function runPeersBench(ctx: BenchContext): Promise<BenchResult> {
       ...runs.map((r) =>
         figure(
           `${r.system}_${r.shape}_${r.settings}`.replaceAll("-", "_"),
-          `${r.system}, ${r.system === "ours" ? "9-stage pipeline" : r.shape}, ${r.settings}`,
+          r.system === "ours" ? `ours, 9-stage pipeline, default (beside the ${r.settings} runs)` : `${r.system}, ${r.shape}, ${r.settings}`,
           round(r.perSecond, 0),
           unit(r),
         ),
       ),
-      figure("ratio_graphile_plain", "ours ÷ graphile-worker no-op jobs/s (default)", round(own / rate("graphile-worker", "plain", "default"), 2), "ratio", {
-        op: ">=",
-        bound: 1.2,
-      }),
-      figure("ratio_pgboss_plain", "ours ÷ pg-boss no-op jobs/s (default)", round(own / rate("pg-boss", "plain", "default"), 2), "ratio", {
-        op: ">=",
-        bound: 2,
-      }),
-      figure("ratio_graphile_pipeline", "ours ÷ graphile-worker pipeline (batched)", round(own / rate("graphile-worker", "pipeline", "batched"), 2), "ratio", {
+      figure(
+        "ratio_graphile_plain",
+        "ours ÷ graphile-worker no-op jobs/s (default)",
+        round(own("default") / rate("graphile-worker", "plain", "default"), 2),
+        "ratio",
+        {
+          op: ">=",
+          bound: 1.2,
+        },
+      ),
+      figure("ratio_pgboss_plain", "ours ÷ pg-boss no-op jobs/s (default)", round(own("default") / rate("pg-boss", "plain", "default"), 2), "ratio", {
         op: ">=",
         bound: 2,
       }),
       figure(
+        "ratio_graphile_pipeline",
+        "ours ÷ graphile-worker pipeline (batched)",
+        round(own("batched") / rate("graphile-worker", "pipeline", "batched"), 2),
+        "ratio",
+        {
+          op: ">=",
+          bound: 2,
+        },
+      ),
+      figure(
         "ratio_graphile_plain_batched",
         "ours ÷ graphile-worker no-op jobs/s (batched)",
-        round(own / rate("graphile-worker", "plain", "batched"), 2),
+        round(own("batched") / rate("graphile-worker", "plain", "batched"), 2),
         "ratio",
       ),
-      figure("ratio_pgboss_pipeline", "ours ÷ pg-boss pipeline (batched)", round(own / rate("pg-boss", "pipeline", "batched"), 2), "ratio"),
+      figure("ratio_pgboss_pipeline", "ours ÷ pg-boss pipeline (batched)", round(own("batched") / rate("pg-boss", "pipeline", "batched"), 2), "ratio"),
     ],
     notes: [
-      `Concurrency ${CONCURRENCY} everywhere (our default WORKER_CONCURRENCY), one process, one PostgreSQL. Plain: ${jobs * STAGES} no-op jobs; pipeline: ${pipelineJobs} documents × ${STAGES} stages, each stage a job that adds the next; ours: ${jobs} jobs × ${STAGES} fenced transitions.`,
+      `Concurrency ${CONCURRENCY} everywhere (our default WORKER_CONCURRENCY), one process, one PostgreSQL. Plain: ${jobs * STAGES} no-op jobs; pipeline: ${pipelineJobs} documents × ${STAGES} stages, each stage a job that adds the next; ours: ${jobs} jobs × ${STAGES} fenced transitions, run at the start of the default block and of the batched block; each ratio divides by the run of its own block.`,
       "graphile-worker batched: preset.worker.localQueue.size 500, completeJobBatchDelay 0, failJobBatchDelay 0. pg-boss batched: batchSize 100, burstWhenBatchFull, pollingIntervalSeconds 0.5; default: batchSize 1, pollingIntervalSeconds 2.",
       "Our figure keeps one fenced statement (with its job_events row) per transition; the peers write no audit row and hold no lease token.",
     ],

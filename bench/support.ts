@@ -43,7 +43,7 @@ export interface BenchResult {
   durationMs: number;
 }
 
-export const BENCH_NAMES = ["queue", "ratelimit", "memory", "webhook", "startup", "cpu", "peers", "fleet"] as const;
+export const BENCH_NAMES = ["queue", "ratelimit", "memory", "webhook", "startup", "cpu", "peers", "fleet", "claim"] as const;
 export type BenchName = (typeof BENCH_NAMES)[number];
 
 export interface BenchContext {
