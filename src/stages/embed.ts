@@ -7,6 +7,7 @@
  */
 import { costUsd } from "../clients/tokens.ts";
 import { PermanentError } from "../errors.ts";
+import { float4ArrayParam } from "../db/float4Array.ts";
 import { deterministicId, vectorSha } from "../ids.ts";
 import type { Stage, StageContext } from "../worker/stage.ts";
 import type { PipelineServices } from "./services.ts";
@@ -96,32 +97,6 @@ export const embedChunks: Stage<PipelineServices> = {
     await ctx.transition("embeddings_stored", { detail: { batches_this_run: batchNo } });
   },
 };
-
-/** PostgreSQL's type OID of `real` (float4), named in a binary array's header. */
-const FLOAT4_OID = 700;
-
-/**
- * A vector as a binary `real[]` parameter, in the format PostgreSQL's `array_recv` reads: one
- * dimension, no nulls, element type float4, the length and lower bound 1, then each value as a
- * 4-byte length and a big-endian float32. node-postgres sends a Buffer parameter in binary, so
- * the stored values are these float32s bit for bit (-0 included, which a text literal has to
- * spell out: `String(-0)` is "0") and no number is ever written as text. The text literal of a
- * 256-vector batch was ~4.5 MB built from 393,216 number strings, and pg escaped it into a
- * second copy before sending it.
- */
-export function float4ArrayParam(v: Float32Array): Buffer {
-  const buf = Buffer.allocUnsafe(20 + 8 * v.length);
-  buf.writeInt32BE(1, 0); // dimensions
-  buf.writeInt32BE(0, 4); // no nulls
-  buf.writeInt32BE(FLOAT4_OID, 8);
-  buf.writeInt32BE(v.length, 12);
-  buf.writeInt32BE(1, 16); // lower bound
-  for (let i = 0, at = 20; i < v.length; i++, at += 8) {
-    buf.writeInt32BE(4, at);
-    buf.writeFloatBE(v[i]!, at + 4);
-  }
-  return buf;
-}
 
 /** The next chunks after `after` without a vector, in order: ≤ embedBatchSize inputs and ≤ the token cap. */
 async function nextBatch(ctx: StageContext<PipelineServices>, pinned: JobSettings, after: number): Promise<PendingChunk[]> {

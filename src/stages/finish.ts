@@ -3,6 +3,7 @@
  * and version and that each stored vector still hashes to its `vector_sha`, promote the vectors
  * into `document_chunks` (pgvector) where that table exists, and record the final figures.
  */
+import { float4ArrayFromSend } from "../db/float4Array.ts";
 import { PermanentError } from "../errors.ts";
 import { enqueueForOtherProfiles } from "../profiles/jobs.ts";
 import { vectorSha } from "../ids.ts";
@@ -11,9 +12,9 @@ import type { PipelineServices } from "./services.ts";
 import { jobSettings } from "./settings.ts";
 
 /**
- * Vectors re-hashed per query while verifying: memory holds one page, read back as text (a
- * 1536-dimension vector is ~20 KB of text and ~12 KB of numbers), so keep it near an embedding
- * batch. 500 made the worker's peak RSS grow with the document (bench/memory.ts).
+ * Vectors re-hashed per query while verifying: memory holds one page (a 1536-dimension vector
+ * is ~25 KB as `array_send` hex), so keep it near an embedding batch. 500 made the worker's peak
+ * RSS grow with the document (bench/memory.ts).
  */
 const VERIFY_PAGE = 64;
 
@@ -42,8 +43,8 @@ export const finishDocument: Stage<PipelineServices> = {
 
     // Keyset paging by chunk_ord: each page is one index range scan, however large the document.
     for (let after = -1; ; ) {
-      const { rows } = await ctx.pool.query<{ chunk_ord: number; embedding: number[]; vector_sha: string }>(
-        `SELECT c.chunk_ord, v.embedding, v.vector_sha
+      const { rows } = await ctx.pool.query<{ chunk_ord: number; embedding: Buffer; vector_sha: string }>(
+        `SELECT c.chunk_ord, array_send(v.embedding) AS embedding, v.vector_sha
            FROM upload_pipeline.document_chunk_buffer c
            JOIN upload_pipeline.document_vector_buffer v ON v.chunk_id = c.chunk_id AND v.embed_model = $4 AND v.embed_version = $5
           WHERE c.document_id = $1 AND c.chunker_name = $2 AND c.chunker_version = $3 AND c.chunk_ord > $7
@@ -51,7 +52,7 @@ export const finishDocument: Stage<PipelineServices> = {
         [...key, VERIFY_PAGE, after],
       );
       for (const row of rows) {
-        if (vectorSha(row.embedding) !== row.vector_sha) {
+        if (vectorSha(float4ArrayFromSend(row.embedding)) !== row.vector_sha) {
           throw new PermanentError("vector_sha_mismatch", `the stored vector of chunk ${row.chunk_ord} does not match its vector_sha`);
         }
       }

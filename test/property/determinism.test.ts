@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { configForLocalMocks } from "../../src/config.ts";
 import { chunkId, documentId, ID_NAMESPACE, jobId, vectorSha } from "../../src/ids.ts";
 import { createPipelineServices, type WiredServices } from "../../src/services.ts";
-import { float4ArrayParam } from "../../src/stages/embed.ts";
+import { float4ArrayFromSend, float4ArrayParam } from "../../src/db/float4Array.ts";
 import { createMocks, expectedEmbedding, signServiceRoleKey, type Mocks } from "../../mocks/index.ts";
 import { createTestDatabase, type TestDatabase } from "../support/db.ts";
 import { checkProperty } from "./settings.ts";
@@ -102,8 +102,11 @@ describe("vectors", () => {
         expect(sha).toBe(createHash("sha256").update(le).digest("hex"));
         expect(vectorSha(Array.from(v))).toBe(sha);
         // Written as the embed stage writes it, read back as the finish stage reads it.
-        const { rows } = await db.pool.query<{ embedding: number[] }>("SELECT $1::real[] AS embedding", [float4ArrayParam(v)]);
+        const { rows } = await db.pool.query<{ embedding: number[]; sent: Buffer }>("SELECT $1::real[] AS embedding, array_send($1::real[]) AS sent", [
+          float4ArrayParam(v),
+        ]);
         expect(vectorSha(rows[0]!.embedding)).toBe(sha);
+        expect(vectorSha(float4ArrayFromSend(rows[0]!.sent))).toBe(sha);
       }),
       { name: "vector_sha survives the round trip through Postgres real arrays", file: FILE, defaultRuns: 100 },
     );

@@ -21,7 +21,7 @@ export const REGRESSIONS: Regression[] = [
     property: "vector_sha survives the round trip through Postgres real arrays",
     seed: -701500686,
     path: "41:1:0:0:0:2",
-    note: "[-0, 0]: the embed stage wrote String(-0) = '0', storing +0, so the row no longer hashed to its vector_sha (fixed in src/stages/embed.ts, which now sends the float32 bits in binary: float4ArrayParam)",
+    note: "[-0, 0]: the embed stage wrote String(-0) = '0', storing +0, so the row no longer hashed to its vector_sha (fixed in src/stages/embed.ts, which now sends the float32 bits in binary: src/db/float4Array.ts)",
   },
   // Found with bugs planted on purpose (issue 7's evidence; never committed): kept because each
   // is a short history that breaks again if the same mistake is made for real.
