@@ -81,15 +81,14 @@ export interface PhaseClock {
 
 type PhaseState = { name: string; phase: Phase; startedAt?: number; endedAt?: number };
 
-/** Says what a condition is, for the live output and for a phase that never started or ended. */
-export function describeCondition(c: Phase["start"] | Phase["end"], since: string): string {
+/** Says what a start condition is, for the live output and for a phase that never started. */
+function describeStart(c: Phase["start"]): string {
   const parts: string[] = [];
   if (c.jobs) {
     const what = c.jobs.in ? `in ${c.jobs.in.join("/")}` : `reached ${c.jobs.reached}`;
     parts.push(c.jobs.atLeast !== undefined ? `${c.jobs.atLeast} job(s) ${what}` : `at most ${c.jobs.atMost} job(s) ${what}`);
   }
-  if (c.afterMs !== undefined) parts.push(`${c.afterMs} ms ${since}`);
-  if ("faults" in c && c.faults !== undefined) parts.push(`${c.faults} faults injected`);
+  if (c.afterMs !== undefined) parts.push(`${c.afterMs} ms since the uploads began`);
   return parts.join(" and ");
 }
 
@@ -116,7 +115,7 @@ export class PhasePlan {
         const { start } = p.phase;
         if ((start.afterMs === undefined || clock.elapsedMs >= start.afterMs) && (!start.jobs || jobsHold(start.jobs, clock.counts))) {
           p.startedAt = clock.elapsedMs;
-          switches.push({ name: p.name, active: true, why: describeCondition(start, "since the uploads began") });
+          switches.push({ name: p.name, active: true, why: describeStart(start) });
         } else continue;
       }
       if (p.endedAt !== undefined) continue;
@@ -142,16 +141,11 @@ export class PhasePlan {
   missed(faults: Record<string, number>): string[] {
     const out: string[] = [];
     for (const p of this.#phases) {
-      if (p.startedAt === undefined) out.push(`phase ${p.name} never started (${describeCondition(p.phase.start, "since the uploads began")})`);
+      if (p.startedAt === undefined) out.push(`phase ${p.name} never started (${describeStart(p.phase.start)})`);
       else if (p.endedAt === undefined && p.phase.end.faults !== undefined && (faults[p.name] ?? 0) < p.phase.end.faults)
         out.push(`phase ${p.name} injected only ${faults[p.name] ?? 0} of its ${p.phase.end.faults} faults before the run was quiet`);
     }
     return out;
-  }
-
-  /** When each phase started and ended (ms since the uploads began), for the report. */
-  timeline(): Array<{ name: string; startedAtMs?: number | undefined; endedAtMs?: number | undefined }> {
-    return this.#phases.map((p) => ({ name: p.name, startedAtMs: p.startedAt, endedAtMs: p.endedAt }));
   }
 }
 

@@ -371,7 +371,7 @@ export class FaultEngine {
   }
 
   /** Every phase the plan's rules name. */
-  phaseNames(): string[] {
+  #phaseNames(): string[] {
     const names = new Set<string>();
     for (const service of ["openai", "llamaparse", "storage"] as const) {
       const section = this.#plan[service];
@@ -386,7 +386,7 @@ export class FaultEngine {
    * @throws {FaultPlanError} when no rule of the plan in force names the phase
    */
   setPhase(name: string, on: boolean): void {
-    const known = this.phaseNames();
+    const known = this.#phaseNames();
     if (!known.includes(name))
       throw new FaultPlanError([{ path: "phase", message: `no rule of the plan in force names phase "${name}"; its phases: ${known.join(", ") || "none"}` }]);
     if (on) this.#activePhases.add(name);
