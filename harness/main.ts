@@ -13,6 +13,7 @@ import { z } from "zod";
 import { provisionDatabase } from "../src/db/provision.ts";
 import { collectCoverage, coveragePercent, meetsCoverage, mergeCoverage, type CoverageReport } from "./coverage.ts";
 import { fingerprint, type Fingerprint } from "./invariants/index.ts";
+import { SpanCollector } from "./traces.ts";
 import { formatResultsTable, scalingCurve, throughputSeries, writeReport, type RunSummary, type ScenarioResult, type ScalingCurve } from "./report/index.ts";
 import { checkRun, crashTargets, runScenario, type RunOutcome } from "./runner.ts";
 import { buildCorpus, CorpusFilesError } from "./corpus.ts";
@@ -136,12 +137,16 @@ async function main(): Promise<number> {
   const progress = createProgress(process.stdout);
   const db = await provisionDatabase({ databaseUrl: process.env.DATABASE_URL });
   progress.line(`PostgreSQL: ${db.kind === "embedded" ? "embedded (temporary)" : "DATABASE_URL"}; ${scenarios.length} scenario(s); report → ${reportDir}`);
+  // The waterfalls of report.html: the workers export their spans here (OTLP/HTTP on loopback).
+  const spans = new SpanCollector();
+  await spans.start();
   const env = {
     serverUrl: db.url,
     restartPostgres: db.restart,
     logDir: join(reportDir, "logs"),
     onProgress: progress.update,
     onEvent: progress.line,
+    spans,
   };
 
   const startedAt = new Date();
@@ -185,6 +190,7 @@ async function main(): Promise<number> {
       progress.finish(results.at(-1)!);
     }
   } finally {
+    await spans.stop();
     await db.stop();
   }
 
@@ -403,6 +409,7 @@ async function summarise(scenario: Scenario, run: RunOutcome, reference?: Map<st
     coverage,
     throughput,
     timeline: run.timeline,
+    traces: run.traces,
     replay: run.replay,
   };
 }

@@ -24,7 +24,8 @@ import { PhaseDriver } from "./phases.ts";
 import { databaseDigest, faultLogDigest, type ReplayRecord } from "./replay.ts";
 import { ScenarioFileError, type Scenario } from "./scenario.ts";
 import { WorkerFleet, type FleetEvent } from "./workers.ts";
-import type { TimelineMark } from "./report/types.ts";
+import type { DocumentTrace, TimelineMark } from "./report/types.ts";
+import type { SpanCollector } from "./traces.ts";
 
 /** What the runner needs from its surroundings. */
 export interface RunEnvironment {
@@ -36,6 +37,8 @@ export interface RunEnvironment {
   logDir: string;
   onProgress?: (p: Progress) => void;
   onEvent?: (line: string) => void;
+  /** Collects the API's and the workers' spans; absent: tracing off. */
+  spans?: SpanCollector | undefined;
 }
 
 export interface Progress {
@@ -77,6 +80,8 @@ export interface RunOutcome {
   events: string[];
   /** Kills, restarts, freezes, PostgreSQL restarts and fault bursts, for the report's time axes. */
   timeline: TimelineMark[];
+  /** The traces of a few documents (with `env.spans`). */
+  traces: DocumentTrace[];
   /** Dropped on close. */
   pool: pg.Pool;
   dropDatabase(): Promise<void>;
@@ -216,6 +221,7 @@ class ScenarioRun {
       DATABASE_URL: this.databaseUrl,
       WEBHOOK_BASE_URL: apiUrl,
       WORKER_CONCURRENCY: String(scenario.workers.slots),
+      ...env.spans?.workerEnv(),
       ...scenario.workerEnv,
     };
     // The fleet knows a worker is ready by its "worker started" line: keep info-level logs.
@@ -234,22 +240,22 @@ class ScenarioRun {
   }
 
   /** A timeline mark at now (`until` closes the latest open band of that kind instead). */
-  private mark(kind: TimelineMark["kind"], label: string, until = false): void {
-    const open = until ? this.timeline.findLast((k) => k.kind === kind && k.untilMs === undefined && k.label === label) : undefined;
+  private mark(kind: TimelineMark["kind"], label: string, options: { worker?: string; until?: boolean } = {}): void {
+    const open = options.until ? this.timeline.findLast((k) => k.kind === kind && k.untilMs === undefined && k.label === label) : undefined;
     if (open) open.untilMs = Date.now();
-    else if (!until) this.timeline.push({ kind, atMs: Date.now(), label });
+    else if (!options.until) this.timeline.push({ kind, atMs: Date.now(), label, ...(options.worker ? { worker: options.worker } : {}) });
   }
 
   private onFleetEvent(e: FleetEvent): void {
     if (e.kind === "killed") this.note(`killed ${e.workerId} (${e.reason})`);
-    if (e.kind === "killed") this.mark("kill", `kill ${e.workerId}`);
+    if (e.kind === "killed") this.mark("kill", `kill ${e.workerId}`, { worker: e.workerId });
     if (e.kind === "frozen") this.note(`${e.workerId} froze itself (SIGSTOP) at ${e.point}`);
-    if (e.kind === "frozen") this.mark("freeze", `frozen ${e.workerId}`);
+    if (e.kind === "frozen") this.mark("freeze", `frozen ${e.workerId}`, { worker: e.workerId });
     if (e.kind === "thawed") this.note(`thawed ${e.workerId} (SIGCONT)`);
-    if (e.kind === "thawed") this.mark("freeze", `frozen ${e.workerId}`, true);
+    if (e.kind === "thawed") this.mark("freeze", `frozen ${e.workerId}`, { until: true });
     if (e.kind === "started" && e.life > 1) this.note(`restarted worker ${e.worker} as ${e.workerId}`);
-    if (e.kind === "started" && e.life > 1) this.mark("restart", `restart ${e.workerId}`);
-    if (e.kind === "crashed") this.mark("kill", `kill ${e.workerId} at ${e.point}`);
+    if (e.kind === "started" && e.life > 1) this.mark("restart", `restart ${e.workerId}`, { worker: e.workerId });
+    if (e.kind === "crashed") this.mark("kill", `kill ${e.workerId} at ${e.point}`, { worker: e.workerId });
     if (e.kind === "crashed" && e.jobId) {
       const target = this.targeted.find((t) => !t.fired && t.jobId === e.jobId && t.point === e.point);
       if (target) target.fired = true;
@@ -370,7 +376,7 @@ class ScenarioRun {
           restart().then(
             () => {
               this.postgresRestarts += 1;
-              this.mark("postgres", "PostgreSQL restart", true);
+              this.mark("postgres", "PostgreSQL restart", { until: true });
               this.note("PostgreSQL is back");
             },
             (err: Error) => this.note(`PostgreSQL restart failed: ${err.message}`),
@@ -515,6 +521,7 @@ class ScenarioRun {
       replay: { faultLogDigest: faults.digest, faults: faults.lines.length, databaseDigest: await databaseDigest(pool, this.documentIds) },
       events: this.events,
       timeline: this.timeline,
+      traces: (await env.spans?.take(pool, this.documentIds, this.timeline)) ?? [],
       pool,
       dropDatabase: () => this.dropDatabase(),
     };

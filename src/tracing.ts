@@ -40,18 +40,27 @@ export interface Tracing {
 
 /**
  * Register a provider exporting to `endpoint` (OTLP/HTTP, JSON), or with the given processors
- * (tests, the scenario runner's in-process API). `serviceName` names the process in each span
- * (`service.name`, as `OTEL_SERVICE_NAME` would). The batch processor reads the standard
+ * (tests, the scenario runner's in-process API). `serviceName` and `instanceId` name the process
+ * in each span (`service.name`, `service.instance.id`). The batch processor reads the standard
  * `OTEL_BSP_*` variables (delay, queue and batch sizes).
  */
-export function startTracing(options: { endpoint?: string | undefined; processors?: SpanProcessor[]; serviceName?: string }): Tracing | undefined {
+export function startTracing(options: {
+  endpoint?: string | undefined;
+  processors?: SpanProcessor[];
+  serviceName?: string;
+  /** `service.instance.id`: which worker (its `WORKER_ID`). */
+  instanceId?: string | undefined;
+}): Tracing | undefined {
   const processors =
     options.processors ??
     (options.endpoint ? [new BatchSpanProcessor(new OTLPTraceExporter({ url: `${options.endpoint.replace(/\/$/, "")}/v1/traces` }))] : []);
   if (processors.length === 0) return undefined;
   const provider = new BasicTracerProvider({
     spanProcessors: processors,
-    ...(options.serviceName ? { resource: resourceFromAttributes({ "service.name": options.serviceName }) } : {}),
+    resource: resourceFromAttributes({
+      ...(options.serviceName ? { "service.name": options.serviceName } : {}),
+      ...(options.instanceId ? { "service.instance.id": options.instanceId } : {}),
+    }),
   });
   // Spans of external calls find their stage's span through the async context.
   context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());

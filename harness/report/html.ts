@@ -6,6 +6,7 @@
 import { edgeLabel } from "../coverage.ts";
 import { formatDuration, formatPercent, formatRate, scenarioCoverage, seedsUsed } from "./format.ts";
 import { escapeXml as esc, renderLineChart, renderStateDiagram, type ChartMark } from "./svg.ts";
+import { renderWaterfall } from "./waterfall.ts";
 import type { RunSummary, ScalingCurve, ScenarioResult, TimelineMark } from "./types.ts";
 
 const CSS = `
@@ -99,6 +100,29 @@ function chartMarks(s: ScenarioResult, startedAt: string | null): ChartMark[] {
   }));
 }
 
+/** Per scenario, the waterfalls of the documents whose traces the runner kept. */
+function tracesSection(scenarios: readonly ScenarioResult[]): string {
+  const traced = scenarios.filter((s) => s.traces && s.traces.length > 0);
+  if (traced.length === 0) return "";
+  const cards = traced.map((s) => {
+    const kills = (s.timeline ?? []).filter((k) => k.kind === "kill");
+    const docs = s.traces!.map((t) => {
+      const workers = [...new Set(t.spans.map((x) => x.process))];
+      const killed = workers.filter((w) => kills.some((k) => k.worker === w));
+      return (
+        `<div class="card"><p><strong>${esc(s.name)}</strong> · document <code>${esc(t.documentId)}</code> · ${esc(t.status)} · trace <code>${esc(t.traceId)}</code><br>` +
+        `<span class="meta">processes: ${workers.map((w) => `${esc(w)}${killed.includes(w) ? " (killed)" : ""}`).join(", ")}</span></p>${renderWaterfall(t, kills)}</div>`
+      );
+    });
+    return docs.join("");
+  });
+  return (
+    `<h2>Traces</h2><p class="meta">A few documents per scenario (those another worker continued after a kill first, then those with retries): ` +
+    `API requests <span style="color:#7c3aed">■</span>, stages <span style="color:#2563eb">■</span>, external calls <span style="color:#0d9488">■</span>, ` +
+    `failed <span style="color:#dc2626">■</span>, retry / park / dead letter <span style="color:#d97706">◆</span>, kills as dashed red lines.</p>${cards.join("")}`
+  );
+}
+
 function scalingSection(curve: ScalingCurve | null): string {
   if (!curve || curve.points.length === 0) return "";
   const chart = renderLineChart({
@@ -168,6 +192,7 @@ export function renderHtml(summary: RunSummary): string {
 <h2>Results</h2>${resultsTable(summary)}
 ${coverageSection(summary)}
 ${throughputSection(summary.scenarios)}
+${tracesSection(summary.scenarios)}
 ${scalingSection(summary.scaling)}
 <h2>Invariants</h2>${summary.scenarios.map(scenarioDetails).join("\n")}
 </main></body></html>

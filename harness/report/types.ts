@@ -76,6 +76,35 @@ export interface TimelineMark {
   untilMs?: number;
   /** Short text: which worker, which faults and how many. */
   label: string;
+  /** The worker killed, restarted or frozen. */
+  worker?: string;
+}
+
+/** One span of a document's trace, as the waterfall draws it. */
+export interface TraceSpan {
+  name: string;
+  kind: "server" | "client" | "internal";
+  /** Who ran it: `api`, or the worker's id. */
+  process: string;
+  /** Epoch ms. */
+  startMs: number;
+  endMs: number;
+  /** Nesting under its parent span (0: top). */
+  depth?: number;
+  attempt?: number;
+  /** `error.type` (the stable code, or the HTTP status) when it failed. */
+  error?: string;
+  /** `http.response.status_code` of a call or request. */
+  status?: number;
+}
+
+/** A document's trace as the runner collected it (report.html draws it as a waterfall). */
+export interface DocumentTrace {
+  documentId: string;
+  /** The job's final status. */
+  status: string;
+  traceId: string;
+  spans: TraceSpan[];
 }
 
 export interface ScenarioResult {
@@ -92,6 +121,8 @@ export interface ScenarioResult {
   throughput: ThroughputSeries | null;
   /** Kills, restarts, freezes, PostgreSQL restarts and fault bursts, in time order. */
   timeline?: TimelineMark[];
+  /** The traces of a few documents (those continued after a kill first), for the waterfalls. */
+  traces?: DocumentTrace[];
   /** Only for the scaling scenario. */
   scaling?: ScalingCurve;
   /** The fault-log and database digests a replay must reproduce (see harness/replay.ts). */

@@ -29,7 +29,7 @@ if (missingFlags.length > 0) {
     `started without ${missingFlags.join(" ")}: start workers with \`npm run worker\` (src/worker/nodeFlags.ts), or expect more memory`,
   );
 }
-const tracing = startTracing({ endpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT, serviceName: "upload-pipeline-worker" });
+const tracing = startTracing({ endpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT, serviceName: "upload-pipeline-worker", instanceId: config.WORKER_ID });
 const db = await provisionDatabase({ databaseUrl: config.DATABASE_URL });
 if (db.kind === "embedded") {
   log.warn("DATABASE_URL is not set: using a private embedded PostgreSQL (nothing else can see its jobs)");
