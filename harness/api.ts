@@ -55,6 +55,13 @@ export class ApiClient {
     return { documentId: body.document_id, jobId: body.job_id, status: res.status };
   }
 
+  /** `GET /jobs/{document_id}` as the service role: the status body (src/api/README.md). */
+  async status(documentId: string): Promise<{ profile: string | null; status: string; progress: { vectors: { stored: number } } }> {
+    const res = await fetch(`${this.baseUrl}/jobs/${documentId}`, { headers: { authorization: `Bearer ${await this.token(null)}` } });
+    if (!res.ok) throw new Error(`GET /jobs/${documentId} answered ${res.status}`);
+    return (await res.json()) as { profile: string | null; status: string; progress: { vectors: { stored: number } } };
+  }
+
   /** `POST /jobs/{document_id}/retry` as the operator (service role). */
   async retry(documentId: string): Promise<number> {
     const res = await fetch(`${this.baseUrl}/jobs/${documentId}/retry`, {

@@ -26,9 +26,12 @@ export async function jepsenCounts(
   run: { documentIds: readonly string[]; completeIds: readonly string[]; mockStats: MockStatsSnapshot; killedWorkers: readonly string[] },
   reference: Map<string, Fingerprint> | undefined,
 ): Promise<JepsenCounts> {
-  const { rows: chunks } = await pool.query<{ document_id: string; chunk_id: string; vectors: number }>(
+  // `embeddings`: the (model, version) pairs a chunk has vectors in: one per embedding profile
+  // (a model migration adds one); rows beyond those are duplicates.
+  const { rows: chunks } = await pool.query<{ document_id: string; chunk_id: string; vectors: number; embeddings: number }>(
     `SELECT c.document_id, c.chunk_id,
-            (SELECT count(*)::int FROM upload_pipeline.document_vector_buffer v WHERE v.chunk_id = c.chunk_id) AS vectors
+            (SELECT count(*)::int FROM upload_pipeline.document_vector_buffer v WHERE v.chunk_id = c.chunk_id) AS vectors,
+            (SELECT count(DISTINCT (v.embed_model, v.embed_version))::int FROM upload_pipeline.document_vector_buffer v WHERE v.chunk_id = c.chunk_id) AS embeddings
        FROM upload_pipeline.document_chunk_buffer c WHERE c.document_id = ANY($1::uuid[])`,
     [run.documentIds],
   );
@@ -66,13 +69,13 @@ export async function jepsenCounts(
       expected: expectedIds.size,
       stored: chunks.reduce((a, c) => a + c.vectors, 0),
       lost: [...expectedIds].filter((id) => !withVector.has(id)).length,
-      duplicated: chunks.reduce((a, c) => a + Math.max(0, c.vectors - 1), 0),
+      duplicated: chunks.reduce((a, c) => a + Math.max(0, c.vectors - c.embeddings), 0),
       recovered: recoveredChunks.filter((c) => c.vectors > 0).length,
       unexpected: chunks.filter((c) => c.vectors > 0 && !expectedIds.has(c.chunk_id) && run.completeIds.includes(c.document_id)).length,
     },
     repeated: {
       parseJobs: Math.max(0, run.mockStats.llamaparse.jobsCreated - run.documentIds.length),
-      embeddingInputs: Math.max(0, inputs - withVector.size),
+      embeddingInputs: Math.max(0, inputs - chunks.reduce((a, c) => a + c.embeddings, 0)),
       embeddingTokens: Math.max(0, billed - Number(tokens[0]?.tokens ?? 0)),
     },
   };

@@ -10,7 +10,9 @@ import { cpus } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { z } from "zod";
+import { configForLocalMocks } from "../src/config.ts";
 import { provisionDatabase } from "../src/db/provision.ts";
+import { embedVersion } from "../src/services.ts";
 import { collectCoverage, coveragePercent, meetsCoverage, mergeCoverage, type CoverageReport } from "./coverage.ts";
 import { fingerprint, type Fingerprint } from "./invariants/index.ts";
 import { SpanCollector } from "./traces.ts";
@@ -356,13 +358,17 @@ async function referenceFor(scenario: Scenario, env: Parameters<typeof runScenar
     phases: {},
     postgresRestartAtMs: undefined,
     retryFailed: false,
+    // Its fingerprints are the uploads' profile's: a model migration's target is checked against a recomputation.
+    actions: [],
     workerEnv: pick(scenario.workerEnv, ["CHUNK_MAX_TOKENS", "CHUNK_OVERLAP_TOKENS", "EMBED_MODEL", "EMBED_DIMENSIONS", "EMBED_BATCH_SIZE"]),
     workers: { processes: 1, slots: 4 },
   };
   const run = await runScenario(reference, { ...env, onProgress: undefined, onEvent: undefined });
   try {
     if (run.timedOut) throw new Error(`the reference run did not finish: ${run.stuck.join("; ")}`);
-    const prints = await fingerprint(run.pool, run.documentIds);
+    // The uploads' model only: a scenario that migrates models also has the target's vectors.
+    const config = configForLocalMocks("http://unused", scenario.workerEnv);
+    const prints = await fingerprint(run.pool, run.documentIds, { embed: { model: config.EMBED_MODEL, version: embedVersion(config) } });
     cache.set(key, prints);
     return prints;
   } finally {

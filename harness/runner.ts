@@ -12,6 +12,8 @@ import { migrate } from "../src/db/migrate.ts";
 import { withDatabase } from "../src/db/provision.ts";
 import { createLogger } from "../src/logger.ts";
 import { documentId, jobId, sha256 } from "../src/ids.ts";
+import { migrateModelMain } from "../src/ops/migrateModel.ts";
+import { profileJobId } from "../src/profiles/jobs.ts";
 import { embedVersion } from "../src/services.ts";
 import { isTerminal, type JobStatus } from "../src/state-machine/table.ts";
 import { expectedEmbedding, type MockStatsSnapshot } from "../mocks/index.ts";
@@ -115,7 +117,7 @@ interface Services {
   fleet: WorkerFleet;
 }
 
-type JobRow = { document_id: string; status: JobStatus; locked_by: string | null; batches: number };
+type JobRow = { document_id: string; status: JobStatus; locked_by: string | null; batches: number; profile_id: string | null };
 
 /**
  * One run of a scenario: set-up (database, mocks, API, workers), uploads, fault scheduling,
@@ -146,6 +148,8 @@ class ScenarioRun {
   /** OpenAI tokens billed by the mock, sampled every 2 s from the start of the uploads. */
   private readonly tokenSamples: Array<{ t: number; tokens: number }> = [];
   private faultsPrintedAt = 0;
+  /** Operator actions that refused or whose outcome was wrong (they fail the run). */
+  private readonly actionFailures: string[] = [];
   /** Switches the scenario's phases on and off from the start of the uploads. */
   private phases?: PhaseDriver;
 
@@ -400,7 +404,33 @@ class ScenarioRun {
       this.note(`retried ${retried} dead-lettered jobs through the API`);
       if (retried > 0) quiet = await this.waitForQuiet(services, deadline);
     }
+    for (const action of this.scenario.actions) {
+      if (!quiet.ok) break;
+      await this.runAction(services, action.migrateModel);
+      quiet = await this.waitForQuiet(services, deadline);
+    }
     return { quiet, retried };
+  }
+
+  /**
+   * `npm run migrate-model -- <argv>` against the run's database (the CLI's own main, its lines
+   * in the run's events). After a cutover, GET /jobs must report the new profile for every document.
+   */
+  private async runAction(services: Services, argv: string[]): Promise<void> {
+    const lines: string[] = [];
+    const code = await migrateModelMain(argv, { DATABASE_URL: this.databaseUrl }, (line) => lines.push(line)).catch((err: Error) => {
+      lines.push(err.message);
+      return 2;
+    });
+    this.note(`migrate-model ${argv.join(" ")}: ${lines.join(" | ")}`);
+    if (code !== 0) this.actionFailures.push(`migrate-model ${argv.join(" ")} exited ${code}: ${lines.join(" | ")}`);
+    if (argv[0] !== "cutover" || code !== 0) return;
+    const { rows } = await this.pool!.query<{ profile_id: string }>("SELECT profile_id FROM upload_pipeline.embedding_profiles WHERE role = 'active'");
+    const active = rows[0]?.profile_id;
+    for (const documentId of this.documentIds) {
+      const status = await services.api.status(documentId);
+      if (status.profile !== active) this.actionFailures.push(`after cutover GET /jobs/${documentId} reports profile ${status.profile}, not ${active}`);
+    }
   }
 
   private async waitForQuiet({ fleet, mocks }: Services, deadline: number): Promise<{ ok: boolean; rows: JobRow[] }> {
@@ -409,7 +439,7 @@ class ScenarioRun {
     while (Date.now() < deadline) {
       try {
         ({ rows } = await pool.query<JobRow>(
-          `SELECT document_id, status, locked_by, coalesce((progress->>'batches_done')::int, 0) AS batches
+          `SELECT document_id, status, locked_by, coalesce((progress->>'batches_done')::int, 0) AS batches, profile_id
              FROM upload_pipeline.upload_jobs WHERE document_id = ANY($1)`,
           [this.documentIds],
         ));
@@ -431,11 +461,13 @@ class ScenarioRun {
       this.env.onProgress?.({
         scenario: this.scenario.name,
         elapsedMs: Date.now() - this.started,
-        total: this.documentIds.length,
+        total: rows.length,
         byState,
         kills: fleet.kills,
       });
-      if (rows.length === this.documentIds.length && rows.every((r) => isTerminal(r.status))) return { ok: true, rows };
+      // Every upload's job, and every model migration's job of the run's documents, terminal.
+      const uploads = rows.filter((r) => r.profile_id === null).length;
+      if (uploads === this.documentIds.length && rows.every((r) => isTerminal(r.status))) return { ok: true, rows };
       // Poll fast while an event-triggered crash is still waiting for its moment.
       await sleep(this.eventCrashes.some((c) => !c.done) ? 40 : 150);
     }
@@ -491,6 +523,7 @@ class ScenarioRun {
     for (const t of this.targeted) if (!t.fired) missed.push(`the kill of the worker holding ${t.label} at ${t.point} never happened`);
     if (scenario.postgresRestartAtMs !== undefined && env.restartPostgres && this.postgresRestarts === 0)
       missed.push("the PostgreSQL restart never happened: the run was quiet first");
+    missed.push(...this.actionFailures);
     this.phases?.stop();
     if (this.phases) missed.push(...(await this.phases.missed()));
     await this.tearDown();
@@ -579,9 +612,10 @@ export function crashTargets(scenario: Scenario, corpus: CorpusFile[]): Array<{ 
           .join(", ")}${corpus.length > 8 ? ", …" : ""}`,
       ]);
     }
-    const job = jobId(documentId(file.userId, sha256(file.bytes)));
+    const document = documentId(file.userId, sha256(file.bytes));
+    const job = crash.profile ? profileJobId(document, crash.profile) : jobId(document);
     const point = crash.at.split("#")[0]!;
-    return [{ spec: `${crash.at}@${job}`, point, jobId: job, label: `${file.filename}'s job` }];
+    return [{ spec: `${crash.at}@${job}`, point, jobId: job, label: `${file.filename}'s ${crash.profile ? `${crash.profile} migration ` : ""}job` }];
   });
 }
 
@@ -648,15 +682,51 @@ async function frozenWorkersBilledTwice(pool: pg.Pool, documentIds: string[], st
 export async function checkRun(run: RunOutcome, scenario: Scenario, reference?: Map<string, Fingerprint>): Promise<InvariantReport> {
   const config = configForLocalMocks("http://unused", scenario.workerEnv);
   const dims = Number(embedVersion(config).slice(1));
-  return checkInvariants(run.pool, {
+  const base = {
     documentIds: run.documentIds,
     expected: run.expected,
-    reference,
-    expectedEmbedding: (model, input, dimensions) => expectedEmbedding(model, input, dimensions),
-    embed: { model: config.EMBED_MODEL, version: embedVersion(config), dimensions: dims },
+    expectedEmbedding: (model: string, input: string, dimensions: number) => expectedEmbedding(model, input, dimensions),
     mockUsage: { promptTokensByModel: Object.fromEntries(Object.entries(run.mockStats.openai.usage).map(([m, u]) => [m, u.prompt_tokens])) },
     crashesHappened: run.kills > 0 || run.postgresRestarts > 0 || run.freezes > 0,
+  };
+  const uploads = { model: config.EMBED_MODEL, version: embedVersion(config), dimensions: dims };
+  // Model migrations (actions): the profiles their jobs filled, each checked in a pass of its own.
+  const { rows: migrated } = await run.pool.query<{ profile_id: string; model: string; version: string; dimensions: number }>(
+    `SELECT p.profile_id, p.embed_model AS model, p.embed_version AS version, p.embed_dimensions AS dimensions
+       FROM upload_pipeline.embedding_profiles p
+      WHERE EXISTS (SELECT 1 FROM upload_pipeline.upload_jobs j WHERE j.profile_id = p.profile_id) ORDER BY p.profile_id`,
+  );
+  if (migrated.length === 0) return checkInvariants(run.pool, { ...base, reference, embed: uploads });
+  const passes = [
+    { label: "uploads", jobs: null as string | null, embed: uploads },
+    ...migrated.map((p) => ({ label: p.profile_id, jobs: p.profile_id, embed: p })),
+  ];
+  const reports = [];
+  for (const pass of passes) {
+    const otherEmbeds = passes.filter((o) => o !== pass).map((o) => ({ model: o.embed.model, version: o.embed.version }));
+    const embed = { model: pass.embed.model, version: pass.embed.version, dimensions: pass.embed.dimensions };
+    // A migration's vectors are compared with the mock's embedding of each chunk (a recomputation),
+    // its chunks with the uploads' reference: the reference run fingerprints the uploads' profile.
+    const report = await checkInvariants(run.pool, { ...base, ...(pass.jobs === null ? { reference } : {}), embed, profile: { jobs: pass.jobs, otherEmbeds } });
+    reports.push({ label: pass.label, report });
+  }
+  return mergeReports(reports);
+}
+
+/** One report from a pass per profile: a check holds when it holds in every pass; violations name their profile. */
+function mergeReports(reports: Array<{ label: string; report: InvariantReport }>): InvariantReport {
+  const checks = reports[0]!.report.checks.map((first, i) => {
+    const all = reports.map(({ label, report }) => ({ label, check: report.checks[i]! }));
+    const notes = all.filter((a) => a.check.note).map((a) => `${a.label}: ${a.check.note}`);
+    return {
+      ...first,
+      ok: all.every((a) => a.check.ok),
+      violations: all.flatMap((a) => a.check.violations.map((v) => `[${a.label}] ${v}`)),
+      violationCount: all.reduce((n, a) => n + a.check.violationCount, 0),
+      ...(notes.length > 0 ? { note: notes.join("; ") } : {}),
+    };
   });
+  return { ok: checks.every((c) => c.ok), checks };
 }
 
 export { fingerprint };

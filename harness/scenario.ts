@@ -52,6 +52,8 @@ const CrashSchema = z
       .optional(),
     /** …when it reaches this fault point (`point#n`: the nth time it passes there with that job). */
     at: faultPoint.optional(),
+    /** …in its model migration's job for this profile (an `actions` migrate-model start), not its upload's job. */
+    profile: z.string().min(1).optional(),
   })
   .superRefine((c, ctx) => {
     const forms = [c.atMs !== undefined, c.when !== undefined, c.document !== undefined].filter(Boolean).length;
@@ -59,17 +61,18 @@ const CrashSchema = z
     if (c.worker !== undefined && c.atMs === undefined) ctx.addIssue({ code: "custom", path: ["worker"], message: "only goes with atMs" });
     if ((c.document === undefined) !== (c.at === undefined))
       ctx.addIssue({ code: "custom", path: [c.document === undefined ? "document" : "at"], message: "document and at go together" });
+    if (c.profile !== undefined && c.document === undefined) ctx.addIssue({ code: "custom", path: ["profile"], message: "only goes with document and at" });
   })
   .transform((c): Crash => {
     if (c.when) return { when: c.when };
-    if (c.document !== undefined) return { document: c.document, at: c.at! };
+    if (c.document !== undefined) return { document: c.document, at: c.at!, ...(c.profile !== undefined ? { profile: c.profile } : {}) };
     return { atMs: c.atMs!, worker: c.worker };
   });
 
 export type Crash =
   | { atMs: number; worker?: number | undefined }
   | { when: { status: JobStatus; batchesDone?: number | undefined } }
-  | { document: number | string; at: string };
+  | { document: number | string; at: string; profile?: string };
 
 /** Environment variables a scenario may set: the worker's own configuration, minus what the runner wires. */
 export const RUNNER_WIRED = new Set([
@@ -190,6 +193,24 @@ export const ScenarioSchema = z
      * see harness/reachability.ts for the names.
      */
     sometimes: z.array(z.enum(REACHABLE_EVENTS, { message: `must be one of ${REACHABLE_EVENTS.join(", ")}` })).default([]),
+    /**
+     * Operator commands run in order, each once the run is quiet (every job terminal), the run
+     * then waiting to be quiet again: `{"migrateModel": ["start", "--to", "small-512", …]}` is
+     * `npm run migrate-model -- start --to small-512 …` against the run's database. A command that
+     * refuses (exit ≠ 0) fails the run.
+     */
+    actions: z
+      .array(
+        z.strictObject({
+          migrateModel: z
+            .array(z.string())
+            .min(1)
+            .refine((argv) => ["plan", "start", "status", "cutover", "abort"].includes(argv[0]!), {
+              message: "must start with a migrate-model command: plan, start, status, cutover or abort",
+            }),
+        }),
+      )
+      .default([]),
     /** Restart the PostgreSQL server this many ms after the uploads finished. */
     postgresRestartAtMs: z.number().int().min(0).optional(),
     /** After the first quiet point, retry every dead-lettered job through the API, then wait again. */

@@ -45,7 +45,8 @@ export type CheckName = (typeof CHECK_NAMES)[number];
  */
 export async function checkInvariants(db: Db, input: InvariantInput): Promise<InvariantReport> {
   const chunker = input.chunker ?? { name: CHUNKER_NAME, version: CHUNKER_VERSION };
-  const [jobs, storedDocs, events] = await Promise.all([loadJobs(db), loadDocumentIds(db), loadEvents(db)]);
+  const [allJobs, storedDocs, events] = await Promise.all([loadJobs(db), loadDocumentIds(db), loadEvents(db)]);
+  const jobs = input.profile ? allJobs.filter((j) => j.profile_id === input.profile!.jobs) : allJobs;
   const statusOf = new Map(jobs.map((j) => [j.document_id, j.status]));
 
   const buffers = newBufferChecks();

@@ -16,6 +16,8 @@ export interface JobRow {
   locked_by: string | null;
   lease_token: string | null;
   lease_live: boolean | null;
+  /** A model migration's job: the profile it fills (null: the upload's own job). */
+  profile_id: string | null;
 }
 
 export interface EventRow {
@@ -50,7 +52,7 @@ export interface VectorRow {
 
 export async function loadJobs(db: Db): Promise<JobRow[]> {
   const { rows } = await db.query<JobRow>(
-    `SELECT job_id, document_id, status, progress, locked_by, lease_token,
+    `SELECT job_id, document_id, status, progress, locked_by, lease_token, profile_id,
             lease_expires_at > clock_timestamp() AS lease_live
        FROM upload_pipeline.upload_jobs ORDER BY created_at, job_id`,
   );

@@ -48,6 +48,12 @@ export interface InvariantInput {
    * below the mock's usage; without crashes they must be equal.
    */
   crashesHappened: boolean;
+  /**
+   * An embedding profile's pass (migration 0011): only the jobs with this `profile_id` (null: the
+   * uploads' own jobs) are checked; vectors and billed tokens of `otherEmbeds` (the run's other
+   * profiles, checked in their own pass) are not this pass's concern. Unset: every job, one model.
+   */
+  profile?: { jobs: string | null; otherEmbeds: Array<{ model: string; version: string }> };
   /** Largest allowed |stored − expected| per component; 0 would demand float32 equality. Default 1e-6. */
   vectorTolerance?: number;
 }

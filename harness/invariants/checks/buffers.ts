@@ -89,6 +89,8 @@ export async function checkDocumentBuffers(
       const stored = Float32Array.from(row.embedding);
       const sha = vectorSha(stored);
       if (row.vector_sha !== sha) out.ids.add(`${where}: vector_sha ${row.vector_sha} but sha256(float32 bytes) is ${sha}`);
+      const otherProfile = input.profile?.otherEmbeds.some((e) => e.model === row.embed_model && e.version === row.embed_version);
+      if (otherProfile) continue; // checked in that profile's own pass
       if (row.embed_model !== model || row.embed_version !== version) {
         out.duplicates.add(`${where}: unexpected model/version, the run embeds with ${model}/${version}`);
         continue;

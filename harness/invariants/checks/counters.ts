@@ -57,7 +57,8 @@ export function checkTokensAndCost(jobs: readonly JobRow[], input: InvariantInpu
     );
   }
   for (const [other, n] of Object.entries(input.mockUsage.promptTokensByModel)) {
-    if (other !== model && n > 0) v.add(`the mock billed ${n} prompt tokens for ${other}, but the run embeds with ${model}`);
+    if (other !== model && n > 0 && !input.profile?.otherEmbeds.some((e) => e.model === other))
+      v.add(`the mock billed ${n} prompt tokens for ${other}, but the run embeds with ${model}`);
   }
   return v;
 }

@@ -41,7 +41,9 @@ export function checkEventPaths(jobs: readonly JobRow[], events: readonly EventR
     let previous: EventRow | undefined;
     for (const e of list) {
       if (!previous) {
-        if (e.from_status !== null || e.to_status !== "uploaded") v.add(`${where}: first ${describe(e)} is not ∅ → uploaded`);
+        // ∅ → uploaded for an upload's job; a model migration's job starts at its own create edge.
+        const created = e.from_status === null && isJobStatus(e.to_status) && findEdge(null, e.to_status)?.kind === "create";
+        if (!created) v.add(`${where}: first ${describe(e)} is not a create edge (∅ → uploaded, or a migration job's ∅ → chunks_stored | parse_validated)`);
       } else if (e.from_status !== previous.to_status) {
         v.add(`${where}: ${describe(e)} starts from ${e.from_status ?? "∅"} but the previous event #${previous.id} ended in ${previous.to_status}`);
       }
@@ -59,7 +61,9 @@ export function checkEventPaths(jobs: readonly JobRow[], events: readonly EventR
       if (e.actor === null) v.add(`${where}: ${describe(e)} records no actor (detail.actor)`);
       else if (!(edge.actors as readonly string[]).includes(e.actor)) {
         v.add(`${where}: ${describe(e)}: actor ${e.actor} may not take this edge (allowed: ${edge.actors.join(", ")})`);
-      } else if (LEASED_ACTORS.has(e.actor) && e.lease_token === null) {
+      } else if (LEASED_ACTORS.has(e.actor) && e.lease_token === null && edge.kind !== "create") {
+        // (A job's creation holds no lease of its own: a worker creates a migration job inside
+        // the fenced transaction of the upload it finishes.)
         v.add(`${where}: ${describe(e)} was written by a leased actor without a lease token (unfenced write)`);
       }
     }
