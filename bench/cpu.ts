@@ -53,7 +53,7 @@ export async function runCpuBench(ctx: BenchContext): Promise<BenchResult> {
       ),
     ],
     notes: [
-      "One worker process (1 slot, EMBED_BATCH_SIZE=64, other settings at their defaults) against the mocks over HTTP; its CPU sampled from /proc every 100 ms and attributed to the stage whose state the job was in. Parse intake runs in the API (the webhook hands it over), so it is not in the worker's figures.",
+      "One worker process (1 slot, every other setting, EMBED_BATCH_SIZE included, at its default) against the mocks over HTTP; its CPU sampled from /proc every 100 ms and attributed to the stage whose state the job was in. Parse intake runs in the API (the webhook hands it over), so it is not in the worker's figures.",
       ...runs.map(
         (r) =>
           `${formatBytes(r.documentBytes)}: ${r.chunks} chunks, ${r.batches} batches, ${r.status} in ${r.seconds.toFixed(1)} s; worker ${Object.entries(
