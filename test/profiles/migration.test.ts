@@ -15,6 +15,8 @@ import { expectedEmbedding } from "../../mocks/openai/embeddings.ts";
 import { mulberry32 } from "../../mocks/shared/rng.ts";
 import { costUsd } from "../../src/clients/tokens.ts";
 import { vectorSha } from "../../src/ids.ts";
+import { checkInvariants } from "../../harness/invariants/index.ts";
+import { CHUNKER_NAME, CHUNKER_VERSION } from "../../src/chunking/markdownChunker.ts";
 import { UsageError } from "../../src/ops/cli.ts";
 import { migrateModelMain } from "../../src/ops/migrateModel.ts";
 import { profileJobId } from "../../src/profiles/jobs.ts";
@@ -69,6 +71,7 @@ async function vectors(model: string, version: string) {
   return rows;
 }
 
+const chunker = { name: CHUNKER_NAME, version: CHUNKER_VERSION };
 const SMALL_512 = ["--to", "small-512", "--model", "text-embedding-3-small", "--dimensions", "512"];
 
 describe("embedding profiles", () => {
@@ -215,13 +218,40 @@ describe("embedding profiles", () => {
       { profile_id: "default", role: "retired" },
       { profile_id: "small-512", role: "active" },
     ]);
+  }, 180_000);
+
+  it("the scenario invariants, checked per profile, hold for both profiles and catch a wrong vector in the target; later uploads pin the new profile", async () => {
+    const usage = env.mocks.stats().openai.usage;
+    const input = {
+      documentIds: (await env.db.pool.query<{ document_id: string }>("SELECT document_id FROM upload_pipeline.documents")).rows.map((r) => r.document_id),
+      expectedEmbedding: (model: string, text: string, dims: number) => expectedEmbedding(model, text, dims),
+      mockUsage: { promptTokensByModel: Object.fromEntries(Object.entries(usage).map(([m, u]) => [m, u.prompt_tokens])) },
+      crashesHappened: false,
+    };
+    const ada = { model: "text-embedding-ada-002", version: "d1536", dimensions: 1536 };
+    const small = { model: "text-embedding-3-small", version: "d512", dimensions: 512 };
+    const uploads = () => checkInvariants(env.db.pool, { ...input, embed: ada, chunker, profile: { jobs: null, otherEmbeds: [small] } });
+    const target = () => checkInvariants(env.db.pool, { ...input, embed: small, chunker, profile: { jobs: "small-512", otherEmbeds: [ada] } });
+    const failed = (r: Awaited<ReturnType<typeof uploads>>) => r.checks.filter((c) => !c.ok).map((c) => c.name);
+    expect(failed(await uploads())).toEqual([]);
+    expect(failed(await target())).toEqual([]);
+    // Without the per-profile pass, the other profile's vectors are "unexpected" rows.
+    const mixed = await checkInvariants(env.db.pool, { ...input, embed: small, chunker });
+    expect(mixed.checks.find((c) => c.name === "no_duplicate_or_missing_rows")!.violations.join("\n")).toMatch(/unexpected model\/version/);
+    // A planted wrong vector in the target profile is caught there.
+    await env.db.pool.query(
+      `UPDATE upload_pipeline.document_vector_buffer SET embedding[1] = embedding[1] + 0.5
+        WHERE (chunk_id, embed_model) = (SELECT chunk_id, embed_model FROM upload_pipeline.document_vector_buffer WHERE embed_model = 'text-embedding-3-small' ORDER BY chunk_id LIMIT 1)`,
+    );
+    expect(failed(await target())).toContain("vectors_match_mock");
+    expect(failed(await uploads())).not.toContain("vectors_match_mock");
 
     // New uploads now pin the new profile, and queue nothing for the retired one.
     const after = await env.upload({ content: markdownDocument(rng, "Epsilon", 800) });
     await drain([after.jobId]);
     const pinned = await env.db.pool.query("SELECT settings->>'profile_id' AS p FROM upload_pipeline.upload_jobs WHERE document_id = $1", [after.documentId]);
     expect(pinned.rows).toEqual([{ p: "small-512" }]);
-  }, 180_000);
+  });
 
   it("abort of a re-chunking migration removes its jobs, chunks and vectors, and leaves the active profile's rows as they were", async () => {
     const snapshot = async () =>
