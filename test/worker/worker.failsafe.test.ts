@@ -7,6 +7,7 @@ import type pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ServiceConditionError, TransientError } from "../../src/errors.ts";
 import type { JobRunOutcome } from "../../src/worker/BaseWorker.ts";
+import { CLAIM_NEXT_JOB_SQL } from "../../src/worker/queries.ts";
 import { createTestDatabase, type TestDatabase } from "../support/db.ts";
 import { events, jobRow, ManualClock, makeDue, seedJob } from "../support/fixtures.ts";
 import { noopStages } from "../support/noopStages.ts";
@@ -81,7 +82,9 @@ function gatedClaims(pool: pg.Pool, gate: Promise<void>, onClaim: () => void): p
     get(target, key, receiver) {
       if (key !== "query") return Reflect.get(target, key, receiver);
       return async (...args: unknown[]) => {
-        if (typeof args[0] === "string" && args[0].includes("WITH candidate")) {
+        // The claim goes as a named statement (a query config), other statements as text.
+        const text = typeof args[0] === "string" ? args[0] : (args[0] as pg.QueryConfig).text;
+        if (text === CLAIM_NEXT_JOB_SQL) {
           onClaim();
           await gate;
         }
