@@ -686,7 +686,10 @@ export async function checkRun(run: RunOutcome, scenario: Scenario, reference?: 
     documentIds: run.documentIds,
     expected: run.expected,
     expectedEmbedding: (model: string, input: string, dimensions: number) => expectedEmbedding(model, input, dimensions),
-    mockUsage: { promptTokensByModel: Object.fromEntries(Object.entries(run.mockStats.openai.usage).map(([m, u]) => [m, u.prompt_tokens])) },
+    mockUsage: {
+      promptTokensByModel: Object.fromEntries(Object.entries(run.mockStats.openai.usage).map(([m, u]) => [m, u.prompt_tokens])),
+      batchPromptTokensByModel: Object.fromEntries(Object.entries(run.mockStats.openai.batchUsage).map(([m, u]) => [m, u.prompt_tokens])),
+    },
     crashesHappened: run.kills > 0 || run.postgresRestarts > 0 || run.freezes > 0,
   };
   const uploads = { model: config.EMBED_MODEL, version: embedVersion(config), dimensions: dims };

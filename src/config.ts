@@ -43,6 +43,13 @@ export const configSchema = z.object({
   EMBED_DIMENSIONS: int(1, 3072).optional(),
   /** Inputs per embeddings request (the API allows 2048; the pipeline caps at 256). */
   EMBED_BATCH_SIZE: int(1, 256).default(256),
+  /**
+   * `true`: bulk jobs (lane `bulk`, `priority: "bulk"`) embed through the OpenAI Batch API at half
+   * the price and outside the synchronous RPM/TPM budget; `false`: like interactive ones.
+   */
+  EMBED_BULK_VIA_BATCH_API: oneOf(["true", "false"]).default("true"),
+  /** Longest wait between two polls of a submitted batch (the wait doubles from 1 s up to this). */
+  EMBED_BATCH_POLL_MAX_SECONDS: int(1, 3_600).default(300),
   /** OpenAI budget this deployment may use: the ceiling for the whole fleet (the key's reported limits may lower it). */
   OPENAI_RPM: int(1, 1_000_000).default(3_000),
   OPENAI_TPM: int(1, 100_000_000).default(1_000_000),

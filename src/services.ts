@@ -7,6 +7,7 @@ import type { Config } from "./config.ts";
 import { coerceError } from "./errors.ts";
 import { createLlamaParseClient, type LlamaParseClient } from "./clients/llamaparse.ts";
 import { createEmbeddingsClient } from "./clients/openai.ts";
+import { createBatchEmbeddingsClient, type BatchEmbeddingsClient } from "./clients/openaiBatch.ts";
 import { createStorageClient, type ObjectStorage } from "./clients/storage.ts";
 import { llamaparseOperation, openaiOperation, storageOperation } from "./clients/operations.ts";
 import { tracedFetch } from "./tracing.ts";
@@ -94,10 +95,23 @@ export function createPipelineServices(config: Config, wiring: ServiceWiring = {
       tpm: NO_TOKEN_LIMIT,
     }),
   );
+  // Batch API calls are few per document (upload, create, a poll now and then, one download) and
+  // have their own limits at OpenAI, so they skip the synchronous RPM/TPM governor; the breaker
+  // still fails them fast while OpenAI is down.
+  const batches = guard(
+    createBatchEmbeddingsClient({
+      apiKey: config.OPENAI_API_KEY,
+      baseURL: config.OPENAI_BASE_URL,
+      model: config.EMBED_MODEL,
+      timeoutMs: config.OPENAI_TIMEOUT_MS,
+    }),
+    breakers.openai,
+  );
   return {
     storage,
     llamaparse,
     embedder,
+    batches,
     breakers,
     governor,
     settings: {
@@ -112,6 +126,8 @@ export function createPipelineServices(config: Config, wiring: ServiceWiring = {
       embedVersion: embedVersion(config),
       embedBatchSize: config.EMBED_BATCH_SIZE,
       embedMaxTokensPerRequest: OPENAI_MAX_TOKENS_PER_REQUEST,
+      embedBulkViaBatchApi: config.EMBED_BULK_VIA_BATCH_API === "true",
+      embedBatchPollMaxMs: config.EMBED_BATCH_POLL_MAX_SECONDS * 1000,
       chunkMaxTokens: config.CHUNK_MAX_TOKENS,
       chunkOverlapTokens: config.CHUNK_OVERLAP_TOKENS,
       chunkWriteBatch: 200,
@@ -167,7 +183,7 @@ function paceSubmissions(client: LlamaParseClient, governor: Governor): LlamaPar
 }
 
 /** Every method of `client` runs through `breaker`: fail fast while the service is down. */
-function guard<T extends LlamaParseClient | ObjectStorage>(client: T, breaker: ServiceBreaker): T {
+function guard<T extends LlamaParseClient | ObjectStorage | BatchEmbeddingsClient>(client: T, breaker: ServiceBreaker): T {
   return new Proxy(client, {
     get(target, key, receiver) {
       const value = Reflect.get(target, key, receiver);

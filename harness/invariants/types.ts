@@ -41,7 +41,11 @@ export interface InvariantInput {
   /** Defaults to the production chunker (`CHUNKER_NAME`, `CHUNKER_VERSION`). */
   chunker?: { name: string; version: string };
   /** From the OpenAI mock's stats: `usage[model].prompt_tokens` by model. */
-  mockUsage: { promptTokensByModel: Record<string, number> };
+  mockUsage: {
+    promptTokensByModel: Record<string, number>;
+    /** `batchUsage[model].prompt_tokens`: tokens billed through the Batch API (half price). */
+    batchPromptTokensByModel?: Record<string, number>;
+  };
   /**
    * Whether any worker was killed during the run. A kill between an embeddings call and the
    * commit of its batch legitimately spends the tokens twice, so the job counters may then be

@@ -49,19 +49,29 @@ export function isPricedModel(model: string): model is PricedEmbeddingModel {
 }
 
 /**
- * Cost in USD of `tokens` input tokens on `model`.
+ * The Batch API bills embeddings at half the synchronous price ("50% cost discount compared to
+ * synchronous APIs", OpenAI's Batch API guide). Vectors ingested from a batch are priced so.
+ */
+export const BATCH_API_PRICE_FACTOR = 0.5;
+
+/** How a call was billed: the synchronous `/v1/embeddings` price, or the Batch API's. */
+export type Pricing = "sync" | "batch";
+
+/**
+ * Cost in USD of `tokens` input tokens on `model` (`pricing: "batch"`: at the Batch API's price).
  *
  * @throws Error if the model has no known price: silently recording $0 would make the cost
  *   invariant (SPEC §8.4) pass for the wrong reason.
  * @example
  * costUsd("text-embedding-3-small", 1_000_000) // 0.02
+ * costUsd("text-embedding-3-small", 1_000_000, "batch") // 0.01
  */
-export function costUsd(model: string, tokens: number): number {
+export function costUsd(model: string, tokens: number, pricing: Pricing = "sync"): number {
   if (!isPricedModel(model)) {
     throw new Error(
       `costUsd: no price for embedding model "${model}"; add it to EMBEDDING_PRICES_USD_PER_1M (known: ${Object.keys(EMBEDDING_PRICES_USD_PER_1M).join(", ")})`,
     );
   }
   if (!Number.isFinite(tokens) || tokens < 0) throw new Error(`costUsd: tokens must be a non-negative number, got ${tokens}`);
-  return (tokens * EMBEDDING_PRICES_USD_PER_1M[model]) / 1_000_000;
+  return (tokens * EMBEDDING_PRICES_USD_PER_1M[model] * (pricing === "batch" ? BATCH_API_PRICE_FACTOR : 1)) / 1_000_000;
 }

@@ -3,6 +3,7 @@
  * same stages run against the real services, the mocks, or a test's stand-ins.
  */
 import type { EmbedResult, EmbedTarget } from "../clients/openai.ts";
+import type { BatchEmbeddingsClient } from "../clients/openaiBatch.ts";
 import type { LlamaParseClient } from "../clients/llamaparse.ts";
 import type { ObjectStorage } from "../clients/storage.ts";
 import type { PartialParsePolicy } from "./parseIntake.ts";
@@ -38,6 +39,10 @@ export interface PipelineSettings {
   embedBatchSize: number;
   /** Token cap per embeddings request (the API allows 300,000). */
   embedMaxTokensPerRequest: number;
+  /** EMBED_BULK_VIA_BATCH_API: bulk jobs embed through the Batch API. */
+  embedBulkViaBatchApi: boolean;
+  /** EMBED_BATCH_POLL_MAX_SECONDS in ms: the longest snooze between two polls of a batch. */
+  embedBatchPollMaxMs: number;
   chunkMaxTokens: number;
   chunkOverlapTokens: number;
   /** The largest raw file the submit stage sends to LlamaParse (`UPLOAD_MAX_BYTES`). */
@@ -50,6 +55,8 @@ export interface PipelineServices {
   storage: ObjectStorage;
   llamaparse: LlamaParseClient;
   embedder: Embedder;
+  /** The OpenAI Batch API, for bulk jobs. */
+  batches: BatchEmbeddingsClient;
   settings: PipelineSettings;
 }
 

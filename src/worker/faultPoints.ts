@@ -82,6 +82,10 @@ export const FAULT_POINTS = [
   "call.storage.upload.after",
   "call.openai.embed.before",
   "call.openai.embed.after",
+  "call.openai.files.create.before",
+  "call.openai.files.create.after",
+  "call.openai.batches.create.before",
+  "call.openai.batches.create.after",
   "commit.parse_intent.before",
   "commit.parse_queued.before",
   "commit.parsed.before",
@@ -94,6 +98,7 @@ export const FAULT_POINTS = [
   "commit.embedding_queued.after",
   "commit.vectors.before",
   "commit.vectors.after",
+  "commit.batch_ingested.before",
   "commit.complete.before",
   "commit.complete.after",
 ] as const;

@@ -16,6 +16,7 @@ import { createJob } from "../../src/state-machine/transition.ts";
 import { BaseWorker, type WorkerOptions } from "../../src/worker/BaseWorker.ts";
 import { createMocks, signServiceRoleKey, type FaultPlanInput, type Mocks } from "../../mocks/index.ts";
 import type { ManualClock } from "../../src/resilience/clock.ts";
+import type { Lane } from "../../src/scheduling/lanes.ts";
 import { isTerminal, type JobStatus } from "../../src/state-machine/table.ts";
 import { createTestDatabase, type TestDatabase } from "./db.ts";
 import { until } from "./until.ts";
@@ -32,7 +33,13 @@ export interface PipelineEnv {
   /** A worker running the real stages (not started). */
   worker(overrides?: Partial<WorkerOptions<WiredServices>>): BaseWorker<WiredServices>;
   /** Store the file in the mock storage and create its document and job, as the API's upload does. */
-  upload(file: { content: string | Uint8Array; filename?: string; mime?: string; userId?: string }): Promise<{ documentId: string; jobId: string }>;
+  upload(file: {
+    content: string | Uint8Array;
+    filename?: string;
+    mime?: string;
+    userId?: string;
+    lane?: Lane;
+  }): Promise<{ documentId: string; jobId: string }>;
   close(): Promise<void>;
 }
 
@@ -104,7 +111,7 @@ export async function startPipelineEnv(options: PipelineEnvOptions = {}): Promis
       workers.push(w);
       return w;
     },
-    async upload({ content, filename = "doc.md", mime = "text/markdown", userId = randomUUID() }) {
+    async upload({ content, filename = "doc.md", mime = "text/markdown", userId = randomUUID(), lane }) {
       const bytes = typeof content === "string" ? new TextEncoder().encode(content) : content;
       const fileSha = sha256(bytes);
       const docId = documentId(userId, fileSha);
@@ -116,7 +123,7 @@ export async function startPipelineEnv(options: PipelineEnvOptions = {}): Promis
         [docId, userId, filename, mime, bytes.byteLength, fileSha, rawPath],
       );
       const id = jobId(docId);
-      await createJob(db.pool, { jobId: id, documentId: docId, correlationId: randomUUID(), maxAttempts: config.MAX_ATTEMPTS });
+      await createJob(db.pool, { jobId: id, documentId: docId, correlationId: randomUUID(), maxAttempts: config.MAX_ATTEMPTS, lane });
       return { documentId: docId, jobId: id };
     },
     async close() {

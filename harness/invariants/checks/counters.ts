@@ -42,21 +42,25 @@ export function checkTokensAndCost(jobs: readonly JobRow[], input: InvariantInpu
     const jobTokens = num(p.tokens);
     tokens += jobTokens;
     const cost = num(p.cost_usd);
-    const expected = costUsd(model, jobTokens);
+    // The Batch API lane's share is priced at half (`batch_api_tokens`, the embed stage's mark).
+    const batchTokens = num(p.batch_api_tokens);
+    const expected = costUsd(model, jobTokens - batchTokens) + costUsd(model, batchTokens, "batch");
     // Each batch adds its cost rounded to 10 decimals (the embed stage's toFixed(10)).
     const tolerance = 1e-10 * (num(p.batches_done) + 1) + 1e-9 * expected;
     if (!(Math.abs(cost - expected) <= tolerance)) {
-      v.add(`job ${job.job_id} (document ${job.document_id}): progress.cost_usd = ${cost} but ${jobTokens} tokens of ${model} cost ${expected}`);
+      v.add(
+        `job ${job.job_id} (document ${job.document_id}): progress.cost_usd = ${cost} but ${jobTokens} tokens of ${model} (${batchTokens} at the Batch API's price) cost ${expected}`,
+      );
     }
   }
-  const billed = input.mockUsage.promptTokensByModel[model] ?? 0;
+  const billed = (input.mockUsage.promptTokensByModel[model] ?? 0) + (input.mockUsage.batchPromptTokensByModel?.[model] ?? 0);
   if (input.crashesHappened ? tokens > billed : tokens !== billed) {
     v.add(
       `progress.tokens summed over ${jobs.length} jobs = ${tokens} but the mock billed ${billed} prompt tokens for ${model}` +
         (input.crashesHappened ? " (more than billed is impossible)" : " (no worker crashed, so they must be equal)"),
     );
   }
-  for (const [other, n] of Object.entries(input.mockUsage.promptTokensByModel)) {
+  for (const [other, n] of Object.entries({ ...input.mockUsage.promptTokensByModel, ...input.mockUsage.batchPromptTokensByModel })) {
     if (other !== model && n > 0 && !input.profile?.otherEmbeds.some((e) => e.model === other))
       v.add(`the mock billed ${n} prompt tokens for ${other}, but the run embeds with ${model}`);
   }

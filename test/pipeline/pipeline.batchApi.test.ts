@@ -1,0 +1,269 @@
+/**
+ * The Batch API lane (issue 14) against a real PostgreSQL and the OpenAI mock's Files and
+ * Batches APIs (the official SDK, intercepted in-process): a bulk job embeds through one batch,
+ * released between polls, at half price; a crash after files.create or after batches.create
+ * never leads to a second file or batch; a partly failed or expired batch re-queues only the
+ * requests it left out; batches that keep leaving requests out end in the synchronous API.
+ *
+ * The workers and the mocks share one simulated clock, so a batch's schedule (validating →
+ * in_progress → finalizing → completed) advances exactly as the job's snoozes do.
+ */
+import { randomUUID } from "node:crypto";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { markdownDocument } from "../../harness/corpus.ts";
+import { expectedEmbedding, type FaultPlanInput } from "../../mocks/index.ts";
+import { mulberry32 } from "../../mocks/shared/rng.ts";
+import { costUsd } from "../../src/clients/tokens.ts";
+import { vectorSha } from "../../src/ids.ts";
+import { ManualClock } from "../../src/resilience/clock.ts";
+import { MAX_SHORT_BATCHES } from "../../src/stages/embedBatch.ts";
+import type { JobRunOutcome } from "../../src/worker/BaseWorker.ts";
+import { FaultInjector, type FaultRule } from "../../src/worker/faultPoints.ts";
+import { startPipelineEnv, STEPPED_FAULTS, type PipelineEnv } from "../support/pipeline.ts";
+
+const MODEL = "text-embedding-3-small";
+const CONTENT = markdownDocument(mulberry32(7), "Backfilled", 3_000);
+/** A batch spends 1 s validating, 2 s in progress, 1 s finalizing (simulated): the job polls while it waits. */
+const SCHEDULE = { validatingMs: 1_000, inProgressMs: 2_000, finalizingMs: 1_000 };
+
+let env: PipelineEnv;
+let clock: ManualClock;
+
+async function start(batches: NonNullable<NonNullable<FaultPlanInput["openai"]>["batches"]> = {}) {
+  clock = new ManualClock(Date.now());
+  env = await startPipelineEnv({
+    seed: 31,
+    faults: { ...STEPPED_FAULTS, openai: { batches: { schedule: SCHEDULE, ...batches } } },
+    mocksNow: () => clock.now(),
+    env: { CHUNK_MAX_TOKENS: "64", CHUNK_OVERLAP_TOKENS: "8" },
+  });
+}
+beforeEach(() => {
+  env = undefined as unknown as PipelineEnv;
+});
+afterEach(() => env?.close());
+
+interface BatchRow {
+  round: number;
+  chunk_ids: string[];
+  status: string;
+  outcome: string | null;
+  batch_id: string | null;
+  input_file_id: string | null;
+  succeeded: number | null;
+  failed: number | null;
+  tokens: string | null;
+  polls: number;
+}
+
+const batchRows = async (jobId: string) =>
+  (await env.db.pool.query<BatchRow>("SELECT * FROM upload_pipeline.embedding_batches WHERE job_id = $1 ORDER BY round", [jobId])).rows;
+
+const jobRow = async (jobId: string) =>
+  (
+    await env.db.pool.query<{ status: string; progress: Record<string, string | number>; lease_token: string | null }>(
+      "SELECT status, progress, lease_token FROM upload_pipeline.upload_jobs WHERE job_id = $1",
+      [jobId],
+    )
+  ).rows[0]!;
+
+/**
+ * Step `workers` in turn (each until it crashes) on the shared clock until `done` holds: when
+ * nothing is claimable, move the clock to the job's next attempt (a poll's snooze, a crashed
+ * holder's lease).
+ */
+async function driveUntil(jobId: string, workers: Array<{ runOnce(): Promise<unknown>; crashed?: () => boolean }>, done: () => Promise<boolean>) {
+  let w = 0;
+  for (let step = 0; step < 300; step++) {
+    if (await done()) return;
+    const { rows } = await env.db.pool.query<{ lease_expires_at: Date | null; next_attempt_at: Date }>(
+      "SELECT lease_expires_at, next_attempt_at FROM upload_pipeline.upload_jobs WHERE job_id = $1",
+      [jobId],
+    );
+    const worker = workers[w]!;
+    const claimed = await worker.runOnce();
+    if (worker.crashed?.() && w < workers.length - 1) w += 1;
+    if (claimed) continue;
+    const due = Math.max(rows[0]!.next_attempt_at.getTime(), rows[0]!.lease_expires_at?.getTime() ?? 0);
+    await clock.advance(Math.max(1, due - clock.now() + 1));
+  }
+  throw new Error(`job ${jobId} did not get there in 300 steps`);
+}
+
+const complete = (jobId: string) => async () => (await jobRow(jobId)).status === "complete";
+
+function worker(faults = new FaultInjector(), outcomes: JobRunOutcome[] = []) {
+  return env.worker({ clock: () => new Date(clock.now()), faults, leaseSeconds: 30, onJobDone: (e) => outcomes.push(e.outcome) });
+}
+
+/** Every chunk of the document has exactly one vector, and it is the mock's vector for the chunk's text. */
+async function expectOneTrueVectorPerChunk(documentId: string) {
+  const { rows } = await env.db.pool.query<{ text: string; vector_sha: string | null; n: number }>(
+    `SELECT c.text, v.vector_sha, (SELECT count(*)::int FROM upload_pipeline.document_vector_buffer x WHERE x.chunk_id = c.chunk_id) AS n
+       FROM upload_pipeline.document_chunk_buffer c LEFT JOIN upload_pipeline.document_vector_buffer v USING (chunk_id)
+      WHERE c.document_id = $1 ORDER BY c.chunk_ord`,
+    [documentId],
+  );
+  expect(rows.length).toBeGreaterThan(5);
+  for (const r of rows) {
+    expect(r.n).toBe(1);
+    expect(r.vector_sha).toBe(vectorSha(Float32Array.from(expectedEmbedding(MODEL, r.text))));
+  }
+  return rows.length;
+}
+
+/** The lines of the error file of the batch `batchId`, by custom_id. */
+function failedCustomIds(batchId: string): string[] {
+  const batch = env.mocks.state.batches.batches.get(batchId)!;
+  const file = env.mocks.state.batches.files.get(batch.result!.errorFileId!)!;
+  return Buffer.from(file.bytes)
+    .toString("utf8")
+    .trim()
+    .split("\n")
+    .map((l) => (JSON.parse(l) as { custom_id: string }).custom_id);
+}
+
+describe("the Batch API lane", () => {
+  it("embeds a bulk job through one batch, released between polls, at half the synchronous price", async () => {
+    await start();
+    const doc = await env.upload({ content: CONTENT, userId: randomUUID(), lane: "bulk" });
+    const outcomes: JobRunOutcome[] = [];
+    await driveUntil(doc.jobId, [worker(undefined, outcomes)], complete(doc.jobId));
+
+    const chunks = await expectOneTrueVectorPerChunk(doc.documentId);
+    const stats = env.mocks.stats();
+    expect(stats.openai.batches).toEqual({ created: 1, finished: { completed: 1 } });
+    expect(stats.requests["openai.files.create"]).toEqual({ "200": 1 });
+    expect(stats.openai.usage[MODEL]).toBeUndefined(); // nothing went through /v1/embeddings
+    const [row] = await batchRows(doc.jobId);
+    expect(row).toMatchObject({ round: 1, status: "ingested", outcome: "completed", succeeded: chunks, failed: 0 });
+    // Waiting on OpenAI never held the job: each poll was a release with a snooze.
+    expect(row!.polls).toBeGreaterThanOrEqual(2);
+    expect(outcomes.filter((o) => o === "snoozed")).toHaveLength(row!.polls);
+
+    const { progress } = await jobRow(doc.jobId);
+    const billed = stats.openai.batchUsage[MODEL]!.prompt_tokens;
+    expect(Number(progress.tokens)).toBe(billed);
+    expect(Number(progress.batch_api_tokens)).toBe(billed);
+    expect(Number(progress.cost_usd)).toBeCloseTo(costUsd(MODEL, billed, "batch"), 12);
+    expect(Number(progress.batch_api_cost_usd)).toBeCloseTo(costUsd(MODEL, billed) / 2, 12);
+  });
+
+  it("embeds an interactive job synchronously, and a bulk one too when EMBED_BULK_VIA_BATCH_API=false", async () => {
+    clock = new ManualClock(Date.now());
+    env = await startPipelineEnv({ seed: 31, faults: STEPPED_FAULTS, mocksNow: () => clock.now(), env: { EMBED_BULK_VIA_BATCH_API: "false" } });
+    const bulk = await env.upload({ content: CONTENT, userId: randomUUID(), lane: "bulk" });
+    await driveUntil(bulk.jobId, [worker()], complete(bulk.jobId));
+    expect(env.mocks.stats().openai.batches.created).toBe(0);
+    expect(env.mocks.stats().openai.usage[MODEL]!.prompt_tokens).toBeGreaterThan(0);
+    expect(await batchRows(bulk.jobId)).toEqual([]);
+  });
+
+  for (const [point, what] of [
+    ["call.openai.files.create.after", "files.create"],
+    ["call.openai.batches.create.after", "batches.create"],
+  ] as const) {
+    it(`a crash right after ${what} creates no second file and no second batch`, async () => {
+      await start();
+      const doc = await env.upload({ content: CONTENT, userId: randomUUID(), lane: "bulk" });
+      const injector = new FaultInjector([{ point, action: "crash" } satisfies FaultRule]);
+      let crashedAt: string | undefined;
+      const crasher = env.worker({
+        clock: () => new Date(clock.now()),
+        faults: injector,
+        leaseSeconds: 30,
+        onJobDone: (e) => {
+          if (e.outcome === "crashed") crashedAt = injector.seen.at(-1);
+        },
+      });
+      await driveUntil(doc.jobId, [{ runOnce: () => crasher.runOnce(), crashed: () => crashedAt !== undefined }, worker()], complete(doc.jobId));
+
+      expect(crashedAt).toBe(point); // the crash happened, right after the call
+      const stats = env.mocks.stats();
+      expect(stats.requests["openai.files.create"]).toEqual({ "200": 1 });
+      expect(stats.requests["openai.batches.create"]).toEqual({ "200": 1 });
+      const [row, ...more] = await batchRows(doc.jobId);
+      expect(more).toEqual([]);
+      expect(row!.batch_id).toBe([...env.mocks.state.batches.batches.keys()][0]);
+      expect(row!.input_file_id).toBe(env.mocks.state.batches.batches.get(row!.batch_id!)!.inputFileId);
+      await expectOneTrueVectorPerChunk(doc.documentId);
+      // Tokens counted once: what the one batch billed.
+      expect(Number((await jobRow(doc.jobId)).progress.tokens)).toBe(stats.openai.batchUsage[MODEL]!.prompt_tokens);
+    });
+  }
+
+  it("a crash part-way through ingesting stores and bills each vector once when the output is read again", async () => {
+    await start();
+    const doc = await env.upload({ content: CONTENT, userId: randomUUID(), lane: "bulk" });
+    const injector = new FaultInjector([{ point: "commit.batch_ingested.before", action: "crash" }]);
+    let crashed = false;
+    const crasher = env.worker({
+      clock: () => new Date(clock.now()),
+      faults: injector,
+      leaseSeconds: 30,
+      onJobDone: (e) => (crashed ||= e.outcome === "crashed"),
+    });
+    await driveUntil(doc.jobId, [{ runOnce: () => crasher.runOnce(), crashed: () => crashed }, worker()], complete(doc.jobId));
+    expect(crashed).toBe(true);
+    expect(env.mocks.stats().requests["openai.files.content"]?.["200"]).toBe(2); // the output was read twice
+    await expectOneTrueVectorPerChunk(doc.documentId);
+    expect(Number((await jobRow(doc.jobId)).progress.tokens)).toBe(env.mocks.stats().openai.batchUsage[MODEL]!.prompt_tokens);
+  });
+
+  it("a partly failed batch re-queues only its failed requests", async () => {
+    await start({ partialFailure: { rate: 1, requests: 0.3 } });
+    const doc = await env.upload({ content: CONTENT, userId: randomUUID(), lane: "bulk" });
+    const w = worker();
+    // A batch's fate is drawn when it is created: clear the fault once the first one exists.
+    await driveUntil(doc.jobId, [w], async () => (await batchRows(doc.jobId)).some((r) => r.status === "submitted"));
+    env.mocks.setFaults({ ...STEPPED_FAULTS, openai: { batches: { schedule: SCHEDULE } } }); // the next batches go through whole
+    await driveUntil(doc.jobId, [w], complete(doc.jobId));
+
+    const [first, second, ...more] = await batchRows(doc.jobId);
+    expect(more).toEqual([]);
+    const failed = failedCustomIds(first!.batch_id!);
+    expect(failed.length).toBeGreaterThan(0);
+    expect(first).toMatchObject({ outcome: "completed", failed: failed.length, succeeded: first!.chunk_ids.length - failed.length });
+    expect([...second!.chunk_ids].sort()).toEqual([...failed].sort());
+    expect(second).toMatchObject({ round: 2, outcome: "completed", failed: 0 });
+    await expectOneTrueVectorPerChunk(doc.documentId);
+    expect(env.mocks.stats().openai.usage[MODEL]).toBeUndefined();
+  });
+
+  it("an expired batch keeps what it finished and re-submits the rest", async () => {
+    await start({ expire: { rate: 1, completedFraction: 0.5 } });
+    const doc = await env.upload({ content: CONTENT, userId: randomUUID(), lane: "bulk" });
+    const w = worker();
+    // A batch's fate is drawn when it is created: clear the fault once the first one exists.
+    await driveUntil(doc.jobId, [w], async () => (await batchRows(doc.jobId)).some((r) => r.status === "submitted"));
+    env.mocks.setFaults({ ...STEPPED_FAULTS, openai: { batches: { schedule: SCHEDULE } } });
+    await driveUntil(doc.jobId, [w], complete(doc.jobId));
+
+    const [first, second] = await batchRows(doc.jobId);
+    expect(first).toMatchObject({ outcome: "expired" });
+    expect(first!.succeeded).toBeGreaterThan(0);
+    expect(first!.failed).toBeGreaterThan(0);
+    expect([...second!.chunk_ids].sort()).toEqual([...failedCustomIds(first!.batch_id!)].sort());
+    expect(second).toMatchObject({ outcome: "completed", failed: 0 });
+    await expectOneTrueVectorPerChunk(doc.documentId);
+  });
+
+  it(`after ${MAX_SHORT_BATCHES} batches that left requests out, the rest goes through the synchronous API`, async () => {
+    await start({ expire: { rate: 1, completedFraction: 0.3 } });
+    const doc = await env.upload({ content: CONTENT, userId: randomUUID(), lane: "bulk" });
+    await driveUntil(doc.jobId, [worker()], complete(doc.jobId));
+
+    const rows = await batchRows(doc.jobId);
+    expect(rows.map((r) => r.outcome)).toEqual(Array(MAX_SHORT_BATCHES).fill("expired"));
+    const last = rows.at(-1)!;
+    const stats = env.mocks.stats();
+    expect(stats.openai.usage[MODEL]!.inputs).toBe(last.failed); // exactly what the batches left out
+    await expectOneTrueVectorPerChunk(doc.documentId);
+    const { progress } = await jobRow(doc.jobId);
+    const batchTokens = stats.openai.batchUsage[MODEL]!.prompt_tokens;
+    const syncTokens = stats.openai.usage[MODEL]!.prompt_tokens;
+    expect(Number(progress.tokens)).toBe(batchTokens + syncTokens);
+    expect(Number(progress.batch_api_tokens)).toBe(batchTokens);
+    expect(Number(progress.cost_usd)).toBeCloseTo(costUsd(MODEL, batchTokens, "batch") + costUsd(MODEL, syncTokens), 10);
+  });
+});
