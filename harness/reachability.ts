@@ -18,6 +18,7 @@ export const REACHABLE = {
   rate_limited: "the OpenAI mock answered 429",
   dead_lettered: "a job ended in a failed_* state",
   postgres_restarted: "the PostgreSQL server restarted mid-run",
+  batch_partly_failed: "an OpenAI batch completed with some requests in its error file, and they were sent again",
 } as const;
 
 export type ReachableEvent = keyof typeof REACHABLE;
@@ -60,6 +61,11 @@ export async function reachedEvents(run: RunTraces): Promise<ReachableEvent[]> {
     `SELECT count(*)::int AS n FROM upload_pipeline.upload_jobs WHERE document_id = ANY($1::uuid[]) AND status LIKE 'failed_%'`,
     [run.documentIds],
   );
+  const { rows: partly } = await run.pool.query<{ n: number }>(
+    `SELECT count(*)::int AS n FROM upload_pipeline.embedding_batches b
+      WHERE b.outcome = 'completed' AND b.failed > 0
+        AND EXISTS (SELECT 1 FROM upload_pipeline.embedding_batches r WHERE r.job_id = b.job_id AND r.round = b.round + 1)`,
+  );
   const logs = await workerLogs(run.logDir);
   const breakerStates = logs.flatMap((log) => [...log.matchAll(/"state":"(open|closed)"[^\n]*circuit breaker changed state/g)].map((m) => m[1]));
   const webhooks = run.mockStats.webhooks.deliveries;
@@ -73,6 +79,7 @@ export async function reachedEvents(run: RunTraces): Promise<ReachableEvent[]> {
     rate_limited: run.mockStats.rateLimited.total > 0,
     dead_lettered: (failed[0]?.n ?? 0) > 0,
     postgres_restarted: run.postgresRestarts > 0,
+    batch_partly_failed: (partly[0]?.n ?? 0) > 0,
   };
   return REACHABLE_EVENTS.filter((e) => reached[e]);
 }

@@ -691,6 +691,7 @@ export async function checkRun(run: RunOutcome, scenario: Scenario, reference?: 
       batchPromptTokensByModel: Object.fromEntries(Object.entries(run.mockStats.openai.batchUsage).map(([m, u]) => [m, u.prompt_tokens])),
     },
     crashesHappened: run.kills > 0 || run.postgresRestarts > 0 || run.freezes > 0,
+    batchApi: { lane: config.EMBED_BULK_VIA_BATCH_API === "true", batchesCreated: run.mockStats.openai.batches.created },
   };
   const uploads = { model: config.EMBED_MODEL, version: embedVersion(config), dimensions: dims };
   // Model migrations (actions): the profiles their jobs filled, each checked in a pass of its own.

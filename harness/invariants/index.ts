@@ -13,6 +13,7 @@
  */
 import { CHUNKER_NAME, CHUNKER_VERSION } from "../../src/chunking/markdownChunker.ts";
 import { checkDocumentBuffers, newBufferChecks, type DocumentCounts } from "./checks/buffers.ts";
+import { checkBulkJobsAtBatchPrice, checkOneBatchPerIntent } from "./checks/batches.ts";
 import { checkCounters, checkTokensAndCost } from "./checks/counters.ts";
 import { checkEventPaths, checkNoOverlappingLeases } from "./checks/events.ts";
 import { checkNoLostDocuments, checkTerminalStates } from "./checks/jobs.ts";
@@ -35,6 +36,8 @@ export const CHECK_NAMES = [
   "tokens_and_cost_match_usage",
   "event_paths_valid",
   "no_overlapping_leases",
+  "one_openai_batch_per_intent",
+  "bulk_jobs_billed_at_batch_price",
 ] as const;
 export type CheckName = (typeof CHECK_NAMES)[number];
 
@@ -67,6 +70,8 @@ export async function checkInvariants(db: Db, input: InvariantInput): Promise<In
     checkTokensAndCost(jobs, input),
     checkEventPaths(jobs, events),
     checkNoOverlappingLeases(jobs, events),
+    await checkOneBatchPerIntent(db, input),
+    await checkBulkJobsAtBatchPrice(db, input),
   ].map((v) => v.result());
   return { ok: checks.every((c) => c.ok), checks };
 }

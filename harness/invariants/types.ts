@@ -58,6 +58,8 @@ export interface InvariantInput {
    * profiles, checked in their own pass) are not this pass's concern. Unset: every job, one model.
    */
   profile?: { jobs: string | null; otherEmbeds: Array<{ model: string; version: string }> };
+  /** The Batch API lane: whether it is on (EMBED_BULK_VIA_BATCH_API) and how many batches the OpenAI mock created. */
+  batchApi?: { lane: boolean; batchesCreated: number };
   /** Largest allowed |stored − expected| per component; 0 would demand float32 equality. Default 1e-6. */
   vectorTolerance?: number;
 }

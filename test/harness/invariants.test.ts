@@ -265,3 +265,47 @@ describe("planted faults are caught and named", () => {
     expect(violations(report, "tokens_and_cost_match_usage")).toContain(`job ${doc.jobId} (document ${doc.documentId}): progress.cost_usd = 1.5`);
   });
 });
+
+describe("the Batch API lane's invariants", () => {
+  /** Make the first complete job a bulk job embedded through one batch, billed as `progress` says. */
+  async function asBatchJob(c: pg.PoolClient, progress: Record<string, number>, batchTokens: number, batchId = "batch-1") {
+    const doc = file.run.complete[0]!;
+    const { rows } = await c.query<{ job_id: string }>(
+      `UPDATE upload_pipeline.upload_jobs SET lane = 'bulk', progress = progress || $2::jsonb WHERE document_id = $1 RETURNING job_id`,
+      [doc.documentId, JSON.stringify(progress)],
+    );
+    await c.query(
+      `INSERT INTO upload_pipeline.embedding_batches (intent_key, job_id, document_id, embed_model, embed_version, round, chunk_ids, status,
+              input_file_id, batch_id, outcome, succeeded, failed, tokens, cost_usd)
+       VALUES (gen_random_uuid(), $1, $2, $3, $4, 1, $5::uuid[], 'ingested', 'file-1', $6, 'completed', 3, 0, $7, 0)`,
+      [rows[0]!.job_id, doc.documentId, EMBED.model, EMBED.version, doc.chunkIds, batchId, batchTokens],
+    );
+    return rows[0]!.job_id;
+  }
+  const lane = (batchesCreated: number): InvariantInput => ({ ...file.run.input, batchApi: { lane: true, batchesCreated } });
+
+  it("a bulk job billed at the batch price, one batch per intent, passes", async () => {
+    const report = await planted(async (c) => {
+      const tokens = Number(
+        (await c.query("SELECT progress->>'tokens' AS t FROM upload_pipeline.upload_jobs WHERE document_id = $1", [file.run.complete[0]!.documentId])).rows[0]
+          .t,
+      );
+      await asBatchJob(c, { batch_api_tokens: tokens, batch_api_cost_usd: (tokens * 0.02) / 2 / 1e6, cost_usd: (tokens * 0.02) / 2 / 1e6 }, tokens);
+    }, lane(1));
+    expect(failing(report).filter((n) => n === "one_openai_batch_per_intent" || n === "bulk_jobs_billed_at_batch_price")).toEqual([]);
+  });
+
+  it("a second batch created for the same intent (the mock created more than were recorded)", async () => {
+    const report = await planted((c) => asBatchJob(c, {}, 0), lane(2));
+    expect(violations(report, "one_openai_batch_per_intent")).toContain("created 2 batches for 1 recorded intents");
+  });
+
+  it("a bulk job billed at the synchronous price", async () => {
+    const report = await planted(async (c) => {
+      const jobId = await asBatchJob(c, {}, 0);
+      expect(jobId).toBeTruthy();
+    }, lane(1));
+    expect(failing(report)).toContain("bulk_jobs_billed_at_batch_price");
+    expect(violations(report, "bulk_jobs_billed_at_batch_price")).toMatch(/only 0 through the Batch API/);
+  });
+});
