@@ -63,9 +63,13 @@ async function findJob(
   id: string,
 ): Promise<{ job_id: string; document_id: string; status: JobStatus; last_error: Record<string, unknown> | null } | undefined> {
   if (!UUID.test(id)) throw new UsageError(`'${id}' is not a document_id or job_id (a UUID)`);
-  const { rows } = await pool.query("SELECT job_id, document_id, status, last_error FROM upload_pipeline.upload_jobs WHERE job_id = $1 OR document_id = $1", [
-    id,
-  ]);
+  // A document may have a model migration's job beside its upload's (migration 0011): a job id
+  // names one exactly; a document id names its dead-lettered job first, else the upload's.
+  const { rows } = await pool.query(
+    `SELECT job_id, document_id, status, last_error FROM upload_pipeline.upload_jobs WHERE job_id = $1 OR document_id = $1
+      ORDER BY (job_id = $1) DESC, (status LIKE 'failed_%') DESC, (profile_id IS NOT NULL), job_id LIMIT 1`,
+    [id],
+  );
   return rows[0];
 }
 
@@ -76,7 +80,7 @@ export async function showJob(pool: pg.Pool, id: string) {
   const [row, events, chunks, vectors] = await Promise.all([
     pool.query(
       `SELECT d.document_id, d.user_id, d.filename, d.mime, d.bytes, d.raw_path, d.parsed_path, j.job_id, j.status, j.attempts,
-              j.max_attempts, j.next_attempt_at, j.last_error, j.parse_job_id, j.correlation_id, j.progress, j.created_at, j.updated_at
+              j.max_attempts, j.next_attempt_at, j.last_error, j.parse_job_id, j.correlation_id, j.progress, j.profile_id, j.created_at, j.updated_at
          FROM upload_pipeline.upload_jobs j JOIN upload_pipeline.documents d USING (document_id) WHERE j.job_id = $1`,
       [job.job_id],
     ),

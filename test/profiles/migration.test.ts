@@ -18,6 +18,7 @@ import { vectorSha } from "../../src/ids.ts";
 import { checkInvariants } from "../../harness/invariants/index.ts";
 import { CHUNKER_NAME, CHUNKER_VERSION } from "../../src/chunking/markdownChunker.ts";
 import { UsageError } from "../../src/ops/cli.ts";
+import { showJob } from "../../src/ops/dlq.ts";
 import { migrateModelMain } from "../../src/ops/migrateModel.ts";
 import { profileJobId } from "../../src/profiles/jobs.ts";
 import { parseProfileSpec } from "../../src/profiles/profiles.ts";
@@ -281,6 +282,14 @@ describe("embedding profiles", () => {
     );
     expect(rechunked.rows[0]!.n).toBeGreaterThan(0);
     expect(rechunked.rows[0]!.max).toBeGreaterThan(128);
+
+    // The dead letter names a document's failed migration job before its complete upload job.
+    const [failedJob] = queued.rows;
+    const { rows: failedDoc } = await env.db.pool.query(
+      "UPDATE upload_pipeline.upload_jobs SET status = 'failed_embedding' WHERE job_id = $1 RETURNING document_id",
+      [failedJob.job_id],
+    );
+    expect((await showJob(env.db.pool, failedDoc[0].document_id))?.job).toMatchObject({ job_id: failedJob.job_id, profile_id: "large-256" });
 
     const aborted = await cli("abort");
     expect(aborted.out).toMatch(/aborted: large-256 removed with 5 jobs, \d+ vectors and \d+ chunks only it used/);
