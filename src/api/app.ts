@@ -12,7 +12,7 @@
 import Fastify, { type FastifyInstance } from "fastify";
 import { createLogger, REDACT_PATHS } from "../logger.ts";
 import { createAuthenticator } from "./auth.ts";
-import type { ApiDeps } from "./deps.ts";
+import { ParseIntakes, type ApiDeps } from "./deps.ts";
 import { ApiError, sendError } from "./errors.ts";
 import { createMetrics } from "./metrics.ts";
 import { healthRoutes } from "./routes/health.ts";
@@ -54,6 +54,7 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
         issuer: deps.config.SUPABASE_JWT_ISSUER,
       }),
     metrics: createMetrics(deps.pool, { defaultMetrics: deps.defaultMetrics ?? false }),
+    parseIntakes: new ParseIntakes(),
   });
 
   app.decorateRequest("principal", null);

@@ -62,8 +62,30 @@ export interface ApiDeps {
   auth?: Authenticator;
 }
 
+/**
+ * Parse intakes the webhook handler started after answering. Graceful shutdown waits for them,
+ * so a fetch-and-store is not cut in half; tests await them instead of sleeping.
+ */
+export class ParseIntakes {
+  readonly #inflight = new Set<Promise<void>>();
+
+  track(intake: Promise<void>): void {
+    const tracked = intake.finally(() => this.#inflight.delete(tracked));
+    this.#inflight.add(tracked);
+  }
+
+  /** Resolves once every intake started so far (and any they led to) has finished. */
+  async settled(): Promise<void> {
+    while (this.#inflight.size > 0) await Promise.allSettled([...this.#inflight]);
+  }
+}
+
 declare module "fastify" {
   interface FastifyInstance {
-    deps: Required<Pick<ApiDeps, "pool" | "config" | "store" | "onParseEvent" | "now">> & { auth: Authenticator; metrics: ApiMetrics };
+    deps: Required<Pick<ApiDeps, "pool" | "config" | "store" | "onParseEvent" | "now">> & {
+      auth: Authenticator;
+      metrics: ApiMetrics;
+      parseIntakes: ParseIntakes;
+    };
   }
 }

@@ -22,6 +22,7 @@ import { hostname } from "node:os";
 import pg from "pg";
 import { coerceError, LeaseLostError, PipelineError, ServiceConditionError, StageStalledError, WorkerStoppingError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
+import type { Clock } from "../resilience/clock.ts";
 import { ACTIONABLE_STATES, FAILURE_OF, isTerminal, type JobStatus, type PipelineState } from "../state-machine/table.ts";
 import { withTransaction } from "../db/transaction.ts";
 import { transition, type MovedJob, type Queryable } from "../state-machine/transition.ts";
@@ -56,8 +57,8 @@ export interface WorkerOptions<Services> {
    */
   stageDeadlineMs?: number | undefined;
   faults?: FaultPoints;
-  /** Simulated clock for tests; omitted → the database's `now()`. */
-  clock?: () => Date;
+  /** Simulated clock for tests (`ManualClock`); omitted → the database's `now()`. */
+  clock?: Clock;
   random?: () => number;
   /** Called after each job run, for tests and the scenario runner's spies. */
   onJobDone?: (event: { jobId: string; status: JobStatus; outcome: JobRunOutcome }) => void;
@@ -94,9 +95,13 @@ export class BaseWorker<Services> {
   private reaper: NodeJS.Timeout | undefined;
 
   private readonly opts: WorkerOptions<Services>;
+  /** The time every statement passes as `$now`: the test's clock, or undefined for the database's `now()`. */
+  private readonly now: () => Date | undefined;
 
   constructor(opts: WorkerOptions<Services>) {
     this.opts = opts;
+    const clock = opts.clock;
+    this.now = clock ? () => new Date(clock.now()) : () => undefined;
     this.workerId = opts.workerId ?? `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
     for (const stage of opts.stages) {
       for (const state of stage.handles) {
@@ -146,7 +151,7 @@ export class BaseWorker<Services> {
   }
 
   private claim(): Promise<ClaimedJob | undefined> {
-    return claimNextJob(this.opts.pool, { workerId: this.workerId, leaseSeconds: this.opts.leaseSeconds, now: this.opts.clock?.() });
+    return claimNextJob(this.opts.pool, { workerId: this.workerId, leaseSeconds: this.opts.leaseSeconds, now: this.now() });
   }
 
   private async runSlot(slot: number): Promise<void> {
@@ -196,7 +201,7 @@ export class BaseWorker<Services> {
     const log = this.opts.log.child({ correlation_id: job.correlation_id, job_id: job.job_id, worker_id: this.workerId });
     const beat = setInterval(
       () => {
-        heartbeat(this.opts.pool, { jobId: job.job_id, leaseToken: job.lease_token, leaseSeconds: this.opts.leaseSeconds, now: this.opts.clock?.() })
+        heartbeat(this.opts.pool, { jobId: job.job_id, leaseToken: job.lease_token, leaseSeconds: this.opts.leaseSeconds, now: this.now() })
           .then((ours) => ours || controller.abort(new LeaseLostError(job.job_id)))
           .catch((err) => log.warn({ err: coerceError(err).message }, "heartbeat failed"));
       },
@@ -284,7 +289,7 @@ export class BaseWorker<Services> {
     const { job } = run;
     const fence = { kind: "lease" as const, token: job.lease_token, workerId: this.workerId };
     const pool = this.opts.pool;
-    const clock = this.opts.clock;
+    const now = this.now;
     const signal = run.controller.signal;
     /** A fenced move of this job on `db` (the pool, or the open transaction of `fenced`). */
     const move = async (db: Queryable, to: JobStatus, options: StageTransitionOptions = {}) => {
@@ -300,7 +305,7 @@ export class BaseWorker<Services> {
         // the next claim starts the count.
         setAttempts: releaseLease ? 0 : 1,
         attempt: job.attempts,
-        now: clock?.(),
+        now: now(),
         ...rest,
         releaseLease,
       });
@@ -319,10 +324,10 @@ export class BaseWorker<Services> {
       signal,
       faults: this.faults,
       counts: {},
-      now: () => clock?.(),
+      now,
       checkLease: async () => {
         const asked = performance.now();
-        const left = await leaseRemainingMs(pool, { jobId: job.job_id, leaseToken: job.lease_token, now: clock?.() });
+        const left = await leaseRemainingMs(pool, { jobId: job.job_id, leaseToken: job.lease_token, now: now() });
         // Measured on our own clock too: a process frozen while the answer was on its way
         // resumes with a stale "yes".
         if (left === undefined || performance.now() - asked >= left) throw new LeaseLostError(job.job_id);
@@ -429,7 +434,7 @@ export class BaseWorker<Services> {
 
   /** Hand the job back to the queue under our lease token. */
   private async release(run: JobRun, args: { delayMs?: number; refundAttempt?: boolean; lastError?: Record<string, unknown> }): Promise<void> {
-    await releaseJob(this.opts.pool, { jobId: run.job.job_id, leaseToken: run.job.lease_token, now: this.opts.clock?.(), ...args });
+    await releaseJob(this.opts.pool, { jobId: run.job.job_id, leaseToken: run.job.lease_token, now: this.now(), ...args });
   }
 
   /** Dead letter: move to the failed state of the job's stage, with `last_error`, releasing the lease. */
@@ -447,7 +452,7 @@ export class BaseWorker<Services> {
       releaseLease: true,
       attempt: job.attempts,
       detail: { reason, code: err.code },
-      now: this.opts.clock?.(),
+      now: this.now(),
     });
     log.error({ stage: job.status, code: err.code, reason, to, attempt: job.attempts }, "dead-lettered");
     job.status = to;

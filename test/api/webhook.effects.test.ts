@@ -5,6 +5,7 @@
  */
 import { describe, expect, it } from "vitest";
 import { createLogger } from "../../src/logger.ts";
+import { until } from "../support/until.ts";
 import { useTestApp, makeApp, parseEvent, seedJob, webhookRequest } from "./helpers.ts";
 
 const ctx = useTestApp();
@@ -20,7 +21,7 @@ describe("webhook: accepted deliveries", () => {
     const res = await ctx.t.app.inject(webhookRequest(event, job.secret));
     expect(res.statusCode).toBe(200);
     expect(res.json()).toEqual({ received: true, outcome: "handed_off" });
-    await new Promise((r) => setTimeout(r, 20));
+    await ctx.t.app.deps.parseIntakes.settled();
     expect(ctx.t.intake.at(-1)).toMatchObject({
       jobId: job.jobId,
       documentId: job.documentId,
@@ -76,7 +77,7 @@ describe("webhook: accepted deliveries", () => {
       const res = await ctx.t.app.inject(webhookRequest(parseEvent(job.parseJobId, { event_type: eventType }), job.secret));
       expect(res.json()).toEqual({ received: true, outcome: "not_applicable" });
     }
-    await new Promise((r) => setTimeout(r, 20));
+    await ctx.t.app.deps.parseIntakes.settled();
     expect(ctx.t.intake.length).toBe(n);
     expect((await status(job.jobId)).status).toBe("parsed");
   });
@@ -104,7 +105,7 @@ describe("webhook: accepted deliveries", () => {
     await ctx.db.pool.query("UPDATE upload_pipeline.upload_jobs SET next_attempt_at = now() + interval '120 seconds' WHERE job_id = $1", [job.jobId]);
     const res = await slow.app.inject(webhookRequest(parseEvent(job.parseJobId), job.secret));
     expect(res.statusCode).toBe(200);
-    await new Promise((r) => setTimeout(r, 20));
+    await until("intake to start", () => release !== undefined);
     release();
     await slow.app.close(); // waits for the in-flight intake
     expect(lines.some((l) => l.includes("parse intake failed"))).toBe(true);

@@ -153,13 +153,13 @@ describe("webhook: duplicates and replays", () => {
     const first = await ctx.t.app.inject(request);
     expect(first.statusCode).toBe(200);
     expect(first.json()).toEqual({ received: true, outcome: "handed_off" });
-    await new Promise((r) => setTimeout(r, 20));
+    await ctx.t.app.deps.parseIntakes.settled();
     expect(ctx.t.intake).toHaveLength(1);
     const before = await snapshot(ctx.db.pool);
     const again = await ctx.t.app.inject(request);
     expect(again.statusCode).toBe(200);
     expect(again.json()).toEqual({ received: true, duplicate: true });
-    await new Promise((r) => setTimeout(r, 20));
+    await ctx.t.app.deps.parseIntakes.settled();
     expect(await snapshot(ctx.db.pool)).toEqual(before);
     expect(ctx.t.intake).toHaveLength(1);
   });

@@ -14,6 +14,7 @@ import { createLogger } from "../../src/logger.ts";
 import { createWorkerMetrics } from "../../src/worker/metrics.ts";
 import { reportServiceConditions } from "../../src/worker/serviceConditions.ts";
 import { startPipelineEnv, waitForTerminal, type PipelineEnv } from "../support/pipeline.ts";
+import { systemClock } from "../../src/resilience/clock.ts";
 
 const realNow = Date.now;
 let offsetMs = 0;
@@ -48,7 +49,7 @@ describe("account-level errors stop the fleet, not the documents", () => {
       Array.from({ length: 4 }, (_, i) => env.upload({ content: markdownDocument(rng, `Quota ${i}`, 1_500), filename: `q${i}.md` })),
     );
     const ids = docs.map((d) => d.jobId);
-    const worker = env.worker({ workerId: "quota-worker", concurrency: 2, clock: () => new Date(Date.now()) });
+    const worker = env.worker({ workerId: "quota-worker", concurrency: 2, clock: systemClock });
     await worker.start();
 
     await expect.poll(async () => (await health()).status, { timeout: 20_000 }).toBe("degraded");

@@ -76,7 +76,7 @@ async function failOnce(name: string, table: string, event: "INSERT" | "UPDATE",
   };
 }
 
-const worker = (clock: ManualClock, faults = new FaultInjector()) => env.worker({ clock: () => new Date(clock.now()), faults });
+const worker = (clock: ManualClock, faults = new FaultInjector()) => env.worker({ clock, faults });
 
 /** Run a fresh document until the planted failure has been retried past, checking the ledger after every step. */
 async function runThroughFailure(jobId: string, fired: () => Promise<number>): Promise<Ledger[]> {
@@ -151,7 +151,7 @@ describe("the finish stage", () => {
     const doc = await env.upload({ content: CONTENT, userId: randomUUID() });
     const faults = new FaultInjector([{ point: "stage.finish.before", nth: 1, action: "crash" }]);
     let crashed = false;
-    const crasher = env.worker({ clock: () => new Date(clock.now()), faults, onJobDone: (e) => (crashed ||= e.outcome === "crashed") });
+    const crasher = env.worker({ clock, faults, onJobDone: (e) => (crashed ||= e.outcome === "crashed") });
     await drive(env, doc.jobId, clock, [crasher], () => crashed);
     expect(crashed).toBe(true);
     expect((await ledger(doc.jobId)).status).toBe("embeddings_stored");

@@ -93,7 +93,7 @@ async function driveUntil(jobId: string, workers: Array<{ runOnce(): Promise<unk
 const complete = (jobId: string) => async () => (await jobRow(jobId)).status === "complete";
 
 function worker(faults = new FaultInjector(), outcomes: JobRunOutcome[] = []) {
-  return env.worker({ clock: () => new Date(clock.now()), faults, leaseSeconds: 30, onJobDone: (e) => outcomes.push(e.outcome) });
+  return env.worker({ clock, faults, leaseSeconds: 30, onJobDone: (e) => outcomes.push(e.outcome) });
 }
 
 /** Every chunk of the document has exactly one vector, and it is the mock's vector for the chunk's text. */
@@ -169,7 +169,7 @@ describe("the Batch API lane", () => {
       const injector = new FaultInjector([{ point, action: "crash" } satisfies FaultRule]);
       let crashedAt: string | undefined;
       const crasher = env.worker({
-        clock: () => new Date(clock.now()),
+        clock,
         faults: injector,
         leaseSeconds: 30,
         onJobDone: (e) => {
@@ -198,7 +198,7 @@ describe("the Batch API lane", () => {
     const injector = new FaultInjector([{ point: "commit.batch_ingested.before", action: "crash" }]);
     let crashed = false;
     const crasher = env.worker({
-      clock: () => new Date(clock.now()),
+      clock,
       faults: injector,
       leaseSeconds: 30,
       onJobDone: (e) => (crashed ||= e.outcome === "crashed"),

@@ -18,6 +18,7 @@ import type { BreakerState } from "../../src/resilience/breakers.ts";
 import type { Embedder } from "../../src/stages/services.ts";
 import { startPipelineEnv, waitForTerminal, type PipelineEnv } from "../support/pipeline.ts";
 import { until } from "../support/until.ts";
+import { systemClock } from "../../src/resilience/clock.ts";
 
 const ROUTE = "openai.embeddings";
 const realNow = Date.now;
@@ -70,7 +71,7 @@ describe("the OpenAI circuit breaker", () => {
     const docs = await Promise.all(
       Array.from({ length: 6 }, (_, i) => env.upload({ content: markdownDocument(rng, `Outage ${i}`, 2_000), filename: `o${i}.md` })),
     );
-    const worker = env.worker({ concurrency: 3, clock: () => new Date(Date.now()) });
+    const worker = env.worker({ concurrency: 3, clock: systemClock });
     await worker.start();
 
     // The outage opens the circuit...

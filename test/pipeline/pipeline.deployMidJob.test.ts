@@ -11,10 +11,11 @@ import { createPipelineServices } from "../../src/services.ts";
 import { FaultInjector } from "../../src/worker/faultPoints.ts";
 import { startPipelineEnv, waitForTerminal, type PipelineEnv } from "../support/pipeline.ts";
 import { until } from "../support/until.ts";
+import { systemClock, type Clock } from "../../src/resilience/clock.ts";
 
 let env: PipelineEnv;
 let offsetMs = 0;
-const clock = () => new Date(Date.now() + offsetMs);
+const clock: Clock = { ...systemClock, now: () => Date.now() + offsetMs };
 
 beforeAll(async () => {
   env = await startPipelineEnv({ seed: 18 });

@@ -7,11 +7,12 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { FaultInjector } from "../../src/worker/faultPoints.ts";
 import { startPipelineEnv, waitForTerminal, type PipelineEnv } from "../support/pipeline.ts";
 import { until } from "../support/until.ts";
+import { systemClock, type Clock } from "../../src/resilience/clock.ts";
 
 let env: PipelineEnv;
 /** The workers' clock: real time plus an offset the tests move instead of waiting. */
 let offsetMs = 0;
-const clock = () => new Date(Date.now() + offsetMs);
+const clock: Clock = { ...systemClock, now: () => Date.now() + offsetMs };
 
 beforeAll(async () => {
   env = await startPipelineEnv({ seed: 17 });

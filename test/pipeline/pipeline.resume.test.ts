@@ -39,7 +39,7 @@ afterAll(() => env.close());
 
 function workerOn(clock: ManualClock, faults: FaultInjector, onCrash?: () => void) {
   return env.worker({
-    clock: () => new Date(clock.now()),
+    clock,
     faults,
     leaseSeconds: LEASE_SECONDS,
     onJobDone: (e) => {

@@ -13,16 +13,17 @@ import { isTerminal, NEXT_STATE, type JobStatus } from "../../src/state-machine/
 import { transition } from "../../src/state-machine/transition.ts";
 import { claimNextJob, heartbeat, releaseJob } from "../../src/worker/queries.ts";
 import { createTestDatabase, type TestDatabase } from "../support/db.ts";
-import { ManualClock, seedJob } from "../support/fixtures.ts";
+import { seedJob } from "../support/fixtures.ts";
 import { eventPathProblems } from "./harness.ts";
 import { checkProperty, timeoutFor } from "./settings.ts";
+import { ManualClock } from "../../src/resilience/clock.ts";
 
 const FILE = "test/property/concurrency.test.ts";
 const DEFAULT_RUNS = 60;
 const LEASE_SECONDS = 30;
 
 let db: TestDatabase;
-const clock = new ManualClock();
+const clock = new ManualClock(Date.parse("2030-01-01T00:00:00Z"));
 beforeAll(async () => {
   db = await createTestDatabase();
 }, 60_000);
@@ -72,7 +73,7 @@ async function attempt<T>(fn: () => Promise<T>): Promise<{ ok: true; value: T } 
 
 /** A worker's next operation, with the invariants checked around it. */
 async function workerOp(name: string, action: WorkerAction, state: { lease?: Lease | undefined }, jobIds: string[], ledger: Ledger): Promise<void> {
-  const now = clock.now();
+  const now = new Date(clock.now());
   const lease = state.lease;
   if (action === "claim" || !lease) {
     const before = new Map(await Promise.all(jobIds.map(async (id) => [id, await row(id)] as const)));
@@ -141,7 +142,7 @@ async function workerOp(name: string, action: WorkerAction, state: { lease?: Lea
 
 /** The webhook handler: an unleased move of a parse_queued job, allowed only when no live lease exists. */
 async function webhookOp(jobId: string, ledger: Ledger): Promise<void> {
-  const now = clock.now();
+  const now = new Date(clock.now());
   const before = await row(jobId);
   if (before.status !== "parse_queued") return;
   const r = await attempt(() =>
@@ -173,7 +174,7 @@ describe("the queue under generated interleavings", () => {
           fc.array(fc.constantFrom(5_000, 20_000, 31_000), { maxLength: 4 }),
           fc.array(fc.nat({ max: 2 }), { maxLength: 3 }),
           async (s, jobCount, plans, jumps, webhooks) => {
-            clock.advance(3_600_000);
+            await clock.advance(3_600_000);
             const jobs = [];
             for (let i = 0; i < jobCount; i++) jobs.push(await seedJob(db.pool));
             const jobIds = jobs.map((j) => j.jobId);
@@ -184,7 +185,7 @@ describe("the queue under generated interleavings", () => {
                   const state: { lease?: Lease } = {};
                   return { name: `w${w + 1}`, steps: plan.map((a) => () => workerOp(`w${w + 1}`, a, state, jobIds, ledger)) };
                 }),
-                { name: "clock", steps: jumps.map((ms) => async () => clock.advance(ms)) },
+                { name: "clock", steps: jumps.map((ms) => async () => await clock.advance(ms)) },
                 { name: "webhook", steps: webhooks.map((i) => () => webhookOp(jobIds[i % jobIds.length]!, ledger)) },
               ].filter((a) => a.steps.length > 0);
               await interleave(s, actors);
@@ -235,9 +236,9 @@ async function interleave(s: fc.Scheduler, actors: Array<{ name: string; steps: 
 
 /** Once every lease has lapsed, a fresh worker can claim each unfinished job and take it to complete. */
 async function noneStranded(jobIds: string[]): Promise<void> {
-  clock.advance((LEASE_SECONDS + 1) * 1000);
+  await clock.advance((LEASE_SECONDS + 1) * 1000);
   for (let i = 0; i < jobIds.length * 12; i++) {
-    const job = await claimNextJob(db.pool, { workerId: "sweeper", leaseSeconds: LEASE_SECONDS, now: clock.now() });
+    const job = await claimNextJob(db.pool, { workerId: "sweeper", leaseSeconds: LEASE_SECONDS, now: new Date(clock.now()) });
     if (!job) break;
     let status: JobStatus = job.status;
     while (!isTerminal(status)) {
@@ -249,7 +250,7 @@ async function noneStranded(jobIds: string[]): Promise<void> {
         actor: status === "parse_queued" ? "reconciler" : "worker",
         fence: { kind: "lease", token: job.lease_token, workerId: "sweeper" },
         releaseLease: isTerminal(to),
-        now: clock.now(),
+        now: new Date(clock.now()),
       });
       status = to;
     }

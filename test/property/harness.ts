@@ -33,8 +33,8 @@ import type { ClaimedJob } from "../../src/worker/queries.ts";
 import { markdownDocument } from "../../harness/corpus.ts";
 import { createMocks, POISON_MARKER, signServiceRoleKey, type FaultPlanInput, type Mocks } from "../../mocks/index.ts";
 import { mulberry32 } from "../../mocks/shared/rng.ts";
+import { ManualClock } from "../../src/resilience/clock.ts";
 import { createTestDatabase, type TestDatabase } from "../support/db.ts";
-import { ManualClock } from "../support/fixtures.ts";
 import { createTestServices, fingerprint } from "../support/pipeline.ts";
 
 /** No faults, except that webhooks are the history's to deliver and parses finish at once. */
@@ -103,7 +103,7 @@ export interface PropertyEnv {
    */
   readonly clock: ManualClock;
   /** The clock for a new run: an hour after anything an earlier run did. */
-  nextRunClock(): ManualClock;
+  nextRunClock(): Promise<ManualClock>;
   references: Map<string, Reference>;
   serviceRoleKey: string;
   close(): Promise<void>;
@@ -119,8 +119,8 @@ const MOCK_ORIGIN = "http://mocks.test";
  */
 export async function startPropertyEnv(seed: number): Promise<PropertyEnv> {
   const db = await createTestDatabase();
-  const clock = new ManualClock();
-  const mocks = createMocks({ seed, faults: BASELINE_FAULTS, now: () => clock.now().getTime() });
+  const clock = new ManualClock(Date.parse("2030-01-01T00:00:00Z"));
+  const mocks = createMocks({ seed, faults: BASELINE_FAULTS, now: () => clock.now() });
   const msw = setupServer(...mocks.handlers);
   msw.listen({ onUnhandledFrame: "bypass" });
   const log = createLogger({ level: "silent" });
@@ -202,8 +202,8 @@ export async function startPropertyEnv(seed: number): Promise<PropertyEnv> {
       holder.services = s;
     },
     clock,
-    nextRunClock() {
-      clock.advance(3_600_000);
+    async nextRunClock() {
+      await clock.advance(3_600_000);
       return clock;
     },
     async intakeIdle() {
@@ -229,7 +229,7 @@ export { fingerprint };
 /** One crash-free run of every non-poison content: what every other history must end with. */
 async function referenceRun(p: PropertyEnv): Promise<Map<string, Reference>> {
   const refs = new Map<string, Reference>();
-  const clock = p.nextRunClock();
+  const clock = await p.nextRunClock();
   const userId = randomUUID();
   const jobs = new Map<string, { jobId: string; documentId: string }>();
   for (const c of CONTENTS.filter((c) => !c.poison)) jobs.set(c.name, await p.env.upload({ content: c.text, userId }));
@@ -290,7 +290,7 @@ export async function step(
   const faults = new GuardedFaults(rules, flags);
   const worker = p.env.worker({
     workerId: `prop-w${++workerSeq}`,
-    clock: clock.now,
+    clock,
     faults,
     concurrency: 1,
     leaseSeconds: LEASE_SECONDS,
@@ -316,7 +316,7 @@ export async function drain(p: PropertyEnv, clock: ManualClock, jobIds: string[]
     if (job) continue;
     const states = await statuses(p, jobIds);
     if ([...states.values()].every((s) => isTerminal(s))) return;
-    clock.advance(PAST_LEASE_MS);
+    await clock.advance(PAST_LEASE_MS);
   }
   const states = await statuses(p, jobIds);
   throw new Error(

@@ -205,7 +205,7 @@ class Advance implements Cmd {
   }
   check = () => true;
   async run(m: Model, r: Real) {
-    r.clock.advance(this.ms);
+    await r.clock.advance(this.ms);
     await invariants(m, r);
   }
   toString = () => `advance(${this.ms / 1000}s)`;
@@ -404,7 +404,7 @@ describe("the pipeline under generated histories", () => {
             fc.array(fc.constantFrom(...CONTENTS), { minLength: 1, maxLength: 2 }),
             fc.commands(commands, { maxCommands: 40, size: "medium", ...(replayPath ? { replayPath } : {}) }),
             async (initial, cmds) => {
-              const r: Real = { clock: p.nextRunClock(), services: createPipelineServices(p.env.config), users: [], flags: {} };
+              const r: Real = { clock: await p.nextRunClock(), services: createPipelineServices(p.env.config), users: [], flags: {} };
               const m: Model = { jobs: [], faults: "none" };
               p.env.mocks.setFaults(BASELINE_FAULTS);
               try {

@@ -53,12 +53,12 @@ async function bringTo(content: Content, stage: StageInfo): Promise<Ids> {
   for (let i = 0; i < 40; i++) {
     const status = await statusOf(ids.jobId);
     if (status === stage.entry) {
-      p.clock.advance(PAST_LEASE_MS); // the stopped worker's lease lapses
+      await p.clock.advance(PAST_LEASE_MS); // the stopped worker's lease lapses
       return ids;
     }
     if (isTerminal(status)) throw new Error(`setup: job ended ${status} before reaching ${stage.entry}`);
     const { job } = await step(p, p.clock, { crash: { point: `stage.${stage.name}.before` } });
-    if (!job) p.clock.advance(PAST_LEASE_MS);
+    if (!job) await p.clock.advance(PAST_LEASE_MS);
   }
   throw new Error(`setup: job never reached ${stage.entry}`);
 }
@@ -72,11 +72,11 @@ async function finishStage(ids: Ids, stage: StageInfo): Promise<number> {
   let points = 0;
   for (let i = 0; i < 40; i++) {
     if (!stage.handles.includes(await statusOf(ids.jobId))) {
-      p.clock.advance(PAST_LEASE_MS);
+      await p.clock.advance(PAST_LEASE_MS);
       return points;
     }
     const { job, faults } = await step(p, p.clock, { rules: [stopAfter] });
-    if (!job) p.clock.advance(PAST_LEASE_MS);
+    if (!job) await p.clock.advance(PAST_LEASE_MS);
     else points = faults.inner.seen.length;
   }
   throw new Error(`stage ${stage.name} never finished`);
@@ -94,7 +94,7 @@ async function runStage(ids: Ids, stage: StageInfo, variant: Variant | { kind: "
       // Crash at the kth point this claim passes (claim.after is the first), unless the stage ends first.
       const { faults } = await step(p, p.clock, { crash: { point: /./, nth: kth }, rules: [{ point: `stage.${stage.name}.after`, action: "crash" }] });
       if (faults.crashedAt) crashedAt.push(faults.crashedAt);
-      p.clock.advance(PAST_LEASE_MS);
+      await p.clock.advance(PAST_LEASE_MS);
     }
   }
   const passed = await finishStage(ids, stage);
@@ -180,7 +180,10 @@ describe("stage idempotency", () => {
           const expected = await runOnce(stage, content);
           const ids = await bringTo(content, stage);
           try {
-            await runStage(ids, stage, v, expected.points);
+            const { crashedAt } = await runStage(ids, stage, v, expected.points);
+            // A crash variant first proves its crash happened: the first pick is always reached,
+            // since the job is inside the stage and the point is one a clean run passes.
+            if (v.kind === "crashes") expect(crashedAt.length).toBeGreaterThan(0);
             expect(await snapshot(ids)).toEqual(expected.snapshot);
           } finally {
             await forgetUsers(p, [ids.userId]);

@@ -45,10 +45,10 @@ export async function seedJob(
 }
 
 /** Put a job at the head of the queue at `at` (a test's clock): due then, and older than any other. */
-export async function makeDue(pool: pg.Pool, jobId: string, at: Date) {
+export async function makeDue(pool: pg.Pool, jobId: string, at: Date | number) {
   await pool.query(
     "UPDATE upload_pipeline.upload_jobs SET next_attempt_at = $2::timestamptz, created_at = $2::timestamptz - interval '1 year' WHERE job_id = $1",
-    [jobId, at],
+    [jobId, new Date(at)],
   );
 }
 
@@ -70,16 +70,4 @@ export async function events(pool: pg.Pool, id: string) {
     attempt: number;
     detail: Record<string, unknown>;
   }>;
-}
-
-/** A clock the test moves by hand: lease expiry and backoff without sleeping. */
-export class ManualClock {
-  private t: number;
-  constructor(start = Date.parse("2030-01-01T00:00:00Z")) {
-    this.t = start;
-  }
-  now = (): Date => new Date(this.t);
-  advance(ms: number): void {
-    this.t += ms;
-  }
 }

@@ -3,9 +3,10 @@ import { PIPELINE_STATES } from "../../src/state-machine/table.ts";
 import { FaultInjector } from "../../src/worker/faultPoints.ts";
 import { createTestDatabase, type TestDatabase } from "../support/db.ts";
 import { until } from "../support/until.ts";
-import { events, jobRow, ManualClock, seedJob } from "../support/fixtures.ts";
+import { events, jobRow, seedJob } from "../support/fixtures.ts";
 import { noopStages } from "../support/noopStages.ts";
 import { testWorker } from "../support/worker.ts";
+import { ManualClock } from "../../src/resilience/clock.ts";
 
 let db: TestDatabase;
 beforeAll(async () => {
@@ -52,24 +53,24 @@ describe("claiming", () => {
   });
 
   it("a job whose worker stops heartbeating is taken over once its lease expires, not before", async () => {
-    const clock = new ManualClock();
+    const clock = new ManualClock(Date.parse("2030-01-01T00:00:00Z"));
     const job = await seedJob(db.pool);
-    await db.pool.query("UPDATE upload_pipeline.upload_jobs SET next_attempt_at = $2 WHERE job_id = $1", [job.jobId, clock.now()]);
+    await db.pool.query("UPDATE upload_pipeline.upload_jobs SET next_attempt_at = $2 WHERE job_id = $1", [job.jobId, new Date(clock.now())]);
     const crashing = testWorker(db.pool, noopStages(), {
       workerId: "dies",
-      clock: clock.now,
+      clock,
       leaseSeconds: 30,
       faults: new FaultInjector([{ point: "stage.parsed.before", action: "crash" }]),
     });
-    const survivor = testWorker(db.pool, noopStages(), { workerId: "survivor", clock: clock.now, leaseSeconds: 30 });
+    const survivor = testWorker(db.pool, noopStages(), { workerId: "survivor", clock, leaseSeconds: 30 });
 
     await crashing.runOnce(); // uploaded → parse_queued → parsed, then dies holding the lease
     const held = await jobRow(db.pool, job.jobId);
     expect(held).toMatchObject({ status: "parsed", locked_by: "dies" });
 
-    clock.advance(29_000);
+    await clock.advance(29_000);
     expect(await survivor.runOnce()).toBeUndefined(); // lease still live
-    clock.advance(2_000);
+    await clock.advance(2_000);
     const taken = await survivor.runOnce();
     expect(taken?.job_id).toBe(job.jobId);
     expect(await jobRow(db.pool, job.jobId)).toMatchObject({ status: "complete", locked_by: null });
@@ -80,13 +81,13 @@ describe("claiming", () => {
   it("a worker that lost its lease cannot write: its transition changes nothing", async () => {
     const clock = new ManualClock(Date.parse("2031-01-01T00:00:00Z"));
     const job = await seedJob(db.pool);
-    await db.pool.query("UPDATE upload_pipeline.upload_jobs SET next_attempt_at = $2 WHERE job_id = $1", [job.jobId, clock.now()]);
+    await db.pool.query("UPDATE upload_pipeline.upload_jobs SET next_attempt_at = $2 WHERE job_id = $1", [job.jobId, new Date(clock.now())]);
     let resumePaused!: () => void;
     let paused!: () => void;
     const isPaused = new Promise<void>((r) => (paused = r));
     const slow = testWorker(db.pool, noopStages(), {
       workerId: "paused",
-      clock: clock.now,
+      clock,
       leaseSeconds: 30,
       faults: new FaultInjector([
         {
@@ -99,10 +100,10 @@ describe("claiming", () => {
         },
       ]),
     });
-    const other = testWorker(db.pool, noopStages(), { workerId: "other", clock: clock.now, leaseSeconds: 30 });
+    const other = testWorker(db.pool, noopStages(), { workerId: "other", clock, leaseSeconds: 30 });
     const pausedRun = slow.runOnce();
     await isPaused;
-    clock.advance(31_000); // the paused worker's lease has expired
+    await clock.advance(31_000); // the paused worker's lease has expired
     await other.runOnce(); // takes over and finishes the job
     resumePaused();
     await pausedRun; // its write is fenced out

@@ -9,9 +9,10 @@ import { ServiceConditionError, TransientError } from "../../src/errors.ts";
 import type { JobRunOutcome } from "../../src/worker/BaseWorker.ts";
 import { CLAIM_NEXT_JOB_SQL } from "../../src/worker/queries.ts";
 import { createTestDatabase, type TestDatabase } from "../support/db.ts";
-import { events, jobRow, ManualClock, makeDue, seedJob } from "../support/fixtures.ts";
+import { events, jobRow, makeDue, seedJob } from "../support/fixtures.ts";
 import { noopStages } from "../support/noopStages.ts";
 import { testWorker } from "../support/worker.ts";
+import { ManualClock } from "../../src/resilience/clock.ts";
 
 let db: TestDatabase;
 beforeAll(async () => {
@@ -37,7 +38,7 @@ describe("a service outage is not the document's fault", () => {
           if (ctx.job.status === "chunks_stored" && outage) throw circuitOpen();
         },
       }),
-      { clock: clock.now, random: () => 0.5, retryBaseMs: 1000, onJobDone: (e) => outcomes.push(e.outcome) },
+      { clock, random: () => 0.5, retryBaseMs: 1000, onJobDone: (e) => outcomes.push(e.outcome) },
     );
 
     for (let i = 0; i < 6; i++) {
@@ -46,9 +47,9 @@ describe("a service outage is not the document's fault", () => {
       expect(row).toMatchObject({ status: "chunks_stored", attempts: 1, locked_by: null });
       expect(row.last_error).toMatchObject({ class: "transient", code: "circuit_open" });
       // Parked until the breaker's probe (5 s), spread by up to one base delay.
-      expect(row.next_attempt_at.getTime() - clock.now().getTime()).toBe(5_500);
+      expect(row.next_attempt_at.getTime() - clock.now()).toBe(5_500);
       expect(await worker.runOnce()).toBeUndefined();
-      clock.advance(5_500);
+      await clock.advance(5_500);
     }
     expect(outcomes).toEqual(Array(6).fill("parked"));
     outage = false;
@@ -67,7 +68,7 @@ describe("a service outage is not the document's fault", () => {
           if (ctx.job.status === "chunks_stored") throw new TransientError("openai_unavailable", "503", { status: 503 });
         },
       }),
-      { clock: clock.now, random: () => 0 },
+      { clock, random: () => 0 },
     );
     await worker.runOnce();
     expect(await jobRow(db.pool, job.jobId)).toMatchObject({ status: "chunks_stored", attempts: 1 });
@@ -218,12 +219,12 @@ describe("a frozen worker bills nothing twice", () => {
         async during(ctx) {
           if (ctx.job.status !== "chunks_stored") return;
           await ctx.checkLease(); // fresh: ours
-          clock.advance(31_000); // frozen past the 30 s lease (no heartbeat ran)
+          await clock.advance(31_000); // frozen past the 30 s lease (no heartbeat ran)
           await ctx.checkLease();
           billed.push(ctx.job.job_id);
         },
       }),
-      { clock: clock.now, onJobDone: (e) => outcomes.push(e.outcome) },
+      { clock, onJobDone: (e) => outcomes.push(e.outcome) },
     );
     await worker.runOnce();
     expect(billed).toEqual([]);

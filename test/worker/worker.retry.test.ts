@@ -2,9 +2,10 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { PermanentError, TransientError } from "../../src/errors.ts";
 import { backoffDelayMs } from "../../src/worker/backoff.ts";
 import { createTestDatabase, type TestDatabase } from "../support/db.ts";
-import { events, jobRow, ManualClock, makeDue, seedJob } from "../support/fixtures.ts";
+import { events, jobRow, makeDue, seedJob } from "../support/fixtures.ts";
 import { noopStages } from "../support/noopStages.ts";
 import { testWorker } from "../support/worker.ts";
+import { ManualClock } from "../../src/resilience/clock.ts";
 
 let db: TestDatabase;
 beforeAll(async () => {
@@ -29,7 +30,7 @@ describe("retries and the dead letter", () => {
         if (ctx.job.status === "chunks_stored") throw new TransientError("http_503", "embeddings API answered 503");
       },
     });
-    const worker = testWorker(db.pool, stages, { clock: clock.now, random: () => 0.999999, retryBaseMs: 1000 });
+    const worker = testWorker(db.pool, stages, { clock, random: () => 0.999999, retryBaseMs: 1000 });
 
     const delays: number[] = [];
     for (let attempt = 1; attempt <= 2; attempt++) {
@@ -37,10 +38,10 @@ describe("retries and the dead letter", () => {
       const row = await jobRow(db.pool, job.jobId);
       expect(row).toMatchObject({ status: "chunks_stored", attempts: attempt, locked_by: null });
       expect(row.last_error).toMatchObject({ class: "transient", code: "http_503", stage: "chunks_stored", attempt });
-      const delay = row.next_attempt_at.getTime() - clock.now().getTime();
+      const delay = row.next_attempt_at.getTime() - clock.now();
       delays.push(delay);
       expect(await worker.runOnce()).toBeUndefined(); // not due yet
-      clock.advance(delay);
+      await clock.advance(delay);
     }
     expect(delays[1]).toBeGreaterThan(delays[0]!);
     await worker.runOnce(); // third and last attempt
@@ -66,7 +67,7 @@ describe("retries and the dead letter", () => {
           if (ctx.job.status === "parsed") throw new PermanentError("parse_empty", "parsed markdown is empty");
         },
       }),
-      { clock: clock.now },
+      { clock },
     );
     await worker.runOnce();
     const row = await jobRow(db.pool, job.jobId);
@@ -80,7 +81,7 @@ describe("retries and the dead letter", () => {
     await makeDue(db.pool, job.jobId, clock.now());
     // Simulate three claims that died without recording anything.
     await db.pool.query("UPDATE upload_pipeline.upload_jobs SET attempts = 2 WHERE job_id = $1", [job.jobId]);
-    await testWorker(db.pool, noopStages(), { clock: clock.now }).runOnce();
+    await testWorker(db.pool, noopStages(), { clock }).runOnce();
     const row = await jobRow(db.pool, job.jobId);
     expect(row.status).toBe("failed_chunking");
     expect(row.last_error.message).toMatch(/attempts exhausted/);
@@ -91,7 +92,7 @@ describe("retries and the dead letter", () => {
     const job = await seedJob(db.pool, { status: "embeddings_stored" });
     await makeDue(db.pool, job.jobId, clock.now());
     await db.pool.query("UPDATE upload_pipeline.upload_jobs SET attempts = 3 WHERE job_id = $1", [job.jobId]);
-    await testWorker(db.pool, noopStages(), { clock: clock.now }).runOnce();
+    await testWorker(db.pool, noopStages(), { clock }).runOnce();
     expect(await jobRow(db.pool, job.jobId)).toMatchObject({ status: "complete", attempts: 0 });
   });
 

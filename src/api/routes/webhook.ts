@@ -113,7 +113,7 @@ function signatureValid(header: unknown, secret: string | null, raw: Buffer): bo
 }
 
 export async function webhookRoutes(app: FastifyInstance): Promise<void> {
-  const { pool, config, metrics, onParseEvent, now } = app.deps;
+  const { pool, config, metrics, onParseEvent, now, parseIntakes } = app.deps;
   const maxBytes = config.WEBHOOK_MAX_BYTES;
 
   // The signature is over the exact bytes sent, so this scope keeps the body as a Buffer for
@@ -134,10 +134,7 @@ export async function webhookRoutes(app: FastifyInstance): Promise<void> {
 
   // Intake runs after the answer; close() waits for what is in flight so a graceful shutdown
   // does not cut a fetch-and-store in half (the reconciler would recover it, but slower).
-  const inflight = new Set<Promise<void>>();
-  app.addHook("onClose", async () => {
-    await Promise.allSettled([...inflight]);
-  });
+  app.addHook("onClose", () => parseIntakes.settled());
 
   const reject = (request: FastifyRequest, reason: WebhookReason, err: ApiError, fields: Record<string, unknown> = {}): never => {
     metrics.webhook(reason);
@@ -201,7 +198,7 @@ export async function webhookRoutes(app: FastifyInstance): Promise<void> {
         eventType: event.event_type as "parse.success" | "parse.partial_success",
         correlationId: job!.correlation_id,
       };
-      const p: Promise<void> = new Promise<void>((resolve) => setImmediate(resolve))
+      const intake = new Promise<void>((resolve) => setImmediate(resolve))
         .then(() => inSpan("parse intake", { attributes: { "job.id": ev.jobId, "document.id": ev.documentId } }, () => onParseEvent(ev)))
         .then(
           (outcome) => log.info({ outcome }, "parse intake finished"),
@@ -209,9 +206,8 @@ export async function webhookRoutes(app: FastifyInstance): Promise<void> {
             log.error({ err: err instanceof Error ? err.message : String(err) }, "parse intake failed; the reconciler takes the job now");
             return reconcileNow(pool, ev.jobId).catch(() => {});
           },
-        )
-        .finally(() => inflight.delete(p));
-      inflight.add(p);
+        );
+      parseIntakes.track(intake);
     }
     return reply.code(result === "early" ? 202 : 200).send({ received: true, outcome: result });
   }
