@@ -17,6 +17,8 @@ import type { DocumentTrace, TimelineMark, TraceSpan } from "./report/types.ts";
 
 /** Spans the runner keeps per scenario for the report. */
 export const TRACED_DOCUMENTS = 3;
+/** The span put back for one a SIGKILLed worker was inside. */
+export const UNFINISHED = "unfinished (worker killed)";
 /** How often the workers export (the SDK's default is 5 s, which a SIGKILL would mostly lose). */
 export const WORKER_EXPORT_DELAY_MS = 200;
 
@@ -167,8 +169,8 @@ export class SpanCollector {
 
   /**
    * Take this run's spans (emptying the buffer) and keep the traces of up to `TRACED_DOCUMENTS`
-   * of `documentIds`: those another worker continued after a kill first, then those with
-   * retries or errors, then the first one.
+   * of `documentIds`: those a worker was killed inside first, then those several workers ran,
+   * then those with retries or errors, then the first one.
    */
   async take(pool: pg.Pool, documentIds: readonly string[], kills: readonly TimelineMark[] = []): Promise<DocumentTrace[]> {
     const spans = this.spans;
@@ -181,16 +183,15 @@ export class SpanCollector {
     for (const s of spans) byTrace.set(s.traceId, [...(byTrace.get(s.traceId) ?? []), s]);
     const candidates = rows.flatMap((r) => {
       const traceId = r.traceparent!.split("-")[1]!;
-      const own = byTrace.get(traceId) ?? [];
+      const own = withUnfinished(byTrace.get(traceId) ?? [], kills);
       if (own.length === 0) return [];
+      const killedInside = own.some((s) => s.name === UNFINISHED);
       const workers = new Set(own.filter((s) => s.name.startsWith("stage ")).map((s) => s.process)).size;
       const troubles = own.filter((s) => s.error !== undefined || ["retry", "parked", "dead_letter"].includes(s.name)).length;
-      return [{ documentId: r.document_id, status: r.status, traceId, spans: own, score: (workers > 1 ? 1000 : 0) + troubles }];
+      return [{ documentId: r.document_id, status: r.status, traceId, spans: own, score: (killedInside ? 2000 : 0) + (workers > 1 ? 1000 : 0) + troubles }];
     });
     candidates.sort((a, b) => b.score - a.score || documentIds.indexOf(a.documentId) - documentIds.indexOf(b.documentId));
-    return candidates
-      .slice(0, TRACED_DOCUMENTS)
-      .map((c) => ({ documentId: c.documentId, status: c.status, traceId: c.traceId, spans: ordered(withUnfinished(c.spans, kills)) }));
+    return candidates.slice(0, TRACED_DOCUMENTS).map((c) => ({ documentId: c.documentId, status: c.status, traceId: c.traceId, spans: ordered(c.spans) }));
   }
 
   async stop(): Promise<void> {
@@ -220,7 +221,7 @@ function withUnfinished(spans: Collected[], kills: readonly TimelineMark[]): Col
     return {
       traceId: first.traceId,
       spanId,
-      name: "unfinished (worker killed)",
+      name: UNFINISHED,
       kind: "internal",
       process: first.process,
       startMs,

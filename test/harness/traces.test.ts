@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { renderHtml, type RunSummary } from "../../harness/report/index.ts";
 import { runScenario, type RunOutcome } from "../../harness/runner.ts";
 import { parseScenario } from "../../harness/scenario.ts";
-import { SpanCollector } from "../../harness/traces.ts";
+import { SpanCollector, UNFINISHED } from "../../harness/traces.ts";
 
 const spans = new SpanCollector();
 let run: RunOutcome;
@@ -37,9 +37,9 @@ describe("the runner's traces", () => {
   it("keep the killed document's trace: the API, both workers and the external calls under one trace id", async () => {
     expect(run.killedWorkers).toHaveLength(1);
     const killed = run.killedWorkers[0]!;
-    const trace = run.traces.find((t) => t.spans.some((s) => s.process === killed && s.name.startsWith("stage ")));
-    expect(trace, `a kept trace with ${killed}'s stages`).toBeDefined();
-    // Picked first: the document another worker continued.
+    const trace = run.traces.find((t) => t.spans.some((s) => s.process === killed && s.name === UNFINISHED));
+    expect(trace, `a kept trace with the span ${killed} was killed inside`).toBeDefined();
+    // Picked first: the document a worker was killed inside, which another worker continued.
     expect(run.traces[0]).toBe(trace);
     expect(trace!.status).toBe("complete");
     const { rows } = await run.pool.query<{ traceparent: string }>("SELECT traceparent FROM upload_pipeline.upload_jobs WHERE document_id = $1", [
@@ -71,7 +71,7 @@ describe("the runner's traces", () => {
     const workerCalls = trace!.spans.filter((s) => s.kind === "client" && s.process === killed);
     expect(workerCalls.map((s) => s.name)).toContain("openai embeddings");
     expect(workerCalls.every((s) => s.status === 200)).toBe(true);
-    const unfinished = trace!.spans.find((s) => s.name === "unfinished (worker killed)" && s.process === killed);
+    const unfinished = trace!.spans.find((s) => s.name === UNFINISHED && s.process === killed);
     expect(unfinished?.endMs).toBe(kill!.atMs);
     // Another worker ran the embed stage to its end.
     const embedders = trace!.spans.filter((s) => s.name === "stage embed").map((s) => s.process);
