@@ -123,9 +123,12 @@ describe("prices and defaults", () => {
 
 describe("the state machine is SPEC §4's, edge for edge", () => {
   // Written out by hand from SPEC §4 (the table in code is generated; a test generated from it
-  // would accept any edge added to or dropped from it).
+  // would accept any edge added to or dropped from it), plus issue 14's two create edges: a model
+  // migration's job for a document starts where that profile's work begins.
   const expected = [
     "∅ → uploaded by api (create)",
+    "∅ → chunks_stored by operator,worker (create)",
+    "∅ → parse_validated by operator,worker (create)",
     "uploaded → parse_queued by worker (forward)",
     "parse_queued → parsed by reconciler,webhook (forward)",
     "parsed → parse_validated by worker (forward)",
@@ -155,7 +158,7 @@ describe("the state machine is SPEC §4's, edge for edge", () => {
     "failed_embedding → embeddings_stored by operator (retry)",
   ];
 
-  it("has exactly these 26 edges, actors and kinds", () => {
+  it("has exactly these 28 edges, actors and kinds", () => {
     const actual = EDGES.map((e) => `${e.from ?? "∅"} → ${e.to} by ${[...e.actors].sort().join(",")} (${e.kind})`);
     expect([...actual].sort()).toEqual([...expected].sort());
   });

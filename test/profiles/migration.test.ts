@@ -222,11 +222,15 @@ describe("embedding profiles", () => {
   }, 180_000);
 
   it("the scenario invariants, checked per profile, hold for both profiles and catch a wrong vector in the target; later uploads pin the new profile", async () => {
-    const usage = env.mocks.stats().openai.usage;
+    const { usage, batchUsage, batches } = env.mocks.stats().openai;
     const input = {
+      batchApi: { lane: env.config.EMBED_BULK_VIA_BATCH_API === "true", batchesCreated: batches.created },
       documentIds: (await env.db.pool.query<{ document_id: string }>("SELECT document_id FROM upload_pipeline.documents")).rows.map((r) => r.document_id),
       expectedEmbedding: (model: string, text: string, dims: number) => expectedEmbedding(model, text, dims),
-      mockUsage: { promptTokensByModel: Object.fromEntries(Object.entries(usage).map(([m, u]) => [m, u.prompt_tokens])) },
+      mockUsage: {
+        promptTokensByModel: Object.fromEntries(Object.entries(usage).map(([m, u]) => [m, u.prompt_tokens])),
+        batchPromptTokensByModel: Object.fromEntries(Object.entries(batchUsage).map(([m, u]) => [m, u.prompt_tokens])),
+      },
       crashesHappened: false,
     };
     const ada = { model: "text-embedding-ada-002", version: "d1536", dimensions: 1536 };
