@@ -64,8 +64,12 @@ export async function reapDeadWorkers(db: Queryable): Promise<ReapedJob[]> {
        DELETE FROM upload_pipeline.workers
         WHERE registered_at < pg_postmaster_start_time() AND now() > pg_postmaster_start_time() + interval '10 minutes'
      )
+     -- Due now: a held job was being worked on, whatever its holder had set for later (a job
+     -- that committed parse_queued with an early webhook keeps its lease to fetch the result at
+     -- once, due at the webhook deadline only if it is released).
      UPDATE upload_pipeline.upload_jobs j SET
-        locked_by = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = now()
+        locked_by = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = now(),
+        next_attempt_at = least(j.next_attempt_at, now())
        FROM dead
       WHERE j.locked_by = dead.worker_id
      RETURNING j.job_id, dead.worker_id AS locked_by`,

@@ -45,6 +45,20 @@ describe("worker liveness", () => {
     expect(rows).toHaveLength(0);
   });
 
+  it("a dead worker's job is due at once, even one its holder had set due later while it kept the lease", async () => {
+    const job = await seedJob(db.pool, { status: "parse_queued" });
+    const gone = await session();
+    await registerWorker(gone, "w-fetching");
+    await leaseTo(job.jobId, "w-fetching");
+    // As the submit stage leaves a job whose webhook came early: leased, due at the webhook deadline.
+    await db.pool.query("UPDATE upload_pipeline.upload_jobs SET next_attempt_at = now() + interval '30 seconds' WHERE job_id = $1", [job.jobId]);
+    await gone.end();
+
+    expect(await reapDeadWorkers(db.pool)).toEqual([{ job_id: job.jobId, locked_by: "w-fetching" }]);
+    const { rows } = await db.pool.query("SELECT next_attempt_at <= now() AS due FROM upload_pipeline.upload_jobs WHERE job_id = $1", [job.jobId]);
+    expect(rows[0].due).toBe(true);
+  });
+
   it("a registration made before the server's last start is not judged (a restart drops every lock)", async () => {
     const job = await seedJob(db.pool);
     const gone = await session();
