@@ -11,9 +11,12 @@ import { parseScenario, type Scenario } from "./scenario.ts";
 /**
  * Points every job passes in a worker process: a kill there always happens. Parse intake's points
  * are left out (the webhook handler runs them in the API process, the reconciler only when a
- * webhook is late), and the submit retry's lookup.
+ * webhook is late), the submit retry's lookup, and the Batch API lane's points (only bulk jobs
+ * pass them; soak rounds upload interactive documents).
  */
-export const KILL_POINTS = FAULT_POINTS.filter((p) => !/reconcile_parse|llamaparse\.get|llamaparse\.find|commit\.parsed\.|storage\.upload/.test(p));
+export const KILL_POINTS = FAULT_POINTS.filter(
+  (p) => !/reconcile_parse|llamaparse\.get|llamaparse\.find|commit\.parsed\.|storage\.upload|openai\.files|openai\.batches|batch_ingested/.test(p),
+);
 
 /** The seed of round `round` of a soak seeded with `seed`. */
 export function roundSeed(seed: number, round: number): number {

@@ -32,5 +32,6 @@ describe("soak rounds", () => {
     expect(KILL_POINTS).toContain("commit.vectors.after");
     expect(KILL_POINTS).not.toContain("call.llamaparse.get.before");
     expect(KILL_POINTS).not.toContain("stage.reconcile_parse.before");
+    expect(KILL_POINTS).not.toContain("call.openai.batches.create.after"); // bulk jobs only
   });
 });
