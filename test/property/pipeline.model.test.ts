@@ -259,10 +259,13 @@ class Webhook implements Cmd {
     }
     const last = j.delivered.at(-1);
     if (this.kind === "duplicate" && last) {
-      // The genuine sender retrying: the same bytes answer 2xx and change nothing.
+      // The genuine sender retrying: the same bytes answer 2xx and change nothing. Once a retried
+      // job's new submission has rotated its webhook secret, the old bytes no longer verify: they
+      // are refused like a forgery, and still change nothing.
       const res = await postWebhook(p, last.body, last.signature, last.eventId, last.eventType);
-      expect(res.statusCode, res.body).toBe(200);
-      expect(res.json()).toMatchObject({ duplicate: true });
+      const signedWithCurrentSecret = webhookDelivery(before.webhook_secret, last).signature === last.signature;
+      expect(res.statusCode, res.body).toBe(signedWithCurrentSecret ? 200 : 401);
+      if (signedWithCurrentSecret) expect(res.json()).toMatchObject({ duplicate: true });
       return this.unchanged(j, before, m, r);
     }
     if (this.kind === "resigned" && last) {

@@ -18,6 +18,20 @@ export interface Regression {
 
 export const REGRESSIONS: Regression[] = [
   {
+    property: "any history ends where a crash-free run ends",
+    seed: -259442980,
+    path: "11:4:4:12:14:11:10:9:10:10:10:11",
+    replayPath: "EADAAAGE/P:VN",
+    note: "[poison], crash, webhook, retry, crash, duplicate webhook: the retry's new submission rotated the webhook secret, so the old delivery's bytes no longer verify (401, nothing changes); the model expected 200",
+  },
+  {
+    property: "any history ends where a crash-free run ends",
+    seed: 819338736,
+    path: "14:3:12:12:9:10:10:10:8",
+    replayPath: "LABVr:V",
+    note: "[poison], step, webhook, retry, webhook: the retried job was back in uploaded still naming its failed parse job, and a re-delivery of that parse's event was kept as an early delivery for the next submission (fixed in src/api/routes/webhook.ts: not_applicable)",
+  },
+  {
     property: "vector_sha survives the round trip through Postgres real arrays",
     seed: -701500686,
     path: "41:1:0:0:0:2",

@@ -270,7 +270,10 @@ async function record(pool: pg.Pool, jobId: string, event: WebhookBody, parseJob
 }
 
 async function apply(client: pg.PoolClient, job: JobRow, event: WebhookBody, parseJobId: string): Promise<RecordResult> {
-  if (job.status === "uploaded" && TERMINAL_EVENTS.has(event.event_type)) return "early";
+  // Early: LlamaParse finished a submission whose parse_queued has not committed yet. An event for
+  // the parse job the row still names is a superseded one instead (the job was retried from
+  // failed_parse back to uploaded), and must not be applied to the next submission.
+  if (job.status === "uploaded" && TERMINAL_EVENTS.has(event.event_type)) return job.parse_job_id === parseJobId ? "not_applicable" : "early";
   const waiting = job.status === "parse_queued" && job.parse_job_id === parseJobId;
   switch (event.event_type) {
     case "parse.success":
