@@ -22,7 +22,7 @@ import { buildCorpus, CorpusFilesError } from "./corpus.ts";
 import { replayDifferences, type ReplayRecord } from "./replay.ts";
 import { EnvFileError, loadEnvFile, withEnvFile } from "./envFile.ts";
 import { StarterExistsError, writeStarter } from "./init.ts";
-import { drawScenario } from "./soak.ts";
+import { drawScenario, isViolation } from "./soak.ts";
 import { formatJepsen, jepsenCounts, sumJepsen } from "./jepsen.ts";
 import { REACHABLE, reachedEvents } from "./reachability.ts";
 import { loadScenarioFile, loadSuite, parseScenario, ScenarioFileError, SuiteError, type Scenario } from "./scenario.ts";
@@ -251,9 +251,11 @@ async function soak(flags: z.output<typeof Flags>): Promise<number> {
       const scenario = drawScenario(seed, round, { postgresRestarts: Boolean(db.restart) });
       progress.start(`${scenario.name} (seed ${scenario.seed})`);
       let result: ScenarioResult;
+      let onTheClock: string[] = [];
       try {
         const run = await runScenario(scenario, env);
         result = await summarise(scenario, run, undefined);
+        onTheClock = run.missedOnTheClock;
         await writeFaultLog(reportDir, scenario.name, run.faultLog);
         await run.dropDatabase();
         totals.kills += run.kills;
@@ -266,8 +268,7 @@ async function soak(flags: z.output<typeof Flags>): Promise<number> {
       result.replayCommand = `npm run scenario -- --replay ${join(reportDir, "summary.json")}`;
       progress.finish(result);
       results.push(result);
-      // A kill that never came is not a violation of the pipeline; a broken invariant or a stuck job is.
-      if (result.invariants?.ok === false || result.errors.some((e) => !/never (happened|reached)/.test(e))) {
+      if (isViolation(result, onTheClock)) {
         violation = result;
         break;
       }

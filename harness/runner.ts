@@ -68,6 +68,12 @@ export interface RunOutcome {
   stuck: string[];
   /** Faults the scenario scheduled that never happened (a pass would prove nothing about them). */
   missed: string[];
+  /**
+   * The part of `missed` that depends on how fast the machine is: kills and the PostgreSQL restart
+   * at a time, and phases (a run can be quiet before the time comes). The rest (targeted kills,
+   * crash points, freezes) is exact: a job passes those points on any machine.
+   */
+  missedOnTheClock: string[];
   /** Bounds the scenario states (fairness, 429 share) that the run broke. */
   boundsBroken: string[];
   mockStats: ReturnType<MockServer["mocks"]["stats"]>;
@@ -510,9 +516,14 @@ class ScenarioRun {
     const pool = this.pool!;
     const finished = Date.now();
     // A fault the scenario asked for that never happened would make a pass vacuous: say so.
-    const missed: string[] = [];
+    const missedOnTheClock: string[] = [];
     const timed = scenario.crashes.filter((c) => "atMs" in c).length;
-    if (this.timedCrashesDone < timed) missed.push(`${timed - this.timedCrashesDone} scheduled kill(s) never happened: the run was quiet first`);
+    if (this.timedCrashesDone < timed) missedOnTheClock.push(`${timed - this.timedCrashesDone} scheduled kill(s) never happened: the run was quiet first`);
+    if (scenario.postgresRestartAtMs !== undefined && env.restartPostgres && this.postgresRestarts === 0)
+      missedOnTheClock.push("the PostgreSQL restart never happened: the run was quiet first");
+    this.phases?.stop();
+    if (this.phases) missedOnTheClock.push(...(await this.phases.missed()));
+    const missed: string[] = [...missedOnTheClock];
     for (const c of this.eventCrashes) if (!c.done) missed.push(`the kill when a job entered ${c.status} never happened`);
     const unreached = scenario.crashPoints.filter(
       (p, i) => fleet.crashPointsReached.filter((q) => q === p).length < scenario.crashPoints.slice(0, i + 1).filter((q) => q === p).length,
@@ -521,11 +532,7 @@ class ScenarioRun {
     const unfrozen = scenario.freezes.filter((f) => !fleet.freezesReached.includes(f.point));
     if (unfrozen.length > 0) missed.push(`freezes never happened: ${unfrozen.map((f) => f.point).join(", ")}`);
     for (const t of this.targeted) if (!t.fired) missed.push(`the kill of the worker holding ${t.label} at ${t.point} never happened`);
-    if (scenario.postgresRestartAtMs !== undefined && env.restartPostgres && this.postgresRestarts === 0)
-      missed.push("the PostgreSQL restart never happened: the run was quiet first");
     missed.push(...this.actionFailures);
-    this.phases?.stop();
-    if (this.phases) missed.push(...(await this.phases.missed()));
     await this.tearDown();
     const mockStats = mocks.mocks.stats();
     const faults = faultLogDigest(mocks.mocks.faultLog());
@@ -545,6 +552,7 @@ class ScenarioRun {
       retried,
       timedOut: !quiet.ok,
       missed,
+      missedOnTheClock,
       boundsBroken,
       stuck: quiet.ok ? [] : await describeStuck(pool, quiet.rows),
       mockStats,

@@ -75,3 +75,13 @@ export function drawScenario(seed: number, round: number, options: { postgresRes
     `soak round ${round}`,
   );
 }
+
+/**
+ * Whether a soak round stops the soak. A broken invariant or a stuck job is a violation, and so is
+ * a targeted kill that never came: every job passes the points kills are drawn from, so the round
+ * did not test what it drew. What the clock decides (`onTheClock`: a restart or an outage phase
+ * the round was too quick for) is reported, not a violation.
+ */
+export function isViolation(result: { invariants?: { ok: boolean } | null | undefined; errors: string[] }, onTheClock: readonly string[]): boolean {
+  return result.invariants?.ok === false || result.errors.some((e) => !onTheClock.includes(e));
+}

@@ -4,7 +4,7 @@
  * outages, webhook chaos, PostgreSQL restarts).
  */
 import { describe, expect, it } from "vitest";
-import { drawScenario, KILL_POINTS } from "../../harness/soak.ts";
+import { drawScenario, isViolation, KILL_POINTS } from "../../harness/soak.ts";
 
 describe("soak rounds", () => {
   it("are drawn from the seed stream: the same (seed, round) gives the same scenario, another round another", () => {
@@ -33,5 +33,15 @@ describe("soak rounds", () => {
     expect(KILL_POINTS).not.toContain("call.llamaparse.get.before");
     expect(KILL_POINTS).not.toContain("stage.reconcile_parse.before");
     expect(KILL_POINTS).not.toContain("call.openai.batches.create.after"); // bulk jobs only
+  });
+
+  it("stop on a broken invariant, a stuck job or a targeted kill that never came, not on what the clock decided", () => {
+    const clock = ["the PostgreSQL restart never happened: the run was quiet first"];
+    expect(isViolation({ invariants: { ok: true }, errors: [] }, [])).toBe(false);
+    expect(isViolation({ invariants: { ok: true }, errors: clock }, clock)).toBe(false);
+    expect(isViolation({ invariants: { ok: false }, errors: [] }, [])).toBe(true);
+    expect(isViolation({ invariants: { ok: true }, errors: ["not quiet within 180000 ms"] }, [])).toBe(true);
+    const untested = "the kill of the worker holding doc-3.md's job at commit.vectors.after never happened";
+    expect(isViolation({ invariants: { ok: true }, errors: [...clock, untested] }, clock)).toBe(true);
   });
 });
