@@ -5,20 +5,16 @@
  */
 import fc from "fast-check";
 import { setupServer } from "msw/node";
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { createMocks, goDuration, parseFaultPlan, FaultPlanError, type FaultPlanInput } from "../../mocks/index.ts";
 import { FaultEngine, faultLogLines } from "../../mocks/shared/faults.ts";
 import { rngFromDigest, sha256Hex } from "../../mocks/shared/rng.ts";
 import { startMockServer, type MockServer } from "../../mocks/server.ts";
+import { useMockServer } from "../support/mockServer.ts";
 
 let server: MockServer;
-beforeAll(async () => {
-  server = await startMockServer({ port: 0, seed: 9 });
-});
-afterAll(() => server.close());
-afterEach(() => {
-  server.mocks.setFaults({});
-  server.mocks.reset();
+useMockServer({ seed: 9 }, (started) => {
+  server = started;
 });
 
 const embed = (input = "x", signal?: AbortSignal) =>

@@ -5,22 +5,19 @@
  * the poison marker, and FastAPI-shaped errors.
  */
 import LlamaCloud, { APIError } from "@llamaindex/llama-cloud";
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { joinPages, parsedPages, POISON_MARKER } from "../../mocks/index.ts";
 import { syntheticPages } from "../../mocks/llamaparse/markdown.ts";
-import { startMockServer, type MockServer } from "../../mocks/server.ts";
+import type { MockServer } from "../../mocks/server.ts";
+import { useMockServer } from "../support/mockServer.ts";
 
 let server: MockServer;
 let sdk: LlamaCloud;
 
-beforeAll(async () => {
-  server = await startMockServer({ port: 0, seed: 5 });
-  sdk = new LlamaCloud({ apiKey: server.env.LLAMA_CLOUD_API_KEY, baseURL: server.urls.llamaparse, maxRetries: 0 });
-});
-afterAll(() => server.close());
-beforeEach(() => {
-  server.mocks.setFaults({ llamaparse: { schedule: { pending: { dist: "fixed", ms: 10 }, running: { dist: "fixed", ms: 20 } } } });
-  server.mocks.reset();
+// Parses take 30 ms unless a test says otherwise.
+useMockServer({ seed: 5, faults: { llamaparse: { schedule: { pending: { dist: "fixed", ms: 10 }, running: { dist: "fixed", ms: 20 } } } } }, (started) => {
+  server = started;
+  sdk = new LlamaCloud({ apiKey: started.env.LLAMA_CLOUD_API_KEY, baseURL: started.urls.llamaparse, maxRetries: 0 });
 });
 
 const md = (text: string, name = "doc.md") => new File([text], name, { type: "text/markdown" });

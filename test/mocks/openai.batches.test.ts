@@ -4,23 +4,20 @@
  * output file's vectors and usage equal to the synchronous endpoint's, lookup by metadata, and
  * the fault plan's fates (expired, partly failed, slow) keyed by content.
  */
-import OpenAI, { BadRequestError, NotFoundError } from "openai";
+import type OpenAI from "openai";
+import { BadRequestError, NotFoundError } from "openai";
 import { toFile } from "openai/uploads";
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { startMockServer, type MockServer } from "../../mocks/server.ts";
+import { describe, expect, it } from "vitest";
+import type { MockServer } from "../../mocks/server.ts";
+import { openaiSdk, useMockServer } from "../support/mockServer.ts";
 import { until } from "../support/until.ts";
 
 let server: MockServer;
 let client: OpenAI;
 
-beforeAll(async () => {
-  server = await startMockServer({ port: 0, seed: 5 });
-  client = new OpenAI({ baseURL: server.urls.openai, apiKey: server.env.OPENAI_API_KEY, maxRetries: 0 });
-});
-afterAll(() => server.close());
-beforeEach(() => {
-  server.mocks.setFaults({});
-  server.mocks.reset();
+useMockServer({ seed: 5 }, (started) => {
+  server = started;
+  client = openaiSdk(started);
 });
 
 const MODEL = "text-embedding-3-small";

@@ -5,21 +5,17 @@
 import fc from "fast-check";
 import { encode } from "gpt-tokenizer/encoding/cl100k_base";
 import OpenAI, { APIConnectionError, AuthenticationError, BadRequestError, InternalServerError, NotFoundError, RateLimitError } from "openai";
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { expectedEmbedding, toBase64Float32 } from "../../mocks/index.ts";
-import { startMockServer, type MockServer } from "../../mocks/server.ts";
+import type { MockServer } from "../../mocks/server.ts";
+import { openaiSdk, useMockServer } from "../support/mockServer.ts";
 
 let server: MockServer;
 let client: OpenAI;
 
-beforeAll(async () => {
-  server = await startMockServer({ port: 0, seed: 3 });
-  client = new OpenAI({ baseURL: server.urls.openai, apiKey: server.env.OPENAI_API_KEY, maxRetries: 0 });
-});
-afterAll(() => server.close());
-beforeEach(() => {
-  server.mocks.setFaults({});
-  server.mocks.reset();
+useMockServer({ seed: 3 }, (started) => {
+  server = started;
+  client = openaiSdk(started);
 });
 
 const MODEL = "text-embedding-3-small";

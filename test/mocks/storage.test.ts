@@ -3,9 +3,10 @@
  * and the raw error bodies (HTTP 400 with the logical status as a string).
  */
 import { StorageApiError, StorageClient } from "@supabase/storage-js";
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { DEFAULT_JWT_SECRET, signServiceRoleKey } from "../../mocks/index.ts";
 import { startMockServer, type MockServer } from "../../mocks/server.ts";
+import { useMockServer } from "../support/mockServer.ts";
 
 let server: MockServer;
 let storage: StorageClient;
@@ -14,14 +15,9 @@ const CLI_SERVICE_ROLE_KEY =
 
 const clientWith = (key: string) => new StorageClient(server.urls.storage, { apikey: key, Authorization: `Bearer ${key}` });
 
-beforeAll(async () => {
-  server = await startMockServer({ port: 0 });
-  storage = clientWith(server.env.SUPABASE_SERVICE_ROLE_KEY!);
-});
-afterAll(() => server.close());
-beforeEach(() => {
-  server.mocks.setFaults({});
-  server.mocks.reset();
+useMockServer({}, (started) => {
+  server = started;
+  storage = clientWith(started.env.SUPABASE_SERVICE_ROLE_KEY!);
 });
 
 function expectApiError(error: unknown, statusCode: string, code: string): StorageApiError {
