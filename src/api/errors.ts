@@ -74,6 +74,8 @@ export function toErrorResponse(err: unknown): { status: number; body: ErrorBody
   return { status: 500, body: { error: { code: "internal", message: "Internal error; the server logged it. Retry later." } }, headers: {} };
 }
 
+const UPLOAD_PARTS = "Too many form parts; send one 'file' part and optionally the fields 'filename', 'sha256', 'priority' and 'tenant_id'.";
+
 const FASTIFY_ERRORS: Record<string, { code: string; message: string; status?: number }> = {
   FST_ERR_CTP_BODY_TOO_LARGE: { code: "payload_too_large", message: "The request body is larger than this route accepts." },
   FST_ERR_CTP_INVALID_MEDIA_TYPE: {
@@ -88,12 +90,14 @@ const FASTIFY_ERRORS: Record<string, { code: string; message: string; status?: n
   FST_ERR_CTP_INVALID_TYPE: { code: "unsupported_media_type", message: "The Content-Type header is invalid.", status: 415 },
   FST_ERR_BAD_URL: { code: "bad_request", message: "The URL could not be decoded." },
   FST_ERR_ASYNC_CONSTRAINT: { code: "bad_request", message: "The request could not be routed." },
-  // @fastify/multipart
+  // @fastify/multipart's codes (node_modules/@fastify/multipart/index.js); its limits answer 413, but
+  // a second file or a stray field is a malformed request, not a large one.
   FST_INVALID_MULTIPART_CONTENT_TYPE: { code: "unsupported_media_type", message: "Expected multipart/form-data.", status: 415 },
-  FST_FILES_LIMIT_REACHED: { code: "too_many_files", message: "Send exactly one file part named 'file' per upload.", status: 400 },
-  FST_FIELDS_LIMIT_REACHED: { code: "too_many_fields", message: "Too many form fields; the upload accepts 'file', 'filename' and 'sha256'.", status: 400 },
-  FST_PARTS_LIMIT_REACHED: { code: "too_many_parts", message: "Too many form parts; the upload accepts 'file', 'filename' and 'sha256'.", status: 400 },
+  FST_FILES_LIMIT: { code: "too_many_files", message: "Send exactly one file part named 'file' per upload.", status: 400 },
+  FST_FIELDS_LIMIT: { code: "too_many_fields", message: UPLOAD_PARTS, status: 400 },
+  FST_PARTS_LIMIT: { code: "too_many_parts", message: UPLOAD_PARTS, status: 400 },
   FST_PROTO_VIOLATION: { code: "invalid_request", message: "A form field name is not allowed.", status: 400 },
+  FST_MP_PREMATURE_CLOSE: { code: "invalid_multipart", message: "The multipart/form-data body ended early; send it again.", status: 400 },
 };
 
 /** Send the error body; log 5xx with the cause (the client never sees it). */

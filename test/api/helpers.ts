@@ -132,21 +132,24 @@ export const bearer = async (userId: string) => ({ authorization: `Bearer ${awai
 export const serviceBearer = async () => ({ authorization: `Bearer ${await token({ role: "service_role" })}` });
 
 /** A multipart body with one `file` part and optional fields. */
+type FilePart = { name: string; type: string; content: string | Uint8Array };
+
+/** A multipart/form-data body: the fields (pairs, to repeat one), then each file part (none, one or several) under `fieldName`. */
 export function multipartBody(
-  file: { name: string; type: string; content: string | Uint8Array } | null,
-  fields: Record<string, string> = {},
+  file: FilePart | FilePart[] | null,
+  fields: Record<string, string> | Array<[string, string]> = {},
   fieldName = "file",
 ): { payload: Buffer; headers: Record<string, string> } {
   const boundary = `----test${randomUUID().replace(/-/g, "")}`;
   const chunks: Buffer[] = [];
-  for (const [k, v] of Object.entries(fields)) {
+  for (const [k, v] of Array.isArray(fields) ? fields : Object.entries(fields)) {
     chunks.push(Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="${k}"\r\n\r\n${v}\r\n`));
   }
-  if (file) {
+  for (const part of file === null ? [] : [file].flat()) {
     chunks.push(
-      Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="${fieldName}"; filename="${file.name}"\r\nContent-Type: ${file.type}\r\n\r\n`),
+      Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="${fieldName}"; filename="${part.name}"\r\nContent-Type: ${part.type}\r\n\r\n`),
     );
-    chunks.push(Buffer.from(file.content));
+    chunks.push(Buffer.from(part.content));
     chunks.push(Buffer.from("\r\n"));
   }
   chunks.push(Buffer.from(`--${boundary}--\r\n`));

@@ -9,7 +9,7 @@ import { useTestApp, bearer, multipartBody, serviceBearer, snapshot } from "./he
 
 const ctx = useTestApp();
 
-async function upload(userId: string, file: Parameters<typeof multipartBody>[0], fields: Record<string, string> = {}, fieldName?: string) {
+async function upload(userId: string, file: Parameters<typeof multipartBody>[0], fields: Parameters<typeof multipartBody>[1] = {}, fieldName?: string) {
   const { payload, headers } = multipartBody(file, fields, fieldName);
   return ctx.t.app.inject({ method: "POST", url: "/upload", payload, headers: { ...headers, ...(await bearer(userId)) } });
 }
@@ -146,6 +146,23 @@ describe("POST /upload (multipart)", () => {
     await expectUnchanged(() => upload(randomUUID(), { name: "e.pdf", type: "application/pdf", content: "x" }, {}, "document"), 400, "unknown_field");
     await expectUnchanged(() => upload(randomUUID(), { name: "e.pdf", type: "application/pdf", content: "x" }, { owner: "me" }), 400, "unknown_field");
     await expectUnchanged(() => upload(randomUUID(), { name: "bad\u0001name.pdf", type: "application/pdf", content: "x" }), 400, "invalid_request");
+  });
+
+  it("refuses a second file part and a repeated field with 400 saying what one upload takes", async () => {
+    const md = (name: string) => ({ name, type: "text/markdown", content: `# ${name}\n\ntext\n` });
+    const twoFiles = await expectUnchanged(() => upload(randomUUID(), [md("a.md"), md("b.md")]), 400, "too_many_files");
+    expect(twoFiles).toContain("exactly one file part named 'file'");
+    const hash = sha256(Buffer.from(md("c.md").content));
+    const twice = await expectUnchanged(
+      () =>
+        upload(randomUUID(), md("c.md"), [
+          ["sha256", hash],
+          ["sha256", hash],
+        ]),
+      400,
+      "duplicate_field",
+    );
+    expect(twice).toContain("'sha256' is sent twice");
   });
 
   it("refuses other content types with 415", async () => {

@@ -215,6 +215,9 @@ export async function uploadRoutes(app: FastifyInstance): Promise<void> {
                 `Form field '${part.fieldname.slice(0, 50)}' is not accepted; send 'file' and optionally 'filename', 'sha256', 'priority' and 'tenant_id'.`,
               );
             }
+            // A repeated field would leave which value counts to the order of the parts.
+            if (Object.hasOwn(fields, part.fieldname))
+              throw new ApiError(400, "duplicate_field", `Form field '${part.fieldname}' is sent twice; send it once.`);
             fields[part.fieldname] = String(part.value);
             continue;
           }
