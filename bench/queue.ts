@@ -46,6 +46,10 @@ export async function runQueueBench(ctx: BenchContext): Promise<BenchResult> {
   const jobs = ctx.quick ? 400 : 2000;
   const capMs = ctx.quick ? 6_000 : 20_000;
   const slotCounts = [1, 4, 16];
+  // A warm-up run first, not reported: V8 compiles the worker's code and PostgreSQL loads its
+  // catalogs, so the first measured run (1 slot) is not also the cold one.
+  ctx.log("queue: warm-up, 4 slots");
+  await runOnce(ctx, 4, ctx.quick ? 100 : 400, capMs);
   const runs: QueueRun[] = [];
   for (const slots of slotCounts) {
     ctx.log(`queue: ${jobs} jobs, 1 process × ${slots} slot(s)`);
@@ -106,19 +110,7 @@ export interface NoopPipelineRun extends NoopCounters {
  */
 export async function runNoopPipeline(db: BenchDatabase, args: { slots: number; jobs: number; capMs: number }): Promise<NoopPipelineRun> {
   await seedJobs(db.pool, args.jobs);
-  const counters: NoopCounters = { transitions: 0, completed: 0 };
-  const worker = new BaseWorker<undefined>({
-    pool: db.pool,
-    databaseUrl: db.url,
-    stages: noopStages(counters),
-    services: undefined,
-    log: createLogger({ level: "silent" }),
-    concurrency: args.slots,
-    leaseSeconds: 60,
-    retryBaseMs: 1_000,
-    retryMaxMs: 300_000,
-    pollIntervalMs: 2_000,
-  });
+  const { counters, worker } = noopWorker(db, args.slots);
   // Open the pool's connections before the window so every backend is counted in its CPU.
   await Promise.all(Array.from({ length: args.slots + 1 }, () => db.pool.query("SELECT 1")));
   const cpu = await cpuWindow(db.pool);
@@ -131,6 +123,24 @@ export async function runNoopPipeline(db: BenchDatabase, args: { slots: number; 
   const { transitions, completed } = counters;
   await worker.stop();
   return { transitions, completed, seconds, cpu: window };
+}
+
+/** One in-process `BaseWorker` on `db` with `slots` slots and no-op stages (default settings otherwise), not started. */
+export function noopWorker(db: BenchDatabase, slots: number): { counters: NoopCounters; worker: BaseWorker<undefined> } {
+  const counters: NoopCounters = { transitions: 0, completed: 0 };
+  const worker = new BaseWorker<undefined>({
+    pool: db.pool,
+    databaseUrl: db.url,
+    stages: noopStages(counters),
+    services: undefined,
+    log: createLogger({ level: "silent" }),
+    concurrency: slots,
+    leaseSeconds: 60,
+    retryBaseMs: 1_000,
+    retryMaxMs: 300_000,
+    pollIntervalMs: 2_000,
+  });
+  return { counters, worker };
 }
 
 /** Documents in one statement, then a job for each through `createJob` (the API's own path). */
