@@ -207,9 +207,13 @@ describe("direct upload: content, not labels", () => {
     expect(await refusedWithoutTrace(() => direct({ name: "letter.docx", type: DOCX, content: zip }), 415, "content_mismatch")).toContain("application/zip");
   });
 
-  it("binary bytes declared as text are 415; HTML declared as text/html is accepted", async () => {
+  it("binary bytes declared as text are 415; text that is not UTF-8 is told so; HTML declared as text/html is accepted", async () => {
     expect(await refusedWithoutTrace(() => direct({ name: "notes.md", type: "text/markdown", content: ELF }), 415, "content_mismatch")).toContain(
       "text/markdown",
+    );
+    const utf16 = Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from(`# Notes ${randomUUID()}\n`, "utf16le")]);
+    expect(await refusedWithoutTrace(() => direct({ name: "notes.md", type: "text/markdown", content: utf16 }), 415, "content_mismatch")).toContain(
+      "not UTF-8 text",
     );
     const html = await direct({ name: "page.html", type: "text/html", content: `<!DOCTYPE html><html><body><p>${randomUUID()}</p></body></html>` });
     expect(html.statusCode, html.body).toBe(201);

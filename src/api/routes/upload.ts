@@ -126,7 +126,9 @@ function uploadRules(maxBytes: number, allowedTypes: readonly string[]) {
         throw new ApiError(
           415,
           "content_mismatch",
-          `${field}: declared '${declared.slice(0, 100)}' but the content is '${found}'; send the file with its real type (allowed: ${listed}).`,
+          declared.startsWith("text/") && found === OCTET_STREAM
+            ? `${field}: declared '${declared.slice(0, 100)}' but the content is not UTF-8 text (binary bytes, or another encoding such as UTF-16); save it as UTF-8 or send it with its real type (allowed: ${listed}).`
+            : `${field}: declared '${declared.slice(0, 100)}' but the content is '${found}'; send the file with its real type (allowed: ${listed}).`,
         );
       }
     },
