@@ -7,6 +7,7 @@ import { events, jobRow, seedJob } from "../support/fixtures.ts";
 import { noopStages } from "../support/noopStages.ts";
 import { testWorker } from "../support/worker.ts";
 import { ManualClock } from "../../src/resilience/clock.ts";
+import { claimNextJob } from "../../src/worker/queries.ts";
 
 let db: TestDatabase;
 beforeAll(async () => {
@@ -111,5 +112,28 @@ describe("claiming", () => {
     expect(evs.filter((e) => e.worker_id === "paused")).toEqual([]);
     expect(evs.at(-1)!.to_status).toBe("complete");
     expect(evs.filter((e) => e.to_status === "parse_queued")).toHaveLength(1);
+  });
+
+  it("a claim skips a job whose row another transaction holds locked (SKIP LOCKED), instead of waiting for it", async () => {
+    const [head, next] = [await seedJob(db.pool), await seedJob(db.pool)];
+    // The two at the head of the queue, in this order.
+    await db.pool.query("UPDATE upload_pipeline.upload_jobs SET fair_tag = -1000 - (job_id = $2)::int WHERE job_id IN ($1, $2)", [next.jobId, head.jobId]);
+    const holder = await db.pool.connect(); // e.g. the webhook handler, which locks the job row while it records a delivery
+    const claimer = await db.pool.connect();
+    try {
+      await holder.query("BEGIN");
+      await holder.query("SELECT 1 FROM upload_pipeline.upload_jobs WHERE job_id = $1 FOR UPDATE", [head.jobId]);
+      // A claim that waited for the row lock would fail here instead of returning.
+      await claimer.query("SET lock_timeout = '200ms'");
+      const claimed = await claimNextJob(claimer, { workerId: "skipper", leaseSeconds: 30 });
+      expect(claimed?.job_id).toBe(next.jobId);
+      await holder.query("ROLLBACK");
+      expect((await claimNextJob(claimer, { workerId: "skipper", leaseSeconds: 30 }))?.job_id).toBe(head.jobId);
+    } finally {
+      await holder.query("ROLLBACK").catch(() => {});
+      await claimer.query("RESET lock_timeout");
+      holder.release();
+      claimer.release();
+    }
   });
 });
