@@ -108,6 +108,19 @@ describe("submitParse", () => {
     expect(await rejectionOf(client().submitParse(submitInput))).toMatchObject({ code: "llamaparse_unavailable", errorClass: "transient", status: 503 });
     expect(calls).toBe(1);
   });
+
+  it("does not follow a redirect with the file (fetch would keep a copy of the whole upload to re-send it)", async () => {
+    let redirected = 0;
+    server.use(
+      http.post(`${BASE}/api/v2/parse/upload`, () => new HttpResponse(null, { status: 307, headers: { location: `${BASE}/api/v2/parse/upload-elsewhere` } })),
+      http.post(`${BASE}/api/v2/parse/upload-elsewhere`, () => {
+        redirected++;
+        return HttpResponse.json({ id: JOB_ID, project_id: "proj-1", status: "PENDING", created_at: "2025-01-01T00:00:00Z", tier: "fast" });
+      }),
+    );
+    expect(await rejectionOf(client().submitParse(submitInput))).toMatchObject({ code: "llamaparse_connection", errorClass: "transient" });
+    expect(redirected).toBe(0);
+  });
 });
 
 describe("getParseJob", () => {
