@@ -4,7 +4,7 @@
  */
 import { randomUUID } from "node:crypto";
 import { beforeEach, describe, expect, it } from "vitest";
-import { signWebhook } from "../../src/api/routes/webhook.ts";
+import { NO_SECRET, signWebhook } from "../../src/api/routes/webhook.ts";
 import { JOB_ID_HEADER } from "../../src/stages/submitParse.ts";
 import { useTestApp, parseEvent, seedJob, snapshot, webhookRequest, type SeededJob } from "./helpers.ts";
 
@@ -86,6 +86,14 @@ describe("webhook: refused deliveries change nothing", () => {
 
   it("our job id header picks the secret to verify with: another job's header fails the signature", async () => {
     await expectRefused(webhookRequest(parseEvent(job.parseJobId), job.secret, { headers: { [JOB_ID_HEADER]: other.jobId } }), 401, "unauthorized");
+  });
+
+  it("a job with no webhook secret yet (not submitted) accepts no signature, not even one made with the placeholder key", async () => {
+    const unsubmitted = await seedJob(ctx.db.pool, { status: "uploaded" });
+    for (const key of [NO_SECRET, "", "null"]) {
+      const event = parseEvent(`pjob-${randomUUID()}`);
+      await expectRefused(webhookRequest(event, key, { headers: { [JOB_ID_HEADER]: unsubmitted.jobId } }), 401, "unauthorized");
+    }
   });
 
   it("malformed JSON is 400", async () => {

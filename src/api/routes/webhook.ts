@@ -94,7 +94,7 @@ interface JobRow {
 const TERMINAL_EVENTS: ReadonlySet<string> = new Set(["parse.success", "parse.partial_success", "parse.error", "parse.cancelled"]);
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 /** Verifying against this when no job matched costs what a real check costs. */
-const NO_SECRET = "no-job-matched-this-delivery";
+export const NO_SECRET = "no-job-matched-this-delivery";
 
 /** Expected `LC-Signature` value for `raw` under `secret`: `sha256=<hex>`. */
 export function signWebhook(secret: string, raw: string | Uint8Array): string {
