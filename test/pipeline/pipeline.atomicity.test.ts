@@ -146,9 +146,9 @@ describe("a batch and its counters commit together", () => {
 
 describe("the finish stage", () => {
   /** A document stopped right before finish (its worker crashed there), ready to be tampered with. */
-  async function atFinish() {
+  async function atFinish(content = CONTENT) {
     const clock = new ManualClock(Date.now());
-    const doc = await env.upload({ content: CONTENT, userId: randomUUID() });
+    const doc = await env.upload({ content, userId: randomUUID() });
     const faults = new FaultInjector([{ point: "stage.finish.before", nth: 1, action: "crash" }]);
     let crashed = false;
     const crasher = env.worker({ clock, faults, onJobDone: (e) => (crashed ||= e.outcome === "crashed") });
@@ -175,6 +175,23 @@ describe("the finish stage", () => {
     const { doc, resume } = await atFinish();
     const changed = await env.db.pool.query("UPDATE upload_pipeline.document_vector_buffer SET embedding[1] = embedding[1] + 0.5 WHERE chunk_id = $1", [
       chunkId(doc.documentId, CHUNKER_NAME, CHUNKER_VERSION, 2),
+    ]);
+    expect(changed.rowCount).toBe(1);
+    expect(await resume()).toBe("failed_embedding");
+    expect((await ledger(doc.jobId)).last_error?.code).toBe("vector_sha_mismatch");
+  });
+
+  it("re-hashes every stored vector, not only the first page of them: a tampered vector of the last chunk is found", { timeout: 30_000 }, async () => {
+    // Finish reads the vectors in pages of 64; this document has more chunks than one page.
+    const { doc, resume } = await atFinish(markdownDocument(mulberry32(8), "Paged", 20_000));
+    const last = await env.db.pool.query<{ chunk_ord: number }>(
+      "SELECT max(chunk_ord)::int AS chunk_ord FROM upload_pipeline.document_chunk_buffer WHERE document_id = $1",
+      [doc.documentId],
+    );
+    const lastOrd = last.rows[0]!.chunk_ord;
+    expect(lastOrd).toBeGreaterThan(64);
+    const changed = await env.db.pool.query("UPDATE upload_pipeline.document_vector_buffer SET embedding[1] = embedding[1] + 0.5 WHERE chunk_id = $1", [
+      chunkId(doc.documentId, CHUNKER_NAME, CHUNKER_VERSION, lastOrd),
     ]);
     expect(changed.rowCount).toBe(1);
     expect(await resume()).toBe("failed_embedding");
