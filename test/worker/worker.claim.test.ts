@@ -8,6 +8,7 @@ import { noopStages } from "../support/noopStages.ts";
 import { testWorker } from "../support/worker.ts";
 import { ManualClock } from "../../src/resilience/clock.ts";
 import { claimNextJob } from "../../src/worker/queries.ts";
+import { LeaseLostError } from "../../src/errors.ts";
 
 let db: TestDatabase;
 beforeAll(async () => {
@@ -79,14 +80,24 @@ describe("claiming", () => {
     expect(evs.find((e) => e.from_status === "parsed")?.worker_id).toBe("survivor");
   });
 
-  it("a worker that lost its lease cannot write: its transition changes nothing", async () => {
+  it("a worker that lost its lease cannot write: neither its fenced batch nor its transition changes anything", async () => {
     const clock = new ManualClock(Date.parse("2031-01-01T00:00:00Z"));
     const job = await seedJob(db.pool);
     await db.pool.query("UPDATE upload_pipeline.upload_jobs SET next_attempt_at = $2 WHERE job_id = $1", [job.jobId, new Date(clock.now())]);
     let resumePaused!: () => void;
     let paused!: () => void;
     const isPaused = new Promise<void>((r) => (paused = r));
-    const slow = testWorker(db.pool, noopStages(), {
+    let staleBatch: unknown;
+    const stale = noopStages({
+      // Resumed after the takeover: a batch write (as the chunk and embed stages commit theirs) first.
+      during: (ctx) =>
+        ctx
+          .fenced(({ client }) =>
+            client.query(`UPDATE upload_pipeline.upload_jobs SET progress = progress || '{"stale_batch": 1}' WHERE job_id = $1`, [ctx.job.job_id]),
+          )
+          .catch((err: unknown) => void (staleBatch = err)),
+    });
+    const slow = testWorker(db.pool, stale, {
       workerId: "paused",
       clock,
       leaseSeconds: 30,
@@ -107,7 +118,9 @@ describe("claiming", () => {
     await clock.advance(31_000); // the paused worker's lease has expired
     await other.runOnce(); // takes over and finishes the job
     resumePaused();
-    await pausedRun; // its write is fenced out
+    await pausedRun; // its writes are fenced out
+    expect(staleBatch).toBeInstanceOf(LeaseLostError);
+    expect((await jobRow(db.pool, job.jobId)).progress).not.toHaveProperty("stale_batch");
     const evs = await events(db.pool, job.jobId);
     expect(evs.filter((e) => e.worker_id === "paused")).toEqual([]);
     expect(evs.at(-1)!.to_status).toBe("complete");
