@@ -90,12 +90,15 @@ describe("claiming", () => {
     let staleBatch: unknown;
     const stale = noopStages({
       // Resumed after the takeover: a batch write (as the chunk and embed stages commit theirs) first.
-      during: (ctx) =>
-        ctx
-          .fenced(({ client }) =>
+      async during(ctx) {
+        try {
+          await ctx.fenced(({ client }) =>
             client.query(`UPDATE upload_pipeline.upload_jobs SET progress = progress || '{"stale_batch": 1}' WHERE job_id = $1`, [ctx.job.job_id]),
-          )
-          .catch((err: unknown) => void (staleBatch = err)),
+          );
+        } catch (err) {
+          staleBatch = err;
+        }
+      },
     });
     const slow = testWorker(db.pool, stale, {
       workerId: "paused",
