@@ -238,9 +238,13 @@ function median(values: number[]): number {
   return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
 }
 
-/** Items to queue so a run at `perSecond` cannot finish them in its warm-up and window (1.5× headroom), within bounds. */
+/**
+ * Items to queue so a run at `perSecond` cannot finish them in its warm-up and window, within
+ * bounds. 2× headroom: with 1.3× over the calibration rate, 13 of 41 runs ran out of work in one
+ * run here (the load, and with it every rate, moves 2× within minutes).
+ */
 function itemsFor(c: Contender, perSecond: number, timing: Timing): number {
-  const units = (perSecond * (timing.warmupMs + timing.windowMs) * 1.3) / 1000;
+  const units = (perSecond * (timing.warmupMs + timing.windowMs) * 2) / 1000;
   const max = c.system === "ours" ? 10_000 : c.shape === "plain" ? 60_000 : 6_000;
   return Math.min(max, Math.max(50, Math.ceil(units / unitsPerItem(c))));
 }
@@ -262,6 +266,7 @@ export async function runPeersBench(ctx: BenchContext): Promise<BenchResult> {
 
   // Calibration: everyone once, with a generous fixed load; compiles every contender's code and
   // tells each run how much work to queue.
+  /** The fastest rate seen so far per contender: what the next run's queued work is sized for. */
   const rateOf = new Map<string, number>();
   for (const c of [OURS, ...PEERS]) {
     const guess = c.system === "ours" ? 6_000 : c.shape === "plain" ? 10_000 : 1_000;
@@ -280,6 +285,8 @@ export async function runPeersBench(ctx: BenchContext): Promise<BenchResult> {
       `peers: round ${roundNo}, ${describe(c)}: ${Math.round(m.perSecond)} ${unitOf(c)} (${m.units} in ${m.seconds.toFixed(1)} s${m.drained ? ", ran out of work" : ""}; load ${m.loadAverage.toFixed(2)})`,
     );
     runs.push(m);
+    // Size the next run from the fastest rate seen so far.
+    rateOf.set(c.key, Math.max(rateOf.get(c.key)!, m.perSecond));
     return m;
   };
 
@@ -348,7 +355,7 @@ export async function runPeersBench(ctx: BenchContext): Promise<BenchResult> {
       concurrency: CONCURRENCY,
       rounds,
       timing,
-      calibration: Object.fromEntries(rateOf),
+      fastestRates: Object.fromEntries(rateOf),
       loadAtStart,
       loadAtEnd,
       runs,
