@@ -5,6 +5,7 @@
  */
 import { describe, expect, it } from "vitest";
 import { createLogger } from "../../src/logger.ts";
+import { JOB_ID_HEADER } from "../../src/stages/submitParse.ts";
 import { until } from "../support/until.ts";
 import { useTestApp, makeApp, parseEvent, seedJob, webhookRequest } from "./helpers.ts";
 
@@ -80,6 +81,20 @@ describe("webhook: accepted deliveries", () => {
     await ctx.t.app.deps.parseIntakes.settled();
     expect(ctx.t.intake.length).toBe(n);
     expect((await status(job.jobId)).status).toBe("parsed");
+  });
+
+  it("an event of another parse job of the same job (a duplicate submission the submit stage cancelled) is not applied to the parse it waits for", async () => {
+    const job = await seedJob(ctx.db.pool);
+    const n = ctx.t.intake.length;
+    // Routed by our job id header and signed with the job's secret, as every submission of the job is.
+    for (const eventType of ["parse.cancelled", "parse.error", "parse.success"]) {
+      const event = parseEvent(`pjob-duplicate-${job.parseJobId}`, { event_type: eventType });
+      const res = await ctx.t.app.inject(webhookRequest(event, job.secret, { headers: { [JOB_ID_HEADER]: job.jobId } }));
+      expect(res.json()).toEqual({ received: true, outcome: "not_applicable" });
+    }
+    await ctx.t.app.deps.parseIntakes.settled();
+    expect(ctx.t.intake.length).toBe(n);
+    expect(await status(job.jobId)).toMatchObject({ status: "parse_queued", last_error: null });
   });
 
   it("a job leased right now (the reconciler) is not failed under it", async () => {
