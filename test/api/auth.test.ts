@@ -69,6 +69,7 @@ describe("authorization", () => {
       async () => ({ authorization: `Bearer ${await token({ sub: mine.userId }, { secret: "another-secret-another-secret-another-secret" })}` }),
     ],
     ["expired", async () => ({ authorization: `Bearer ${await token({ sub: mine.userId }, { expiresIn: Math.floor(Date.now() / 1000) - 3600 })}` })],
+    ["no exp (it would never expire)", async () => ({ authorization: `Bearer ${await token({ sub: mine.userId }, { expiresIn: null })}` })],
     [
       "alg none",
       async () => {

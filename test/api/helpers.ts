@@ -117,13 +117,12 @@ export async function makeApp(pool: pg.Pool, overrides: Partial<ApiDeps> & { con
 /** A bearer token as Supabase signs them (HS256, `sub`, `role`, `aud`, `exp`). */
 export async function token(
   claims: { sub?: string; role?: string; [k: string]: unknown } = {},
-  options: { secret?: string; expiresIn?: string | number; alg?: string } = {},
+  options: { secret?: string; expiresIn?: string | number | null; alg?: string } = {},
 ): Promise<string> {
   const { sub, ...rest } = claims;
-  let jwt = new SignJWT({ role: "authenticated", aud: "authenticated", ...rest })
-    .setProtectedHeader({ alg: options.alg ?? "HS256", typ: "JWT" })
-    .setIssuedAt()
-    .setExpirationTime(options.expiresIn ?? "1h");
+  let jwt = new SignJWT({ role: "authenticated", aud: "authenticated", ...rest }).setProtectedHeader({ alg: options.alg ?? "HS256", typ: "JWT" }).setIssuedAt();
+  // `expiresIn: null`: a token without `exp`, which must never be accepted.
+  if (options.expiresIn !== null) jwt = jwt.setExpirationTime(options.expiresIn ?? "1h");
   if (sub) jwt = jwt.setSubject(sub);
   return jwt.sign(new TextEncoder().encode(options.secret ?? JWT_SECRET));
 }
