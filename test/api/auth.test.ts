@@ -4,6 +4,11 @@
  * generic body whatever was wrong with it.
  */
 import { randomUUID } from "node:crypto";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import type { FastifyRequest } from "fastify";
+import { exportJWK, generateKeyPair, SignJWT } from "jose";
+import { createAuthenticator } from "../../src/api/auth.ts";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createLogger } from "../../src/logger.ts";
 import {
@@ -172,5 +177,43 @@ describe("token rules", () => {
     } finally {
       await strict.app.close();
     }
+  });
+});
+
+describe("asymmetric signing keys (SUPABASE_JWKS_URL)", () => {
+  let jwksServer: Server;
+  let project: CryptoKey;
+  let jwksUrl: string;
+  beforeAll(async () => {
+    const pair = await generateKeyPair("ES256", { extractable: true });
+    project = pair.privateKey;
+    const jwk = { ...(await exportJWK(pair.publicKey)), kid: "project-key", alg: "ES256", use: "sig" };
+    jwksServer = createServer((_req, res) => res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ keys: [jwk] })));
+    await new Promise<void>((resolve) => jwksServer.listen(0, "127.0.0.1", resolve));
+    jwksUrl = `http://127.0.0.1:${(jwksServer.address() as AddressInfo).port}/auth/v1/.well-known/jwks.json`;
+  });
+  afterAll(() => new Promise<void>((resolve) => jwksServer.close(() => resolve())));
+
+  /** What the authenticator answers for a bearer token: the principal, or the status it refused with. */
+  async function principalFor(jwt: string) {
+    const auth = createAuthenticator({ jwksUrl });
+    return auth.authenticate({ headers: { authorization: `Bearer ${jwt}` } } as FastifyRequest).catch((err: { statusCode?: number }) => err.statusCode);
+  }
+  const signed = (key: CryptoKey, options: { exp?: boolean; kid?: string } = {}) => {
+    const jwt = new SignJWT({ role: "authenticated", aud: "authenticated" })
+      .setProtectedHeader({ alg: "ES256", kid: options.kid ?? "project-key" })
+      .setSubject(mine.userId)
+      .setIssuedAt();
+    return (options.exp === false ? jwt : jwt.setExpirationTime("1h")).sign(key);
+  };
+
+  it("a user token signed with the project's key is that user", async () => {
+    expect(await principalFor(await signed(project))).toEqual({ userId: mine.userId, role: "authenticated", isService: false });
+  });
+
+  it("one signed with another key, or without exp, is 401", async () => {
+    const stranger = (await generateKeyPair("ES256")).privateKey;
+    expect(await principalFor(await signed(stranger))).toBe(401);
+    expect(await principalFor(await signed(project, { exp: false }))).toBe(401);
   });
 });
