@@ -119,7 +119,8 @@ describe("lost webhook", () => {
       await worker.start();
       // LlamaParse finished and its webhook was dropped: nothing will arrive.
       await until("the webhook to be dropped", () => (env.mocks.stats().webhooks.deliveries.genuine.dropped ?? 0) > (before.dropped ?? 0));
-      expect((await jobState(doc.jobId)).status).toBe("parse_queued");
+      // The parse can finish (and its webhook be dropped) before the worker has committed parse_queued.
+      await until("the job to wait for its webhook", async () => (await jobState(doc.jobId)).status === "parse_queued");
       // The webhook deadline passes (simulated): the job comes due for the reconciler.
       offsetMs += env.config.WEBHOOK_DEADLINE_SECONDS * 1000 + 1;
       const states = await waitForTerminal(env, [doc.jobId], 15_000);
