@@ -203,3 +203,30 @@ describe("the finish stage", () => {
     expect(await resume()).toBe("complete");
   });
 });
+
+describe("embedding batches", () => {
+  it("keep within the per-request token cap, not only the input count", {
+    timeout: 30_000,
+  }, async () => {
+    const cap = 130; // two chunks of at most 64 tokens fit, three or four (EMBED_BATCH_SIZE) do not
+    const settings = env.services.settings;
+    const saved = settings.embedMaxTokensPerRequest;
+    settings.embedMaxTokensPerRequest = cap;
+    try {
+      const clock = new ManualClock(Date.now());
+      const doc = await env.upload({ content: CONTENT, userId: randomUUID() });
+      expect(await drive(env, doc.jobId, clock, [worker(clock)])).toBe("complete");
+      const { rows } = await env.db.pool.query<{ inputs: number; tokens: number }>(
+        `SELECT count(*)::int AS inputs, sum(c.token_count)::int AS tokens
+           FROM upload_pipeline.document_vector_buffer v JOIN upload_pipeline.document_chunk_buffer c USING (chunk_id)
+          WHERE c.document_id = $1 GROUP BY v.batch_id`,
+        [doc.documentId],
+      );
+      expect(rows.length).toBeGreaterThan(1);
+      expect(Math.max(...rows.map((r) => r.tokens))).toBeLessThanOrEqual(cap);
+      expect(rows.some((r) => r.inputs > 1)).toBe(true); // the cap packs batches, not one chunk per request
+    } finally {
+      settings.embedMaxTokensPerRequest = saved;
+    }
+  });
+});
