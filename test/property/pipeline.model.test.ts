@@ -62,6 +62,8 @@ interface Delivery {
   timestamp: number;
   body: string;
   signature: string;
+  /** The webhook secret of the submission it was delivered for (a retried parse rotates it). */
+  secret: string;
 }
 
 interface ModelJob {
@@ -269,11 +271,14 @@ class Webhook implements Cmd {
       return this.unchanged(j, before, m, r);
     }
     if (this.kind === "resigned" && last) {
-      // LlamaParse re-signing its retry (same event_id, new timestamp): a duplicate, 2xx, nothing changes.
-      const d = webhookDelivery(before.webhook_secret, { ...last, timestamp: last.timestamp + 0.25 });
+      // LlamaParse re-signing its retry (same event_id, new timestamp) with the secret of the
+      // submission the event belongs to: a duplicate, 2xx, nothing changes. Once a retried job's
+      // new submission has rotated the secret, that delivery is refused like a forgery instead.
+      const d = webhookDelivery(last.secret, { ...last, timestamp: last.timestamp + 0.25 });
       const res = await postWebhook(p, d.body, d.signature, last.eventId, last.eventType);
-      expect(res.statusCode, res.body).toBe(200);
-      expect(res.json()).toMatchObject({ duplicate: true });
+      const current = last.secret === before.webhook_secret;
+      expect(res.statusCode, res.body).toBe(current ? 200 : 401);
+      if (current) expect(res.json()).toMatchObject({ duplicate: true });
       return this.unchanged(j, before, m, r);
     }
     const outcome = await parseOutcome(p, before.parse_job_id);
@@ -295,7 +300,7 @@ class Webhook implements Cmd {
     const d = webhookDelivery(before.webhook_secret, event);
     const res = await postWebhook(p, d.body, d.signature, event.eventId, eventType);
     expect(res.statusCode, res.body).toBe(200);
-    j.delivered.push({ ...event, ...d });
+    j.delivered.push({ ...event, ...d, secret: before.webhook_secret });
     const after = await jobRowFor(j.jobId);
     expect(after.deliveries).toBe(before.deliveries + 1);
     await invariants(m, r);

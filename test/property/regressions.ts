@@ -19,6 +19,13 @@ export interface Regression {
 export const REGRESSIONS: Regression[] = [
   {
     property: "any history ends where a crash-free run ends",
+    seed: 703836498,
+    path: "1:4:3:8:10:9:11:11:9:9:9",
+    replayPath: "QP/I:N",
+    note: "[poison], step, webhook, retry, step, re-signed webhook: as for the duplicate above, the re-signed retry of the old submission's event is refused (401, nothing changes) once the retry rotated the secret; the model re-signed it with the new secret and expected 200 (found on main while running planted bugs)",
+  },
+  {
+    property: "any history ends where a crash-free run ends",
     seed: -259442980,
     path: "11:4:4:12:14:11:10:9:10:10:10:11",
     replayPath: "EADAAAGE/P:VN",
