@@ -29,11 +29,14 @@ async function session(): Promise<pg.Client> {
 }
 
 describe("worker liveness", () => {
-  it("a living worker's jobs are left alone; once its session ends they go back to the queue with the attempt still counted", async () => {
-    const job = await seedJob(db.pool);
+  it("a living worker's jobs are left alone; once its session ends they go back to the queue with the attempt still counted, and only they", async () => {
+    const [job, neighbours] = [await seedJob(db.pool), await seedJob(db.pool)];
     const alive = await session();
+    const neighbour = await session();
     await registerWorker(alive, "w-alive");
+    await registerWorker(neighbour, "w-neighbour");
     await leaseTo(job.jobId, "w-alive");
+    await leaseTo(neighbours.jobId, "w-neighbour");
 
     expect(await reapDeadWorkers(db.pool)).toEqual([]);
     expect((await jobRow(db.pool, job.jobId)).locked_by).toBe("w-alive");
@@ -43,6 +46,10 @@ describe("worker liveness", () => {
     expect(await jobRow(db.pool, job.jobId)).toMatchObject({ locked_by: null, lease_token: null, lease_expires_at: null, attempts: 1 });
     const { rows } = await db.pool.query("SELECT 1 FROM upload_pipeline.workers WHERE worker_id = 'w-alive'");
     expect(rows).toHaveLength(0);
+    // The worker that is still alive keeps its job, until it dies in turn.
+    expect((await jobRow(db.pool, neighbours.jobId)).locked_by).toBe("w-neighbour");
+    await neighbour.end();
+    expect(await reapDeadWorkers(db.pool)).toEqual([{ job_id: neighbours.jobId, locked_by: "w-neighbour" }]);
   });
 
   it("a dead worker's job is due at once, even one its holder had set due later while it kept the lease", async () => {
