@@ -100,6 +100,11 @@ describe("npm run prune", () => {
     expect(await prune(db.pool, { olderThanSeconds: 30 * DAY })).toMatchObject({ job_events: 0, webhook_log: 0 });
   });
 
+  it("a short --older-than never reaches into the replay window: a delivery younger than it plus a day stays", async () => {
+    expect(await prune(db.pool, { olderThanSeconds: 3600 })).toMatchObject({ webhook_log: 0 });
+    expect(await count("SELECT count(*) AS n FROM upload_pipeline.webhook_log WHERE delivery_key LIKE 'fresh-%'")).toBe(10);
+  });
+
   it("refuses a missing or bad --older-than and a bad --batch, naming the flag", async () => {
     const env = { DATABASE_URL: db.url };
     await expect(pruneMain([], env)).rejects.toThrow("--older-than is required, e.g. --older-than 30d");
