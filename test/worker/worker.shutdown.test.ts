@@ -10,7 +10,7 @@ beforeAll(async () => {
 afterAll(() => db.drop());
 
 describe("graceful shutdown", () => {
-  it("SIGTERM lets the current step finish, releases the lease and exits 0", async () => {
+  it("SIGTERM lets the current step finish, releases the lease without spending an attempt and exits 0", async () => {
     const job = await seedJob(db.pool);
     const child = spawn(process.execPath, ["test/worker/fixtures/slowWorker.ts"], {
       env: { ...process.env, DATABASE_URL: db.url, STEP_MS: "1500" },
@@ -29,8 +29,9 @@ describe("graceful shutdown", () => {
     child.kill("SIGTERM");
     expect(await exited).toBe(0);
     const row = await jobRow(db.pool, job.jobId);
-    // The running step completed; the worker did not go on to the next stage, and let go.
-    expect(row).toMatchObject({ status: "parse_queued", locked_by: null, lease_token: null });
+    // The running step completed; the worker did not go on to the next stage, and let go without
+    // spending an attempt (the claim had become the next stage's first): a deploy costs a job none.
+    expect(row).toMatchObject({ status: "parse_queued", locked_by: null, lease_token: null, attempts: 0 });
     expect((await events(db.pool, job.jobId)).map((e) => e.to_status)).toEqual(["uploaded", "parse_queued"]);
     expect(stdout).toContain("worker stopped");
   });
