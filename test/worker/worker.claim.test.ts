@@ -153,3 +153,28 @@ describe("claiming", () => {
     }
   });
 });
+
+describe("heartbeats", () => {
+  it("a heartbeat that finds the lease taken aborts the running stage: the run ends as lost and leaves the new holder alone", async () => {
+    const job = await seedJob(db.pool);
+    let running!: () => void;
+    const isRunning = new Promise<void>((r) => (running = r));
+    const stages = noopStages({
+      during: (ctx) =>
+        new Promise<void>((_, reject) => {
+          // A stage in a long call: it ends only when the worker aborts it.
+          ctx.signal.addEventListener("abort", () => reject(ctx.signal.reason), { once: true });
+          running();
+        }),
+    });
+    const outcomes: string[] = [];
+    const worker = testWorker(db.pool, stages, { workerId: "beating", leaseSeconds: 1, onJobDone: (e) => outcomes.push(e.outcome) });
+    const run = worker.runOnce();
+    await isRunning;
+    // Another worker took the job over (as after an expiry): the token is no longer ours.
+    await db.pool.query("UPDATE upload_pipeline.upload_jobs SET locked_by = 'thief', lease_token = gen_random_uuid() WHERE job_id = $1", [job.jobId]);
+    await run;
+    expect(outcomes).toEqual(["lost"]);
+    expect(await jobRow(db.pool, job.jobId)).toMatchObject({ status: "uploaded", locked_by: "thief" });
+  });
+});
