@@ -20,7 +20,7 @@ import { documentId, jobId, sha256 } from "../src/ids.ts";
 import { createLogger } from "../src/logger.ts";
 import { createPipelineServices } from "../src/services.ts";
 import { createJob } from "../src/state-machine/transition.ts";
-import { WORKER_ALLOCATOR_ASSIGNMENTS, WORKER_ALLOCATOR_ENV, WORKER_NODE_FLAGS } from "../src/worker/nodeFlags.ts";
+import { WORKER_NODE_FLAGS } from "../src/worker/nodeFlags.ts";
 import { markdownDocument } from "../harness/corpus.ts";
 import { mulberry32 } from "../mocks/shared/rng.ts";
 import { startMockServer } from "../mocks/server.ts";
@@ -39,8 +39,6 @@ import {
 
 const WORKER_ENTRY = new URL("../src/worker/main.ts", import.meta.url).pathname;
 const KiB = 1024;
-/** How the figures name the worker's allocator setting. */
-const ALLOCATOR_SETTING = WORKER_ALLOCATOR_ASSIGNMENTS.join(" ");
 const MiB = 1024 * 1024;
 
 export interface WorkerRun {
@@ -87,27 +85,17 @@ export async function runMemoryBench(ctx: BenchContext): Promise<BenchResult> {
   // A process's peak RSS moves by tens of MiB from run to run with GC timing, so each size
   // runs twice (alternating) and the figures use the mean.
   const repeats = ctx.quick ? 1 : 2;
-  // The larger document also runs without the worker's allocator setting (WORKER_ALLOCATOR_ENV),
-  // so that what the program does and what glibc's setting adds are told apart.
-  const variants = [
-    { bytes: small, allocatorEnv: true },
-    { bytes: large, allocatorEnv: true },
-    { bytes: large, allocatorEnv: false },
-  ];
   const runs: WorkerRun[] = [];
-  const plainRuns: WorkerRun[] = [];
   for (let i = 0; i < repeats; i++) {
-    for (const { bytes, allocatorEnv } of variants) {
-      const what = `${formatBytes(bytes)} document${allocatorEnv ? "" : ` without ${ALLOCATOR_SETTING}`}`;
-      ctx.log(`memory: worker process on a ${what}${repeats > 1 ? ` (${i + 1}/${repeats})` : ""}`);
-      const run = await runWorkerOnDocument(ctx, bytes, { allocatorEnv });
+    for (const bytes of [small, large]) {
+      ctx.log(`memory: worker process on a ${formatBytes(bytes)} document${repeats > 1 ? ` (${i + 1}/${repeats})` : ""}`);
+      const run = await runWorkerOnDocument(ctx, bytes);
       ctx.log(
-        `memory: ${what}: peak RSS ${run.peakMiB.toFixed(1)} MiB (idle ${run.idleRssMiB.toFixed(1)} MiB), ${run.chunks} chunks, ${run.seconds.toFixed(1)} s, ${run.status}`,
+        `memory: ${formatBytes(bytes)}: peak RSS ${run.peakMiB.toFixed(1)} MiB (idle ${run.idleRssMiB.toFixed(1)} MiB), ${run.chunks} chunks, ${run.seconds.toFixed(1)} s, ${run.status}`,
       );
-      (allocatorEnv ? runs : plainRuns).push(run);
+      runs.push(run);
     }
   }
-  const plainMean = (pick: (r: WorkerRun) => number) => round(plainRuns.map(pick).reduce((a, b) => a + b, 0) / plainRuns.length, 1);
   const mean = (bytes: number, pick: (r: WorkerRun) => number) => {
     const of = runs.filter((r) => r.documentBytes === bytes).map(pick);
     return of.reduce((a, b) => a + b, 0) / of.length;
@@ -160,24 +148,6 @@ export async function runMemoryBench(ctx: BenchContext): Promise<BenchResult> {
         "MiB",
       ),
       figure(
-        "idle_rss_plain_mib",
-        `idle RSS without ${ALLOCATOR_SETTING}`,
-        plainMean((r) => r.idleRssMiB),
-        "MiB",
-      ),
-      figure(
-        "steady_rss_large_plain_mib",
-        `steady RSS, ${formatBytes(large)} document, without ${ALLOCATOR_SETTING}`,
-        plainMean((r) => median(r.rss.map(([, v]) => v))),
-        "MiB",
-      ),
-      figure(
-        "peak_rss_large_plain_mib",
-        `peak RSS, ${formatBytes(large)} document, without ${ALLOCATOR_SETTING}`,
-        plainMean((r) => r.peakMiB),
-        "MiB",
-      ),
-      figure(
         "peak_anon_large_mib",
         `highest RssAnon sampled, ${formatBytes(large)} document`,
         largeMean((r) => r.sampledPeakAnonMiB),
@@ -196,13 +166,13 @@ export async function runMemoryBench(ctx: BenchContext): Promise<BenchResult> {
       ),
       `The 10× document added ${(peakL - peakS).toFixed(1)} MiB to the peak (${round((ratio - 1) * 100, 1)} %). Peak RSS of a Node process includes garbage V8 has not collected yet, so it also grows with how long a stage keeps allocating, not only with what it holds.`,
     ],
-    details: { repeats, runs, plainRuns },
+    details: { repeats, runs },
     durationMs: Date.now() - started,
   };
 }
 
 /** One worker process (1 slot) takes one markdown document of `bytes` through every stage; RSS and CPU sampled. */
-export async function runWorkerOnDocument(ctx: BenchContext, bytes: number, options: { allocatorEnv?: boolean } = {}): Promise<WorkerRun> {
+export async function runWorkerOnDocument(ctx: BenchContext, bytes: number): Promise<WorkerRun> {
   const db = await createDatabase(ctx, "memory", 6);
   const mock = await startMockServer({ seed: 11 });
   const silent = createLogger({ level: "silent" });
@@ -216,7 +186,6 @@ export async function runWorkerOnDocument(ctx: BenchContext, bytes: number, opti
     child = spawn(process.execPath, [...WORKER_NODE_FLAGS, WORKER_ENTRY], {
       env: {
         ...process.env,
-        ...(options.allocatorEnv === false ? {} : WORKER_ALLOCATOR_ENV),
         ...mock.env,
         DATABASE_URL: db.url,
         WEBHOOK_BASE_URL: apiUrl,

@@ -13,16 +13,16 @@
  */
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
-import { WORKER_ALLOCATOR_ENV, WORKER_NODE_FLAGS } from "../src/worker/nodeFlags.ts";
+import { WORKER_NODE_FLAGS } from "../src/worker/nodeFlags.ts";
 import { createDatabase, figure, round, type BenchContext, type BenchResult } from "./support.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const WORKER_ENTRY = "src/worker/main.ts";
 
 const MODES = {
-  tsxCli: { label: "tsx CLI (old npm run worker)", command: `${ROOT}node_modules/.bin/tsx`, args: [WORKER_ENTRY], env: {} },
-  tsxLoader: { label: "node --import tsx", command: process.execPath, args: ["--import", "tsx", WORKER_ENTRY], env: {} },
-  native: { label: "node (type stripping)", command: process.execPath, args: [...WORKER_NODE_FLAGS, WORKER_ENTRY], env: WORKER_ALLOCATOR_ENV },
+  tsxCli: { label: "tsx CLI (old npm run worker)", command: `${ROOT}node_modules/.bin/tsx`, args: [WORKER_ENTRY] },
+  tsxLoader: { label: "node --import tsx", command: process.execPath, args: ["--import", "tsx", WORKER_ENTRY] },
+  native: { label: "node (type stripping)", command: process.execPath, args: [...WORKER_NODE_FLAGS, WORKER_ENTRY] },
 } as const;
 type Mode = keyof typeof MODES;
 
@@ -37,9 +37,9 @@ function rssMiB(pid: number): number {
  * worker itself, whatever started it) 1 s later; then SIGTERM and wait for the exit.
  */
 async function startOnce(mode: Mode, env: NodeJS.ProcessEnv): Promise<{ ms: number; rssMiB: number }> {
-  const { command, args, env: settings } = MODES[mode];
+  const { command, args } = MODES[mode];
   const t0 = performance.now();
-  const child = spawn(command, args, { cwd: ROOT, env: { ...env, ...settings }, stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(command, args, { cwd: ROOT, env, stdio: ["ignore", "pipe", "pipe"] });
   let output = "";
   const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
   try {

@@ -8,7 +8,7 @@ import { createWriteStream, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { CRASH_LINE, FREEZE_LINE } from "../src/worker/faultPoints.ts";
-import { WORKER_ALLOCATOR_ENV, WORKER_NODE_FLAGS } from "../src/worker/nodeFlags.ts";
+import { WORKER_NODE_FLAGS } from "../src/worker/nodeFlags.ts";
 
 const WORKER_ENTRY = new URL("../src/worker/main.ts", import.meta.url).pathname;
 
@@ -170,7 +170,6 @@ export class WorkerFleet {
     const child = spawn(process.execPath, [...WORKER_NODE_FLAGS, WORKER_ENTRY], {
       env: {
         ...process.env,
-        ...WORKER_ALLOCATOR_ENV,
         ...this.opts.env,
         WORKER_ID: slot.workerId,
         UPLOAD_PIPELINE_CRASH_AT: crashSpecs.join(","),

@@ -15,14 +15,14 @@ import { BaseWorker } from "./BaseWorker.ts";
 import { reportServiceConditions } from "./serviceConditions.ts";
 import { faultPointsFromEnv } from "./faultPoints.ts";
 import { reportWakeUp } from "./listenProbe.ts";
-import { missingWorkerAllocatorEnv, missingWorkerNodeFlags } from "./nodeFlags.ts";
+import { missingWorkerNodeFlags } from "./nodeFlags.ts";
 import { createWorkerMetrics, serveMetrics } from "./metrics.ts";
 import { stopOnSignals } from "../signals.ts";
 import { flushBounded, startTracing } from "../tracing.ts";
 
 const config = loadConfigOrExit("worker");
 const log = createLogger({ level: config.LOG_LEVEL, name: "worker" });
-const missingFlags = [...missingWorkerNodeFlags(process.execArgv, process.env.NODE_OPTIONS), ...missingWorkerAllocatorEnv(process.env)];
+const missingFlags = missingWorkerNodeFlags(process.execArgv, process.env.NODE_OPTIONS);
 if (missingFlags.length > 0) {
   log.warn(
     { missing: missingFlags },

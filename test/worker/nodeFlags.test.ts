@@ -4,19 +4,13 @@
  */
 import { spawn } from "node:child_process";
 import { describe, expect, it } from "vitest";
-import { missingWorkerAllocatorEnv, missingWorkerNodeFlags, WORKER_ALLOCATOR_ENV, WORKER_NODE_FLAGS } from "../../src/worker/nodeFlags.ts";
+import { missingWorkerNodeFlags, WORKER_NODE_FLAGS } from "../../src/worker/nodeFlags.ts";
 
 describe("worker node flags", () => {
   it("are found on the command line or in NODE_OPTIONS, and named when missing", () => {
     expect(missingWorkerNodeFlags([...WORKER_NODE_FLAGS], undefined)).toEqual([]);
     expect(missingWorkerNodeFlags([], `--trace-warnings ${WORKER_NODE_FLAGS.join(" ")}`)).toEqual([]);
     expect(missingWorkerNodeFlags(["--max-semi-space-size=64"], "")).toEqual([...WORKER_NODE_FLAGS]);
-  });
-
-  it("name the allocator settings missing from the environment (glibc reads them at start-up only)", () => {
-    expect(missingWorkerAllocatorEnv({ ...WORKER_ALLOCATOR_ENV })).toEqual([]);
-    expect(missingWorkerAllocatorEnv({})).toEqual(["MALLOC_MMAP_THRESHOLD_=131072"]);
-    expect(missingWorkerAllocatorEnv({ MALLOC_MMAP_THRESHOLD_: "33554432" })).toEqual(["MALLOC_MMAP_THRESHOLD_=131072"]);
   });
 
   it("cap the young generation of the process they start", async () => {
