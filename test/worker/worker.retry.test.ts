@@ -56,6 +56,30 @@ describe("retries and the dead letter", () => {
     });
   });
 
+  it("a transient error whose server asked for a longer wait (retry-after) is retried no sooner than that", async () => {
+    const clock = new ManualClock(Date.parse("2032-06-01T00:00:00Z"));
+    const job = await seedJob(db.pool, { status: "chunks_stored" });
+    await makeDue(db.pool, job.jobId, clock.now());
+    let answered503 = false;
+    const stages = noopStages({
+      during() {
+        if (answered503) return;
+        answered503 = true;
+        throw new TransientError("http_503", "embeddings API answered 503, retry-after: 120", { retryAfterMs: 120_000 });
+      },
+    });
+    const worker = testWorker(db.pool, stages, { clock, retryBaseMs: 1000 });
+    expect((await worker.runOnce())?.job_id).toBe(job.jobId);
+    const row = await jobRow(db.pool, job.jobId);
+    expect(row).toMatchObject({ status: "chunks_stored", attempts: 1 });
+    expect(row.next_attempt_at.getTime() - clock.now()).toBeGreaterThanOrEqual(120_000);
+    await clock.advance(119_000);
+    expect(await worker.runOnce()).toBeUndefined();
+    await clock.advance(1_000);
+    expect((await worker.runOnce())?.job_id).toBe(job.jobId);
+    expect((await jobRow(db.pool, job.jobId)).status).toBe("complete");
+  });
+
   it("a permanent error fails the job at once, in the failed state of its stage", async () => {
     const clock = new ManualClock(Date.parse("2033-01-01T00:00:00Z"));
     const job = await seedJob(db.pool, { status: "parsed" });
