@@ -3,7 +3,7 @@ import { PIPELINE_STATES } from "../../src/state-machine/table.ts";
 import { FaultInjector } from "../../src/worker/faultPoints.ts";
 import { createTestDatabase, type TestDatabase } from "../support/db.ts";
 import { until } from "../support/until.ts";
-import { events, jobRow, seedJob } from "../support/fixtures.ts";
+import { events, jobRow, makeDue, seedJob } from "../support/fixtures.ts";
 import { noopStages } from "../support/noopStages.ts";
 import { testWorker } from "../support/worker.ts";
 import { ManualClock } from "../../src/resilience/clock.ts";
@@ -176,5 +176,34 @@ describe("heartbeats", () => {
     await run;
     expect(outcomes).toEqual(["lost"]);
     expect(await jobRow(db.pool, job.jobId)).toMatchObject({ status: "uploaded", locked_by: "thief" });
+  });
+});
+
+describe("the lease check before a billed call", () => {
+  it("refuses a lease that runs out while its answer is on the way (measured on the worker's own clock too)", async () => {
+    const clock = new ManualClock(Date.parse("2036-01-01T00:00:00Z"));
+    const job = await seedJob(db.pool);
+    await makeDue(db.pool, job.jobId, clock.now());
+    let checked: unknown = "not checked";
+    let spare: unknown = "not checked";
+    const stages = noopStages({
+      async during(ctx) {
+        if (ctx.job.status !== "uploaded") return;
+        // The database answers "1 µs left": any round trip outlasts that, so the lease may be gone by the time the call would go out.
+        await db.pool.query("UPDATE upload_pipeline.upload_jobs SET lease_expires_at = $2::timestamptz + interval '1 microsecond' WHERE job_id = $1", [
+          ctx.job.job_id,
+          new Date(clock.now()),
+        ]);
+        checked = await ctx.checkLease().catch((err: unknown) => err);
+        await db.pool.query("UPDATE upload_pipeline.upload_jobs SET lease_expires_at = $2::timestamptz + interval '30 seconds' WHERE job_id = $1", [
+          ctx.job.job_id,
+          new Date(clock.now()),
+        ]);
+        spare = await ctx.checkLease().catch((err: unknown) => err); // with time to spare, the same check lets the call go
+      },
+    });
+    await testWorker(db.pool, stages, { clock }).runOnce();
+    expect(checked).toBeInstanceOf(LeaseLostError);
+    expect(spare).toBeUndefined();
   });
 });
