@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { IllegalTransitionError, LeaseLostError, TransitionConflict } from "../../src/errors.ts";
 import { ALL_STATES, EDGES, FAILURE_OF, findEdge, type Actor, type JobStatus } from "../../src/state-machine/table.ts";
+import { retryFailedJob } from "../../src/state-machine/retry.ts";
 import { transition, type Fence } from "../../src/state-machine/transition.ts";
 import { createTestDatabase, type TestDatabase } from "../support/db.ts";
 import { events, jobRow, seedJob } from "../support/fixtures.ts";
@@ -114,5 +115,22 @@ describe("transition()", () => {
       ["uploaded", "parse_queued"],
     ]);
     expect((await jobRow(db.pool, job.jobId)).parse_job_id).toBe("pj-1");
+  });
+});
+
+describe("the operator's retry", () => {
+  it("goes back to the state the job failed from the last time, not an earlier failure's", async () => {
+    const job = await seedJob(db.pool, { status: "chunks_stored" });
+    const move = async (from: JobStatus, to: JobStatus) =>
+      transition(db.pool, { jobId: job.jobId, from, to, actor: "worker", fence: await lease(job.jobId), releaseLease: true });
+    await move("chunks_stored", "failed_embedding");
+    expect(await retryFailedJob(db.pool, { jobId: job.jobId, status: "failed_embedding", lastError: null }, "operator")).toMatchObject({ to: "chunks_stored" });
+    await move("chunks_stored", "embedding_queued");
+    await move("embedding_queued", "embedding_in_progress");
+    await move("embedding_in_progress", "failed_embedding");
+    expect(await retryFailedJob(db.pool, { jobId: job.jobId, status: "failed_embedding", lastError: null }, "operator")).toMatchObject({
+      to: "embedding_in_progress",
+    });
+    expect((await jobRow(db.pool, job.jobId)).status).toBe("embedding_in_progress");
   });
 });
