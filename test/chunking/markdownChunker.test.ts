@@ -181,6 +181,21 @@ describe("chunkMarkdown: long paragraphs and overlap", () => {
     ).toBe(`Data:${blob}end`);
   });
 
+  test("a section whose exact count is one token over maxTokens is split, although its per-piece estimate fits", async () => {
+    // Found by searching random base64 with the real tokenizer: the run's two 16-unit pieces
+    // count 11 + 11 tokens apart and 23 together, so the estimate says 64 where the text is 65.
+    const run = "b6L++WKMquDQiydTDatUc9Syj7jqYhvX";
+    const words = Array.from({ length: 42 }, (_, i) => ["one", "two", "three", "four", "five"][i % 5]!);
+    const text = `${words.join(" ")} ${run}`;
+    const estimate =
+      countTokens(words[0]!) + words.slice(1).reduce((n, w) => n + countTokens(` ${w}`), 0) + countTokens(` ${run.slice(0, 16)}`) + countTokens(run.slice(16));
+    expect({ estimate, exact: countTokens(text) }).toEqual({ estimate: 64, exact: 65 });
+
+    const chunks = await chunksOf([text], { maxTokens: 64, overlapTokens: 0 });
+    expectContract(normalize(text), chunks, 64, 0);
+    expect(chunks.map((c) => c.text)).toEqual([words.join(" "), run]);
+  });
+
   test("unspaced CJK text and emoji split without breaking surrogate pairs", async () => {
     const text = "漢字かな交じり文😀".repeat(300);
     const chunks = await chunksOf([text], { maxTokens: 64, overlapTokens: 8 });
