@@ -180,6 +180,26 @@ describe("consecutive breaker", () => {
     expect(changes).toEqual(["openai_insufficient_quota", undefined]);
   });
 
+  it("while the account is refused: one probe at a time, and a probe that fails some other way (a 503) waits another interval", async () => {
+    const b = breaker();
+    const noQuota = () => Promise.reject(new PermanentError("openai_insufficient_quota", "You exceeded your current quota", { status: 429 }));
+    await rejectionOf(b.execute(noQuota));
+    advance(30_000);
+    let answer!: (err: Error) => void;
+    const probe = b.execute(() => new Promise<string>((_resolve, reject) => (answer = reject)));
+    const beside = vi.fn(async () => "ok");
+    expect(await rejectionOf(b.execute(beside))).toMatchObject({ condition: "refusing" });
+    expect(beside).not.toHaveBeenCalled();
+    answer(serverError());
+    await rejectionOf(probe);
+    expect(b.state).toBe("isolated"); // inconclusive: still refused
+    expect(await rejectionOf(b.execute(beside))).toMatchObject({ condition: "refusing", retryAfterMs: 30_000 });
+    expect(beside).not.toHaveBeenCalled();
+    advance(30_000); // the next probe is due, and the account works again
+    await expect(b.execute(beside)).resolves.toBe("ok");
+    expect(b.refusal).toBeUndefined();
+  });
+
   it("isolate holds the circuit open by hand", async () => {
     const b = breaker();
     const handle = b.isolate();

@@ -170,6 +170,85 @@ describe("OpenAIRateLimiter follows the server", () => {
     limiter.settle(second, 2000);
   });
 
+  it("what was sent after the observed answer stays spent locally, even when the server says it refills fast", async () => {
+    const clock = new ManualClock();
+    const limiter = new OpenAIRateLimiter({ requestsPerMinute: 1e6, tokensPerMinute: 60_000, clock });
+    const first = await limiter.acquire(1000);
+    await limiter.acquire(2000); // in flight when the first one's answer arrives
+    // Server: 5,000 left after `first`, full again in 1 s. Locally 3,000 (5,000 less the 2,000
+    // it has not seen) refill at 1,000 tokens/s: 10,000 tokens take 7 s.
+    limiter.observe(info({ limitTokens: 60_000, remainingTokens: 5000, resetTokensMs: 1000 }), first);
+    const next = track(limiter.acquire(10_000));
+    await clock.advance(6_999);
+    expect(next.settled).toBe(false);
+    await clock.advance(2);
+    expect(next.settled).toBe(true);
+  });
+
+  it("counts what it sends after an answer against the server's projection until a later answer counts it", async () => {
+    const clock = new ManualClock();
+    const limiter = new OpenAIRateLimiter({ requestsPerMinute: 1e6, tokensPerMinute: 60_000, clock });
+    const r = await limiter.acquire(10);
+    // The server has nothing left and refills slowly: 100 tokens/s, where ours would give 1,000/s.
+    limiter.observe(info({ limitTokens: 60_000, remainingTokens: 0, resetTokensMs: 600_000 }), r);
+    limiter.settle(r, 10);
+    await clock.advance(10_000);
+    expect(limiter.snapshot().tokensAvailable).toBeCloseTo(1000, 6);
+    await limiter.acquire(1000);
+    expect(limiter.snapshot().tokensAvailable).toBeCloseTo(0, 6);
+  });
+
+  it("a request released as never sent is no longer counted against the server's projection", async () => {
+    const clock = new ManualClock();
+    const limiter = new OpenAIRateLimiter({ requestsPerMinute: 1e6, tokensPerMinute: 60_000, clock });
+    const first = await limiter.acquire(10);
+    limiter.observe(info({ limitTokens: 60_000, remainingTokens: 5000, resetTokensMs: 60_000 }), first);
+    limiter.settle(first, 10);
+    const unsent = await limiter.acquire(1000);
+    expect(limiter.snapshot().tokensAvailable).toBeCloseTo(4000, 6);
+    limiter.release(unsent, { notSent: true });
+    expect(limiter.snapshot().tokensAvailable).toBeCloseTo(5000, 6);
+  });
+
+  it("waits as slowly as the server's reset says its budget comes back, when that is slower than the local refill", async () => {
+    const clock = new ManualClock();
+    const limiter = new OpenAIRateLimiter({ requestsPerMinute: 1e6, tokensPerMinute: 60_000, clock });
+    const r = await limiter.acquire(10);
+    // Nothing left, full again in 10 min: 100 tokens/s, where the local bucket refills 1,000/s.
+    limiter.observe(info({ limitTokens: 60_000, remainingTokens: 0, resetTokensMs: 600_000 }), r);
+    limiter.settle(r, 10);
+    const next = track(limiter.acquire(1000));
+    await clock.advance(9_999);
+    expect(next.settled).toBe(false);
+    await clock.advance(2);
+    expect(next.settled).toBe(true);
+  });
+
+  it("a request that cannot fit in the server's projection beside what is in flight waits for the projection to expire", async () => {
+    const clock = new ManualClock();
+    const limiter = new OpenAIRateLimiter({ requestsPerMinute: 1e6, tokensPerMinute: 60_000, clock });
+    const first = await limiter.acquire(1000);
+    await limiter.acquire(50_000); // in flight, unseen by the server
+    // The server is back at its 60,000 limit in 1 s, but 50,000 + 20,000 never fit under it: only a
+    // later answer (or the projection's expiry after a minute) can say the 50,000 were counted.
+    limiter.observe(info({ limitTokens: 60_000, remainingTokens: 59_000, resetTokensMs: 1000 }), first);
+    const next = track(limiter.acquire(20_000));
+    await clock.advance(59_999);
+    expect(next.settled).toBe(false);
+    await clock.advance(2);
+    expect(next.settled).toBe(true);
+  });
+
+  it("a higher x-ratelimit-limit than configured does not raise the deployment's ceiling", async () => {
+    const clock = new ManualClock();
+    const limiter = new OpenAIRateLimiter({ requestsPerMinute: 600, tokensPerMinute: 60_000, clock });
+    const r = await limiter.acquire(10);
+    limiter.observe(info({ limitRequests: 6_000, limitTokens: 600_000 }), r);
+    limiter.settle(r, 10);
+    await clock.advance(120_000);
+    expect(limiter.snapshot()).toMatchObject({ requestsAvailable: 600, tokensAvailable: 60_000 });
+  });
+
   it("ignores a stale answer that arrives after a newer one", async () => {
     const clock = new ManualClock();
     const limiter = new OpenAIRateLimiter({ requestsPerMinute: 1e6, tokensPerMinute: 60_000, clock });
@@ -193,6 +272,15 @@ describe("OpenAIRateLimiter follows the server", () => {
     expect(next.settled).toBe(false);
     await clock.advance(2);
     expect(next.settled).toBe(true);
+  });
+
+  it("a lower x-ratelimit-limit caps what may go at once, even in an answer that reports nothing remaining", async () => {
+    const clock = new ManualClock();
+    const limiter = new OpenAIRateLimiter({ requestsPerMinute: 600, tokensPerMinute: 60_000, clock });
+    const r = await limiter.acquire(10);
+    limiter.observe(info({ limitRequests: 60, limitTokens: 6_000 }), r);
+    limiter.settle(r, 10);
+    expect(limiter.snapshot()).toMatchObject({ requestsAvailable: 60, tokensAvailable: 6_000 });
   });
 
   it("follows x-ratelimit-remaining-requests: 0 until the reset", async () => {
@@ -219,6 +307,14 @@ describe("OpenAIRateLimiter follows the server", () => {
     expect([a.settled, b.settled]).toEqual([false, false]);
     await clock.advance(1);
     expect([a.settled, b.settled]).toEqual([true, true]);
+  });
+
+  it("a shorter 429 pause heard later does not cut a longer one short", async () => {
+    const clock = new ManualClock();
+    const limiter = new OpenAIRateLimiter({ requestsPerMinute: 1e6, tokensPerMinute: 1e9, clock });
+    limiter.pause(5000);
+    limiter.pause(1000);
+    expect(limiter.snapshot().pausedForMs).toBe(5000);
   });
 });
 
@@ -281,6 +377,17 @@ describe("RateLimitedEmbedder", () => {
     const embedder = new RateLimitedEmbedder({ client: fakeClient([rateLimited]), limiter, countTokens: () => 1 });
     await expect(embedder.embed(["a"])).rejects.toMatchObject({ code: "openai_rate_limited", retryAfterMs: 2000 });
     expect(limiter.snapshot()).toMatchObject({ pausedForMs: 2000, inFlight: 0 });
+  });
+
+  it("a 429 that refuses the account (insufficient_quota, permanent) pauses nobody", async () => {
+    const clock = new ManualClock();
+    const limiter = new OpenAIRateLimiter({ requestsPerMinute: 100, tokensPerMinute: 10_000, clock });
+    const noQuota = () => {
+      throw new PermanentError("openai_insufficient_quota", "429 You exceeded your current quota", { status: 429 });
+    };
+    const embedder = new RateLimitedEmbedder({ client: fakeClient([noQuota]), limiter, countTokens: () => 1 });
+    await expect(embedder.embed(["a"])).rejects.toMatchObject({ code: "openai_insufficient_quota" });
+    expect(limiter.snapshot()).toMatchObject({ pausedForMs: 0, inFlight: 0 });
   });
 
   it("with rateLimitRetries, waits out the pause and tries again", async () => {
