@@ -69,6 +69,9 @@ export interface TransitionResult {
 
 export type Queryable = Pick<pg.Pool | pg.PoolClient, "query">;
 
+// `next_attempt_at` keeps its value when the job stays leased and due (a stage going on to the
+// next one): it is a key of the claim index, and leaving it alone keeps the move a HOT update
+// with no index entries (migration 0012). The job is due either way.
 const TRANSITION = namedStatement(
   "upload_pipeline_transition",
   `
@@ -80,7 +83,10 @@ WITH moved AS (
     webhook_secret   = coalesce($8, j.webhook_secret),
     last_error       = CASE WHEN $9::boolean THEN $10::jsonb ELSE j.last_error END,
     attempts         = coalesce($11::int, j.attempts),
-    next_attempt_at  = coalesce($14::timestamptz, now()) + make_interval(secs => $12::double precision / 1000),
+    next_attempt_at  = CASE WHEN NOT $13::boolean AND $12::double precision = 0 AND j.next_attempt_at <= coalesce($14::timestamptz, now())
+                            THEN j.next_attempt_at
+                            ELSE coalesce($14::timestamptz, now()) + make_interval(secs => $12::double precision / 1000)
+                       END,
     locked_by        = CASE WHEN $13::boolean THEN NULL ELSE j.locked_by END,
     lease_token      = CASE WHEN $13::boolean THEN NULL ELSE j.lease_token END,
     lease_expires_at = CASE WHEN $13::boolean THEN NULL ELSE j.lease_expires_at END,

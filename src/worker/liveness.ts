@@ -71,7 +71,7 @@ export async function reapDeadWorkers(db: Queryable): Promise<ReapedJob[]> {
         locked_by = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = now(),
         next_attempt_at = least(j.next_attempt_at, now())
        FROM dead
-      WHERE j.locked_by = dead.worker_id
+      WHERE j.unfinished AND j.locked_by = dead.worker_id
      RETURNING j.job_id, dead.worker_id AS locked_by`,
     [LIVENESS_LOCK_SPACE],
   );

@@ -5,7 +5,7 @@
  */
 import { namedStatement } from "../db/statements.ts";
 import type { Queryable } from "../state-machine/transition.ts";
-import { FAILED_STATES, type JobStatus } from "../state-machine/table.ts";
+import type { JobStatus } from "../state-machine/table.ts";
 
 export interface ClaimedJob {
   job_id: string;
@@ -38,17 +38,10 @@ export interface ClaimedJob {
   previous_lease_expired_ms: number | null;
 }
 
-/**
- * "Not terminal", spelled as constants exactly as the predicate of `upload_jobs_claim_idx`
- * (migration 0006): a parameter (`status = ANY($1)`) would only match the partial index in a
- * custom plan, and after five executions pg may switch to a generic plan that cannot use it.
- */
-export const NON_TERMINAL_SQL = `status NOT IN (${["complete", ...FAILED_STATES].map((s) => `'${s}'`).join(", ")})`;
-
 /** The claim statement ($1 worker id, $2 lease seconds, $3 simulated now or null); see claimNextJob. */
 export const CLAIM_NEXT_JOB_SQL = `WITH candidate AS (
    SELECT job_id, lease_expires_at AS previous_lease_expires_at FROM upload_pipeline.upload_jobs
-    WHERE ${NON_TERMINAL_SQL}
+    WHERE unfinished
       AND next_attempt_at <= coalesce($3::timestamptz, now())
       AND (lease_expires_at IS NULL OR lease_expires_at <= coalesce($3::timestamptz, now()))
     ORDER BY fair_tag
@@ -76,7 +69,9 @@ const CLAIM_NEXT_JOB = namedStatement("upload_pipeline_claim_next_job", CLAIM_NE
  * Take the due, unleased job with the smallest fair tag and lease it, in one statement.
  * Fair tags (migration 0006) order jobs by weighted fair share across tenants and lanes; the
  * scan walks `upload_jobs_claim_idx` in tag order, checks "due" inside the index and stops at the
- * first free row, so 10^6 finished jobs are never read. `SKIP LOCKED` lets many workers claim
+ * first free row, so 10^6 finished jobs are never read. `WHERE unfinished` is the index's own
+ * predicate (migration 0012), so it matches under a generic plan too; the claim changes no
+ * indexed column, so it is a HOT update. `SKIP LOCKED` lets many workers claim
  * concurrently without blocking on each other's candidate rows; a lease whose holder stopped
  * heartbeating (expired) counts as free. Counts the claim as an attempt: a job whose worker keeps
  * dying mid-stage runs out of attempts and is dead-lettered instead of crash-looping forever.
