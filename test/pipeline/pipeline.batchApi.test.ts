@@ -61,8 +61,8 @@ const batchRows = async (jobId: string) =>
 
 const jobRow = async (jobId: string) =>
   (
-    await env.db.pool.query<{ status: string; progress: Record<string, string | number>; lease_token: string | null }>(
-      "SELECT status, progress, lease_token FROM upload_pipeline.upload_jobs WHERE job_id = $1",
+    await env.db.pool.query<{ status: string; progress: Record<string, string | number>; lease_token: string | null; next_attempt_at: Date }>(
+      "SELECT status, progress, lease_token, next_attempt_at FROM upload_pipeline.upload_jobs WHERE job_id = $1",
       [jobId],
     )
   ).rows[0]!;
@@ -147,6 +147,9 @@ describe("the Batch API lane", () => {
     expect(Number(progress.batch_api_tokens)).toBe(billed);
     expect(Number(progress.cost_usd)).toBeCloseTo(costUsd(MODEL, billed, "batch"), 12);
     expect(Number(progress.batch_api_cost_usd)).toBeCloseTo(costUsd(MODEL, billed) / 2, 12);
+    // Stored in groups of EMBED_BATCH_SIZE (16 here), each counted with its vectors.
+    expect(Number(progress.vectors_done)).toBe(chunks);
+    expect(Number(progress.batches_done)).toBe(Math.ceil(chunks / 16));
   });
 
   it("embeds an interactive job synchronously, and a bulk one too when EMBED_BULK_VIA_BATCH_API=false", async () => {
@@ -206,8 +209,12 @@ describe("the Batch API lane", () => {
     await driveUntil(doc.jobId, [{ runOnce: () => crasher.runOnce(), crashed: () => crashed }, worker()], complete(doc.jobId));
     expect(crashed).toBe(true);
     expect(env.mocks.stats().requests["openai.files.content"]?.["200"]).toBe(2); // the output was read twice
-    await expectOneTrueVectorPerChunk(doc.documentId);
-    expect(Number((await jobRow(doc.jobId)).progress.tokens)).toBe(env.mocks.stats().openai.batchUsage[MODEL]!.prompt_tokens);
+    const chunks = await expectOneTrueVectorPerChunk(doc.documentId);
+    const { progress } = await jobRow(doc.jobId);
+    const billed = env.mocks.stats().openai.batchUsage[MODEL]!.prompt_tokens;
+    expect(Number(progress.tokens)).toBe(billed);
+    expect(Number(progress.batch_api_tokens)).toBe(billed);
+    expect(Number(progress.vectors_done)).toBe(chunks);
   });
 
   it("a partly failed batch re-queues only its failed requests", async () => {
@@ -265,5 +272,68 @@ describe("the Batch API lane", () => {
     expect(Number(progress.tokens)).toBe(batchTokens + syncTokens);
     expect(Number(progress.batch_api_tokens)).toBe(batchTokens);
     expect(Number(progress.cost_usd)).toBeCloseTo(costUsd(MODEL, batchTokens, "batch") + costUsd(MODEL, syncTokens), 10);
+  });
+
+  for (const [point, call] of [
+    ["call.openai.files.create.before", "openai.files.create"],
+    ["call.openai.batches.create.before", "openai.batches.create"],
+  ] as const) {
+    it(`a worker that lost its lease right before ${call} does not call it`, async () => {
+      await start();
+      const doc = await env.upload({ content: CONTENT, userId: randomUUID(), lane: "bulk" });
+      const takeLease = async () => {
+        await env.db.pool.query(
+          "UPDATE upload_pipeline.upload_jobs SET lease_token = gen_random_uuid(), lease_expires_at = now() + interval '5 minutes' WHERE job_id = $1",
+          [doc.jobId],
+        );
+      };
+      const outcomes: JobRunOutcome[] = [];
+      await driveUntil(doc.jobId, [worker(new FaultInjector([{ point, action: takeLease }]), outcomes)], async () => outcomes.includes("lost"));
+      expect(env.mocks.stats().requests[call]).toBeUndefined();
+    });
+  }
+
+  for (const [point, what] of [
+    ["call.openai.files.create.before", "file"],
+    ["call.openai.batches.create.before", "batch"],
+  ] as const) {
+    it(`after a crash before its ${what} was created, the lookup does not adopt another job's ${what}`, async () => {
+      await start();
+      const other = await env.upload({ content: CONTENT, userId: randomUUID(), lane: "bulk" });
+      await driveUntil(other.jobId, [worker()], complete(other.jobId));
+      const doc = await env.upload({ content: markdownDocument(mulberry32(8), "Second", 3_000), userId: randomUUID(), lane: "bulk" });
+      const outcomes: JobRunOutcome[] = [];
+      const crasher = worker(new FaultInjector([{ point, action: "crash" }]), outcomes);
+      await driveUntil(doc.jobId, [{ runOnce: () => crasher.runOnce(), crashed: () => outcomes.includes("crashed") }, worker()], complete(doc.jobId));
+      expect(outcomes).toContain("crashed");
+
+      const [theirs] = await batchRows(other.jobId);
+      const [ours, ...more] = await batchRows(doc.jobId);
+      expect(more).toEqual([]);
+      expect(ours!.input_file_id).not.toBe(theirs!.input_file_id);
+      expect(ours!.batch_id).not.toBe(theirs!.batch_id);
+      expect(env.mocks.stats().openai.batches.created).toBe(2);
+      await expectOneTrueVectorPerChunk(doc.documentId);
+    });
+  }
+
+  it("between polls the job waits 1 s, then twice as long each time, up to EMBED_BATCH_POLL_MAX_SECONDS", async () => {
+    clock = new ManualClock(Date.now());
+    env = await startPipelineEnv({
+      seed: 31,
+      faults: { ...STEPPED_FAULTS, openai: { batches: { schedule: { validatingMs: 1_000, inProgressMs: 600_000, finalizingMs: 1_000 } } } },
+      mocksNow: () => clock.now(),
+      env: { CHUNK_MAX_TOKENS: "64", CHUNK_OVERLAP_TOKENS: "8", EMBED_BATCH_POLL_MAX_SECONDS: "4" },
+    });
+    const doc = await env.upload({ content: CONTENT, userId: randomUUID(), lane: "bulk" });
+    const outcomes: JobRunOutcome[] = [];
+    const w = worker(undefined, outcomes);
+    const waits: number[] = [];
+    while (waits.length < 5) {
+      const before = outcomes.length;
+      await driveUntil(doc.jobId, [w], async () => outcomes.length > before && outcomes.at(-1) === "snoozed");
+      waits.push((await jobRow(doc.jobId)).next_attempt_at.getTime() - clock.now());
+    }
+    expect(waits).toEqual([1_000, 2_000, 4_000, 4_000, 4_000]);
   });
 });
