@@ -41,6 +41,37 @@ describe("webhook: accepted deliveries", () => {
     expect(res.statusCode).toBe(200);
   });
 
+  it("parse.partial_success is handed to intake like parse.success (intake decides what a failed page means)", async () => {
+    const job = await seedJob(ctx.db.pool);
+    const event = parseEvent(job.parseJobId, { event_type: "parse.partial_success" });
+    const res = await ctx.t.app.inject(webhookRequest(event, job.secret));
+    expect(res.json()).toEqual({ received: true, outcome: "handed_off" });
+    await ctx.t.app.deps.parseIntakes.settled();
+    expect(ctx.t.intake.at(-1)).toMatchObject({ jobId: job.jobId, eventId: event.event_id, eventType: "parse.partial_success" });
+  });
+
+  it.each(["parse.success", "parse.partial_success", "parse.error", "parse.cancelled"])(
+    "%s for a job whose submission has not committed parse_queued yet is kept as early (202) and changes nothing",
+    async (eventType) => {
+      const job = await seedJob(ctx.db.pool, { status: "uploaded" });
+      // The submit stage records the secret before it sends the file.
+      await ctx.db.pool.query("UPDATE upload_pipeline.upload_jobs SET webhook_secret = $2 WHERE job_id = $1", [job.jobId, job.secret]);
+      const event = parseEvent(job.parseJobId, { event_type: eventType });
+      const res = await ctx.t.app.inject(webhookRequest(event, job.secret, { headers: { [JOB_ID_HEADER]: job.jobId } }));
+      expect(res.statusCode).toBe(202);
+      expect(res.json()).toEqual({ received: true, outcome: "early" });
+      expect(await logRow(event.event_id)).toMatchObject({ parse_job_id: job.parseJobId, outcome: "early" });
+      expect(await status(job.jobId)).toMatchObject({ status: "uploaded", last_error: null });
+    },
+  );
+
+  it("data.job_id names the parse job when data.id differs from it", async () => {
+    const job = await seedJob(ctx.db.pool);
+    const event = parseEvent(job.parseJobId, { data: { job_id: job.parseJobId, id: `evt-object-${job.parseJobId}` } });
+    const res = await ctx.t.app.inject(webhookRequest(event, job.secret, { headers: { [JOB_ID_HEADER]: job.jobId } }));
+    expect(res.json()).toEqual({ received: true, outcome: "handed_off" });
+  });
+
   it.each(["parse.error", "parse.cancelled"])("%s moves parse_queued → failed_parse (actor webhook, no lease)", async (eventType) => {
     const job = await seedJob(ctx.db.pool);
     const event = parseEvent(job.parseJobId, { event_type: eventType });
@@ -48,7 +79,11 @@ describe("webhook: accepted deliveries", () => {
     expect(res.json()).toEqual({ received: true, outcome: "failed_parse" });
     const row = await status(job.jobId);
     expect(row.status).toBe("failed_parse");
-    expect(row.last_error).toMatchObject({ class: "permanent", stage: "parse_queued" });
+    expect(row.last_error).toMatchObject({
+      class: "permanent",
+      stage: "parse_queued",
+      code: eventType === "parse.error" ? "llamaparse_failed" : "llamaparse_cancelled",
+    });
     const { rows } = await ctx.db.pool.query(
       "SELECT from_status, to_status, worker_id, lease_token, detail FROM upload_pipeline.job_events WHERE job_id = $1 ORDER BY id DESC LIMIT 1",
       [job.jobId],

@@ -71,6 +71,18 @@ describe("webhook: refused deliveries change nothing", () => {
     expect(res.statusCode).toBe(200);
   });
 
+  it("the window is ±5 minutes inclusive: exactly 300 s behind or ahead is accepted, a millisecond more is not", async () => {
+    ctx.t.clock.now = Date.UTC(2026, 0, 1, 12);
+    const at = ctx.t.clock.now / 1000;
+    for (const timestamp of [at - 300, at + 300]) {
+      const res = await ctx.t.app.inject(webhookRequest(parseEvent(job.parseJobId, { timestamp, event_type: "parse.running" }), job.secret));
+      expect(res.statusCode, res.body).toBe(200);
+    }
+    for (const timestamp of [at - 300.001, at + 300.001]) {
+      await expectRefused(webhookRequest(parseEvent(job.parseJobId, { timestamp }), job.secret), 401, "unauthorized");
+    }
+  });
+
   it("an unknown job is refused exactly like a forged signature, so ids cannot be probed", async () => {
     const forged = await ctx.t.app.inject(webhookRequest(parseEvent(job.parseJobId), job.secret, { signature: `sha256=${"ab".repeat(32)}` }));
     const unknown = [
@@ -98,7 +110,8 @@ describe("webhook: refused deliveries change nothing", () => {
 
   it("malformed JSON is 400", async () => {
     await expectRefused(webhookRequest("{not json", job.secret), 400, "invalid_json");
-    await expectRefused(webhookRequest("", job.secret), 400);
+    const empty = await expectRefused(webhookRequest("", job.secret), 400, "invalid_json");
+    expect(empty.error.message).toBe("The body is empty; expected the LlamaParse event JSON.");
     await expectRefused(webhookRequest("[]", job.secret), 400, "invalid_event");
     await expectRefused(webhookRequest("null", job.secret), 400, "invalid_event");
   });
