@@ -163,4 +163,27 @@ describe("webhook: accepted deliveries", () => {
     const { rows } = await ctx.db.pool.query("SELECT next_attempt_at <= now() AS due FROM upload_pipeline.upload_jobs WHERE job_id = $1", [job.jobId]);
     expect(rows[0].due).toBe(true);
   });
+
+  it("a failing intake leaves a job that has moved on meanwhile at its own due time", async () => {
+    let release!: () => void;
+    const slow = await makeApp(ctx.db.pool, {
+      log: createLogger({ level: "silent" }),
+      onParseEvent: () => new Promise((_, reject) => (release = () => reject(new Error("llamaparse down")))),
+    });
+    const job = await seedJob(ctx.db.pool);
+    const res = await slow.app.inject(webhookRequest(parseEvent(job.parseJobId), job.secret));
+    expect(res.statusCode).toBe(200);
+    await until("intake to start", () => release !== undefined);
+    // Meanwhile the reconciler fetched the result, and validate failed once: it waits out a backoff.
+    await ctx.db.pool.query("UPDATE upload_pipeline.upload_jobs SET status = 'parsed', next_attempt_at = now() + interval '60 seconds' WHERE job_id = $1", [
+      job.jobId,
+    ]);
+    release();
+    await slow.app.close(); // waits for the in-flight intake and its reconcile
+    const { rows } = await ctx.db.pool.query(
+      "SELECT next_attempt_at > now() + interval '50 seconds' AS waiting FROM upload_pipeline.upload_jobs WHERE job_id = $1",
+      [job.jobId],
+    );
+    expect(rows[0].waiting).toBe(true);
+  });
 });
