@@ -5,12 +5,13 @@
  * `batches.cancel`.
  *
  * A batch moves `validating → in_progress → finalizing → completed` on the plan's schedule,
- * or ends `failed` (an invalid input file), `expired` or `cancelled`. Its state is computed
+ * or ends `failed` (an invalid input file, or the `failed` fate), `expired` or `cancelled`. Its state is computed
  * from the clock when it is read, so no timer runs. When it finishes, each request line is
  * answered exactly as the synchronous `/v1/embeddings` answers it (same checks, same vectors,
  * same usage): successes go to the output file, failures to the error file.
  *
- * A batch's fate (expired, partly failed, slow) is drawn once, keyed by the seed, its input
+ * A batch's fate (expired, partly failed, slow, failed outright, or an output file with a
+ * foreign, a repeated or a cut line) is drawn once, keyed by the seed, its input
  * file's SHA-256 and how many batches that content already had; which lines of a partly
  * failed batch fail is keyed by their `custom_id`. So a seed replays the same fates whatever
  * the ids, times or arrival order.
@@ -54,6 +55,11 @@ interface Fate {
   expire: { completedFraction: number } | undefined;
   partialFailure: { requests: number } | undefined;
   slowMs: number;
+  failed: boolean;
+  foreignLine: boolean;
+  duplicateLine: boolean;
+  /** The width of the one cut embedding, when the output file has one. */
+  wrongDimensions: number | undefined;
 }
 
 /** One batch: what was asked, its drawn fate, and (once finished) its result. */
@@ -66,7 +72,7 @@ export interface StoredBatch {
   key: string;
   fate: Fate;
   schedule: OpenAIBatchFaults["schedule"];
-  /** Validation errors of the input file: the batch ends `failed` after `validating`. */
+  /** Validation errors of the input file, or a `failed` fate's error: the batch ends `failed` after `validating`. */
   errors: Array<{ code: string; message: string; line: number | null; param: string | null }>;
   cancelledAt: number | undefined;
   result:
@@ -129,7 +135,51 @@ function drawFate(ctx: MockContext, key: string): Fate {
   const expire = rng() < (plan?.expire?.rate ?? 0) ? { completedFraction: plan!.expire!.completedFraction } : undefined;
   const partial = rng() < (plan?.partialFailure?.rate ?? 0) ? { requests: plan!.partialFailure!.requests } : undefined;
   const slowMs = rng() < (plan?.slow?.rate ?? 0) ? plan!.slow!.extraMs : 0;
-  return { expire, partialFailure: expire ? undefined : partial, slowMs };
+  const failed = rng() < (plan?.failed?.rate ?? 0);
+  const foreignLine = rng() < (plan?.foreignLine?.rate ?? 0);
+  const duplicateLine = rng() < (plan?.duplicateLine?.rate ?? 0);
+  const wrongDimensions = rng() < (plan?.wrongDimensions?.rate ?? 0) ? plan!.wrongDimensions!.dimensions : undefined;
+  return { expire, partialFailure: expire ? undefined : partial, slowMs, failed, foreignLine, duplicateLine, wrongDimensions };
+}
+
+/** The error of a batch OpenAI fails outright for the organization's enqueued-token limit (the API's wording). */
+function enqueuedTokenLimit(lines: RequestLine[]): StoredBatch["errors"][number] {
+  const model = String(lines[0]?.body.model ?? "the model");
+  return {
+    code: "token_limit_exceeded",
+    message: `Enqueued token limit reached for ${model} in organization org-mock. Limit: 3,000,000 enqueued tokens. Please try again once some in_progress batches have been completed.`,
+    line: null,
+    param: null,
+  };
+}
+
+/**
+ * A request this batch never had, for a `foreignLine`: the first request of the newest other
+ * batch the mock holds that is not in this input, else this batch's first request under a
+ * fresh `custom_id`.
+ */
+function foreignRequest(ctx: MockContext, state: BatchState, batch: StoredBatch, lines: RequestLine[]): RequestLine | undefined {
+  const ours = new Set(lines.map((l) => l.custom_id));
+  for (const other of [...state.batches.values()].reverse()) {
+    if (other === batch) continue;
+    const theirs = readInputFile(state.files.get(other.inputFileId)!).lines.find((l) => !ours.has(l.custom_id));
+    if (theirs) return theirs;
+  }
+  return lines[0] && { custom_id: seededUuid(ctx.faults.seed, "openai.batch.foreign", batch.key), body: lines[0].body };
+}
+
+/** Cuts every embedding of an output line to its first `dimensions` values (float arrays or base64 float32). */
+function cutEmbeddings(text: string, dimensions: number): string {
+  const line = JSON.parse(text) as { response: { body: { data: Array<{ embedding: number[] | string }> } } };
+  for (const d of line.response.body.data) {
+    d.embedding =
+      typeof d.embedding === "string"
+        ? Buffer.from(d.embedding, "base64")
+            .subarray(0, dimensions * 4)
+            .toString("base64")
+        : d.embedding.slice(0, dimensions);
+  }
+  return JSON.stringify(line);
 }
 
 interface RequestLine {
@@ -212,6 +262,17 @@ async function finish(ctx: MockContext, state: BatchState, batch: StoredBatch, s
   const err: string[] = [];
   const requestId = (customId: string) => `req_${sha256Hex(`${batch.key}:${customId}`).slice(0, 24)}`;
   const lineId = (customId: string) => `batch_req_${sha256Hex(`${batch.id}:${customId}`).slice(0, 24)}`;
+  /** Answers a request line as `POST /v1/embeddings` does, into the output or the error file; `bill` counts its usage. */
+  const answer = async (l: RequestLine, bill: boolean) => {
+    const base = { id: lineId(l.custom_id), custom_id: l.custom_id };
+    const valid = validateEmbeddingsBody(l.body);
+    if (valid instanceof Response) {
+      err.push(JSON.stringify({ ...base, response: { status_code: valid.status, request_id: requestId(l.custom_id), body: await valid.json() }, error: null }));
+      return;
+    }
+    if (bill) ctx.stats.recordUsage(valid.model, valid.inputs.length, valid.total, true);
+    out.push(JSON.stringify({ ...base, response: { status_code: 200, request_id: requestId(l.custom_id), body: embeddingsAnswer(valid) }, error: null }));
+  };
   for (const l of lines) {
     const base = { id: lineId(l.custom_id), custom_id: l.custom_id };
     const expired = status === "expired" && rngFor(seed, "openai.batch.expire", batch.key, l.custom_id)() >= batch.fate.expire!.completedFraction;
@@ -228,13 +289,23 @@ async function finish(ctx: MockContext, state: BatchState, batch: StoredBatch, s
       err.push(JSON.stringify({ ...base, response: { status_code: 500, request_id: requestId(l.custom_id), body }, error: null }));
       continue;
     }
-    const valid = validateEmbeddingsBody(l.body);
-    if (valid instanceof Response) {
-      err.push(JSON.stringify({ ...base, response: { status_code: valid.status, request_id: requestId(l.custom_id), body: await valid.json() }, error: null }));
-      continue;
+    await answer(l, true);
+  }
+  // request_counts count this batch's requests, whatever the output-file faults below add.
+  const counts = { total: lines.length, completed: out.length, failed: err.length };
+  if (out.length > 0) {
+    const { wrongDimensions, duplicateLine, foreignLine } = batch.fate;
+    const pick = (fault: string) => Math.floor(rngFor(seed, "openai.batch.output", batch.key, fault)() * out.length);
+    if (wrongDimensions !== undefined) {
+      const i = pick("wrongDimensions");
+      out[i] = cutEmbeddings(out[i]!, wrongDimensions);
     }
-    ctx.stats.recordUsage(valid.model, valid.inputs.length, valid.total, true);
-    out.push(JSON.stringify({ ...base, response: { status_code: 200, request_id: requestId(l.custom_id), body: embeddingsAnswer(valid) }, error: null }));
+    if (duplicateLine) {
+      const i = pick("duplicateLine");
+      out.splice(i + 1, 0, out[i]!);
+    }
+    const foreign = foreignLine ? foreignRequest(ctx, state, batch, lines) : undefined;
+    if (foreign) await answer(foreign, false); // not this batch's request: not billed to it
   }
   // Two readers may both see the batch finish: the first to get here writes the result.
   if (batch.result) return batch.result.status;
@@ -247,9 +318,7 @@ async function finish(ctx: MockContext, state: BatchState, batch: StoredBatch, s
     at,
     outputFileId: write(out, "output"),
     errorFileId: write(err, "error"),
-    total: lines.length,
-    completed: out.length,
-    failed: err.length,
+    ...counts,
   };
   ctx.stats.batches.finished[status] = (ctx.stats.batches.finished[status] ?? 0) + 1;
   return status;
@@ -422,15 +491,17 @@ export function createBatchHandlers(ctx: MockContext, state: BatchState, options
       if (!input) return notFound("file", body.input_file_id);
       if (input.purpose !== "batch") return invalid(`File ${input.id} has purpose '${input.purpose}'; a batch needs purpose 'batch'.`, "input_file_id");
       const key = state.contentKey(input);
+      const fate = drawFate(ctx, key);
+      const checked = readInputFile(input);
       const batch: StoredBatch = {
         id: state.nextId(ctx, "batch"),
         createdAt: ctx.now(),
         inputFileId: input.id,
         metadata: metadata as Record<string, string> | null,
         key,
-        fate: drawFate(ctx, key),
+        fate,
         schedule: ctx.faults.plan.openai?.batches?.schedule ?? { validatingMs: 50, inProgressMs: 200, finalizingMs: 50 },
-        errors: readInputFile(input).errors,
+        errors: checked.errors.length > 0 || !fate.failed ? checked.errors : [enqueuedTokenLimit(checked.lines)],
         cancelledAt: undefined,
         result: undefined,
       };

@@ -130,6 +130,18 @@ export const OpenAIBatchesSchema = z.strictObject({
   partialFailure: z.strictObject({ rate, requests: rate.default(0.1) }).optional(),
   /** The batch stays `in_progress` `extraMs` longer. */
   slow: z.strictObject({ rate, extraMs: ms }).optional(),
+  /**
+   * OpenAI fails the whole batch after `validating` though its input is valid, as when the
+   * organization's enqueued-token limit is reached: `errors.data` holds one `token_limit_exceeded`
+   * (line and param null), no output or error file.
+   */
+  failed: z.strictObject({ rate }).optional(),
+  /** The output file also carries a line answering a request that was not in this batch's input (another batch's, when the mock holds one). */
+  foreignLine: z.strictObject({ rate }).optional(),
+  /** The output file has one of its lines twice in a row (same `custom_id`, same answer). */
+  duplicateLine: z.strictObject({ rate }).optional(),
+  /** One line of the output file carries only the first `dimensions` values of its embedding (fewer than the request asked for). */
+  wrongDimensions: z.strictObject({ rate, dimensions: z.number().int().min(1).default(8) }).optional(),
 });
 
 /** OpenAI faults, plus its RPM/TPM limits (defaults: 10,000 RPM and 10,000,000 TPM per model) and the Batch API's schedule and fates. */

@@ -297,6 +297,10 @@ describe("plan validation", () => {
     expect(() => parseFaultPlan({ llamaparse: { bursts: [{ fault: 418, start: 1, count: 1 }] } })).toThrow(FaultPlanError);
     expect(() => parseFaultPlan({ storage: { latency: { dist: "uniform", minMs: 5, maxMs: 1 } } })).toThrow(/storage\.latency\.maxMs/);
     expect(() => createMocks({ faults: { openai: { hangMs: -1 } } })).toThrow(/openai\.hangMs/);
+    expect(() => parseFaultPlan({ openai: { batches: { wrongDimensions: { rate: 1, dimensions: 0 } } } })).toThrow(
+      /openai\.batches\.wrongDimensions\.dimensions/,
+    );
+    expect(() => parseFaultPlan({ openai: { batches: { failed: { rate: 2 } } } })).toThrow(/openai\.batches\.failed\.rate/);
   });
 });
 

@@ -2,7 +2,8 @@
  * The OpenAI Files and Batches mock, checked with the official `openai` SDK over real HTTP:
  * upload, create, retrieve through validating → in_progress → finalizing → completed, the
  * output file's vectors and usage equal to the synchronous endpoint's, lookup by metadata, and
- * the fault plan's fates (expired, partly failed, slow) keyed by content.
+ * the fault plan's fates (expired, partly failed, slow, failed outright, and output files with a
+ * foreign, a repeated or a cut line) keyed by content.
  */
 import type OpenAI from "openai";
 import { BadRequestError, NotFoundError } from "openai";
@@ -22,14 +23,14 @@ useMockServer({ seed: 5 }, (started) => {
 
 const MODEL = "text-embedding-3-small";
 
-function jsonl(texts: string[], extra: Record<string, unknown> = {}): string {
+function jsonl(texts: string[], extra: Record<string, unknown> = {}, prefix = "req"): string {
   return texts
-    .map((t, i) => JSON.stringify({ custom_id: `req-${i}`, method: "POST", url: "/v1/embeddings", body: { model: MODEL, input: t, ...extra } }))
+    .map((t, i) => JSON.stringify({ custom_id: `${prefix}-${i}`, method: "POST", url: "/v1/embeddings", body: { model: MODEL, input: t, ...extra } }))
     .join("\n");
 }
 
-async function submit(texts: string[], metadata: Record<string, string> = { intent: "test" }) {
-  const file = await client.files.create({ file: await toFile(Buffer.from(jsonl(texts)), "requests.jsonl"), purpose: "batch" });
+async function submit(texts: string[], metadata: Record<string, string> = { intent: "test" }, extra: Record<string, unknown> = {}, prefix = "req") {
+  const file = await client.files.create({ file: await toFile(Buffer.from(jsonl(texts, extra, prefix)), "requests.jsonl"), purpose: "batch" });
   return client.batches.create({ input_file_id: file.id, endpoint: "/v1/embeddings", completion_window: "24h", metadata });
 }
 
@@ -47,7 +48,7 @@ interface ResultLine {
   custom_id: string;
   response: {
     status_code: number;
-    body: { data: Array<{ embedding: number[] }>; usage: { prompt_tokens: number }; error: { type: string } };
+    body: { data: Array<{ embedding: number[] | string }>; usage: { prompt_tokens: number }; error: { type: string } };
   } | null;
   error: { code: string; message: string } | null;
 }
@@ -212,4 +213,65 @@ describe("fates from the fault plan, keyed by content", () => {
     expect(forward).toContain(false);
     expect(await fates([7, 6, 5, 4, 3, 2, 1, 0])).toEqual(forward);
   });
+
+  it("failed: OpenAI fails the whole batch after validating with token_limit_exceeded, and writes no file", async () => {
+    server.mocks.setFaults({ openai: { batches: { failed: { rate: 1 } } } });
+    const b = await finished((await submit(texts)).id);
+    expect(b.status).toBe("failed");
+    expect(b.errors).toEqual({
+      object: "list",
+      data: [
+        { code: "token_limit_exceeded", message: expect.stringMatching(/^Enqueued token limit reached for text-embedding-3-small/), line: null, param: null },
+      ],
+    });
+    expect(b).toMatchObject({ output_file_id: null, error_file_id: null, in_progress_at: null, request_counts: { total: 0, completed: 0, failed: 0 } });
+    expect(b.failed_at).not.toBeNull();
+    expect(server.mocks.stats().openai.batchUsage[MODEL]).toBeUndefined();
+  });
+
+  it("foreignLine: the output also answers the newest other batch's request, unbilled; request_counts count this batch's own", async () => {
+    const other = await submit(["another batch's text"], { intent: "other" }, {}, "other");
+    server.mocks.setFaults({ openai: { batches: { foreignLine: { rate: 1 } } } });
+    const b = await finished((await submit(texts)).id);
+    const out = await lines(b.output_file_id);
+    const foreign = out.filter((l) => !l.custom_id.startsWith("req-"));
+    expect(foreign.map((l) => l.custom_id)).toEqual(["other-0"]);
+    const sync = await client.embeddings.create({ model: MODEL, input: "another batch's text", encoding_format: "float" });
+    expect(foreign[0]!.response!.body.data[0]!.embedding).toEqual(sync.data[0]!.embedding);
+    expect(out).toHaveLength(texts.length + 1);
+    expect(b.request_counts).toEqual({ total: texts.length, completed: texts.length, failed: 0 });
+    await finished(other.id);
+    expect(server.mocks.stats().openai.batchUsage[MODEL]!.requests).toBe(texts.length + 1); // the foreign line was billed to its own batch only
+  });
+
+  it("duplicateLine: one output line appears twice in a row, counted once", async () => {
+    server.mocks.setFaults({ openai: { batches: { duplicateLine: { rate: 1 } } } });
+    const b = await finished((await submit(texts)).id);
+    const text = await (await client.files.content(b.output_file_id!)).text();
+    const raw = text.trim().split("\n");
+    expect(raw).toHaveLength(texts.length + 1);
+    const twice = raw.findIndex((l, i) => l === raw[i + 1]);
+    expect(twice).toBeGreaterThanOrEqual(0);
+    expect(new Set(raw.map((l) => (JSON.parse(l) as ResultLine).custom_id)).size).toBe(texts.length);
+    expect(b.request_counts).toEqual({ total: texts.length, completed: texts.length, failed: 0 });
+  });
+
+  for (const format of ["float", "base64"] as const) {
+    it(`wrongDimensions: one output line's embedding has only the first \`dimensions\` values (${format})`, async () => {
+      server.mocks.setFaults({ openai: { batches: { wrongDimensions: { rate: 1, dimensions: 8 } } } });
+      const b = await finished((await submit(texts, { intent: "test" }, { encoding_format: format })).id);
+      const out = await lines(b.output_file_id);
+      const width = (l: ResultLine) => {
+        const e = l.response!.body.data[0]!.embedding;
+        return typeof e === "string" ? Buffer.from(e, "base64").byteLength / 4 : e.length;
+      };
+      const cut = out.filter((l) => width(l) !== 1536);
+      expect(cut.map(width)).toEqual([8]);
+      const sync = await client.embeddings.create({ model: MODEL, input: texts[Number(cut[0]!.custom_id.slice(4))]!, encoding_format: format });
+      const full = sync.data[0]!.embedding as unknown as number[] | string;
+      const prefix = typeof full === "string" ? Buffer.from(full, "base64").subarray(0, 32).toString("base64") : full.slice(0, 8);
+      expect(cut[0]!.response!.body.data[0]!.embedding).toEqual(prefix);
+      expect(out).toHaveLength(texts.length);
+    });
+  }
 });
