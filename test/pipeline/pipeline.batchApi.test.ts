@@ -3,7 +3,9 @@
  * Batches APIs (the official SDK, intercepted in-process): a bulk job embeds through one batch,
  * released between polls, at half price; a crash after files.create or after batches.create
  * never leads to a second file or batch; a partly failed or expired batch re-queues only the
- * requests it left out; batches that keep leaving requests out end in the synchronous API.
+ * requests it left out; batches that keep leaving requests out, or one OpenAI fails outright,
+ * end in the synchronous API; an output file's line that is not ours, repeated or of the wrong
+ * width never becomes a vector or a count.
  *
  * The workers and the mocks share one simulated clock, so a batch's schedule (validating →
  * in_progress → finalizing → completed) advances exactly as the job's snoozes do.
@@ -29,7 +31,9 @@ const SCHEDULE = { validatingMs: 1_000, inProgressMs: 2_000, finalizingMs: 1_000
 let env: PipelineEnv;
 let clock: ManualClock;
 
-async function start(batches: NonNullable<NonNullable<FaultPlanInput["openai"]>["batches"]> = {}) {
+type BatchFates = NonNullable<NonNullable<FaultPlanInput["openai"]>["batches"]>;
+
+async function start(batches: BatchFates = {}) {
   clock = new ManualClock(Date.now());
   env = await startPipelineEnv({
     seed: 31,
@@ -44,6 +48,7 @@ beforeEach(() => {
 afterEach(() => env?.close());
 
 interface BatchRow {
+  intent_key: string;
   round: number;
   chunk_ids: string[];
   status: string;
@@ -69,28 +74,42 @@ const jobRow = async (jobId: string) =>
 
 /**
  * Step `workers` in turn (each until it crashes) on the shared clock until `done` holds: when
- * nothing is claimable, move the clock to the job's next attempt (a poll's snooze, a crashed
- * holder's lease).
+ * nothing is claimable, move the clock to the earliest next attempt of the jobs not complete (a
+ * poll's snooze, a crashed holder's lease).
  */
-async function driveUntil(jobId: string, workers: Array<{ runOnce(): Promise<unknown>; crashed?: () => boolean }>, done: () => Promise<boolean>) {
+async function driveUntil(jobIds: string | string[], workers: Array<{ runOnce(): Promise<unknown>; crashed?: () => boolean }>, done: () => Promise<boolean>) {
   let w = 0;
   for (let step = 0; step < 300; step++) {
     if (await done()) return;
-    const { rows } = await env.db.pool.query<{ lease_expires_at: Date | null; next_attempt_at: Date }>(
-      "SELECT lease_expires_at, next_attempt_at FROM upload_pipeline.upload_jobs WHERE job_id = $1",
-      [jobId],
+    const { rows } = await env.db.pool.query<{ due: Date }>(
+      `SELECT greatest(next_attempt_at, lease_expires_at) AS due FROM upload_pipeline.upload_jobs
+        WHERE job_id = ANY($1::uuid[]) AND status <> 'complete' ORDER BY 1 LIMIT 1`,
+      [[jobIds].flat()],
     );
     const worker = workers[w]!;
     const claimed = await worker.runOnce();
     if (worker.crashed?.() && w < workers.length - 1) w += 1;
     if (claimed) continue;
-    const due = Math.max(rows[0]!.next_attempt_at.getTime(), rows[0]!.lease_expires_at?.getTime() ?? 0);
-    await clock.advance(Math.max(1, due - clock.now() + 1));
+    await clock.advance(Math.max(1, (rows[0]?.due.getTime() ?? 0) - clock.now() + 1));
   }
-  throw new Error(`job ${jobId} did not get there in 300 steps`);
+  throw new Error(`job ${[jobIds].flat().join(", ")} did not get there in 300 steps`);
 }
 
 const complete = (jobId: string) => async () => (await jobRow(jobId)).status === "complete";
+
+/**
+ * A bulk document whose first batch meets the fate `batches` and the next ones none, driven to
+ * complete. A batch's fate is drawn when it is created: the fault is cleared once the first exists.
+ */
+async function completeWithFirstBatchFaulted(batches: BatchFates) {
+  await start(batches);
+  const doc = await env.upload({ content: CONTENT, userId: randomUUID(), lane: "bulk" });
+  const w = worker();
+  await driveUntil(doc.jobId, [w], async () => (await batchRows(doc.jobId)).some((r) => r.status === "submitted"));
+  env.mocks.setFaults({ ...STEPPED_FAULTS, openai: { batches: { schedule: SCHEDULE } } });
+  await driveUntil(doc.jobId, [w], complete(doc.jobId));
+  return doc;
+}
 
 function worker(faults = new FaultInjector(), outcomes: JobRunOutcome[] = []) {
   return env.worker({ clock, faults, leaseSeconds: 30, onJobDone: (e) => outcomes.push(e.outcome) });
@@ -112,16 +131,25 @@ async function expectOneTrueVectorPerChunk(documentId: string) {
   return rows.length;
 }
 
-/** The lines of the error file of the batch `batchId`, by custom_id. */
-function failedCustomIds(batchId: string): string[] {
+/** One line of a batch's output or error file (the fields these tests read). */
+interface ResultLine {
+  custom_id: string;
+  response: { body: { data?: Array<{ embedding: number[] }> } } | null;
+}
+
+/** The lines of the output or error file of the batch `batchId`, as the mock wrote them. */
+function resultLines(batchId: string, file: "outputFileId" | "errorFileId"): ResultLine[] {
   const batch = env.mocks.state.batches.batches.get(batchId)!;
-  const file = env.mocks.state.batches.files.get(batch.result!.errorFileId!)!;
-  return Buffer.from(file.bytes)
+  const stored = env.mocks.state.batches.files.get(batch.result![file]!)!;
+  return Buffer.from(stored.bytes)
     .toString("utf8")
     .trim()
     .split("\n")
-    .map((l) => (JSON.parse(l) as { custom_id: string }).custom_id);
+    .map((l) => JSON.parse(l) as ResultLine);
 }
+
+/** The custom_ids of the error file of the batch `batchId`. */
+const failedCustomIds = (batchId: string) => resultLines(batchId, "errorFileId").map((l) => l.custom_id);
 
 describe("the Batch API lane", () => {
   it("embeds a bulk job through one batch, released between polls, at half the synchronous price", async () => {
@@ -218,13 +246,7 @@ describe("the Batch API lane", () => {
   });
 
   it("a partly failed batch re-queues only its failed requests", async () => {
-    await start({ partialFailure: { rate: 1, requests: 0.3 } });
-    const doc = await env.upload({ content: CONTENT, userId: randomUUID(), lane: "bulk" });
-    const w = worker();
-    // A batch's fate is drawn when it is created: clear the fault once the first one exists.
-    await driveUntil(doc.jobId, [w], async () => (await batchRows(doc.jobId)).some((r) => r.status === "submitted"));
-    env.mocks.setFaults({ ...STEPPED_FAULTS, openai: { batches: { schedule: SCHEDULE } } }); // the next batches go through whole
-    await driveUntil(doc.jobId, [w], complete(doc.jobId));
+    const doc = await completeWithFirstBatchFaulted({ partialFailure: { rate: 1, requests: 0.3 } });
 
     const [first, second, ...more] = await batchRows(doc.jobId);
     expect(more).toEqual([]);
@@ -238,13 +260,7 @@ describe("the Batch API lane", () => {
   });
 
   it("an expired batch keeps what it finished and re-submits the rest", async () => {
-    await start({ expire: { rate: 1, completedFraction: 0.5 } });
-    const doc = await env.upload({ content: CONTENT, userId: randomUUID(), lane: "bulk" });
-    const w = worker();
-    // A batch's fate is drawn when it is created: clear the fault once the first one exists.
-    await driveUntil(doc.jobId, [w], async () => (await batchRows(doc.jobId)).some((r) => r.status === "submitted"));
-    env.mocks.setFaults({ ...STEPPED_FAULTS, openai: { batches: { schedule: SCHEDULE } } });
-    await driveUntil(doc.jobId, [w], complete(doc.jobId));
+    const doc = await completeWithFirstBatchFaulted({ expire: { rate: 1, completedFraction: 0.5 } });
 
     const [first, second] = await batchRows(doc.jobId);
     expect(first).toMatchObject({ outcome: "expired" });
@@ -335,5 +351,91 @@ describe("the Batch API lane", () => {
       waits.push((await jobRow(doc.jobId)).next_attempt_at.getTime() - clock.now());
     }
     expect(waits).toEqual([1_000, 2_000, 4_000, 4_000, 4_000]);
+  });
+
+  it("a batch OpenAI fails outright is not sent again: the whole document goes through the synchronous API", async () => {
+    await start({ failed: { rate: 1 } });
+    const doc = await env.upload({ content: CONTENT, userId: randomUUID(), lane: "bulk" });
+    await driveUntil(doc.jobId, [worker()], complete(doc.jobId));
+
+    const [row, ...more] = await batchRows(doc.jobId);
+    expect(more).toEqual([]);
+    expect(env.mocks.state.batches.batches.get(row!.batch_id!)!.errors.map((e) => e.code)).toEqual(["token_limit_exceeded"]);
+    expect(row).toMatchObject({ outcome: "failed", succeeded: 0, failed: row!.chunk_ids.length });
+    const stats = env.mocks.stats();
+    expect(stats.openai.batches).toEqual({ created: 1, finished: { failed: 1 } });
+    const chunks = await expectOneTrueVectorPerChunk(doc.documentId);
+    expect(stats.openai.usage[MODEL]!.inputs).toBe(chunks);
+    const { progress } = await jobRow(doc.jobId);
+    expect(Number(progress.tokens)).toBe(stats.openai.usage[MODEL]!.prompt_tokens);
+    expect(Number(progress.batch_api_tokens ?? 0)).toBe(0);
+  });
+
+  it("a line of the output file that answers another job's request is neither stored nor counted by this job", async () => {
+    await start({ foreignLine: { rate: 1 } });
+    const docs = [
+      await env.upload({ content: CONTENT, userId: randomUUID(), lane: "bulk" }),
+      await env.upload({ content: markdownDocument(mulberry32(8), "Second", 3_000), userId: randomUUID(), lane: "bulk" }),
+    ];
+    const jobIds = docs.map((d) => d.jobId);
+    await driveUntil(jobIds, [worker()], async () => (await complete(jobIds[0]!)()) && (await complete(jobIds[1]!)()));
+
+    const rows = await Promise.all(jobIds.map(async (id) => (await batchRows(id))[0]!));
+    let tokens = 0;
+    for (const [i, doc] of docs.entries()) {
+      const [ours, theirs] = [rows[i]!, rows[1 - i]!];
+      // The fault happened: this job's output file answers one request of the other job's batch.
+      const foreign = resultLines(ours.batch_id!, "outputFileId").filter((l) => !ours.chunk_ids.includes(l.custom_id));
+      expect(foreign).toHaveLength(1);
+      expect(theirs.chunk_ids).toContain(foreign[0]!.custom_id);
+
+      expect(await batchRows(doc.jobId)).toHaveLength(1);
+      const chunks = await expectOneTrueVectorPerChunk(doc.documentId);
+      expect(ours).toMatchObject({ outcome: "completed", succeeded: chunks, failed: 0 });
+      const { rows: writers } = await env.db.pool.query<{ batch_id: string }>(
+        `SELECT DISTINCT v.batch_id FROM upload_pipeline.document_vector_buffer v JOIN upload_pipeline.document_chunk_buffer c USING (chunk_id)
+          WHERE c.document_id = $1`,
+        [doc.documentId],
+      );
+      expect(writers.map((r) => r.batch_id)).toEqual([ours.intent_key]); // every vector stored by this document's own batch
+      const { progress } = await jobRow(doc.jobId);
+      expect(Number(progress.vectors_done)).toBe(chunks);
+      expect(Number(progress.tokens)).toBe(Number(ours.tokens));
+      tokens += Number(progress.tokens);
+    }
+    expect(tokens).toBe(env.mocks.stats().openai.batchUsage[MODEL]!.prompt_tokens);
+  });
+
+  it("a line written twice in the output file is stored, counted and billed once", async () => {
+    await start({ duplicateLine: { rate: 1 } });
+    const doc = await env.upload({ content: CONTENT, userId: randomUUID(), lane: "bulk" });
+    await driveUntil(doc.jobId, [worker()], complete(doc.jobId));
+
+    const [row, ...more] = await batchRows(doc.jobId);
+    expect(more).toEqual([]);
+    const ids = resultLines(row!.batch_id!, "outputFileId").map((l) => l.custom_id);
+    expect(ids).toHaveLength(new Set(ids).size + 1); // the fault happened: one custom_id twice
+    const chunks = await expectOneTrueVectorPerChunk(doc.documentId);
+    expect(row).toMatchObject({ outcome: "completed", succeeded: chunks, failed: 0 });
+    const billed = env.mocks.stats().openai.batchUsage[MODEL]!.prompt_tokens;
+    expect(Number(row!.tokens)).toBe(billed);
+    const { progress } = await jobRow(doc.jobId);
+    expect(Number(progress.vectors_done)).toBe(chunks);
+    expect(Number(progress.tokens)).toBe(billed);
+    expect(Number(progress.batch_api_tokens)).toBe(billed);
+    expect(Number(progress.cost_usd)).toBeCloseTo(costUsd(MODEL, billed, "batch"), 12);
+  });
+
+  it("a vector of the wrong width is not stored: its request goes in the next round", async () => {
+    const doc = await completeWithFirstBatchFaulted({ wrongDimensions: { rate: 1, dimensions: 8 } });
+
+    const [first, second, ...more] = await batchRows(doc.jobId);
+    expect(more).toEqual([]);
+    const cut = resultLines(first!.batch_id!, "outputFileId").filter((l) => l.response!.body.data![0]!.embedding.length !== 1536);
+    expect(cut.map((l) => l.response!.body.data![0]!.embedding.length)).toEqual([8]); // the fault happened
+    expect(first).toMatchObject({ outcome: "completed", succeeded: first!.chunk_ids.length - 1, failed: 1 });
+    expect(second!.chunk_ids).toEqual([cut[0]!.custom_id]);
+    expect(second).toMatchObject({ round: 2, outcome: "completed", succeeded: 1, failed: 0 });
+    await expectOneTrueVectorPerChunk(doc.documentId);
   });
 });
