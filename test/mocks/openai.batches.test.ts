@@ -244,6 +244,17 @@ describe("fates from the fault plan, keyed by content", () => {
     expect(server.mocks.stats().openai.batchUsage[MODEL]!.requests).toBe(texts.length + 1); // the foreign line was billed to its own batch only
   });
 
+  it("foreignLine with no other batch: the output answers this batch's first request again under a fresh custom_id", async () => {
+    server.mocks.setFaults({ openai: { batches: { foreignLine: { rate: 1 } } } });
+    const b = await finished((await submit(texts)).id);
+    const out = await lines(b.output_file_id);
+    const foreign = out.filter((l) => !l.custom_id.startsWith("req-"));
+    expect(foreign.map((l) => l.custom_id)).toEqual([expect.stringMatching(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/)]);
+    expect(foreign[0]!.response!.body.data[0]!.embedding).toEqual(out.find((l) => l.custom_id === "req-0")!.response!.body.data[0]!.embedding);
+    expect(b.request_counts).toEqual({ total: texts.length, completed: texts.length, failed: 0 });
+    expect(server.mocks.stats().openai.batchUsage[MODEL]!.requests).toBe(texts.length);
+  });
+
   it("duplicateLine: one output line appears twice in a row, counted once", async () => {
     server.mocks.setFaults({ openai: { batches: { duplicateLine: { rate: 1 } } } });
     const b = await finished((await submit(texts)).id);
