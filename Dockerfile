@@ -11,8 +11,9 @@ COPY mocks ./mocks
 COPY harness ./harness
 COPY scenarios ./scenarios
 COPY dev ./dev
-# The scenario runner writes its report folder here.
-RUN mkdir -p reports && chown node:node reports
+# The scenario runner writes its report folder here; a worker fills Node's compile cache
+# (src/worker/nodeFlags.ts) on its first start, so that later starts skip type stripping.
+RUN mkdir -p reports node_modules/.cache/node-compile-cache && chown node:node reports node_modules/.cache/node-compile-cache
 USER node
 EXPOSE 8080
 CMD ["npm", "run", "worker"]

@@ -20,7 +20,7 @@ import { documentId, jobId, sha256 } from "../src/ids.ts";
 import { createLogger } from "../src/logger.ts";
 import { createPipelineServices } from "../src/services.ts";
 import { createJob } from "../src/state-machine/transition.ts";
-import { WORKER_NODE_FLAGS } from "../src/worker/nodeFlags.ts";
+import { WORKER_NODE_FLAGS, workerNodeEnv } from "../src/worker/nodeFlags.ts";
 import { markdownDocument } from "../harness/corpus.ts";
 import { mulberry32 } from "../mocks/shared/rng.ts";
 import { startMockServer } from "../mocks/server.ts";
@@ -184,7 +184,7 @@ export async function runWorkerOnDocument(ctx: BenchContext, bytes: number): Pro
   try {
     const apiUrl = await app.listen({ port: 0, host: "127.0.0.1" });
     child = spawn(process.execPath, [...WORKER_NODE_FLAGS, WORKER_ENTRY], {
-      env: {
+      env: workerNodeEnv({
         ...process.env,
         ...mock.env,
         DATABASE_URL: db.url,
@@ -194,7 +194,7 @@ export async function runWorkerOnDocument(ctx: BenchContext, bytes: number): Pro
         POLL_INTERVAL_MS: "200",
         LOG_LEVEL: "info",
         UPLOAD_PIPELINE_CRASH_AT: "",
-      },
+      }),
       stdio: ["ignore", "pipe", "pipe"],
     });
     const keep = (chunk: Buffer) => {

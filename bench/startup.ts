@@ -13,7 +13,7 @@
  */
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
-import { WORKER_NODE_FLAGS } from "../src/worker/nodeFlags.ts";
+import { WORKER_NODE_FLAGS, workerNodeEnv } from "../src/worker/nodeFlags.ts";
 import { createDatabase, figure, round, type BenchContext, type BenchResult } from "./support.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -22,7 +22,8 @@ const WORKER_ENTRY = "src/worker/main.ts";
 const MODES = {
   tsxCli: { label: "tsx CLI (old npm run worker)", command: `${ROOT}node_modules/.bin/tsx`, args: [WORKER_ENTRY] },
   tsxLoader: { label: "node --import tsx", command: process.execPath, args: ["--import", "tsx", WORKER_ENTRY] },
-  native: { label: "node (type stripping)", command: process.execPath, args: [...WORKER_NODE_FLAGS, WORKER_ENTRY] },
+  native: { label: "node (type stripping), no compile cache", command: process.execPath, args: [...WORKER_NODE_FLAGS, WORKER_ENTRY] },
+  nativeCached: { label: "node, compile cache warm (npm run worker)", command: process.execPath, args: [...WORKER_NODE_FLAGS, WORKER_ENTRY] },
 } as const;
 type Mode = keyof typeof MODES;
 
@@ -39,7 +40,8 @@ function rssMiB(pid: number): number {
 async function startOnce(mode: Mode, env: NodeJS.ProcessEnv): Promise<{ ms: number; rssMiB: number }> {
   const { command, args } = MODES[mode];
   const t0 = performance.now();
-  const child = spawn(command, args, { cwd: ROOT, env, stdio: ["ignore", "pipe", "pipe"] });
+  const { NODE_COMPILE_CACHE: _, ...uncached } = env;
+  const child = spawn(command, args, { cwd: ROOT, env: mode === "nativeCached" ? workerNodeEnv(env) : uncached, stdio: ["ignore", "pipe", "pipe"] });
   let output = "";
   const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
   try {
@@ -86,8 +88,8 @@ export async function runStartupBench(ctx: BenchContext): Promise<BenchResult> {
     LOG_LEVEL: "info",
     UPLOAD_PIPELINE_CRASH_AT: "",
   };
-  const times: Record<Mode, number[]> = { tsxCli: [], tsxLoader: [], native: [] };
-  const rss: Record<Mode, number[]> = { tsxCli: [], tsxLoader: [], native: [] };
+  const times: Record<Mode, number[]> = { tsxCli: [], tsxLoader: [], native: [], nativeCached: [] };
+  const rss: Record<Mode, number[]> = { tsxCli: [], tsxLoader: [], native: [], nativeCached: [] };
   try {
     // One warm-up each (file cache), not counted; then the modes in turn.
     for (const mode of Object.keys(MODES) as Mode[]) await startOnce(mode, env);
@@ -110,10 +112,13 @@ export async function runStartupBench(ctx: BenchContext): Promise<BenchResult> {
     name: "startup",
     title: 'Worker start-up: spawn → "worker started"',
     figures: [
+      figure("startup_native_cached_ms", `median, ${MODES.nativeCached.label}`, Math.round(med.nativeCached), "ms"),
       figure("startup_native_ms", `median, ${MODES.native.label}`, Math.round(med.native), "ms"),
       figure("startup_tsx_loader_ms", `median, ${MODES.tsxLoader.label}`, Math.round(med.tsxLoader), "ms"),
       figure("startup_tsx_cli_ms", `median, ${MODES.tsxCli.label}`, Math.round(med.tsxCli), "ms"),
       figure("startup_speedup", "tsx CLI ÷ node (type stripping)", round(med.tsxCli / med.native, 2), "ratio"),
+      figure("startup_cache_speedup", "no compile cache ÷ compile cache warm", round(med.native / med.nativeCached, 2), "ratio"),
+      figure("idle_rss_native_cached_mib", `idle RSS 1 s after start, ${MODES.nativeCached.label}`, round(medRss.nativeCached, 1), "MiB"),
       figure("idle_rss_native_mib", `idle RSS 1 s after start, ${MODES.native.label}`, round(medRss.native, 1), "MiB"),
       figure("idle_rss_tsx_mib", `idle RSS 1 s after start, ${MODES.tsxLoader.label}`, round(medRss.tsxLoader, 1), "MiB"),
     ],

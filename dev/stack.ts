@@ -15,7 +15,7 @@ import { parseArgs } from "node:util";
 import { SignJWT } from "jose";
 import { startMockServer } from "../mocks/server.ts";
 import { startSharedDatabase } from "./db.ts";
-import { WORKER_NODE_FLAGS } from "../src/worker/nodeFlags.ts";
+import { WORKER_NODE_FLAGS, workerNodeEnv } from "../src/worker/nodeFlags.ts";
 
 export const STACK_USAGE = "Usage: npm run stack -- [--workers 2] [--api-port 8080] [--mocks-port 4010]";
 /** The Supabase CLI's local JWT secret: the same one `supabase start` uses. */
@@ -100,7 +100,7 @@ async function main(): Promise<void> {
     process.stderr.write(`stack: ${(err as Error).message}\n`);
     await stop(1);
   }
-  for (let i = 1; i <= args.workers; i++) procs.push(child(`worker ${i}`, [...WORKER_NODE_FLAGS, "src/worker/main.ts"], { ...env, WORKER_ID: `stack-worker-${i}` }));
+  for (let i = 1; i <= args.workers; i++) procs.push(child(`worker ${i}`, [...WORKER_NODE_FLAGS, "src/worker/main.ts"], workerNodeEnv({ ...env, WORKER_ID: `stack-worker-${i}` })));
 
   const userId = "00000000-0000-4000-8000-000000000001";
   const token = await new SignJWT({ role: "authenticated", aud: "authenticated" })

@@ -8,7 +8,7 @@ import { createWriteStream, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { CRASH_LINE, FREEZE_LINE } from "../src/worker/faultPoints.ts";
-import { WORKER_NODE_FLAGS } from "../src/worker/nodeFlags.ts";
+import { WORKER_NODE_FLAGS, workerNodeEnv } from "../src/worker/nodeFlags.ts";
 
 const WORKER_ENTRY = new URL("../src/worker/main.ts", import.meta.url).pathname;
 
@@ -168,14 +168,14 @@ export class WorkerFleet {
     slot.crashed = undefined;
     const crashSpecs = [...(crashAt ? [crashAt] : []), ...(this.opts.targetedCrashes?.() ?? [])];
     const child = spawn(process.execPath, [...WORKER_NODE_FLAGS, WORKER_ENTRY], {
-      env: {
+      env: workerNodeEnv({
         ...process.env,
         ...this.opts.env,
         WORKER_ID: slot.workerId,
         UPLOAD_PIPELINE_CRASH_AT: crashSpecs.join(","),
         UPLOAD_PIPELINE_CRASH_ONCE_DIR: this.onceDir,
         UPLOAD_PIPELINE_FREEZE_AT: freezes.map((f) => f.point).join(","),
-      },
+      }),
       stdio: ["ignore", "pipe", "pipe"],
     });
     const log = createWriteStream(join(this.opts.logDir, `${slot.workerId}.log`));

@@ -1,8 +1,10 @@
+import { fileURLToPath } from "node:url";
+
 /**
- * The V8 flags a worker process runs with. A running process cannot change them, so whatever
- * starts a worker passes them: `npm run worker` (package.json, and so the Docker image), the
- * scenario runner, the benchmarks and `npm run stack` all spawn `node ...WORKER_NODE_FLAGS
- * src/worker/main.ts`.
+ * The V8 flags and environment a worker process runs with. A running process cannot change
+ * them, so whatever starts a worker passes them: `npm run worker` (package.json, and so the
+ * Docker image), the scenario runner, the benchmarks and `npm run stack` all spawn
+ * `node ...WORKER_NODE_FLAGS src/worker/main.ts` with WORKER_NODE_ENV.
  *
  * `--max-semi-space-size=8` (MiB): V8 sizes the young generation from the heap limit, which it
  * derives from the machine's memory, not from what the program needs. On a 23 GiB machine the
@@ -11,7 +13,35 @@
  * small young generation holds it. Measured (one worker, 1 MiB document, default batch size):
  * peak RSS 333 MiB without the flag, 216 MiB at 16, 193 MiB at 8, with no more CPU.
  */
-export const WORKER_NODE_FLAGS: readonly string[] = ["--max-semi-space-size=8"];
+/*
+ * `--max-old-space-size=512` (MiB): V8 grows the old generation by a factor it derives from the
+ * heap limit, 4× on a 23 GiB machine, so promoted garbage (one embedding batch's answer after
+ * another) piled up to the 10 MiB document's peak before a full collection. Under a limit of
+ * 512 MiB the factor is about 1.4×. The live heap of a worker stays under 45 MiB through a 10 MiB
+ * document (`process.memoryUsage()` sampled every 500 ms); the largest heap a worker needs is
+ * the reconciler's parse intake, which holds LlamaParse's whole answer: for 50 MiB of markdown
+ * (UPLOAD_MAX_BYTES' default) with a non-Latin-1 character on each of 200 pages, so every string
+ * is two bytes a character, JSON.parse, the page join and the hash peaked at 205 MiB of heap.
+ * Measured by `npm run bench -- --only memory`, runs interleaved on one machine (4 Dec, load
+ * 0.4-0.7): peak RSS through a 10 MiB document 254 → 181 MiB, steady 230 → 178 MiB, 10× ÷ 1×
+ * ratio 1.33 → 1.05, worker CPU for that document 5.5-6.7 → 6.6-6.8 s (within the noise). At
+ * 1024 MiB the peak was 201 MiB; at 256 MiB the worker spent 10 CPU-seconds (full collections).
+ */
+export const WORKER_NODE_FLAGS: readonly string[] = ["--max-semi-space-size=8", "--max-old-space-size=512"];
+
+/**
+ * Node's compile cache, beside the dependencies (`npm run worker` names the same folder relative
+ * to the package root). A worker whose modules are in it starts without loading the TypeScript
+ * stripper (amaro, a WASM module) or parsing the tokenizer's 1.2 MB table again: 30 MiB less idle
+ * RSS (146 → 116 MiB with every service module imported) and a faster start. Node keys each entry
+ * by the file's content and its own version, so an edited file is compiled afresh.
+ */
+export const WORKER_COMPILE_CACHE = fileURLToPath(new URL("../../node_modules/.cache/node-compile-cache", import.meta.url));
+
+/** The environment a worker starts with, under the caller's own (a NODE_COMPILE_CACHE it sets wins). */
+export function workerNodeEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  return { NODE_COMPILE_CACHE: WORKER_COMPILE_CACHE, ...env };
+}
 
 /**
  * The worker flags this process was not started with (`execArgv` or `NODE_OPTIONS`), so that a
