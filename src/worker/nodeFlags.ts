@@ -4,7 +4,7 @@ import { fileURLToPath } from "node:url";
  * The V8 flags and environment a worker process runs with. A running process cannot change
  * them, so whatever starts a worker passes them: `npm run worker` (package.json, and so the
  * Docker image), the scenario runner, the benchmarks and `npm run stack` all spawn
- * `node ...WORKER_NODE_FLAGS src/worker/main.ts` with WORKER_NODE_ENV.
+ * `node ...WORKER_NODE_FLAGS src/worker/main.ts` in `workerNodeEnv(env)`.
  *
  * `--max-semi-space-size=8` (MiB): V8 sizes the young generation from the heap limit, which it
  * derives from the machine's memory, not from what the program needs. On a 23 GiB machine the
@@ -12,8 +12,7 @@ import { fileURLToPath } from "node:url";
  * resident; the worker's garbage is short-lived (one batch's answer, rows and buffers), so a
  * small young generation holds it. Measured (one worker, 1 MiB document, default batch size):
  * peak RSS 333 MiB without the flag, 216 MiB at 16, 193 MiB at 8, with no more CPU.
- */
-/*
+ *
  * `--max-old-space-size=512` (MiB): V8 grows the old generation by a factor it derives from the
  * heap limit, 4× on a 23 GiB machine, so promoted garbage (one embedding batch's answer after
  * another) piled up to the 10 MiB document's peak before a full collection. Under a limit of
@@ -21,7 +20,8 @@ import { fileURLToPath } from "node:url";
  * document (`process.memoryUsage()` sampled every 500 ms); the largest heap a worker needs is
  * the reconciler's parse intake, which holds LlamaParse's whole answer: for 50 MiB of markdown
  * (UPLOAD_MAX_BYTES' default) with a non-Latin-1 character on each of 200 pages, so every string
- * is two bytes a character, JSON.parse, the page join and the hash peaked at 205 MiB of heap.
+ * is two bytes a character, a script doing what intake does with it (JSON.parse of the answer,
+ * the page join, the hash, the upload's Buffer) under these flags peaked at 205 MiB of heap.
  * Measured by `npm run bench -- --only memory`, runs interleaved on one machine (4 Dec, load
  * 0.4-0.7): peak RSS through a 10 MiB document 254 → 181 MiB, steady 230 → 178 MiB, 10× ÷ 1×
  * ratio 1.33 → 1.05, worker CPU for that document 5.5-6.7 → 6.6-6.8 s (within the noise). At
