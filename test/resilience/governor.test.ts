@@ -43,6 +43,17 @@ describe("shared budget", () => {
     expect((await take(key, 100, 20, "p2")).waitMs).toBeCloseTo(6_990, 0);
   });
 
+  it("a 429 pause that holds callers while the real bucket is full costs the refill the bucket cannot hold", async () => {
+    const key = `t:${keys++}`;
+    expect((await take(key, 1_000, 0, "p1")).waitMs).toBe(0);
+    const refused = await take(key, 0, 0, "p2");
+    await settle(db.pool, { reservationId: refused.reservationId, pauseMs: 2_000, ceiling: CEILING, now: at(0) });
+    // The real bucket is full again after 1 s of the pause and stops filling: when the pause ends
+    // it holds 60,000 tokens, not 61,000. The full minute sends then; the next 1,000 a second later.
+    expect((await take(key, 60_000, 0, "p3")).waitMs).toBeCloseTo(2_000, 0);
+    expect((await take(key, 1_000, 0, "p1")).waitMs).toBeCloseTo(3_000, 0);
+  });
+
   it("x-ratelimit-remaining from one answer lowers the level for all (less what was granted after it)", async () => {
     const key = `t:${keys++}`;
     const first = await take(key, 1_000, 0, "p1");
