@@ -3,6 +3,8 @@
  * several processes (one connection each) reserve, settle, fail with a 429, report headers, crash
  * (never settle, so the reservation expires) and settle twice, in interleavings fast-check
  * generates; each step runs the processes' operations concurrently. Time is simulated (`$now`).
+ * As in SharedGovernor, an answer (usage or a 429) settles a reservation only once its send time
+ * has come; before it, a reservation can only be given back as never sent.
  *
  * Properties:
  * - what is sent never exceeds the budget: for every pair of send times s ≤ e, the tokens (and
@@ -133,7 +135,9 @@ describe("shared rate budget", () => {
                   };
                   sent.push(s);
                   byProcess[p]!.push(s);
-                } else if (op.kind === "settle" && target) {
+                } else if (op.kind === "settle" && target && target.sendAt <= now) {
+                  // An answer (usage or a 429) settles a reservation only after its send time, as
+                  // SharedGovernor does; before it, only "notSent" can.
                   const used = Math.floor(target.tokens * op.usedFraction);
                   const r = await settle(c, { reservationId: target.id, tokens: used, remainingTokens: op.remaining ?? undefined, now: at, ...common });
                   target.open = false;
@@ -142,7 +146,7 @@ describe("shared rate budget", () => {
                   if (!r.settled) return;
                   target.charged = used;
                   target.settled = true;
-                } else if (op.kind === "fail429" && target) {
+                } else if (op.kind === "fail429" && target && target.sendAt <= now) {
                   await settle(c, { reservationId: target.id, pauseMs: op.pauseMs, now: at, ...common });
                   target.open = false; // a refused request stays charged: we cannot tell whether it counted
                   target.settled = true;
