@@ -62,6 +62,8 @@ export interface WorkerOptions<Services> {
   random?: () => number;
   /** Called after each job run, for tests and the scenario runner's spies. */
   onJobDone?: (event: { jobId: string; status: JobStatus; outcome: JobRunOutcome }) => void;
+  /** Called after each stage that moved its job (the process's heap trim, `heapTrim.ts`). */
+  onStageDone?: (event: { stage: string; durationMs: number; log: Logger }) => void;
 }
 
 /**
@@ -279,6 +281,7 @@ export class BaseWorker<Services> {
       }
       if (job.status === before) throw new Error(`stage ${stage.name} returned without moving job from ${before}`);
       ctx.log.info({ from: before, to: job.status, duration_ms: durationMs, ...ctx.counts }, "stage finished");
+      this.opts.onStageDone?.({ stage: stage.name, durationMs, log: ctx.log });
       if (run.released) return; // the stage handed the job back with its last transition
       if (this.stopping) return;
       run.controller.signal.throwIfAborted();

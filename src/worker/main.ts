@@ -15,6 +15,7 @@ import { PIPELINE_STAGES } from "../stages/index.ts";
 import { BaseWorker } from "./BaseWorker.ts";
 import { reportServiceConditions } from "./serviceConditions.ts";
 import { faultPointsFromEnv } from "./faultPoints.ts";
+import { heapTrimmer } from "./heapTrim.ts";
 import { reportWakeUp } from "./listenProbe.ts";
 import { missingWorkerNodeFlags } from "./nodeFlags.ts";
 import { createWorkerMetrics, serveMetrics } from "./metrics.ts";
@@ -47,6 +48,7 @@ pool.on("error", (err) => log.warn({ err: err.message }, "idle database connecti
 const services = createPipelineServices(config, { db: pool, holder: config.WORKER_ID ?? `${hostname()}:${process.pid}`, log });
 const metrics = createWorkerMetrics(services.breakers, { defaultMetrics: true });
 const metricsServer = config.METRICS_PORT ? await serveMetrics(metrics, config.METRICS_PORT, undefined, config.METRICS_TOKEN) : undefined;
+const heapTrim = heapTrimmer();
 const worker = new BaseWorker({
   pool,
   databaseUrl: config.DATABASE_LISTEN_URL ?? db.url,
@@ -65,6 +67,10 @@ const worker = new BaseWorker({
     flushBounded(tracing),
   ),
   onJobDone: ({ outcome }) => metrics.jobRun(outcome),
+  onStageDone: ({ durationMs, log: stageLog }) => {
+    const trimMs = heapTrim.afterStage(durationMs);
+    if (trimMs !== undefined) stageLog.debug({ gc_ms: trimMs }, "returned V8's pooled heap pages after a long stage");
+  },
 });
 for (const breaker of Object.values(services.breakers)) {
   breaker.onStateChange((state, service) => log.warn({ service, state }, "circuit breaker changed state"));

@@ -26,8 +26,11 @@ import { fileURLToPath } from "node:url";
  * 0.4-0.7): peak RSS through a 10 MiB document 254 → 181 MiB, steady 230 → 178 MiB, 10× ÷ 1×
  * ratio 1.33 → 1.05, worker CPU for that document 5.5-6.7 → 6.6-6.8 s (within the noise). At
  * 1024 MiB the peak was 201 MiB; at 256 MiB the worker spent 10 CPU-seconds (full collections).
+ *
+ * `--expose-gc`: the only way a program can ask V8 for a memory-reducing collection, which
+ * returns the heap pages V8 pools after a stage's transient peak (`heapTrim.ts`).
  */
-export const WORKER_NODE_FLAGS: readonly string[] = ["--max-semi-space-size=8", "--max-old-space-size=512"];
+export const WORKER_NODE_FLAGS: readonly string[] = ["--max-semi-space-size=8", "--max-old-space-size=512", "--expose-gc"];
 
 /**
  * Node's compile cache, beside the dependencies (`npm run worker` names the same folder relative
