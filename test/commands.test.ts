@@ -9,7 +9,7 @@ import { createServer } from "node:net";
 import { readFileSync } from "node:fs";
 import { relative, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { WORKER_COMPILE_CACHE, WORKER_NODE_FLAGS } from "../src/worker/nodeFlags.ts";
+import { WORKER_COMPILE_CACHE, WORKER_MALLOC_MMAP_THRESHOLD, WORKER_NODE_FLAGS } from "../src/worker/nodeFlags.ts";
 import { createTestDatabase, type TestDatabase } from "./support/db.ts";
 import { until } from "./support/until.ts";
 
@@ -25,7 +25,7 @@ describe("production commands", () => {
   it("exec node on their entry file", () => {
     const { scripts } = JSON.parse(readFileSync(resolve(ROOT, "package.json"), "utf8")) as { scripts: Record<string, string> };
     expect(scripts).toMatchObject({
-      worker: `NODE_COMPILE_CACHE=\${NODE_COMPILE_CACHE:-${relative(ROOT, WORKER_COMPILE_CACHE)}} exec node ${WORKER_NODE_FLAGS.join(" ")} src/worker/main.ts`,
+      worker: `NODE_COMPILE_CACHE=\${NODE_COMPILE_CACHE:-${relative(ROOT, WORKER_COMPILE_CACHE)}} MALLOC_MMAP_THRESHOLD_=\${MALLOC_MMAP_THRESHOLD_:-${WORKER_MALLOC_MMAP_THRESHOLD}} exec node ${WORKER_NODE_FLAGS.join(" ")} src/worker/main.ts`,
       api: "exec node src/api/main.ts",
       mocks: "exec node mocks/main.ts",
       migrate: "exec node src/db/migrate.ts",

@@ -35,6 +35,11 @@ if (getCompileCacheDir() === undefined) {
   const why = process.env.NODE_COMPILE_CACHE ? "its NODE_COMPILE_CACHE folder cannot be written" : "started without NODE_COMPILE_CACHE";
   log.warn(`compile cache off (${why}): start workers with \`npm run worker\` (src/worker/nodeFlags.ts), or expect a slower start and 30 MiB more memory`);
 }
+if (process.env.MALLOC_MMAP_THRESHOLD_ === undefined) {
+  log.warn(
+    "started without MALLOC_MMAP_THRESHOLD_: start workers with `npm run worker` (src/worker/nodeFlags.ts), or expect 15-20 MiB more memory while embedding",
+  );
+}
 const tracing = startTracing({ endpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT, serviceName: "upload-pipeline-worker", instanceId: config.WORKER_ID });
 const db = await provisionDatabase({ databaseUrl: config.DATABASE_URL });
 if (db.kind === "embedded") {

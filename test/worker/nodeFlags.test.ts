@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { missingWorkerNodeFlags, WORKER_COMPILE_CACHE, WORKER_NODE_FLAGS, workerNodeEnv } from "../../src/worker/nodeFlags.ts";
+import { missingWorkerNodeFlags, WORKER_COMPILE_CACHE, WORKER_MALLOC_MMAP_THRESHOLD, WORKER_NODE_FLAGS, workerNodeEnv } from "../../src/worker/nodeFlags.ts";
 
 /** Runs node with `args` and `env`, and returns what it printed. */
 async function nodeOutput(args: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<string> {
@@ -48,8 +48,9 @@ describe("worker node flags", () => {
 
 describe("worker environment", () => {
   it("keeps the caller's NODE_COMPILE_CACHE, and otherwise names the one beside the dependencies", () => {
-    expect(workerNodeEnv({ A: "1" })).toEqual({ A: "1", NODE_COMPILE_CACHE: WORKER_COMPILE_CACHE });
+    expect(workerNodeEnv({ A: "1" })).toEqual({ A: "1", NODE_COMPILE_CACHE: WORKER_COMPILE_CACHE, MALLOC_MMAP_THRESHOLD_: WORKER_MALLOC_MMAP_THRESHOLD });
     expect(workerNodeEnv({ NODE_COMPILE_CACHE: "/elsewhere" }).NODE_COMPILE_CACHE).toBe("/elsewhere");
+    expect(workerNodeEnv({ MALLOC_MMAP_THRESHOLD_: "131072" }).MALLOC_MMAP_THRESHOLD_).toBe("131072");
   });
 
   it("lets a second start of a TypeScript file skip the type stripper: the compile cache holds the stripped code", async () => {
@@ -65,5 +66,22 @@ describe("worker environment", () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe("worker malloc threshold", () => {
+  it("keeps large blocks out of glibc's main arena after a larger one was freed", async () => {
+    // glibc raises its mmap threshold to the largest block freed; after a 9 MiB block, an 8 MiB
+    // one comes from the main arena ([heap] grows by it) unless the threshold is fixed.
+    const script = `const { readFileSync } = require("node:fs");
+      const heapMiB = () => { const [a, b] = readFileSync("/proc/self/maps", "utf8").split("\\n").find((l) => l.endsWith("[heap]")).split(" ")[0].split("-");
+        return (parseInt(b, 16) - parseInt(a, 16)) / 2 ** 20; };
+      let block = Buffer.alloc(9 * 2 ** 20, 1); block = undefined; gc(); gc();
+      const before = heapMiB(); const next = Buffer.alloc(8 * 2 ** 20, 1);
+      console.log(heapMiB() - before); next.fill(0);`;
+    const arenaGrowth = async (env: NodeJS.ProcessEnv) => Number(await nodeOutput([...WORKER_NODE_FLAGS, "-e", script], env));
+    const { MALLOC_MMAP_THRESHOLD_: _, ...withoutThreshold } = process.env;
+    expect(await arenaGrowth(withoutThreshold)).toBeGreaterThanOrEqual(7);
+    expect(await arenaGrowth(workerNodeEnv(withoutThreshold))).toBeLessThan(1);
   });
 });
