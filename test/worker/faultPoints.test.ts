@@ -3,11 +3,12 @@
  * worker passes: every literal `faults.hit("…")` in src/, and `stage.<name>.before|after` for
  * every pipeline stage.
  */
-import { readdirSync, readFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { PIPELINE_STAGES } from "../../src/stages/index.ts";
-import { FAULT_POINTS, parseCrashSpec } from "../../src/worker/faultPoints.ts";
+import { FAULT_POINTS, faultPointsFromEnv, parseCrashSpec } from "../../src/worker/faultPoints.ts";
 
 function sources(dir: string): string[] {
   return readdirSync(dir, { withFileTypes: true }).flatMap((e) =>
@@ -35,5 +36,29 @@ describe("FAULT_POINTS", () => {
     expect(parseCrashSpec("claim.after")).toEqual({ point: "claim.after", nth: 1, jobId: undefined });
     expect(parseCrashSpec("claim.after#0")).toBeUndefined();
     expect(parseCrashSpec("Claim.After")).toBeUndefined();
+  });
+});
+
+describe("targeted crashes in a worker process", () => {
+  it("claim no second crash while the first waits to kill the process", async () => {
+    const onceDir = mkdtempSync(join(tmpdir(), "crash-once-"));
+    const [jobA, jobB] = ["0b6f3c4e-6f1a-5b7e-9a41-0c2d8e6f7a10", "1c7a4d5f-7a2b-5c8f-8b52-1d3e9f7a8b21"];
+    const specs = [`commit.vectors.after@${jobA}`, `commit.chunks.after@${jobB}`];
+    try {
+      // beforeCrash never settles here, so the process is never killed: the first crash stays in progress.
+      const faults = faultPointsFromEnv(specs.join(","), undefined, onceDir, () => new Promise(() => {}));
+      void faults.hit("commit.vectors.after", { jobId: jobA });
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(readdirSync(onceDir)).toHaveLength(1); // the first crash claimed its marker
+
+      // Another slot reaches job B's point meanwhile: it goes no further and claims nothing.
+      let passed = false;
+      void Promise.resolve(faults.hit("commit.chunks.after", { jobId: jobB })).then(() => (passed = true));
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(passed).toBe(false);
+      expect(readdirSync(onceDir)).toHaveLength(1);
+    } finally {
+      rmSync(onceDir, { recursive: true, force: true });
+    }
   });
 });
