@@ -40,8 +40,10 @@ interface Slot {
   /** The fault point this life kills itself at, if any. */
   crashAt?: string | undefined;
   killedByUs?: boolean;
-  /** The crash line this life wrote before killing itself. */
+  /** The first crash line this life wrote before killing itself. */
   crashed?: { point: string; jobId: string | null } | undefined;
+  /** One of its crash lines was this life's own point (`crashAt`, no job), not a targeted crash. */
+  crashedAtOwnPoint?: boolean;
   child?: ChildProcess | undefined;
   workerId: string;
   exited?: Promise<void>;
@@ -137,9 +139,12 @@ export class WorkerFleet {
       const lines = pending.split("\n");
       pending = lines.pop() ?? "";
       for (const line of lines) {
-        if (line.includes(CRASH_LINE) && !slot.crashed) {
+        if (line.includes(CRASH_LINE)) {
+          // More than one when other slots reached targeted points of their own while the
+          // process flushed its spans before dying: each of those crashes happened too.
           const { point, jobId } = JSON.parse(line) as { point: string; jobId: string | null };
-          slot.crashed = { point, jobId };
+          slot.crashed ??= { point, jobId };
+          if (jobId === null) slot.crashedAtOwnPoint = true;
           this.opts.onEvent?.({ kind: "crashed", worker: slot.index, workerId: slot.workerId, point, jobId });
         }
         if (!line.includes(FREEZE_LINE)) continue;
@@ -166,6 +171,7 @@ export class WorkerFleet {
     slot.crashAt = crashAt;
     const freezes = slot.life === 1 ? (this.opts.freezes ?? []).filter((f) => f.worker === slot.index) : [];
     slot.crashed = undefined;
+    slot.crashedAtOwnPoint = false;
     const crashSpecs = [...(crashAt ? [crashAt] : []), ...(this.opts.targetedCrashes?.() ?? [])];
     const child = spawn(process.execPath, [...WORKER_NODE_FLAGS, WORKER_ENTRY], {
       env: workerNodeEnv({
@@ -205,7 +211,7 @@ export class WorkerFleet {
           crashAt: slot.crashAt,
         });
         // A targeted crash (one with a job) is not this life's own point: that one is given back.
-        const reachedPoint = signal === "SIGKILL" && !slot.killedByUs && !slot.crashed?.jobId;
+        const reachedPoint = signal === "SIGKILL" && !slot.killedByUs && (slot.crashedAtOwnPoint || !slot.crashed);
         if (slot.crashAt) {
           if (reachedPoint) this.crashPointsReached.push(slot.crashAt);
           else this.pendingCrashPoints.unshift(slot.crashAt); // the next life takes it

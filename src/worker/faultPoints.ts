@@ -143,10 +143,12 @@ export const CRASH_LINE = "upload-pipeline crash point";
  * shows what the killed worker did up to the point; this slot goes no further meanwhile.
  * With `onceDir` (`UPLOAD_PIPELINE_CRASH_ONCE_DIR`), a targeted crash fires once across every
  * process of a run: processes started before it fired still carry it, and the job they resume
- * passes the point again. A process that has begun to crash stops every slot at its next fault
- * point: another slot reaching a second targeted point while the first crash waits for
- * `beforeCrash` would otherwise claim that one's once-marker too, and the runner, which counts
- * one crash line per process, would report the second kill as never having happened.
+ * passes the point again. A process that has begun to crash (its line written, `beforeCrash`
+ * running) stops every other slot at its next fault point, and a slot that stops at a targeted
+ * point of its own writes that crash's line too: it dies there with the process. Without that, a
+ * slot could commit a transition during the flush and be killed just after, at a point its job
+ * never passes again (`commit.embedding_queued.after`), and the runner reported that kill as
+ * never having happened.
  */
 export function faultPointsFromEnv(
   crashAt: string | undefined,
@@ -168,9 +170,10 @@ export function faultPointsFromEnv(
       spec,
       act: async (point: string) => {
         if (spec.jobId && onceDir && !claimOnce(onceDir, text)) return;
-        crashing = true;
         // The job only for a targeted crash: a life's own point must be counted as that life's.
         writeSync(1, `${JSON.stringify({ msg: CRASH_LINE, point, jobId: spec.jobId ?? null })}\n`);
+        if (crashing) return; // already on its way down: this crash is the same death (hit() holds the slot)
+        crashing = true;
         await beforeCrash?.();
         process.kill(process.pid, "SIGKILL");
       },
@@ -187,13 +190,13 @@ export function faultPointsFromEnv(
   const counts = new Map<CrashSpec, number>();
   return {
     async hit(p: string, info?: { jobId?: string }) {
-      if (crashing) return new Promise<void>(() => {}); // this process is about to die: no slot goes further
       for (const { spec, act } of rules) {
         if (p !== spec.point || (spec.jobId && info?.jobId !== spec.jobId)) continue;
         const n = (counts.get(spec) ?? 0) + 1;
         counts.set(spec, n);
         if (n === spec.nth) await act(p);
       }
+      if (crashing) await new Promise<never>(() => {}); // this process is about to die: no slot goes past a fault point
     },
   };
 }

@@ -40,7 +40,7 @@ describe("FAULT_POINTS", () => {
 });
 
 describe("targeted crashes in a worker process", () => {
-  it("claim no second crash while the first waits to kill the process", async () => {
+  it("stop every other slot at its next fault point while the first waits to kill the process; one at a targeted point dies there too", async () => {
     const onceDir = mkdtempSync(join(tmpdir(), "crash-once-"));
     const [jobA, jobB] = ["0b6f3c4e-6f1a-5b7e-9a41-0c2d8e6f7a10", "1c7a4d5f-7a2b-5c8f-8b52-1d3e9f7a8b21"];
     const specs = [`commit.vectors.after@${jobA}`, `commit.chunks.after@${jobB}`];
@@ -51,12 +51,20 @@ describe("targeted crashes in a worker process", () => {
       await new Promise((resolve) => setImmediate(resolve));
       expect(readdirSync(onceDir)).toHaveLength(1); // the first crash claimed its marker
 
-      // Another slot reaches job B's point meanwhile: it goes no further and claims nothing.
+      // Another slot passes a point with no crash of its own meanwhile: it goes no further.
       let passed = false;
-      void Promise.resolve(faults.hit("commit.chunks.after", { jobId: jobB })).then(() => (passed = true));
+      void Promise.resolve(faults.hit("commit.embedding_queued.after", { jobId: jobB })).then(() => (passed = true));
       await new Promise((resolve) => setImmediate(resolve));
       expect(passed).toBe(false);
       expect(readdirSync(onceDir)).toHaveLength(1);
+
+      // A slot reaching job B's targeted point meanwhile claims that crash (its line goes out
+      // with the process's death) and goes no further either.
+      let passedB = false;
+      void Promise.resolve(faults.hit("commit.chunks.after", { jobId: jobB })).then(() => (passedB = true));
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(passedB).toBe(false);
+      expect(readdirSync(onceDir)).toHaveLength(2);
     } finally {
       rmSync(onceDir, { recursive: true, force: true });
     }
