@@ -40,10 +40,8 @@ interface Slot {
   /** The fault point this life kills itself at, if any. */
   crashAt?: string | undefined;
   killedByUs?: boolean;
-  /** The first crash line this life wrote before killing itself. */
-  crashed?: { point: string; jobId: string | null } | undefined;
-  /** One of its crash lines was this life's own point (`crashAt`, no job), not a targeted crash. */
-  crashedAtOwnPoint?: boolean;
+  /** The crash lines this life wrote before killing itself (a job: a targeted crash; none: its own `crashAt`). */
+  crashes: Array<{ point: string; jobId: string | null }>;
   child?: ChildProcess | undefined;
   workerId: string;
   exited?: Promise<void>;
@@ -82,7 +80,7 @@ export class WorkerFleet {
   async start(timeoutMs = 30_000): Promise<void> {
     const ready: Array<Promise<void>> = [];
     for (let i = 0; i < this.opts.count; i++) {
-      const slot: Slot = { index: i, life: 0, workerId: "" };
+      const slot: Slot = { index: i, life: 0, workerId: "", crashes: [] };
       this.slots.push(slot);
       ready.push(this.spawn(slot));
     }
@@ -104,7 +102,7 @@ export class WorkerFleet {
   kill(index: number, reason: string): boolean {
     const slot = this.slots[index];
     // A process that wrote its crash line is already killing itself: that is not our kill.
-    if (!slot?.child || slot.crashed) return false;
+    if (!slot?.child || slot.crashes.length > 0) return false;
     this.opts.onEvent?.({ kind: "killed", worker: index, workerId: slot.workerId, reason });
     slot.killedByUs = true;
     slot.child.kill("SIGKILL");
@@ -143,8 +141,7 @@ export class WorkerFleet {
           // More than one when other slots reached targeted points of their own while the
           // process flushed its spans before dying: each of those crashes happened too.
           const { point, jobId } = JSON.parse(line) as { point: string; jobId: string | null };
-          slot.crashed ??= { point, jobId };
-          if (jobId === null) slot.crashedAtOwnPoint = true;
+          slot.crashes.push({ point, jobId });
           this.opts.onEvent?.({ kind: "crashed", worker: slot.index, workerId: slot.workerId, point, jobId });
         }
         if (!line.includes(FREEZE_LINE)) continue;
@@ -170,8 +167,7 @@ export class WorkerFleet {
     const crashAt = this.pendingCrashPoints.shift();
     slot.crashAt = crashAt;
     const freezes = slot.life === 1 ? (this.opts.freezes ?? []).filter((f) => f.worker === slot.index) : [];
-    slot.crashed = undefined;
-    slot.crashedAtOwnPoint = false;
+    slot.crashes = [];
     const crashSpecs = [...(crashAt ? [crashAt] : []), ...(this.opts.targetedCrashes?.() ?? [])];
     const child = spawn(process.execPath, [...WORKER_NODE_FLAGS, WORKER_ENTRY], {
       env: workerNodeEnv({
@@ -211,7 +207,7 @@ export class WorkerFleet {
           crashAt: slot.crashAt,
         });
         // A targeted crash (one with a job) is not this life's own point: that one is given back.
-        const reachedPoint = signal === "SIGKILL" && !slot.killedByUs && (slot.crashedAtOwnPoint || !slot.crashed);
+        const reachedPoint = signal === "SIGKILL" && !slot.killedByUs && (slot.crashes.length === 0 || slot.crashes.some((c) => c.jobId === null));
         if (slot.crashAt) {
           if (reachedPoint) this.crashPointsReached.push(slot.crashAt);
           else this.pendingCrashPoints.unshift(slot.crashAt); // the next life takes it
